@@ -1,0 +1,48 @@
+/**
+ * swapmoe: a Deno-native inference engine for Mixture-of-Experts language models under a tunable
+ * GPU memory budget, after SwapMoE (Kong et al., ACL 2024).
+ *
+ * @example Generate text with the bundled model
+ * ```ts
+ * import { createEngine } from "@swapmoe/swapmoe";
+ *
+ * await using engine = await createEngine({ policy: "swapmoe", budget: "60%" });
+ * for await (const chunk of engine.generate({ prompt: "The state of the Union is", maxTokens: 32 })) {
+ *   console.log(chunk.text);
+ * }
+ * console.log(engine.stats().hitRate);
+ * ```
+ *
+ * @module
+ */
+export {
+  createEngine,
+  type Engine,
+  type EngineOptions,
+  type EngineStats,
+  type FinishReason,
+  type GenerateChunk,
+  type GenerateRequest,
+  type Progress,
+} from "./src/runtime/engine.ts";
+export type { ModelSpec, QkNorm } from "./src/checkpoint/config.ts";
+export { SUPPORTED_MODEL_TYPES } from "./src/checkpoint/config.ts";
+export type { Budget } from "./src/moe/budget.ts";
+export { formatBytes, parseBudget } from "./src/moe/budget.ts";
+export { POLICIES, type PolicyName } from "./src/moe/policies.ts";
+export type { PlannerKind } from "./src/moe/planner.ts";
+export type { GpuInfo } from "./src/gpu/device.ts";
+export { type ChatMessage, Tokenizer } from "./src/text/tokenizer.ts";
+export {
+  BudgetError,
+  CheckpointError,
+  ConfigError,
+  DeviceLostError,
+  EngineClosedError,
+  GpuError,
+  OptionError,
+  ShaderCompileError,
+  SwapMoeError,
+  TokenizerError,
+  WebGpuUnavailableError,
+} from "./src/errors.ts";

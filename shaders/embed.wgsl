@@ -1,0 +1,24 @@
+// x[t, d] = E[ids[t], d]      E: [vocab, D] bf16; ids: [maxT] u32 (written by the host or the sampler)
+override WG: u32 = 64u;
+
+struct Params { dim: u32, vocab: u32, _pad0: u32, _pad1: u32 }
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> table: array<u32>;
+@group(0) @binding(3) var<storage, read> ids: array<u32>;
+@group(0) @binding(4) var<storage, read_write> x: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+  let t = linear_wg(wg, nwg);
+  if (t >= step.t) { return; }
+  let id = min(ids[t], p.vocab - 1u);
+  let half_dim = p.dim / 2u;
+  for (var j = tid; j < half_dim; j += WG) {
+    let ww = table[id * half_dim + j];
+    x[t * p.dim + 2u * j] = bf16_lo(ww);
+    x[t * p.dim + 2u * j + 1u] = bf16_hi(ww);
+  }
+}

@@ -1,0 +1,66 @@
+// y[r, o] (+)= Σ_i x[r, i] · W[o, i] (+ bias[o])     W: [out, in] bf16 (torch Linear layout)
+// One workgroup per (output row o, tile of TT rows r); WG threads split the input dimension.
+override WG: u32 = 64u;
+override TT: u32 = 4u; // ≤ MAX_TT
+const MAX_TT: u32 = 8u;
+
+struct Params {
+  in_dim: u32,      // must be even
+  out_dim: u32,
+  rows_mode: u32,   // 0: rows = step.t, 1: rows = step.head_rows
+  accumulate: u32,  // 1: y += result (residual add)
+  has_bias: u32,
+  w_offset: u32,    // first u32 word of W in the weight buffer
+  _pad0: u32,
+  _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<u32>;
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+var<workgroup> partial: array<f32, 256>; // WG * TT ≤ 256
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+  let rows = select(step.t, step.head_rows, p.rows_mode == 1u);
+  let lin = linear_wg(wg, nwg);
+  let o = lin % p.out_dim;
+  let r0 = (lin / p.out_dim) * TT;
+  if (r0 >= rows) { return; } // uniform across the workgroup
+  let half_in = p.in_dim / 2u;
+  let wrow = p.w_offset + o * half_in;
+  var acc: array<f32, MAX_TT>;
+  for (var j = tid; j < half_in; j += WG) {
+    let ww = w[wrow + j];
+    let a = bf16_lo(ww);
+    let b = bf16_hi(ww);
+    for (var r = 0u; r < TT; r++) {
+      if (r0 + r < rows) {
+        let xi = (r0 + r) * p.in_dim + 2u * j;
+        acc[r] += a * x[xi] + b * x[xi + 1u];
+      }
+    }
+  }
+  for (var r = 0u; r < TT; r++) { partial[r * WG + tid] = acc[r]; }
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) {
+      for (var r = 0u; r < TT; r++) { partial[r * WG + tid] += partial[r * WG + tid + s]; }
+    }
+    workgroupBarrier();
+  }
+  if (tid < TT && r0 + tid < rows) {
+    var v = partial[tid * WG];
+    if (p.has_bias == 1u) {
+      let bw = bias[o / 2u];
+      v += select(bf16_lo(bw), bf16_hi(bw), (o & 1u) == 1u);
+    }
+    let yi = (r0 + tid) * p.out_dim + o;
+    if (p.accumulate == 1u) { y[yi] += v; } else { y[yi] = v; }
+  }
+}

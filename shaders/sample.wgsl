@@ -1,0 +1,189 @@
+// Token sampling on the GPU, one workgroup: greedy (argmax) or temperature → top-k → top-p → draw.
+// Writes the token into ids[0] (the next step's input) and generated[step.gen_index] (read back in
+// batches), so decoding needs no CPU round trip per token.
+//   logits: [head_rows, V] f32 — the last row is sampled
+// top-k and top-p are thresholds on an order-preserving u32 key of the logits, found exactly by a
+// 32-pass radix select: τ_k is the k-th largest key; τ_p the largest key c such that the tokens with
+// key ≥ c carry at least top_p of the probability mass left after top-k (transformers'
+// TopPLogitsWarper: the smallest top set whose mass reaches top_p).
+override WG: u32 = 256u;
+
+struct Params {
+  vocab: u32,
+  top_k: u32,       // 0: off
+  top_p: f32,       // 1: off
+  temperature: f32, // 0: greedy
+  seed: u32,
+  min_tokens: u32,  // end-of-sequence ids are impossible while gen_index < min_tokens
+  n_eos: u32,
+  _p0: u32,
+  eos: vec4<u32>,   // up to 4 end-of-sequence ids
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ids: array<u32>;
+@group(0) @binding(4) var<storage, read_write> generated: array<u32>;
+
+var<workgroup> fred: array<f32, WG>;
+var<workgroup> ured: array<u32, WG>;
+
+fn key(f: f32) -> u32 {
+  let b = bitcast<u32>(f);
+  return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+fn sum_f(tid: u32, v: f32) -> f32 {
+  workgroupBarrier();
+  fred[tid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { fred[tid] += fred[tid + s]; }
+    workgroupBarrier();
+  }
+  return fred[0];
+}
+
+fn sum_u(tid: u32, v: u32) -> u32 {
+  workgroupBarrier();
+  ured[tid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { ured[tid] += ured[tid + s]; }
+    workgroupBarrier();
+  }
+  return ured[0];
+}
+
+fn max_f(tid: u32, v: f32) -> f32 {
+  workgroupBarrier();
+  fred[tid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { fred[tid] = max(fred[tid], fred[tid + s]); }
+    workgroupBarrier();
+  }
+  return fred[0];
+}
+
+fn pcg(v: u32) -> u32 {
+  let state = v * 747796405u + 2891336453u;
+  let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+  return (word >> 22u) ^ word;
+}
+
+// The logit of token i, with end-of-sequence suppressed before min_tokens (transformers' MinNewTokensLengthLogitsProcessor).
+fn lg(base: u32, i: u32) -> f32 {
+  if (step.gen_index < p.min_tokens) {
+    for (var j = 0u; j < p.n_eos; j++) { if (p.eos[j] == i) { return NEG_INF; } }
+  }
+  return logits[base + i];
+}
+
+fn emit(tok: u32) {
+  ids[0] = tok;
+  generated[step.gen_index] = tok;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) tid: u32) {
+  let V = p.vocab;
+  let base = (step.head_rows - 1u) * V;
+  let chunk = (V + WG - 1u) / WG;
+  let lo = min(tid * chunk, V);
+  let hi = min(lo + chunk, V);
+
+  // argmax (lowest index among equals): greedy, and the fallback of sampling
+  var bv = NEG_INF;
+  var bi = 0xffffffffu;
+  for (var i = lo; i < hi; i++) {
+    let v = lg(base, i);
+    if (bi == 0xffffffffu || v > bv) { bv = v; bi = i; }
+  }
+  let m = max_f(tid, bv);
+  workgroupBarrier();
+  ured[tid] = select(0xffffffffu, bi, bv == m && bi != 0xffffffffu);
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { ured[tid] = min(ured[tid], ured[tid + s]); }
+    workgroupBarrier();
+  }
+  let best = ured[0];
+  if (p.temperature <= 0.0) {
+    if (tid == 0u) { emit(best); }
+    return;
+  }
+
+  // τ_k: the k-th largest key (0 keeps everything)
+  var tk = 0u;
+  if (p.top_k > 0u && p.top_k < V) {
+    for (var bit = 31; bit >= 0; bit--) {
+      let cand = tk | (1u << u32(bit));
+      var c = 0u;
+      for (var i = lo; i < hi; i++) { if (key(lg(base, i)) >= cand) { c += 1u; } }
+      if (sum_u(tid, c) >= p.top_k) { tk = cand; }
+    }
+  }
+  let inv_t = 1.0 / p.temperature;
+  var part = 0.0;
+  for (var i = lo; i < hi; i++) {
+    let l = lg(base, i);
+    if (key(l) >= tk) { part += exp((l - m) * inv_t); }
+  }
+  let total = sum_f(tid, part);
+
+  // τ_p over what top-k kept
+  var tau = tk;
+  if (p.top_p < 1.0) {
+    let want = p.top_p * total;
+    var c = 0u;
+    for (var bit = 31; bit >= 0; bit--) {
+      let cand = c | (1u << u32(bit));
+      let thr = max(cand, tk);
+      var mass = 0.0;
+      for (var i = lo; i < hi; i++) {
+        let l = lg(base, i);
+        if (key(l) >= thr) { mass += exp((l - m) * inv_t); }
+      }
+      if (sum_f(tid, mass) >= want) { c = cand; }
+    }
+    tau = max(c, tk);
+  }
+
+  // draw u in [0, kept mass) and find its token by a prefix over per-thread chunks
+  var mine = 0.0;
+  for (var i = lo; i < hi; i++) {
+    let l = lg(base, i);
+    if (key(l) >= tau) { mine += exp((l - m) * inv_t); }
+  }
+  workgroupBarrier();
+  fred[tid] = mine;
+  workgroupBarrier();
+  if (tid == 0u) {
+    var kept = 0.0;
+    for (var j = 0u; j < WG; j++) { kept += fred[j]; }
+    let r = pcg(pcg(p.seed) ^ pcg(step.gen_index + 0x9e3779b9u));
+    let u = (f32(r >> 8u) / 16777216.0) * kept;
+    var acc = 0.0;
+    var tok = best;
+    var found = false;
+    for (var j = 0u; j < WG && !found; j++) {
+      if (acc + fred[j] > u) {
+        let jlo = min(j * chunk, V);
+        let jhi = min(jlo + chunk, V);
+        for (var i = jlo; i < jhi; i++) {
+          let l = lg(base, i);
+          if (key(l) >= tau) {
+            acc += exp((l - m) * inv_t);
+            if (acc > u) { tok = i; found = true; break; }
+          }
+        }
+        found = true;
+      } else {
+        acc += fred[j];
+      }
+    }
+    emit(tok);
+  }
+}

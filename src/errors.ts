@@ -1,0 +1,54 @@
+/**
+ * Typed errors. Every error the engine throws on purpose is a {@link SwapMoeError}; the subclass says
+ * which part refused and the message says what is wrong and what would be right, in std's manner:
+ * capitalised, no trailing period, the detail after a colon.
+ *
+ * @module
+ */
+
+/** Base class of every error thrown on purpose by swapmoe. */
+export class SwapMoeError extends Error {
+  /** Creates an error; `cause` keeps the underlying error, if any. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** A checkpoint file or folder is missing, malformed, or disagrees with its `config.json`. */
+export class CheckpointError extends SwapMoeError {
+  /** The file at fault (absolute or as given), when one file is at fault. */
+  readonly file: string | undefined;
+  /** Creates a checkpoint error naming `file`. */
+  constructor(message: string, file?: string, options?: ErrorOptions) {
+    super(file ? `${message} (in ${file})` : message, options);
+    this.file = file;
+  }
+}
+
+/** `config.json` is missing, malformed, unsupported or out of range. */
+export class ConfigError extends CheckpointError {}
+
+/** An engine or request option is invalid; raised before any GPU work. */
+export class OptionError extends SwapMoeError {}
+
+/** The requested GPU memory budget cannot be met. */
+export class BudgetError extends SwapMoeError {}
+
+/** No WebGPU adapter or device could be obtained. */
+export class WebGpuUnavailableError extends SwapMoeError {}
+
+/** The GPU device was lost (destroyed, reset or out of memory). */
+export class DeviceLostError extends SwapMoeError {}
+
+/** A GPU validation or out-of-memory error surfaced by an error scope, naming the label at fault. */
+export class GpuError extends SwapMoeError {}
+
+/** A WGSL shader failed to compile; the message carries the compiler's messages. */
+export class ShaderCompileError extends GpuError {}
+
+/** The engine was used after `close()`. */
+export class EngineClosedError extends SwapMoeError {}
+
+/** The tokenizer files are missing or malformed, or a chat template failed to render. */
+export class TokenizerError extends SwapMoeError {}

@@ -1,0 +1,112 @@
+/**
+ * Adapter and device setup: ask for the limits the engine needs, report what it got, and turn
+ * WebGPU's failure modes into typed errors.
+ *
+ * @module
+ */
+import { DeviceLostError, GpuError, WebGpuUnavailableError } from "../errors.ts";
+
+/** What the engine runs on, as reported by the adapter. */
+export interface GpuInfo {
+  /** Adapter description, e.g. "NVIDIA H200" or "llvmpipe (LLVM 15.0.6, 256 bits)". */
+  readonly description: string;
+  readonly vendor: string;
+  readonly isFallbackAdapter: boolean;
+  /** Optional features the device was created with (e.g. `shader-f16`, `timestamp-query`). */
+  readonly features: readonly string[];
+  readonly maxBufferSize: number;
+  readonly maxStorageBufferBindingSize: number;
+  readonly maxStorageBuffersPerShaderStage: number;
+  readonly maxComputeWorkgroupStorageSize: number;
+}
+
+/** A WebGPU device with its facts and a lost-device latch. */
+export interface Gpu {
+  readonly device: GPUDevice;
+  readonly info: GpuInfo;
+  /** Set once the device is lost; every later GPU call should throw it. */
+  readonly lost: DeviceLostError | undefined;
+  /** Throws {@link DeviceLostError} when the device has been lost. */
+  assertAlive(): void;
+}
+
+/** Requests an adapter and a device with the largest buffer limits the adapter offers. */
+export async function createGpu(options: { powerPreference?: GPUPowerPreference } = {}): Promise<Gpu> {
+  if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
+    throw new WebGpuUnavailableError("WebGPU is not available in this runtime: navigator.gpu is missing");
+  }
+  const adapter = await navigator.gpu.requestAdapter({
+    powerPreference: options.powerPreference ?? "high-performance",
+  });
+  if (!adapter) {
+    throw new WebGpuUnavailableError(
+      "No WebGPU adapter found: install a GPU driver with Vulkan support, or Mesa's lavapipe (Debian: mesa-vulkan-drivers) to run on the CPU",
+    );
+  }
+  const wanted: GPUFeatureName[] = ["shader-f16", "timestamp-query"];
+  const features = wanted.filter((f) => adapter.features.has(f));
+  const l = adapter.limits;
+  const requiredLimits: Record<string, number> = {
+    maxBufferSize: l.maxBufferSize,
+    maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+    maxStorageBuffersPerShaderStage: Math.min(l.maxStorageBuffersPerShaderStage, 10),
+    maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+    maxComputeInvocationsPerWorkgroup: Math.min(l.maxComputeInvocationsPerWorkgroup, 256),
+    maxComputeWorkgroupSizeX: Math.min(l.maxComputeWorkgroupSizeX, 256),
+  };
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({ requiredFeatures: features, requiredLimits });
+  } catch (e) {
+    throw new WebGpuUnavailableError(`Cannot create a WebGPU device: ${(e as Error).message}`, { cause: e });
+  }
+  const info = adapter.info;
+  let lost: DeviceLostError | undefined;
+  const gpu: Gpu = {
+    device,
+    info: {
+      description: info.description || info.device || "unknown adapter",
+      vendor: info.vendor,
+      isFallbackAdapter: (info as unknown as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false,
+      features,
+      maxBufferSize: device.limits.maxBufferSize,
+      maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize,
+      maxStorageBuffersPerShaderStage: device.limits.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupStorageSize: device.limits.maxComputeWorkgroupStorageSize,
+    },
+    get lost() {
+      return lost;
+    },
+    assertAlive() {
+      if (lost) throw lost;
+    },
+  };
+  device.lost.then((i) => {
+    lost = new DeviceLostError(`The GPU device was lost (${i.reason}): ${i.message || "no message"}`);
+  });
+  return gpu;
+}
+
+/**
+ * Runs `fn` inside validation and out-of-memory error scopes and throws a {@link GpuError} naming
+ * `label` if either caught something. Use around creation (pipelines, buffers), not per token.
+ */
+export async function withErrorScope<T>(device: GPUDevice, label: string, fn: () => T): Promise<T> {
+  device.pushErrorScope("out-of-memory");
+  device.pushErrorScope("validation");
+  let value: T;
+  try {
+    value = fn();
+  } finally {
+    const validation = await device.popErrorScope();
+    const oom = await device.popErrorScope();
+    const err = validation ?? oom;
+    if (err) {
+      // deno-lint-ignore no-unsafe-finally
+      throw new GpuError(
+        `${oom && !validation ? "Out of GPU memory" : "GPU validation failed"} in ${label}: ${err.message}`,
+      );
+    }
+  }
+  return value;
+}

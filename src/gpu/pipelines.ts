@@ -1,0 +1,90 @@
+/**
+ * Shader loading and the pipeline cache, keyed by (shader file, entry point, override constants).
+ * Every shader is `shaders/common.wgsl` followed by its own file. Compilation errors surface at
+ * creation as {@link ShaderCompileError} naming the shader.
+ *
+ * @module
+ */
+import { ShaderCompileError } from "../errors.ts";
+
+const SHADER_DIR = new URL("../../shaders/", import.meta.url);
+const sources = new Map<string, Promise<string>>();
+
+async function readShader(name: string): Promise<string> {
+  const url = new URL(name, SHADER_DIR);
+  if (url.protocol === "file:") return await Deno.readTextFile(url);
+  const res = await fetch(url);
+  if (!res.ok) throw new ShaderCompileError(`Cannot fetch shader ${name}: HTTP ${res.status}`);
+  return await res.text();
+}
+
+/** The WGSL source of `shaders/<name>` with the common prelude. Cached per process. */
+export function shaderSource(name: string): Promise<string> {
+  let s = sources.get(name);
+  if (!s) {
+    s = Promise.all([readShader("common.wgsl"), readShader(name)]).then(([a, b]) => `${a}\n${b}`);
+    sources.set(name, s);
+  }
+  return s;
+}
+
+/** Override constants of a pipeline (WGSL `override` declarations). */
+export type Constants = Record<string, number>;
+
+/** Compiles and caches compute pipelines for one device. */
+export class PipelineCache {
+  readonly #device: GPUDevice;
+  readonly #modules = new Map<string, Promise<GPUShaderModule>>();
+  readonly #pipelines = new Map<string, Promise<GPUComputePipeline>>();
+
+  /** A cache for `device`. */
+  constructor(device: GPUDevice) {
+    this.#device = device;
+  }
+
+  #module(file: string, source?: string): Promise<GPUShaderModule> {
+    let m = this.#modules.get(file);
+    if (!m) {
+      m = (async () => {
+        const code = source ?? await shaderSource(file);
+        this.#device.pushErrorScope("validation");
+        const module = this.#device.createShaderModule({ label: file, code });
+        const info = await module.getCompilationInfo();
+        const scoped = await this.#device.popErrorScope();
+        const errors = info.messages.filter((msg) => msg.type === "error");
+        if (errors.length > 0 || scoped) {
+          const detail = errors.map((e) => `${e.lineNum}:${e.linePos} ${e.message}`).join("; ") ||
+            scoped?.message;
+          throw new ShaderCompileError(`Shader ${file} failed to compile: ${detail}`);
+        }
+        return module;
+      })();
+      this.#modules.set(file, m);
+    }
+    return m;
+  }
+
+  /** The pipeline for `file`'s `entry` with `constants`, compiled once. `source` overrides the file (tests). */
+  get(file: string, entry = "main", constants: Constants = {}, source?: string): Promise<GPUComputePipeline> {
+    const key = `${file}#${entry}#${JSON.stringify(constants)}`;
+    let p = this.#pipelines.get(key);
+    if (!p) {
+      p = (async () => {
+        const module = await this.#module(file, source);
+        this.#device.pushErrorScope("validation");
+        const pipeline = await this.#device.createComputePipelineAsync({
+          label: `${file}:${entry}`,
+          layout: "auto",
+          compute: { module, entryPoint: entry, constants },
+        }).catch((e: Error) => {
+          throw new ShaderCompileError(`Pipeline ${file}:${entry} failed: ${e.message}`, { cause: e });
+        });
+        const err = await this.#device.popErrorScope();
+        if (err) throw new ShaderCompileError(`Pipeline ${file}:${entry} failed: ${err.message}`);
+        return pipeline;
+      })();
+      this.#pipelines.set(key, p);
+    }
+    return p;
+  }
+}

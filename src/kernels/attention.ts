@@ -1,0 +1,95 @@
+/**
+ * `shaders/rope.wgsl` and `shaders/attention.wgsl`: rotary embedding with the KV-cache write, then
+ * causal grouped-query attention over the cache.
+ *
+ * @module
+ */
+import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+
+const WG = 64;
+
+/** Attention geometry. */
+export interface AttentionShape {
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  /** Positions the KV cache holds. */
+  contextLength: number;
+}
+
+/**
+ * Records RoPE on q (in place) and on k into the cache, v copied beside it.
+ * rope: [ctx, hd/2] cos then [ctx, hd/2] sin; q: [T, H, hd]; k, v: [T, Hkv, hd]; caches: [ctx, Hkv, hd].
+ */
+export function ropeKv(
+  ctx: KernelContext,
+  o: AttentionShape & {
+    label: string;
+    rope: GPUBuffer;
+    q: GPUBuffer;
+    k: GPUBuffer;
+    v: GPUBuffer;
+    kCache: GPUBuffer;
+    vCache: GPUBuffer;
+  },
+): Promise<Dispatch> {
+  return record(ctx, {
+    label: o.label,
+    file: "rope.wgsl",
+    params: packParams({
+      n_heads: o.numHeads,
+      n_kv: o.numKvHeads,
+      head_dim: o.headDim,
+      ctx: o.contextLength,
+    }),
+    buffers: { 2: o.rope, 3: o.q, 4: o.k, 5: o.v, 6: o.kCache, 7: o.vCache },
+    workgroups: (s) => Math.ceil((s.t * (o.numHeads + o.numKvHeads) * o.headDim / 2) / WG),
+  });
+}
+
+/** Records causal attention: out[t, h] = softmax(q·Kᵀ·scale) · V over positions ≤ pos0 + t. */
+export function attention(
+  ctx: KernelContext,
+  o: AttentionShape & {
+    label: string;
+    q: GPUBuffer;
+    kCache: GPUBuffer;
+    vCache: GPUBuffer;
+    out: GPUBuffer;
+    /** Sliding-window span, or null. */
+    window: number | null;
+  },
+): Promise<Dispatch> {
+  if (o.headDim > 256) throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} exceeds 256`);
+  return record(ctx, {
+    label: o.label,
+    file: "attention.wgsl",
+    params: packParams({
+      n_heads: o.numHeads,
+      n_kv: o.numKvHeads,
+      head_dim: o.headDim,
+      window: o.window ?? 0,
+      "f:scale": 1 / Math.sqrt(o.headDim),
+    }),
+    buffers: { 2: o.q, 3: o.kCache, 4: o.vCache, 5: o.out },
+    workgroups: (s) => s.t * o.numHeads,
+  });
+}
+
+/**
+ * The RoPE table for `contextLength` positions: cos then sin, [ctx, hd/2] each, computed in f64.
+ * torch: inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)); freqs = t * inv_freq
+ */
+export function ropeTable(headDim: number, theta: number, contextLength: number): Float32Array<ArrayBuffer> {
+  const half = headDim / 2;
+  const out = new Float32Array(2 * contextLength * half);
+  for (let i = 0; i < half; i++) {
+    const invFreq = Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim)));
+    for (let p = 0; p < contextLength; p++) {
+      const a = Math.fround(p * invFreq);
+      out[p * half + i] = Math.cos(a);
+      out[contextLength * half + p * half + i] = Math.sin(a);
+    }
+  }
+  return out;
+}

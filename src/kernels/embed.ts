@@ -1,0 +1,20 @@
+/**
+ * `shaders/embed.wgsl`: x[t] = E[ids[t]].
+ *
+ * @module
+ */
+import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+
+/** Records the embedding lookup. table: [vocab, dim] bf16; ids: [rows] u32; x: [rows, dim] f32. */
+export function embed(
+  ctx: KernelContext,
+  o: { label: string; table: GPUBuffer; ids: GPUBuffer; x: GPUBuffer; dim: number; vocab: number },
+): Promise<Dispatch> {
+  return record(ctx, {
+    label: o.label,
+    file: "embed.wgsl",
+    params: packParams({ dim: o.dim, vocab: o.vocab }),
+    buffers: { 2: o.table, 3: o.ids, 4: o.x },
+    workgroups: (s) => s.t,
+  });
+}

@@ -1,0 +1,59 @@
+/**
+ * `shaders/experts.wgsl`: SwiGLU experts read from GPU slots through the slot table, weighted and
+ * added to the residual stream.
+ *
+ * @module
+ */
+import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+
+/** Buffers and geometry of one MoE layer's experts. */
+export interface ExpertsOptions {
+  label: string;
+  layer: number;
+  dim: number;
+  inter: number;
+  topK: number;
+  experts: number;
+  topkIds: GPUBuffer;
+  topkW: GPUBuffer;
+  slots: GPUBuffer;
+  x: GPUBuffer;
+  /** gate, up: [slots, I, D] bf16; down: [slots, D, I] bf16. */
+  gate: GPUBuffer;
+  up: GPUBuffer;
+  down: GPUBuffer;
+  /** h: [T·K, I] f32 scratch. */
+  h: GPUBuffer;
+  /** y: [T, D] f32, added into. */
+  y: GPUBuffer;
+}
+
+/** Records gate/up (+SiLU·mul) and down (+weighted sum +residual). */
+export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Dispatch[]> {
+  if (o.dim % 2 || o.inter % 2) throw new RangeError(`experts ${o.label}: dimensions must be even`);
+  const params = packParams({
+    dim: o.dim,
+    inter: o.inter,
+    top_k: o.topK,
+    experts: o.experts,
+    layer: o.layer,
+  });
+  return [
+    await record(ctx, {
+      label: `${o.label}.gate_up`,
+      file: "experts.wgsl",
+      entry: "gate_up",
+      params,
+      buffers: { 2: o.topkIds, 3: o.slots, 4: o.x, 5: o.gate, 6: o.up, 7: o.h },
+      workgroups: (s) => s.t * o.topK * o.inter,
+    }),
+    await record(ctx, {
+      label: `${o.label}.down`,
+      file: "experts.wgsl",
+      entry: "down_sum",
+      params,
+      buffers: { 2: o.topkIds, 3: o.slots, 7: o.h, 8: o.topkW, 9: o.down, 10: o.y },
+      workgroups: (s) => s.t * o.dim,
+    }),
+  ];
+}

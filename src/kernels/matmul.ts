@@ -1,0 +1,48 @@
+/**
+ * `shaders/matmul.wgsl`: y[r, o] (+)= Σ_i x[r, i] · W[o, i] (+ bias[o]) with W as stored (bf16).
+ *
+ * @module
+ */
+import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+
+/** Rows of x per workgroup (the shader's `TT`). */
+const TT = 4;
+
+/** Options of one matmul call site. */
+export interface MatmulOptions {
+  label: string;
+  /** W: [outDim, inDim] bf16, starting at u32 word `wOffset` of `weight`. */
+  weight: GPUBuffer;
+  wOffset?: number;
+  bias?: GPUBuffer;
+  /** x: [rows, inDim] f32. */
+  x: GPUBuffer;
+  /** y: [rows, outDim] f32. */
+  y: GPUBuffer;
+  inDim: number;
+  outDim: number;
+  /** Add into y (a residual connection) rather than overwrite it. */
+  accumulate?: boolean;
+  /** Rows are the call's logits rows (`headRows`) rather than all its rows. */
+  headRows?: boolean;
+}
+
+/** Records a matmul. */
+export function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch> {
+  if (o.inDim % 2 !== 0) throw new RangeError(`matmul ${o.label}: in dimension ${o.inDim} must be even`);
+  return record(ctx, {
+    label: o.label,
+    file: "matmul.wgsl",
+    constants: { TT },
+    params: packParams({
+      in_dim: o.inDim,
+      out_dim: o.outDim,
+      rows_mode: o.headRows ? 1 : 0,
+      accumulate: o.accumulate ? 1 : 0,
+      has_bias: o.bias ? 1 : 0,
+      w_offset: o.wOffset ?? 0,
+    }),
+    buffers: { 2: o.weight, 3: o.bias ?? o.weight, 4: o.x, 5: o.y },
+    workgroups: (s) => o.outDim * Math.ceil((o.headRows ? s.headRows : s.t) / TT),
+  });
+}

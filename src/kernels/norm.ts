@@ -1,0 +1,42 @@
+/**
+ * `shaders/norm.wgsl`: RMSNorm over rows, into another buffer or in place.
+ *
+ * @module
+ */
+import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+
+/** Options of one RMSNorm call site. */
+export interface RmsNormOptions {
+  label: string;
+  /** weight: [cols] bf16. */
+  weight: GPUBuffer;
+  /** Source rows; omit to normalise `y` in place. */
+  x?: GPUBuffer;
+  y: GPUBuffer;
+  cols: number;
+  eps: number;
+  /** Rows per token: heads for a per-head q/k norm, else 1. */
+  rowsPerToken?: number;
+  /** Normalise only the logits rows (`headRow0` … + `headRows`), writing them from row 0 of y. */
+  headRows?: boolean;
+}
+
+/** Records an RMSNorm. */
+export function rmsNorm(ctx: KernelContext, o: RmsNormOptions): Promise<Dispatch> {
+  const rpt = o.rowsPerToken ?? 1;
+  if (!o.x && o.headRows) throw new RangeError(`rmsNorm ${o.label}: in place cannot select logits rows`);
+  return record(ctx, {
+    label: o.label,
+    file: "norm.wgsl",
+    entry: o.x ? "main" : "in_place",
+    params: packParams({
+      cols: o.cols,
+      rows_per_token: rpt,
+      rows_mode: o.headRows ? 1 : 0,
+      _pad: 0,
+      "f:eps": o.eps,
+    }),
+    buffers: o.x ? { 2: o.weight, 3: o.x, 4: o.y } : { 2: o.weight, 4: o.y },
+    workgroups: (s) => (o.headRows ? s.headRows : s.t) * rpt,
+  });
+}

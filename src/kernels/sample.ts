@@ -1,0 +1,62 @@
+/**
+ * `shaders/sample.wgsl`: greedy or temperature/top-k/top-p sampling of the last logits row on the
+ * GPU, writing the token where the next step's embedding reads it.
+ *
+ * @module
+ */
+import { type Dispatch, type KernelContext, record } from "../gpu/dispatch.ts";
+
+/** Sampling settings of one request. temperature 0 is greedy; topK 0 and topP 1 are off. */
+export interface SamplingParams {
+  temperature: number;
+  topK: number;
+  topP: number;
+  seed: number;
+  /** End-of-sequence ids cannot be sampled before this many tokens (transformers' `min_new_tokens`). */
+  minTokens: number;
+  /** End-of-sequence ids (at most 4). */
+  eos: readonly number[];
+}
+
+/** Bytes of the sampler's `Params` uniform. */
+export const SAMPLING_PARAMS_BYTES = 48;
+
+/** Packs {@link SamplingParams} as the shader's `Params` (vocab first). */
+export function packSampling(vocab: number, s: SamplingParams): ArrayBuffer {
+  if (s.eos.length > 4) throw new RangeError(`At most 4 end-of-sequence ids, got ${s.eos.length}`);
+  const buf = new ArrayBuffer(SAMPLING_PARAMS_BYTES);
+  const u = new Uint32Array(buf);
+  const f = new Float32Array(buf);
+  u[0] = vocab;
+  u[1] = s.topK;
+  f[2] = s.topP;
+  f[3] = s.temperature;
+  u[4] = s.seed >>> 0;
+  u[5] = s.minTokens;
+  u[6] = s.eos.length;
+  u.set(s.eos, 8);
+  return buf;
+}
+
+/**
+ * Records the sampler. `params` is a {@link SAMPLING_PARAMS_BYTES}-byte uniform the caller rewrites per request (see
+ * {@link packSampling}); logits: [headRows, V]; ids: [rows] u32; generated: [maxNew] u32.
+ */
+export async function sampler(
+  ctx: KernelContext,
+  o: { label: string; params: GPUBuffer; logits: GPUBuffer; ids: GPUBuffer; generated: GPUBuffer },
+): Promise<Dispatch> {
+  const pipeline = await ctx.pipelines.get("sample.wgsl");
+  const bindGroup = ctx.device.createBindGroup({
+    label: o.label,
+    layout: pipeline.getBindGroupLayout(0),
+    entries: [
+      { binding: 0, resource: { buffer: ctx.step } },
+      { binding: 1, resource: { buffer: o.params } },
+      { binding: 2, resource: { buffer: o.logits } },
+      { binding: 3, resource: { buffer: o.ids } },
+      { binding: 4, resource: { buffer: o.generated } },
+    ],
+  });
+  return { label: o.label, pipeline, bindGroup, workgroups: () => 1 };
+}

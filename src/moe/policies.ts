@@ -1,0 +1,114 @@
+/**
+ * Residency policies: which experts sit in the GPU slots, and when that changes.
+ * - `full`: every expert resident.
+ * - `static`: a fixed set, given or planned from an importance profile.
+ * - `swapmoe`: the virtual experts of Kong et al. — the most important experts by decayed
+ *   importance `Σ ‖x‖·G(x)_i·‖E_i‖`, revised every `updateInterval` tokens, swapped in with at most
+ *   `maxUploadBytesPerStep` per step; tokens route among residents (masked gating).
+ * - `lru`: exact on-demand loading after reading the routing back, least recently used evicted.
+ *
+ * @module
+ */
+import type { ExpertCache } from "./expert_cache.ts";
+import { topExperts } from "./planner.ts";
+
+/** The policy names the API accepts. */
+export type PolicyName = "full" | "static" | "swapmoe" | "lru";
+/** Every policy name. */
+export const POLICIES: readonly PolicyName[] = ["full", "static", "swapmoe", "lru"];
+
+/** Swaps waiting to be uploaded: bring `expert` into `layer`, evicting `victim`. */
+interface PendingSwap {
+  layer: number;
+  expert: number;
+  victim: number;
+}
+
+/** SwapMoE's virtual-expert manager. */
+export class SwapMoePolicy {
+  #pending: PendingSwap[] = [];
+  swaps = 0;
+
+  /** The desired resident set per layer: the top experts by `score` (importance × ‖E‖), as many as fit. */
+  revise(cache: ExpertCache, score: readonly Float64Array[]): void {
+    this.#pending = [];
+    const cap = cache.capacity;
+    for (let l = 0; l < cache.moeLayers; l++) {
+      const s = score[l]!;
+      const want = new Set(topExperts(s, cap[l]!));
+      const resident = cache.resident(l);
+      const incoming = [...want].filter((e) => !cache.isResident(l, e)).sort((a, b) => s[b]! - s[a]!);
+      // the least important residents that are no longer wanted leave first
+      const leaving = resident.filter((e) => !want.has(e)).sort((a, b) => s[a]! - s[b]!);
+      const free = cap[l]! - resident.length;
+      incoming.forEach((e, i) => {
+        const victim = i < free ? -1 : leaving[i - free];
+        if (victim !== undefined) this.#pending.push({ layer: l, expert: e, victim });
+      });
+    }
+    // most important first across layers
+    this.#pending.sort((a, b) => score[b.layer]![b.expert]! - score[a.layer]![a.expert]!);
+  }
+
+  /** Swaps still waiting. */
+  get pending(): number {
+    return this.#pending.length;
+  }
+
+  /** Performs waiting swaps worth at most `maxBytes` (at least one). Returns bytes uploaded. */
+  pump(cache: ExpertCache, maxBytes: number): number {
+    let bytes = 0;
+    while (this.#pending.length > 0 && (bytes === 0 || bytes + cache.slotBytes <= maxBytes)) {
+      const s = this.#pending.shift()!;
+      if (cache.isResident(s.layer, s.expert)) continue;
+      if (s.victim >= 0) cache.evict(s.layer, s.victim);
+      const slot = cache.freeSlot(s.layer);
+      if (slot < 0) continue;
+      cache.load(s.layer, s.expert, slot);
+      bytes += cache.slotBytes;
+      this.swaps++;
+    }
+    return bytes;
+  }
+
+  /** Forgets waiting swaps (after a resize). */
+  clear(): void {
+    this.#pending = [];
+  }
+}
+
+/** Exact on-demand loading with least-recently-used eviction. */
+export class LruPolicy {
+  #tick = 0;
+  #lastUse: Float64Array[];
+  misses = 0;
+
+  /** Tracks `layers` × `experts`. */
+  constructor(layers: number, experts: number) {
+    this.#lastUse = Array.from({ length: layers }, () => new Float64Array(experts));
+  }
+
+  /** Makes every expert in `needed` resident in `layer`, evicting the least recently used others. */
+  ensure(cache: ExpertCache, layer: number, needed: Iterable<number>): void {
+    const now = ++this.#tick;
+    const need = new Set(needed);
+    const last = this.#lastUse[layer]!;
+    for (const e of need) last[e] = now;
+    for (const e of need) {
+      if (cache.isResident(layer, e)) continue;
+      this.misses++;
+      let slot = cache.freeSlot(layer);
+      if (slot < 0) {
+        let victim = -1;
+        for (const r of cache.resident(layer)) {
+          if (need.has(r)) continue;
+          if (victim < 0 || last[r]! < last[victim]!) victim = r;
+        }
+        if (victim < 0) throw new Error(`Internal: no evictable expert in MoE layer ${layer}`);
+        cache.evict(layer, victim);
+        slot = cache.freeSlot(layer);
+      }
+      cache.load(layer, e, slot);
+    }
+  }
+}

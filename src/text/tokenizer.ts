@@ -1,0 +1,409 @@
+/**
+ * A Hugging Face tokenizer folder (`tokenizer.json`, `tokenizer_config.json`, chat template) → text ↔ ids,
+ * matching `transformers`' `AutoTokenizer`: encoding through `@huggingface/tokenizers`, chat templates through
+ * `@huggingface/jinja`, plus an incremental detokenizer for streaming.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
+import { Template } from "@huggingface/jinja";
+import { TokenizerError } from "../errors.ts";
+
+/** One turn of a conversation, as chat templates expect it. */
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+/** Options of {@link Tokenizer.encode}. */
+export interface EncodeOptions {
+  /** Let the post-processor add the model's special tokens (e.g. a leading `<s>`); default true. */
+  addSpecialTokens?: boolean;
+}
+
+/** Options of {@link Tokenizer.decode} and {@link Tokenizer.createStreamDecoder}. */
+export interface DecodeOptions {
+  /** Drop special tokens (`<s>`, `</s>`, …) from the text; default true. */
+  skipSpecialTokens?: boolean;
+}
+
+/** Options of {@link Tokenizer.applyChatTemplate}. */
+export interface ChatTemplateOptions {
+  /** Append the prompt that opens the assistant's turn; default false. */
+  addGenerationPrompt?: boolean;
+}
+
+/** An incremental detokenizer: feed generated ids, get back the text they complete. */
+export interface StreamDecoder {
+  /** Adds ids; returns the newly completed text (never a broken UTF-8 or byte-level sequence). */
+  push(ids: number[]): string;
+  /** Returns whatever text is still held back (possibly with U+FFFD for incomplete bytes) and resets. */
+  flush(): string;
+}
+
+/** The special-token names of `tokenizer_config.json` that transformers hands to chat templates. */
+const SPECIAL_TOKEN_KEYS = [
+  "bos_token",
+  "eos_token",
+  "unk_token",
+  "sep_token",
+  "pad_token",
+  "cls_token",
+  "mask_token",
+] as const;
+
+type JsonObject = Record<string, unknown>;
+
+function isObject(value: unknown): value is JsonObject {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+async function readText(path: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) {
+      throw new TokenizerError(`Missing tokenizer file: ${path}`, { cause: err });
+    }
+    throw new TokenizerError(`Cannot read tokenizer file: ${path}: ${describe(err)}`, { cause: err });
+  }
+}
+
+async function readOptionalText(path: string): Promise<string | undefined> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return undefined;
+    throw new TokenizerError(`Cannot read tokenizer file: ${path}: ${describe(err)}`, { cause: err });
+  }
+}
+
+async function readJsonObject(path: string): Promise<JsonObject> {
+  const text = await readText(path);
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new TokenizerError(`Malformed tokenizer file: ${path}: ${describe(err)}`, { cause: err });
+  }
+  if (!isObject(value)) {
+    throw new TokenizerError(`Malformed tokenizer file: ${path}: expected a JSON object`);
+  }
+  return value;
+}
+
+/** A special token in `tokenizer_config.json`: a string, or a serialised `AddedToken` (`{content, …}`). */
+function specialTokenContent(value: unknown): string | undefined {
+  if (typeof value === "string") return value;
+  if (isObject(value) && typeof value.content === "string") return value.content;
+  return undefined;
+}
+
+/** Where a chat template came from, for error messages, and its source. */
+interface TemplateSource {
+  readonly origin: string;
+  readonly source: string;
+}
+
+/** Picks the chat template: `chat_template.jinja` wins over `tokenizer_config.json`'s `chat_template`. */
+function pickChatTemplate(
+  jinja: string | undefined,
+  jinjaPath: string,
+  config: JsonObject,
+  configPath: string,
+): TemplateSource | undefined {
+  if (jinja !== undefined) return { origin: jinjaPath, source: jinja };
+  const raw = config.chat_template;
+  if (raw === undefined || raw === null) return undefined;
+  if (typeof raw === "string") return { origin: configPath, source: raw };
+  if (Array.isArray(raw)) {
+    const named = new Map<string, string>();
+    for (const entry of raw) {
+      if (!isObject(entry) || typeof entry.name !== "string" || typeof entry.template !== "string") {
+        throw new TokenizerError(
+          `Malformed tokenizer file: ${configPath}: chat_template entries must be {name, template} strings`,
+        );
+      }
+      named.set(entry.name, entry.template);
+    }
+    const template = named.get("default");
+    if (template === undefined) {
+      throw new TokenizerError(
+        `Malformed tokenizer file: ${configPath}: chat_template has no "default" entry among ${
+          [...named.keys()].map((n) => JSON.stringify(n)).join(", ") || "none"
+        }`,
+      );
+    }
+    return { origin: `${configPath} (chat_template "default")`, source: template };
+  }
+  throw new TokenizerError(
+    `Malformed tokenizer file: ${configPath}: chat_template must be a string or a list of {name, template}`,
+  );
+}
+
+/**
+ * A loaded tokenizer. Encoding and decoding agree with `transformers`' `AutoTokenizer` for the same folder:
+ * `encode(text)` is `tokenizer(text).input_ids`, `decode(ids)` is `tokenizer.decode(ids, skip_special_tokens=True)`.
+ */
+export class Tokenizer {
+  /** Size of the id space including added and special tokens: one more than the largest token id. */
+  readonly vocabSize: number;
+  /** Id of the beginning-of-sequence token, when the config names one. */
+  readonly bosTokenId: number | undefined;
+  /** Id of the end-of-sequence token, when the config names one. */
+  readonly eosTokenId: number | undefined;
+
+  readonly #hf: HfTokenizer;
+  readonly #cleanUpSpaces: boolean;
+  /** Special tokens handed to chat templates (`bos_token`, `eos_token`, …). */
+  readonly #specialTokens: Record<string, string>;
+  readonly #templateSource: TemplateSource | undefined;
+  #template: Template | undefined;
+
+  private constructor(
+    hf: HfTokenizer,
+    config: JsonObject,
+    configPath: string,
+    templateSource: TemplateSource | undefined,
+  ) {
+    this.#hf = hf;
+    this.#templateSource = templateSource;
+    // transformers (≥ 4.45) defaults clean_up_tokenization_spaces to false; tokenizers.js defaults it to true.
+    this.#cleanUpSpaces = config.clean_up_tokenization_spaces === true;
+
+    let maxId = -1;
+    for (const id of hf.get_vocab(true).values()) if (id > maxId) maxId = id;
+    this.vocabSize = maxId + 1;
+
+    this.#specialTokens = {};
+    for (const key of SPECIAL_TOKEN_KEYS) {
+      const content = specialTokenContent(config[key]);
+      if (content !== undefined) this.#specialTokens[key] = content;
+    }
+    const extra = config.additional_special_tokens;
+    if (Array.isArray(extra)) {
+      const contents = extra.map(specialTokenContent).filter((c): c is string => c !== undefined);
+      (this.#specialTokens as Record<string, unknown>).additional_special_tokens = contents;
+    }
+
+    this.bosTokenId = this.#specialId(config, "bos_token", configPath);
+    this.eosTokenId = this.#specialId(config, "eos_token", configPath);
+  }
+
+  /** Resolves `bos_token`/`eos_token` to an id, or falls back to `bos_token_id`/`eos_token_id` in the config. */
+  #specialId(config: JsonObject, key: "bos_token" | "eos_token", configPath: string): number | undefined {
+    const content = this.#specialTokens[key];
+    if (content !== undefined) {
+      const id = this.#hf.token_to_id(content);
+      if (id === undefined) {
+        throw new TokenizerError(
+          `Malformed tokenizer file: ${configPath}: ${key} ${
+            JSON.stringify(content)
+          } is not in the vocabulary`,
+        );
+      }
+      return id;
+    }
+    const id = config[`${key}_id`];
+    if (id === undefined || id === null) return undefined;
+    if (typeof id !== "number" || !Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
+      throw new TokenizerError(
+        `Malformed tokenizer file: ${configPath}: ${key}_id must be a token id below ${this.vocabSize}, got ${
+          JSON.stringify(id)
+        }`,
+      );
+    }
+    return id;
+  }
+
+  /**
+   * Loads the tokenizer in `dir`: `tokenizer.json` and `tokenizer_config.json` (both required), and the chat
+   * template from `chat_template.jinja` or else `tokenizer_config.json`'s `chat_template` (optional).
+   *
+   * @throws {TokenizerError} when the folder or a required file is missing, or a file is malformed
+   */
+  static async load(dir: string): Promise<Tokenizer> {
+    try {
+      const info = await Deno.stat(dir);
+      if (!info.isDirectory) throw new TokenizerError(`Tokenizer path is not a folder: ${dir}`);
+    } catch (err) {
+      if (err instanceof TokenizerError) throw err;
+      if (err instanceof Deno.errors.NotFound) {
+        throw new TokenizerError(`Tokenizer folder not found: ${dir}`, { cause: err });
+      }
+      throw new TokenizerError(`Cannot read tokenizer folder: ${dir}: ${describe(err)}`, { cause: err });
+    }
+
+    const tokenizerPath = join(dir, "tokenizer.json");
+    const configPath = join(dir, "tokenizer_config.json");
+    const jinjaPath = join(dir, "chat_template.jinja");
+    const [tokenizerJson, config, jinja] = await Promise.all([
+      readJsonObject(tokenizerPath),
+      readJsonObject(configPath),
+      readOptionalText(jinjaPath),
+    ]);
+    for (const key of ["model", "added_tokens"] as const) {
+      if (!(key in tokenizerJson)) {
+        throw new TokenizerError(`Malformed tokenizer file: ${tokenizerPath}: no "${key}" field`);
+      }
+    }
+
+    let hf: HfTokenizer;
+    try {
+      // tokenizers.js wants every pipeline stage present; absent stages in tokenizer.json mean "none".
+      hf = new HfTokenizer(
+        {
+          normalizer: null,
+          pre_tokenizer: null,
+          post_processor: null,
+          decoder: null,
+          ...tokenizerJson,
+        },
+        config,
+      );
+    } catch (err) {
+      throw new TokenizerError(`Malformed tokenizer file: ${tokenizerPath}: ${describe(err)}`, {
+        cause: err,
+      });
+    }
+    const templateSource = pickChatTemplate(jinja, jinjaPath, config, configPath);
+    return new Tokenizer(hf, config, configPath, templateSource);
+  }
+
+  /** Whether a chat template was found. */
+  get hasChatTemplate(): boolean {
+    return this.#templateSource !== undefined;
+  }
+
+  /**
+   * Text → ids, as `tokenizer(text).input_ids`: special tokens written in the text are recognised, and the
+   * post-processor adds the model's special tokens unless `addSpecialTokens` is false.
+   */
+  encode(text: string, options: EncodeOptions = {}): number[] {
+    const { ids } = this.#hf.encode(text, { add_special_tokens: options.addSpecialTokens ?? true });
+    for (let i = 0; i < ids.length; i++) {
+      if (typeof ids[i] !== "number") {
+        throw new TokenizerError(`Cannot encode text: a token has no id and the tokenizer has no unk_token`);
+      }
+    }
+    return ids;
+  }
+
+  /**
+   * Ids → text, as `tokenizer.decode(ids, skip_special_tokens=…)`. Ids outside the vocabulary (e.g. from a
+   * padded embedding) are dropped, as the Rust tokenizers library does.
+   */
+  decode(ids: ArrayLike<number>, options: DecodeOptions = {}): string {
+    const known: number[] = [];
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      if (Number.isInteger(id) && id >= 0 && this.#hf.id_to_token(id) !== undefined) known.push(id);
+    }
+    if (known.length === 0) return ""; // tokenizers.js refuses an empty list
+    return this.#hf.decode(known, {
+      skip_special_tokens: options.skipSpecialTokens ?? true,
+      clean_up_tokenization_spaces: this.#cleanUpSpaces,
+    });
+  }
+
+  /** The token string of `id` (byte-level form, e.g. `Ġthe`), or undefined when out of range. */
+  idToToken(id: number): string | undefined {
+    if (!Number.isInteger(id) || id < 0) return undefined;
+    return this.#hf.id_to_token(id);
+  }
+
+  /** The id of a token string (byte-level form), or undefined when not in the vocabulary. */
+  tokenToId(token: string): number | undefined {
+    return this.#hf.token_to_id(token);
+  }
+
+  /**
+   * Renders the chat template as transformers does: with `messages`, `add_generation_prompt` and the special
+   * tokens of `tokenizer_config.json` (`bos_token`, `eos_token`, …).
+   *
+   * @throws {TokenizerError} when there is no chat template, or it fails to parse or render
+   */
+  applyChatTemplate(messages: ChatMessage[], options: ChatTemplateOptions = {}): string {
+    const source = this.#templateSource;
+    if (source === undefined) {
+      throw new TokenizerError(
+        "No chat template: expected chat_template.jinja or a chat_template in tokenizer_config.json",
+      );
+    }
+    if (this.#template === undefined) {
+      try {
+        this.#template = new Template(source.source);
+      } catch (err) {
+        throw new TokenizerError(`Malformed chat template: ${source.origin}: ${describe(err)}`, {
+          cause: err,
+        });
+      }
+    }
+    try {
+      return this.#template.render({
+        ...this.#specialTokens,
+        messages: messages.map((m) => ({ ...m })),
+        add_generation_prompt: options.addGenerationPrompt ?? false,
+      });
+    } catch (err) {
+      throw new TokenizerError(`Chat template failed to render: ${source.origin}: ${describe(err)}`, {
+        cause: err,
+      });
+    }
+  }
+
+  /**
+   * An incremental detokenizer for streaming generation. Each `push` decodes the new ids together with a few
+   * ids of context and returns only the text past that context, holding text back while it ends in an
+   * incomplete UTF-8 sequence (U+FFFD); concatenating every `push` and the final `flush` gives
+   * `decode(allIds, options)`.
+   */
+  createStreamDecoder(options: DecodeOptions = {}): StreamDecoder {
+    const decodeOptions: DecodeOptions = { skipSpecialTokens: options.skipSpecialTokens ?? true };
+    let ids: number[] = [];
+    // ids[prefixOffset, readOffset) is context already emitted; ids[readOffset, …) is not yet emitted.
+    let prefixOffset = 0;
+    let readOffset = 0;
+
+    const pending = (): { text: string; complete: boolean } => {
+      const prefix = this.decode(ids.slice(prefixOffset, readOffset), decodeOptions);
+      const full = this.decode(ids.slice(prefixOffset), decodeOptions);
+      return {
+        text: full.slice(prefix.length),
+        complete: full.length > prefix.length && !full.endsWith("\uFFFD"),
+      };
+    };
+
+    return {
+      push: (newIds: number[]): string => {
+        let out = "";
+        for (const id of newIds) {
+          ids.push(id);
+          const { text, complete } = pending();
+          if (!complete) continue;
+          out += text;
+          prefixOffset = readOffset;
+          readOffset = ids.length;
+          if (prefixOffset > 0) { // keep only the context that later decodes need
+            ids = ids.slice(prefixOffset);
+            readOffset -= prefixOffset;
+            prefixOffset = 0;
+          }
+        }
+        return out;
+      },
+      flush: (): string => {
+        const { text } = pending();
+        ids = [];
+        prefixOffset = 0;
+        readOffset = 0;
+        return text;
+      },
+    };
+  }
+}

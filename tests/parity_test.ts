@@ -1,0 +1,66 @@
+/**
+ * Parity against Hugging Face transformers (the oracle): for each tiny checkpoint, every prompt's
+ * logits within 1e-3 × max(1, max|reference|), greedy ids exactly, and the same under masked
+ * routing with `policy: "static"` against `masked_logits` / `masked_greedy`.
+ */
+import assert from "node:assert/strict";
+import { createEngine } from "../mod.ts";
+import { SafetensorsFile } from "../src/checkpoint/safetensors.ts";
+
+interface Reference {
+  greedy_new_tokens: number;
+  masked_routing: { allowed: number[][] };
+  prompts: { text: string; ids: number[]; greedy: number[]; masked_greedy: number[] }[];
+}
+
+const FIXTURES = new URL("./fixtures/", import.meta.url);
+const MODELS = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe"];
+
+/** Largest |a − b| and the tolerance 1e-3 × max(1, max|b|). */
+export function logitError(actual: Float32Array, expected: Float32Array): { err: number; tol: number } {
+  assert.equal(actual.length, expected.length, "logits length");
+  let err = 0;
+  let max = 0;
+  for (let i = 0; i < expected.length; i++) {
+    err = Math.max(err, Math.abs(actual[i]! - expected[i]!));
+    max = Math.max(max, Math.abs(expected[i]!));
+  }
+  return { err, tol: 1e-3 * Math.max(1, max) };
+}
+
+async function greedy(
+  engine: Awaited<ReturnType<typeof createEngine>>,
+  ids: number[],
+  n: number,
+): Promise<number[]> {
+  const out: number[] = [];
+  // transformers' references were made with min_new_tokens = n: end-of-sequence is suppressed
+  for await (const c of engine.generate({ ids, maxTokens: n, minTokens: n, temperature: 0 })) {
+    out.push(...c.ids);
+  }
+  return out;
+}
+
+for (const name of MODELS) {
+  const dir = new URL(`${name}/`, FIXTURES).pathname;
+  const ref: Reference = JSON.parse(await Deno.readTextFile(`${dir}reference.json`));
+  for (const masked of [false, true]) {
+    Deno.test(`${name}: ${masked ? "masked routing (static)" : "logits and greedy ids"} match transformers`, async () => {
+      using logits = SafetensorsFile.open(`${dir}reference.safetensors`);
+      await using engine = await createEngine(
+        masked
+          ? { model: dir, policy: "static", residentExperts: ref.masked_routing.allowed }
+          : { model: dir },
+      );
+      for (const [i, p] of ref.prompts.entries()) {
+        const want = logits.bytes(`p${i}.${masked ? "masked_logits" : "logits"}`);
+        const expected = new Float32Array(want.buffer, want.byteOffset, want.byteLength / 4);
+        const { err, tol } = logitError(await engine.forward(p.ids), expected);
+        assert.ok(err <= tol, `prompt ${i}: max logit error ${err} > ${tol}`);
+        const ids = await greedy(engine, p.ids, ref.greedy_new_tokens);
+        assert.deepEqual(ids, masked ? p.masked_greedy : p.greedy, `prompt ${i}: greedy ids`);
+      }
+      if (masked) assert.deepEqual(engine.stats().residentExperts, ref.masked_routing.allowed);
+    });
+  }
+}

@@ -11,6 +11,7 @@
 // before softmax and top-k. An expert is allowed when its slot is >= 0 (or always, when `masked` is 0).
 override WG: u32 = 64u;
 const MAX_K: u32 = 16u;
+const MAX_E: u32 = 256u;
 
 struct Params {
   experts: u32,
@@ -34,60 +35,112 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> utopk_p: array<f32>;
 @group(0) @binding(9) var<storage, read_write> xnorm: array<f32>;
 
-fn allowed(e: u32, use_mask: bool) -> bool {
-  return !use_mask || slots[p.layer * p.experts + e] >= 0;
+var<workgroup> lg: array<f32, MAX_E>;       // this token's router logits
+var<workgroup> ok: array<u32, MAX_E>;       // 1 where the expert may be chosen in this round
+var<workgroup> red_v: array<f32, WG>;
+var<workgroup> red_i: array<u32, WG>;
+var<workgroup> chosen: array<u32, MAX_K>;
+var<workgroup> chosen_p: array<f32, MAX_K>;
+
+fn reduce_max(tid: u32, v: f32) -> f32 {
+  workgroupBarrier();
+  red_v[tid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { red_v[tid] = max(red_v[tid], red_v[tid + s]); }
+    workgroupBarrier();
+  }
+  return red_v[0];
 }
 
-// Writes the top-k experts of row t (among allowed ones when use_mask) and returns nothing;
-// probabilities are softmax over the allowed experts.
-fn route(t: u32, use_mask: bool, out_ids: ptr<function, array<u32, MAX_K>>, out_p: ptr<function, array<f32, MAX_K>>) {
-  let base = t * p.experts;
-  var m = NEG_INF;
-  for (var e = 0u; e < p.experts; e++) {
-    if (allowed(e, use_mask)) { m = max(m, logits[base + e]); }
+fn reduce_sum(tid: u32, v: f32) -> f32 {
+  workgroupBarrier();
+  red_v[tid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { red_v[tid] += red_v[tid + s]; }
+    workgroupBarrier();
   }
-  var s = 0.0;
-  for (var e = 0u; e < p.experts; e++) {
-    if (allowed(e, use_mask)) { s += exp(logits[base + e] - m); }
+  return red_v[0];
+}
+
+// The allowed expert with the largest logit (lowest index among equals), or 0xffffffff.
+fn reduce_argmax(tid: u32) -> u32 {
+  var bv = NEG_INF;
+  var bi = 0xffffffffu;
+  for (var e = tid; e < p.experts; e += WG) {
+    if (ok[e] == 1u && (bi == 0xffffffffu || lg[e] > bv)) { bv = lg[e]; bi = e; }
   }
-  for (var k = 0u; k < p.top_k; k++) {
-    var best = 0xffffffffu;
-    var bv = NEG_INF;
-    for (var e = 0u; e < p.experts; e++) {
-      if (!allowed(e, use_mask)) { continue; }
-      var taken = false;
-      for (var j = 0u; j < k; j++) { if ((*out_ids)[j] == e) { taken = true; } }
-      let v = logits[base + e];
-      if (!taken && (best == 0xffffffffu || v > bv)) { best = e; bv = v; }
+  workgroupBarrier();
+  red_v[tid] = bv;
+  red_i[tid] = bi;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) {
+      let oi = red_i[tid + s];
+      let ov = red_v[tid + s];
+      let mi = red_i[tid];
+      if (oi != 0xffffffffu && (mi == 0xffffffffu || ov > red_v[tid] || (ov == red_v[tid] && oi < mi))) {
+        red_v[tid] = ov;
+        red_i[tid] = oi;
+      }
     }
-    (*out_ids)[k] = best;
-    (*out_p)[k] = select(0.0, exp(bv - m) / s, best != 0xffffffffu);
+    workgroupBarrier();
+  }
+  return red_i[0];
+}
+
+// Top-k among allowed experts of this token into chosen / chosen_p (softmax over allowed ones).
+fn route(tid: u32, use_mask: bool) {
+  for (var e = tid; e < p.experts; e += WG) {
+    ok[e] = select(1u, 0u, use_mask && slots[p.layer * p.experts + e] < 0);
+  }
+  workgroupBarrier();
+  var m = NEG_INF;
+  for (var e = tid; e < p.experts; e += WG) { if (ok[e] == 1u) { m = max(m, lg[e]); } }
+  m = reduce_max(tid, m);
+  var s = 0.0;
+  for (var e = tid; e < p.experts; e += WG) { if (ok[e] == 1u) { s += exp(lg[e] - m); } }
+  s = reduce_sum(tid, s);
+  for (var k = 0u; k < p.top_k; k++) {
+    let best = reduce_argmax(tid);
+    if (tid == 0u) {
+      chosen[k] = best;
+      chosen_p[k] = select(0.0, exp(lg[min(best, MAX_E - 1u)] - m) / s, best != 0xffffffffu);
+      if (best != 0xffffffffu) { ok[best] = 0u; }
+    }
+    workgroupBarrier();
   }
 }
 
+// One workgroup per token.
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let t = gid.x;
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+  let t = linear_wg(wg, nwg);
   if (t >= step.t) { return; }
-  var ids: array<u32, MAX_K>;
-  var pr: array<f32, MAX_K>;
-  route(t, p.masked == 1u, &ids, &pr);
-  var total = 0.0;
-  for (var k = 0u; k < p.top_k; k++) { total += pr[k]; }
-  for (var k = 0u; k < p.top_k; k++) {
-    topk_ids[t * p.top_k + k] = ids[k];
-    topk_w[t * p.top_k + k] = select(pr[k], pr[k] / total, p.norm_topk == 1u);
+  for (var e = tid; e < p.experts; e += WG) { lg[e] = logits[t * p.experts + e]; }
+  route(tid, p.masked == 1u);
+  if (tid == 0u) {
+    var total = 0.0;
+    for (var k = 0u; k < p.top_k; k++) { total += chosen_p[k]; }
+    for (var k = 0u; k < p.top_k; k++) {
+      topk_ids[t * p.top_k + k] = chosen[k];
+      topk_w[t * p.top_k + k] = select(chosen_p[k], chosen_p[k] / total, p.norm_topk == 1u);
+    }
   }
-  var uids: array<u32, MAX_K>;
-  var upr: array<f32, MAX_K>;
-  route(t, false, &uids, &upr);
-  for (var k = 0u; k < p.top_k; k++) {
-    utopk_ids[t * p.top_k + k] = uids[k];
-    utopk_p[t * p.top_k + k] = upr[k];
+  workgroupBarrier();
+  route(tid, false);
+  if (tid == 0u) {
+    for (var k = 0u; k < p.top_k; k++) {
+      utopk_ids[t * p.top_k + k] = chosen[k];
+      utopk_p[t * p.top_k + k] = chosen_p[k];
+    }
   }
   var ss = 0.0;
-  for (var d = 0u; d < p.dim; d++) { let v = x[t * p.dim + d]; ss += v * v; }
-  xnorm[t] = sqrt(ss);
+  for (var d = tid; d < p.dim; d += WG) { let v = x[t * p.dim + d]; ss += v * v; }
+  ss = reduce_sum(tid, ss);
+  if (tid == 0u) { xnorm[t] = sqrt(ss); }
 }
 
 // Statistics, one thread per expert of this layer (no atomics needed):

@@ -48,6 +48,7 @@ function params(o: RouterOptions): ArrayBuffer {
 /** Records the router and the statistics pass after it. */
 export async function router(ctx: KernelContext, o: RouterOptions): Promise<Dispatch[]> {
   if (o.topK > 16) throw new RangeError(`router ${o.label}: top-k ${o.topK} exceeds 16`);
+  if (o.experts > 256) throw new RangeError(`router ${o.label}: ${o.experts} experts exceed 256`);
   const route = await record(ctx, {
     label: o.label,
     file: "router.wgsl",
@@ -62,7 +63,7 @@ export async function router(ctx: KernelContext, o: RouterOptions): Promise<Disp
       8: o.utopkP,
       9: o.xnorm,
     },
-    workgroups: (s) => Math.ceil(s.t / WG),
+    workgroups: (s) => s.t,
   });
   const stats = await record(ctx, {
     label: `${o.label}.stats`,

@@ -278,7 +278,6 @@ class EngineImpl implements Engine {
   // readback staging buffers
   readonly #logitsStaging: TrackedBuffer;
   readonly #tokenStaging: TrackedBuffer[];
-  readonly #statsStaging: TrackedBuffer;
   readonly #topkStaging: TrackedBuffer;
   #closed = false;
   #busy: Promise<unknown> = Promise.resolve();
@@ -305,7 +304,7 @@ class EngineImpl implements Engine {
     minimumBytes: number;
     budget: number;
     staticSets: number[][] | undefined;
-    staging: { logits: TrackedBuffer; tokens: TrackedBuffer[]; stats: TrackedBuffer; topk: TrackedBuffer };
+    staging: { logits: TrackedBuffer; tokens: TrackedBuffer[]; topk: TrackedBuffer };
   }) {
     this.spec = init.spec;
     this.tokenizer = init.tokenizer;
@@ -328,7 +327,6 @@ class EngineImpl implements Engine {
     this.#staticSets = init.staticSets;
     this.#logitsStaging = init.staging.logits;
     this.#tokenStaging = init.staging.tokens;
-    this.#statsStaging = init.staging.stats;
     this.#topkStaging = init.staging.topk;
     if (init.policy === "swapmoe") this.#swap = new SwapMoePolicy();
     if (init.policy === "lru") this.#lru = new LruPolicy(init.cache.moeLayers, init.spec.numExperts);
@@ -386,8 +384,10 @@ class EngineImpl implements Engine {
       // The footprint, known before any allocation.
       const slotBytes = 3 * spec.moeIntermediateSize * spec.hiddenSize * 2;
       const uniformSlots = 32 + 24 * spec.numLayers;
-      const stagingBytes = maxRows * spec.vocabSize * 4 + 2 * shape.maxGenerated * 4 +
-        moeLayers * spec.numExperts * 16 +
+      // readbacks carry the routing statistics behind their payload: one map per readback
+      const statsBytes = moeLayers * spec.numExperts * 16;
+      const stagingBytes = maxRows * spec.vocabSize * 4 + statsBytes +
+        2 * (shape.maxGenerated * 4 + statsBytes) +
         maxRows * spec.topK * 4;
       const fixedBytes = denseBytes(spec, names, (n) => ckpt.info(n).byteLength) +
         runStateBytes(spec, shape, moeLayers) +
@@ -429,11 +429,10 @@ class EngineImpl implements Engine {
       };
       const read = GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
       const staging = {
-        logits: memory.alloc("staging.logits", maxRows * spec.vocabSize * 4, read, "staging"),
+        logits: memory.alloc("staging.logits", maxRows * spec.vocabSize * 4 + statsBytes, read, "staging"),
         tokens: [0, 1].map((i) =>
-          memory!.alloc(`staging.tokens${i}`, shape.maxGenerated * 4, read, "staging")
+          memory!.alloc(`staging.tokens${i}`, shape.maxGenerated * 4 + statsBytes, read, "staging")
         ),
-        stats: memory.alloc("staging.stats", moeLayers * spec.numExperts * 16, read, "staging"),
         topk: memory.alloc("staging.topk", maxRows * spec.topK * 4, read, "staging"),
       };
       const store = checkpointExpertStore(
@@ -651,19 +650,21 @@ class EngineImpl implements Engine {
     device.queue.submit([enc.finish()]);
   }
 
-  /** Copies the statistics to staging and clears them, inside `enc`. */
-  #copyStats(enc: GPUCommandEncoder): void {
-    const stats = this.#model.state.stats.buffer;
-    const n = this.#cache.moeLayers * this.spec.numExperts * 16;
-    enc.copyBufferToBuffer(stats, 0, this.#statsStaging.buffer, 0, n);
-    enc.clearBuffer(stats, 0, n);
+  /** Bytes of the routing statistics, [moeLayers, E, 4] f32. */
+  get #statsBytes(): number {
+    return this.#cache.moeLayers * this.spec.numExperts * 16;
   }
 
-  async #readStats(tokens: number): Promise<void> {
-    const n = this.#cache.moeLayers * this.spec.numExperts * 16;
-    await this.#statsStaging.buffer.mapAsync(GPUMapMode.READ, 0, n);
-    const f = new Float32Array(this.#statsStaging.buffer.getMappedRange(0, n).slice(0));
-    this.#statsStaging.buffer.unmap();
+  /** Inside `enc`: copies the statistics the GPU summed since the last copy to `staging` at `offset`, and clears them. */
+  #copyStats(enc: GPUCommandEncoder, staging: GPUBuffer, offset: number): void {
+    const stats = this.#model.state.stats.buffer;
+    enc.copyBufferToBuffer(stats, 0, staging, offset, this.#statsBytes);
+    enc.clearBuffer(stats, 0, this.#statsBytes);
+  }
+
+  /** Adds statistics from a mapped staging range covering `tokens` tokens. */
+  #takeStats(staging: GPUBuffer, offset: number, tokens: number): void {
+    const f = new Float32Array(staging.getMappedRange(offset, this.#statsBytes).slice(0));
     this.#importance.add(f, tokens);
     this.#tokensSinceRevision += tokens;
   }
@@ -693,20 +694,16 @@ class EngineImpl implements Engine {
           new Uint32Array(ids.slice(start, start + t)),
         );
         this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
+        const staging = this.#logitsStaging.buffer;
+        const statsAt = maxRows * V * 4;
         await this.#call(t, start, 0, t, (enc) => {
-          enc.copyBufferToBuffer(
-            this.#model.state.logits.buffer,
-            0,
-            this.#logitsStaging.buffer,
-            0,
-            t * V * 4,
-          );
-          this.#copyStats(enc);
+          enc.copyBufferToBuffer(this.#model.state.logits.buffer, 0, staging, 0, t * V * 4);
+          this.#copyStats(enc, staging, statsAt);
         });
-        await this.#logitsStaging.buffer.mapAsync(GPUMapMode.READ, 0, t * V * 4);
-        out.set(new Float32Array(this.#logitsStaging.buffer.getMappedRange(0, t * V * 4)), start * V);
-        this.#logitsStaging.buffer.unmap();
-        await this.#readStats(t);
+        await staging.mapAsync(GPUMapMode.READ);
+        out.set(new Float32Array(staging.getMappedRange(0, t * V * 4)), start * V);
+        this.#takeStats(staging, statsAt, t);
+        staging.unmap();
       }
       this.#maybeRevise(true);
       this.#gpu.assertAlive();
@@ -820,111 +817,109 @@ class EngineImpl implements Engine {
 
     // Prefill in chunks; the last chunk computes the last row's logits and samples token 0.
     const tp = performance.now();
+    this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
     const maxRows = this.#model.shape.maxRows;
     for (let start = 0; start < prompt.length; start += maxRows) {
       const t = Math.min(maxRows, prompt.length - start);
       const last = start + t === prompt.length;
       device.queue.writeBuffer(st.ids.buffer, 0, new Uint32Array(prompt.slice(start, start + t)));
-      this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
-      await this.#call(t, start, last ? t - 1 : 0, last ? 1 : 0, (enc) => {
-        if (last) this.#sampleInto(enc);
-        this.#copyStats(enc);
-      });
-      await this.#readStats(t);
+      // statistics keep summing on the GPU; the first token readback carries them
+      await this.#call(
+        t,
+        start,
+        last ? t - 1 : 0,
+        last ? 1 : 0,
+        last ? (enc) => this.#sampleInto(enc) : undefined,
+      );
     }
-    this.#maybeRevise(true);
-    await device.queue.onSubmittedWorkDone();
-    this.#counters.prefillTokens += prompt.length;
-    this.#counters.prefillSeconds += (performance.now() - tp) / 1000;
 
-    // Decode: the CPU encodes a batch of steps, starts reading the batch back, encodes the next
-    // batch while the GPU works, then turns tokens into text.
-    const td = performance.now();
+    // Decode: the CPU encodes a batch of steps and starts reading it back (tokens and routing
+    // statistics in one map), encodes the next batch while the GPU works, then turns tokens into text.
+    let td = 0;
     const decoder = this.tokenizer.createStreamDecoder();
     const holdBack = stop.reduce((a, s) => Math.max(a, s.length - 1), 0);
+    const statsAt = this.#model.shape.maxGenerated * 4;
     let text = "";
     let emitted = 0; // characters of `text` already yielded
     let generated = 0; // tokens sampled on the GPU (index of the next)
     let consumed = 0; // tokens read back and handled
     let batchNo = 0;
     let finish: FinishReason | undefined;
-    const inflight: { staging: TrackedBuffer; start: number; n: number; map: Promise<void> }[] = [];
+    const inflight: { staging: GPUBuffer; start: number; n: number; map: Promise<void> }[] = [];
 
     const submitBatch = async () => {
       const n = Math.min(READ_SIZES[Math.min(batchNo, READ_SIZES.length - 1)]!, budget - generated);
       if (n <= 0) return;
       const startIndex = generated;
-      // token 0 was sampled by the prefill; steps 1.. feed the previous token back
-      for (let i = 0; i < n; i++) {
-        const g = generated;
-        if (g > 0) {
-          this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
-          await this.#call(1, prompt.length + g - 1, 0, 1, (enc) => {
-            this.#sampleInto(enc);
-            this.#copyStats(enc);
-          }, g);
-          // statistics are read back once per batch below (the GPU sums them across steps)
-        }
-        generated++;
+      for (let i = 0; i < n; i++, generated++) {
+        // token 0 was sampled by the prefill; step g feeds token g − 1 back from the GPU
+        if (generated === 0) continue;
+        this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
+        await this.#call(1, prompt.length + generated - 1, 0, 1, (enc) => this.#sampleInto(enc), generated);
       }
-      const staging = this.#tokenStaging[batchNo % 2]!;
+      const staging = this.#tokenStaging[batchNo % 2]!.buffer;
       const enc = device.createCommandEncoder({ label: "readback.tokens" });
-      enc.copyBufferToBuffer(st.generated.buffer, startIndex * 4, staging.buffer, 0, n * 4);
+      enc.copyBufferToBuffer(st.generated.buffer, startIndex * 4, staging, 0, n * 4);
+      this.#copyStats(enc, staging, statsAt);
       device.queue.submit([enc.finish()]);
-      inflight.push({
-        staging,
-        start: startIndex,
-        n,
-        map: staging.buffer.mapAsync(GPUMapMode.READ, 0, n * 4),
-      });
+      inflight.push({ staging, start: startIndex, n, map: staging.mapAsync(GPUMapMode.READ) });
       batchNo++;
     };
 
-    await submitBatch();
-    while (inflight.length > 0) {
-      if (!finish) await submitBatch();
-      const b = inflight.shift()!;
-      await b.map;
-      const toks = Array.from(new Uint32Array(b.staging.buffer.getMappedRange(0, b.n * 4).slice(0)));
-      if (Deno.env.get("DBG")) console.log("batch", b.start, b.n, toks);
-      b.staging.buffer.unmap();
-      if (finish) continue; // tokens past the end, computed ahead
-      await this.#readStats(0);
-      const newIds: number[] = [];
-      for (const tok of toks) {
-        consumed++;
-        if (eos.has(tok) && consumed > sampling.minTokens) {
-          finish = "stop";
-          break;
+    try {
+      await submitBatch();
+      while (inflight.length > 0) {
+        if (!finish) await submitBatch();
+        const b = inflight.shift()!;
+        await b.map;
+        const toks = Array.from(new Uint32Array(b.staging.getMappedRange(0, b.n * 4).slice(0)));
+        if (!finish) this.#takeStats(b.staging, statsAt, b.start === 0 ? prompt.length + b.n - 1 : b.n);
+        b.staging.unmap();
+        if (finish) continue; // tokens computed ahead, past the end
+        if (b.start === 0) {
+          // the prompt is in: the first token came out of the prefill
+          this.#counters.prefillTokens += prompt.length;
+          this.#counters.prefillSeconds += (performance.now() - tp) / 1000;
+          td = performance.now();
+          this.#maybeRevise(true);
+        } else this.#maybeRevise(false);
+        const newIds: number[] = [];
+        for (const tok of toks) {
+          consumed++;
+          if (eos.has(tok) && consumed > sampling.minTokens) {
+            finish = "stop";
+            break;
+          }
+          newIds.push(tok);
+          text += decoder.push([tok]);
+          const hit = stop.map((s) => text.indexOf(s, Math.max(0, emitted - s.length))).filter((i) => i >= 0);
+          if (hit.length > 0) {
+            text = text.slice(0, Math.min(...hit));
+            finish = "stop";
+            break;
+          }
         }
-        newIds.push(tok);
-        text += decoder.push([tok]);
-        const hit = stop.map((s) => text.indexOf(s, Math.max(0, emitted - s.length))).filter((i) => i >= 0);
-        if (hit.length > 0) {
-          text = text.slice(0, Math.min(...hit));
-          finish = "stop";
-          break;
+        if (b.start > 0) this.#counters.decodeTokens += toks.length;
+        if (!finish && consumed >= budget) {
+          text += decoder.flush();
+          finish = "length";
         }
+        if (!finish && signal?.aborted) finish = "abort";
+        const upto = finish ? text.length : Math.max(emitted, text.length - holdBack);
+        const chunk: GenerateChunk = { ids: newIds, text: text.slice(emitted, upto) };
+        emitted = upto;
+        if (finish) chunk.finishReason = finish;
+        yield chunk;
       }
-      this.#counters.decodeTokens += toks.length;
-      this.#tokensSinceRevision += toks.length;
-      if (!finish && consumed >= budget) {
-        text += decoder.flush();
-        finish = "length";
+    } finally {
+      // a consumer that stops early leaves readbacks in flight: settle them before the next request
+      for (const b of inflight) {
+        await b.map.catch(() => {});
+        if (b.staging.mapState === "mapped") b.staging.unmap();
       }
-      if (!finish && signal?.aborted) finish = "abort";
-      this.#maybeRevise(false);
-      const upto = finish ? text.length : Math.max(emitted, text.length - holdBack);
-      const chunk: GenerateChunk = { ids: newIds, text: text.slice(emitted, upto) };
-      emitted = upto;
-      if (finish) {
-        chunk.finishReason = finish === "length" && !lengthLimited && consumed < maxTokens ? "stop" : finish;
-      }
-      yield chunk;
+      await device.queue.onSubmittedWorkDone();
+      if (td > 0) this.#counters.decodeSeconds += (performance.now() - td) / 1000;
     }
-    // drain what was computed ahead before the next request reuses the buffers
-    await device.queue.onSubmittedWorkDone();
-    this.#counters.decodeSeconds += (performance.now() - td) / 1000;
     this.#gpu.assertAlive();
   }
 

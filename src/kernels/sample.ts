@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, record } from "../gpu/dispatch.ts";
+import type { Dispatch, KernelContext } from "../gpu/dispatch.ts";
 
 /** Sampling settings of one request. temperature 0 is greedy; topK 0 and topP 1 are off. */
 export interface SamplingParams {

@@ -811,7 +811,6 @@ class EngineImpl implements Engine {
     const st = this.#model.state;
     const ctxLen = this.#model.shape.contextLength;
     const budget = Math.min(maxTokens, ctxLen - prompt.length);
-    const lengthLimited = budget < maxTokens;
     const eos = this.#eos;
     device.queue.writeBuffer(st.samplingParams.buffer, 0, packSampling(this.spec.vocabSize, sampling));
 

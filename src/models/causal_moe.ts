@@ -39,8 +39,10 @@ export interface RunShape {
 export interface LayerDispatches {
   /** Attention and, for a sparse layer, the post-norm, router and statistics. */
   beforeExperts: Dispatch[];
-  /** The experts (and shared expert, dense MLP). */
+  /** The routed experts: read their weights through the slot table. */
   experts: Dispatch[];
+  /** What follows them: the shared expert, or the dense MLP of a dense layer. */
+  afterExperts: Dispatch[];
   /** MoE layer index, or −1 for a dense layer. */
   moeLayer: number;
 }
@@ -390,6 +392,7 @@ export class CausalMoe {
           eps,
         }),
       );
+      const routed: Dispatch[] = [];
       const after: Dispatch[] = [];
       const swiglu = async (
         m: { gate: string; up: string; down: string },
@@ -457,7 +460,7 @@ export class CausalMoe {
           }),
         );
         const slots = cache.buffers(moeLayer);
-        after.push(
+        routed.push(
           ...await experts(ctx, {
             label: `${p}.experts`,
             layer: moeLayer,
@@ -506,7 +509,7 @@ export class CausalMoe {
       } else if (l.mlp) {
         after.push(...await swiglu(l.mlp, spec.intermediateSize, s.x, true, `${p}.mlp`));
       }
-      this.layers.push({ beforeExperts: before, experts: after, moeLayer });
+      this.layers.push({ beforeExperts: before, experts: routed, afterExperts: after, moeLayer });
     }
     this.head = [
       await rmsNorm(ctx, {
@@ -541,7 +544,7 @@ export class CausalMoe {
   forwardDispatches(): Dispatch[] {
     return [
       this.embedDispatch,
-      ...this.layers.flatMap((l) => [...l.beforeExperts, ...l.experts]),
+      ...this.layers.flatMap((l) => [...l.beforeExperts, ...l.experts, ...l.afterExperts]),
       ...this.head,
     ];
   }

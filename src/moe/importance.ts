@@ -52,6 +52,11 @@ export class Importance {
     }
   }
 
+  /** Unmasked (token, choice) pairs seen. */
+  get choices(): number {
+    return this.#choices;
+  }
+
   /** Share of unmasked (token, choice) pairs whose expert was resident; 1 before any token. */
   get hitRate(): number {
     return this.#choices > 0 ? this.#hits / this.#choices : 1;

@@ -88,7 +88,21 @@ export class LruPolicy {
     this.#lastUse = Array.from({ length: layers }, () => new Float64Array(experts));
   }
 
-  /** Makes every expert in `needed` resident in `layer`, evicting the least recently used others. */
+  /**
+   * Splits the experts a call needs in `layer` into groups that fit its slots, residents first
+   * (so the first group needs the fewest loads). One group when they all fit.
+   */
+  groups(cache: ExpertCache, layer: number, needed: Iterable<number>): number[][] {
+    const cap = cache.capacity[layer]!;
+    const all = [...new Set(needed)].sort((a, b) =>
+      Number(cache.isResident(layer, b)) - Number(cache.isResident(layer, a)) || a - b
+    );
+    const out: number[][] = [];
+    for (let i = 0; i < all.length; i += cap) out.push(all.slice(i, i + cap));
+    return out.length > 0 ? out : [[]];
+  }
+
+  /** Makes every expert in `needed` (at most the layer's slots) resident in `layer`, evicting the least recently used others. */
   ensure(cache: ExpertCache, layer: number, needed: Iterable<number>): void {
     const now = ++this.#tick;
     const need = new Set(needed);

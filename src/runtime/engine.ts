@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { loadConfig, type ModelSpec } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
 import { createGpu, type Gpu, type GpuInfo } from "../gpu/device.ts";
-import { type CallShape, encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
+import { type CallShape, type Dispatch, encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
 import { GpuMemory, type TrackedBuffer } from "../gpu/memory.ts";
 import { PipelineCache } from "../gpu/pipelines.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
@@ -28,6 +28,7 @@ export interface Progress {
   stage: "config" | "checkpoint" | "tokenizer" | "gpu" | "weights" | "experts" | "ready";
   /** Units done and in all for this stage (e.g. tensors uploaded). */
   done: number;
+  /** Units in all for this stage. */
   total: number;
 }
 
@@ -43,7 +44,7 @@ export interface EngineOptions {
   budget?: Budget;
   /** Positions the KV cache holds; default the model's `max_position_embeddings`, at most 4096. */
   contextLength?: number;
-  /** Most prompt tokens per forward call on the GPU (prefill chunk); default 128. */
+  /** Most prompt tokens per forward call on the GPU (prefill chunk); default 64. */
   maxBatchTokens?: number;
   /** How `swapmoe`/`static` spread expert slots over layers; default `"uniform"`. */
   planner?: PlannerKind;
@@ -61,7 +62,9 @@ export interface EngineOptions {
 
 /** A generation request. Give exactly one of `ids`, `prompt`, `messages`. */
 export interface GenerateRequest {
+  /** Prompt token ids, used as given (no special tokens added). */
   ids?: number[];
+  /** Prompt text, encoded with the model's tokenizer (special tokens added as the tokenizer does). */
   prompt?: string;
   /** Chat messages, rendered with the model's chat template (generation prompt added). */
   messages?: ChatMessage[];
@@ -102,7 +105,9 @@ export interface EngineStats {
   gpuBytes: number;
   /** The most bytes held at once since the engine started. */
   peakGpuBytes: number;
+  /** The budget in force, in bytes. */
   budgetBytes: number;
+  /** The smallest budget the policy runs with: dense part and top-k experts per MoE layer (all experts under `full`). */
   minimumBudgetBytes: number;
   /** The all-resident footprint (`gpuBytes` under `full` with the same options). */
   fullBytes: number;
@@ -110,6 +115,7 @@ export interface EngineStats {
   expertBytes: number;
   /** GPU bytes by what they hold. */
   gpuBytesByKind: Record<string, number>;
+  /** The residency policy. */
   policy: PolicyName;
   /** Slots per MoE layer. */
   expertSlots: number[];
@@ -119,14 +125,29 @@ export interface EngineStats {
   expertUsage: number[][];
   /** Share of (token, top-k choice) pairs served by the expert the unmasked router chose. */
   hitRate: number;
+  /** (token, top-k choice) pairs routed since the engine started (the denominator of `hitRate`). */
+  routedChoices: number;
+  /**
+   * Share of (token, top-k choice) pairs whose expert was already resident when routed. Equal to
+   * `hitRate` except under `lru`, which loads missing experts (so its `hitRate` is 1): there it is
+   * the cache hit rate.
+   */
+  cacheHitRate: number;
+  /** `swapmoe`: experts swapped in since the engine started. */
   swaps: number;
+  /** Expert bytes uploaded since the engine started, the initial fill included. */
   bytesUploaded: number;
+  /** Seconds spent queueing those uploads. */
   uploadSeconds: number;
   /** Tokens processed (prompt and generated). */
   tokens: number;
+  /** Prompt tokens processed. */
   prefillTokens: number;
+  /** Tokens generated after the first of each request. */
   decodeTokens: number;
+  /** Prompt tokens per second, from the start of a request to its first token. */
   prefillTokensPerSecond: number;
+  /** Generated tokens per second after the first token. */
   decodeTokensPerSecond: number;
   /** The adapter in use. */
   gpu: GpuInfo;
@@ -134,7 +155,9 @@ export interface EngineStats {
 
 /** The public engine interface. */
 export interface Engine extends AsyncDisposable {
+  /** The model's constants, from its `config.json`. */
   readonly spec: ModelSpec;
+  /** The model's tokenizer and chat template. */
   readonly tokenizer: Tokenizer;
   /** The model folder. */
   readonly modelDir: string;
@@ -142,9 +165,11 @@ export interface Engine extends AsyncDisposable {
   forward(ids: readonly number[]): Promise<Float32Array>;
   /** Streams generated tokens. */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
+  /** Memory, residency, routing and speed figures as of now. */
   stats(): EngineStats;
   /** Changes the budget while the engine lives: shrinking evicts, growing adds slots. */
   setBudget(budget: Budget): Promise<EngineStats>;
+  /** Waits for running work, then frees every GPU buffer, the device and the mapped weights; idempotent. */
   close(): Promise<void>;
 }
 
@@ -152,7 +177,25 @@ const DEFAULT_MODEL = fileURLToPath(new URL("../../models/sotu-moe-mini", import
 const MAX_DEFAULT_CONTEXT = 4096;
 const READ_SIZES = [1, 2, 4, 8, 16];
 
-/** Loads a model and returns an {@link Engine}. Options are validated before any GPU work. */
+/**
+ * Loads a model and returns an {@link Engine}. Options are validated before any GPU work.
+ *
+ * @example Hold at most 60% of the all-resident footprint, with SwapMoE's masked gating
+ * ```ts
+ * import { createEngine } from "@swapmoe/swapmoe";
+ *
+ * await using engine = await createEngine({ policy: "swapmoe", budget: "60%" });
+ * let text = "";
+ * for await (const chunk of engine.generate({ prompt: "The state of the Union is", maxTokens: 16 })) {
+ *   text += chunk.text;
+ * }
+ * const { gpuBytes, budgetBytes, hitRate } = engine.stats();
+ * ```
+ *
+ * @throws {OptionError} for an invalid option, {@link BudgetError} for a budget below what the policy
+ * needs, `ConfigError` or `CheckpointError` for an unusable model folder, `WebGpuUnavailableError`
+ * when no WebGPU adapter can be opened
+ */
 export async function createEngine(options: EngineOptions = {}): Promise<Engine> {
   return await EngineImpl.create(options);
 }
@@ -165,6 +208,9 @@ function positiveInt(name: string, v: unknown, max = Number.MAX_SAFE_INTEGER): n
 }
 
 function validateOptions(o: EngineOptions): void {
+  if (typeof o !== "object" || o === null || Array.isArray(o)) {
+    throw new OptionError(`Invalid options: expected an object, got ${JSON.stringify(o)}`);
+  }
   const known = new Set([
     "model",
     "policy",
@@ -209,13 +255,50 @@ function validateOptions(o: EngineOptions): void {
   ) {
     throw new OptionError(`Invalid importanceDecay: ${o.importanceDecay}, expected a number in (0, 1]`);
   }
-  if (o.budget !== undefined && typeof o.budget !== "number" && typeof o.budget !== "string") {
-    throw new OptionError(
-      `Invalid budget: ${JSON.stringify(o.budget)}, expected bytes, "2GiB", "512MiB" or "50%"`,
-    );
+  // the syntax now; a percentage resolves once the footprint is known
+  if (o.budget !== undefined) parseBudget(o.budget, 0);
+  if (o.profile !== undefined && (!Array.isArray(o.profile) || !o.profile.every((r) => Array.isArray(r)))) {
+    throw new OptionError("Invalid profile: expected one list of importance numbers per MoE layer");
   }
   if (o.onProgress !== undefined && typeof o.onProgress !== "function") {
     throw new OptionError("Invalid onProgress: expected a function");
+  }
+}
+
+/** Every field of a {@link GenerateRequest}; the type keeps this list complete. */
+const REQUEST_FIELDS: Record<keyof GenerateRequest, true> = {
+  ids: true,
+  prompt: true,
+  messages: true,
+  maxTokens: true,
+  temperature: true,
+  topK: true,
+  topP: true,
+  seed: true,
+  minTokens: true,
+  stop: true,
+  signal: true,
+};
+
+function validateRequest(r: GenerateRequest): void {
+  if (typeof r !== "object" || r === null || Array.isArray(r)) {
+    throw new OptionError(`Invalid request: expected an object, got ${JSON.stringify(r)}`);
+  }
+  for (const k of Object.keys(r)) {
+    if (!Object.hasOwn(REQUEST_FIELDS, k)) {
+      throw new OptionError(
+        `Unknown request field: "${k}", known are ${Object.keys(REQUEST_FIELDS).join(", ")}`,
+      );
+    }
+  }
+  if (r.ids !== undefined && !Array.isArray(r.ids)) {
+    throw new OptionError("Invalid ids: expected a non-empty array of token ids");
+  }
+  if (r.messages !== undefined && !Array.isArray(r.messages)) {
+    throw new OptionError("Invalid messages: expected a list of {role, content} messages");
+  }
+  if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) {
+    throw new OptionError("Invalid signal: expected an AbortSignal");
   }
 }
 
@@ -368,7 +451,7 @@ class EngineImpl implements Engine {
         `Invalid contextLength: ${contextLength} exceeds the model's max_position_embeddings ${spec.maxPositionEmbeddings}`,
       );
     }
-    const maxRows = Math.min(options.maxBatchTokens ?? 128, contextLength);
+    const maxRows = Math.min(options.maxBatchTokens ?? 64, contextLength);
     const shape: RunShape = { maxRows, contextLength, maxGenerated: contextLength };
 
     progress({ stage: "checkpoint", done: 0, total: 1 });
@@ -417,6 +500,18 @@ class EngineImpl implements Engine {
 
       progress({ stage: "gpu", done: 0, total: 1 });
       gpu = await createGpu();
+      // the KV cache is the one buffer an option can grow past what the device binds
+      const kvRowBytes = spec.numKvHeads * spec.headDim * 4;
+      if (contextLength * kvRowBytes > gpu.info.maxStorageBufferBindingSize) {
+        const limit = gpu.info.maxStorageBufferBindingSize;
+        throw new OptionError(
+          `Invalid contextLength: ${contextLength} positions need ${
+            formatBytes(contextLength * kvRowBytes)
+          } of KV cache per layer, above this GPU's maxStorageBufferBindingSize of ${
+            formatBytes(limit)
+          }: use contextLength <= ${Math.floor(limit / kvRowBytes)}`,
+        );
+      }
       memory = new GpuMemory(gpu.device);
       memory.limit = budget;
       const stepBuffer = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
@@ -607,39 +702,45 @@ class EngineImpl implements Engine {
       this.#cache.flush();
       const enc = device.createCommandEncoder({ label: "call" });
       const pass = enc.beginComputePass({ label: "forward" });
-      encode(pass, [
-        m.embedDispatch,
-        ...m.layers.flatMap((l) => [...l.beforeExperts, ...l.experts]),
-        ...m.head,
-      ], shape);
-      if (extra) {
-        pass.end();
-        extra(enc);
-      } else pass.end();
+      encode(pass, m.forwardDispatches(), shape);
+      pass.end();
+      extra?.(enc);
       device.queue.submit([enc.finish()]);
       return;
     }
-    // lru: exact routing needs the experts' ids before the experts run
+    // lru: exact routing needs the experts' ids before the experts run. When a call's tokens need
+    // more experts of a layer than it has slots, the experts run in passes over disjoint groups:
+    // each pass adds the contributions of the experts resident for it, and an expert counted in an
+    // earlier pass is evicted before the next, so nothing is added twice.
+    const submit = (dispatches: Dispatch[], after?: (e: GPUCommandEncoder) => void) => {
+      const enc = device.createCommandEncoder({ label: "call.lru" });
+      const pass = enc.beginComputePass();
+      encode(pass, dispatches, shape);
+      pass.end();
+      after?.(enc);
+      device.queue.submit([enc.finish()]);
+    };
     let pending = [m.embedDispatch];
     const K = this.spec.topK;
+    const staging = this.#topkStaging.buffer;
     for (const layer of m.layers) {
       pending.push(...layer.beforeExperts);
       if (layer.moeLayer < 0) {
-        pending.push(...layer.experts);
+        pending.push(...layer.experts, ...layer.afterExperts);
         continue;
       }
-      const enc = device.createCommandEncoder({ label: "call.lru" });
-      const pass = enc.beginComputePass();
-      encode(pass, pending, shape);
-      pass.end();
-      enc.copyBufferToBuffer(m.state.topkIds.buffer, 0, this.#topkStaging.buffer, 0, t * K * 4);
-      device.queue.submit([enc.finish()]);
-      await this.#topkStaging.buffer.mapAsync(GPUMapMode.READ, 0, t * K * 4);
-      const ids = new Uint32Array(this.#topkStaging.buffer.getMappedRange(0, t * K * 4).slice(0));
-      this.#topkStaging.buffer.unmap();
-      this.#lru.ensure(this.#cache, layer.moeLayer, ids);
-      this.#cache.flush();
-      pending = [...layer.experts];
+      submit(pending, (enc) => enc.copyBufferToBuffer(m.state.topkIds.buffer, 0, staging, 0, t * K * 4));
+      await staging.mapAsync(GPUMapMode.READ, 0, t * K * 4);
+      const ids = new Uint32Array(staging.getMappedRange(0, t * K * 4).slice(0));
+      staging.unmap();
+      const groups = this.#lru.groups(this.#cache, layer.moeLayer, ids);
+      for (const [g, group] of groups.entries()) {
+        if (g > 0) { for (const e of groups[g - 1]!) this.#cache.evict(layer.moeLayer, e); }
+        this.#lru.ensure(this.#cache, layer.moeLayer, group);
+        this.#cache.flush();
+        if (g < groups.length - 1) submit(layer.experts);
+      }
+      pending = [...layer.experts, ...layer.afterExperts];
     }
     pending.push(...m.head);
     const enc = device.createCommandEncoder({ label: "call.lru.head" });
@@ -677,10 +778,10 @@ class EngineImpl implements Engine {
     this.#swap.revise(this.#cache, this.#importance.scores());
   }
 
-  forward(ids: readonly number[]): Promise<Float32Array> {
+  async forward(ids: readonly number[]): Promise<Float32Array> {
     this.#assertOpen();
     this.#checkIds(ids);
-    return this.#serial(async () => {
+    return await this.#serial(async () => {
       this.#assertOpen();
       const t0 = performance.now();
       const V = this.spec.vocabSize;
@@ -714,6 +815,7 @@ class EngineImpl implements Engine {
   }
 
   #promptIds(r: GenerateRequest): number[] {
+    validateRequest(r);
     const given = [r.ids, r.prompt, r.messages].filter((x) => x !== undefined).length;
     if (given !== 1) throw new OptionError("Invalid request: give exactly one of ids, prompt, messages");
     if (r.ids) return [...r.ids];
@@ -944,7 +1046,9 @@ class EngineImpl implements Engine {
       expertSlots: cache.capacity,
       residentExperts: Array.from({ length: cache.moeLayers }, (_, l) => cache.resident(l)),
       expertUsage: imp.usage.map((r) => Array.from(r)),
-      hitRate: imp.hitRate,
+      hitRate: this.#lru ? 1 : imp.hitRate,
+      routedChoices: imp.choices,
+      cacheHitRate: imp.hitRate,
       swaps: this.#swap?.swaps ?? 0,
       bytesUploaded: cache.stats.bytesUploaded,
       uploadSeconds: cache.stats.uploadSeconds,
@@ -957,7 +1061,7 @@ class EngineImpl implements Engine {
     };
   }
 
-  setBudget(budget: Budget): Promise<EngineStats> {
+  async setBudget(budget: Budget): Promise<EngineStats> {
     this.#assertOpen();
     const bytes = parseBudget(budget, this.#fullBytes);
     const need = this.#policy === "full"
@@ -972,7 +1076,7 @@ class EngineImpl implements Engine {
         }) given, policy "${this.#policy}" needs at least ${need} bytes (${formatBytes(need)})`,
       );
     }
-    return this.#serial(async () => {
+    return await this.#serial(async () => {
       this.#assertOpen();
       await this.#gpu.device.queue.onSubmittedWorkDone();
       const slots = EngineImpl.#plan(

@@ -1,0 +1,161 @@
+/**
+ * The budget and the policies: the budget is never exceeded (through generation and setBudget),
+ * a budget below the minimum is refused naming it, `lru` is exact, `swapmoe` adapts.
+ */
+import assert from "node:assert/strict";
+import { BudgetError, createEngine, type Engine } from "../mod.ts";
+import { SafetensorsFile } from "../src/checkpoint/safetensors.ts";
+import { logitError } from "./parity_test.ts";
+
+const fixture = (name: string) => new URL(`./fixtures/${name}/`, import.meta.url).pathname;
+
+async function generateIds(engine: Engine, request: Parameters<Engine["generate"]>[0]): Promise<number[]> {
+  const out: number[] = [];
+  for await (const c of engine.generate(request)) out.push(...c.ids);
+  return out;
+}
+
+function assertWithinBudget(engine: Engine, ceiling = engine.stats().budgetBytes): void {
+  const s = engine.stats();
+  assert.ok(s.gpuBytes <= s.budgetBytes, `gpuBytes ${s.gpuBytes} > budget ${s.budgetBytes}`);
+  assert.ok(s.peakGpuBytes <= ceiling, `peak ${s.peakGpuBytes} > ${ceiling}`);
+}
+
+Deno.test("a budget below the minimum is refused, naming the minimum", async () => {
+  await using probe = await createEngine({ model: fixture("tiny-mixtral"), policy: "swapmoe" });
+  const min = probe.stats().minimumBudgetBytes;
+  await assert.rejects(
+    () => createEngine({ model: fixture("tiny-mixtral"), policy: "swapmoe", budget: min - 1 }),
+    (e: Error) => e instanceof BudgetError && e.message.includes(String(min)),
+  );
+  await assert.rejects(
+    () => probe.setBudget(min - 1),
+    (e: Error) => e instanceof BudgetError && e.message.includes(String(min)),
+  );
+  // exactly the minimum works and holds top-k experts per layer
+  await using engine = await createEngine({ model: fixture("tiny-mixtral"), policy: "swapmoe", budget: min });
+  assert.equal(engine.stats().budgetBytes, min);
+  assert.deepEqual(engine.stats().expertSlots, [2, 2]);
+});
+
+Deno.test("budgets in bytes, sizes and percentages resolve as documented", async () => {
+  await using full = await createEngine({ model: fixture("tiny-olmoe") });
+  const s = full.stats();
+  assert.equal(s.gpuBytes, s.fullBytes, "full holds exactly the all-resident footprint");
+  await using pct = await createEngine({ model: fixture("tiny-olmoe"), policy: "swapmoe", budget: "90%" });
+  assert.equal(pct.stats().budgetBytes, Math.floor(s.fullBytes * 0.9));
+  await using bytes = await createEngine({
+    model: fixture("tiny-olmoe"),
+    policy: "swapmoe",
+    budget: s.fullBytes - 12345,
+  });
+  assert.equal(bytes.stats().budgetBytes, s.fullBytes - 12345);
+  await using mib = await createEngine({ model: fixture("tiny-olmoe"), policy: "swapmoe", budget: "2MiB" });
+  assert.equal(mib.stats().budgetBytes, 2 * 2 ** 20);
+});
+
+for (const name of ["sotu-moe-mini", "tiny-olmoe"]) {
+  Deno.test(`${name}: the budget holds through generation and setBudget (shrink, grow)`, async () => {
+    const model = name === "sotu-moe-mini" ? undefined : fixture(name);
+    const options = { model, policy: "swapmoe" as const, contextLength: 256 };
+    // budgets that hold a share of the experts on top of everything else
+    await using probe = await createEngine(options);
+    const p = probe.stats();
+    await probe.close();
+    const experts = p.expertBytes * p.expertSlots.length * probe.spec.numExperts;
+    const share = (f: number) => Math.floor(p.fullBytes - experts + f * experts);
+    await using engine = await createEngine({ ...options, budget: share(0.7) });
+    const b0 = engine.stats().budgetBytes;
+    const slots0 = engine.stats().expertSlots.reduce((a, b) => a + b, 0);
+    await generateIds(engine, { prompt: "The state of the Union is", maxTokens: 12 });
+    assertWithinBudget(engine, b0);
+    const shrunk = await engine.setBudget(share(0.4));
+    assert.ok(shrunk.gpuBytes <= shrunk.budgetBytes && shrunk.budgetBytes < b0);
+    const slots1 = shrunk.expertSlots.reduce((a, b) => a + b, 0);
+    assert.ok(slots1 < slots0, `shrinking evicts: ${slots1} slots, was ${slots0}`);
+    assert.deepEqual(shrunk.residentExperts.map((r) => r.length), shrunk.expertSlots);
+    await generateIds(engine, { prompt: "Our economy has grown", maxTokens: 12 });
+    assertWithinBudget(engine, b0);
+    const grown = await engine.setBudget("100%");
+    assert.equal(grown.budgetBytes, p.fullBytes);
+    assert.ok(
+      grown.expertSlots.every((n) => n === engine.spec.numExperts),
+      "a full budget holds every expert",
+    );
+    await generateIds(engine, { prompt: "Call me Ishmael", maxTokens: 12 });
+    assertWithinBudget(engine, grown.budgetBytes);
+    assert.ok(engine.stats().hitRate < 1, "misses were counted while experts were missing");
+  });
+}
+
+for (const name of ["tiny-mixtral", "tiny-qwen2-moe"]) {
+  Deno.test(`${name}: lru under the minimum budget equals full (logits and greedy ids)`, async () => {
+    const dir = fixture(name);
+    const ref = JSON.parse(await Deno.readTextFile(`${dir}reference.json`));
+    using logits = SafetensorsFile.open(`${dir}reference.safetensors`);
+    await using probe = await createEngine({ model: dir, policy: "lru" });
+    const min = probe.stats().minimumBudgetBytes;
+    await probe.close();
+    await using engine = await createEngine({ model: dir, policy: "lru", budget: min });
+    assert.ok(engine.stats().expertSlots.every((n) => n === engine.spec.topK));
+    for (const [i, p] of ref.prompts.entries()) {
+      const want = logits.bytes(`p${i}.logits`);
+      const { err, tol } = logitError(
+        await engine.forward(p.ids),
+        new Float32Array(want.buffer, want.byteOffset, want.byteLength / 4),
+      );
+      assert.ok(err <= tol, `prompt ${i}: lru logit error ${err} > ${tol}`);
+      const n = ref.greedy_new_tokens;
+      assert.deepEqual(await generateIds(engine, { ids: p.ids, maxTokens: n, minTokens: n }), p.greedy);
+    }
+    assert.equal(engine.stats().hitRate, 1, "lru serves every choice exactly");
+    assert.ok(engine.stats().bytesUploaded > engine.stats().expertBytes * 4, "lru loaded experts on demand");
+    assertWithinBudget(engine, min);
+  });
+}
+
+Deno.test("swapmoe with every expert resident equals full", async () => {
+  const dir = fixture("tiny-qwen3-moe");
+  const ref = JSON.parse(await Deno.readTextFile(`${dir}reference.json`));
+  await using engine = await createEngine({ model: dir, policy: "swapmoe", budget: "100%" });
+  const n = ref.greedy_new_tokens;
+  assert.deepEqual(
+    await generateIds(engine, { ids: ref.prompts[1].ids, maxTokens: n, minTokens: n }),
+    ref.prompts[1].greedy,
+  );
+});
+
+Deno.test("sotu-moe-mini: swapmoe settles on a steady hit rate and swaps when the text changes", async () => {
+  // half of the experts: the all-resident footprint less half the experts' bytes
+  await using probe = await createEngine({ contextLength: 512 });
+  const full = probe.stats();
+  await probe.close();
+  const half = full.fullBytes - (full.expertBytes * 4 * 16) / 2;
+  await using engine = await createEngine({
+    policy: "swapmoe",
+    budget: half,
+    contextLength: 512,
+    updateInterval: 8,
+  });
+  assert.deepEqual(engine.stats().expertSlots, [8, 8, 8, 8]);
+  const sotu = "Mr. Speaker, Mr. Vice President, Members of Congress, my fellow Americans: Tonight we gather";
+  await generateIds(engine, { prompt: sotu, maxTokens: 48, minTokens: 48 });
+  const warm = engine.stats();
+  await generateIds(engine, { prompt: sotu, maxTokens: 48, minTokens: 48 });
+  const steady = engine.stats();
+  const hits = (s: typeof warm) => s.hitRate * s.routedChoices;
+  const windowRate = (hits(steady) - hits(warm)) / (steady.routedChoices - warm.routedChoices);
+  assert.ok(windowRate >= 0.6, `steady hit rate ${windowRate.toFixed(3)} with half of the experts`);
+  assert.ok(
+    windowRate >= warm.hitRate - 0.05,
+    `hit rate did not settle: ${windowRate} after ${warm.hitRate}`,
+  );
+  const residentBefore = JSON.stringify(steady.residentExperts);
+  const moby =
+    "Call me Ishmael. Some years ago—never mind how long precisely—having little or no money in my purse";
+  await generateIds(engine, { prompt: moby, maxTokens: 48, minTokens: 48 });
+  const after = engine.stats();
+  assert.ok(after.swaps > steady.swaps, `no swaps after the text changed (${after.swaps})`);
+  assert.notEqual(JSON.stringify(after.residentExperts), residentBefore);
+  assert.ok(after.gpuBytes <= after.budgetBytes && after.peakGpuBytes <= after.budgetBytes);
+});

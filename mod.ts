@@ -25,14 +25,21 @@ export {
   type GenerateRequest,
   type Progress,
 } from "./src/runtime/engine.ts";
-export type { ModelSpec, QkNorm } from "./src/checkpoint/config.ts";
-export { SUPPORTED_MODEL_TYPES } from "./src/checkpoint/config.ts";
+export type { CausalModelType, ModelSpec, QkNorm } from "./src/checkpoint/config.ts";
+export { CAUSAL_MODEL_TYPES, SUPPORTED_MODEL_TYPES } from "./src/checkpoint/config.ts";
 export type { Budget } from "./src/moe/budget.ts";
 export { formatBytes, parseBudget } from "./src/moe/budget.ts";
 export { POLICIES, type PolicyName } from "./src/moe/policies.ts";
 export type { PlannerKind } from "./src/moe/planner.ts";
 export type { GpuInfo } from "./src/gpu/device.ts";
-export { type ChatMessage, Tokenizer } from "./src/text/tokenizer.ts";
+export {
+  type ChatMessage,
+  type ChatTemplateOptions,
+  type DecodeOptions,
+  type EncodeOptions,
+  type StreamDecoder,
+  Tokenizer,
+} from "./src/text/tokenizer.ts";
 export {
   BudgetError,
   CheckpointError,

@@ -12,7 +12,9 @@ import { TokenizerError } from "../errors.ts";
 
 /** One turn of a conversation, as chat templates expect it. */
 export interface ChatMessage {
+  /** Who speaks: `system`, `user`, `assistant`, or whatever the template knows. */
   role: string;
+  /** What they say. */
   content: string;
 }
 

@@ -1,0 +1,158 @@
+/**
+ * End-to-end decode and prefill speed for each policy and budget, in one process, on one model.
+ * Writes JSON (one record per configuration) and prints a Markdown table.
+ *
+ *   deno run -A bench/e2e.ts --model DIR --configs full,swapmoe@4GiB,swapmoe@8GiB,lru@4GiB \
+ *     [--prompt 32] [--new 128] [--prefill 512] [--context 1024] [--out results.json]
+ *
+ * Decode tok/s counts the new tokens after the first (the first comes out of the prefill) over the
+ * wall time from the first token to the last; prefill tok/s is a `--prefill`-token prompt over the
+ * time to its first token. Greedy decoding with end-of-sequence suppressed so every run decodes
+ * exactly `--new` tokens.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { createEngine, type EngineStats, formatBytes, type PolicyName } from "../mod.ts";
+
+/** One measured configuration. */
+export interface E2eRecord {
+  config: string;
+  policy: PolicyName;
+  budget: string | null;
+  decodeTokensPerSecond: number;
+  prefillTokensPerSecond: number | null;
+  newTokens: number;
+  promptTokens: number;
+  gpuBytes: number;
+  budgetBytes: number;
+  fullBytes: number;
+  hitRate: number;
+  cacheHitRate: number;
+  swaps: number;
+  bytesUploaded: number;
+  uploadSeconds: number;
+  loadSeconds: number;
+  adapter: string;
+}
+
+function promptIds(n: number, vocab: number, seed: number): number[] {
+  let s = seed;
+  return Array.from({ length: n }, (_, i) => {
+    s = (s * 1103515245 + 12345) >>> 0;
+    return i === 0 ? 1 : 10 + (s % Math.min(1000, vocab - 10));
+  });
+}
+
+/** Measures one configuration. */
+export async function measure(
+  model: string | undefined,
+  config: string,
+  o: { prompt: number; newTokens: number; prefill: number; context: number },
+): Promise<E2eRecord> {
+  const [policy, budget] = config.split("@") as [PolicyName, string | undefined];
+  const t0 = performance.now();
+  await using engine = await createEngine({ model, policy, budget, contextLength: o.context });
+  const loadSeconds = (performance.now() - t0) / 1000;
+  const vocab = engine.spec.vocabSize;
+  // warm-up: compile pipelines, fill caches
+  for await (
+    const _ of engine.generate({ ids: promptIds(o.prompt, vocab, 7), maxTokens: 4, minTokens: 4 })
+  ) { /* */ }
+  const before: EngineStats = engine.stats();
+  let first = 0;
+  let last = 0;
+  let n = 0;
+  const start = performance.now();
+  for await (
+    const c of engine.generate({
+      ids: promptIds(o.prompt, vocab, 1),
+      maxTokens: o.newTokens,
+      minTokens: o.newTokens,
+    })
+  ) {
+    if (n === 0 && c.ids.length > 0) first = performance.now();
+    n += c.ids.length;
+    last = performance.now();
+  }
+  void start;
+  let prefill: number | null = null;
+  if (o.prefill > 0) {
+    const ids = promptIds(o.prefill, vocab, 3);
+    const t = performance.now();
+    for await (const _ of engine.generate({ ids, maxTokens: 1, minTokens: 1 })) { /* first token */ }
+    prefill = o.prefill / ((performance.now() - t) / 1000);
+  }
+  const s = engine.stats();
+  const choices = s.routedChoices - before.routedChoices;
+  return {
+    config,
+    policy,
+    budget: budget ?? null,
+    decodeTokensPerSecond: (n - 1) / ((last - first) / 1000),
+    prefillTokensPerSecond: prefill,
+    newTokens: n,
+    promptTokens: o.prompt,
+    gpuBytes: s.gpuBytes,
+    budgetBytes: s.budgetBytes,
+    fullBytes: s.fullBytes,
+    hitRate: choices > 0
+      ? (s.hitRate * s.routedChoices - before.hitRate * before.routedChoices) / choices
+      : 1,
+    cacheHitRate: s.cacheHitRate,
+    swaps: s.swaps - before.swaps,
+    bytesUploaded: s.bytesUploaded - before.bytesUploaded,
+    uploadSeconds: s.uploadSeconds - before.uploadSeconds,
+    loadSeconds,
+    adapter: s.gpu.description,
+  };
+}
+
+/** A Markdown table of records. */
+export function table(rows: E2eRecord[]): string {
+  const head =
+    "| config | decode tok/s | prefill tok/s | GPU bytes | budget | hit rate | swaps | uploaded |\n" +
+    "|---|---:|---:|---:|---:|---:|---:|---:|";
+  const lines = rows.map((r) =>
+    `| ${r.config} | ${r.decodeTokensPerSecond.toFixed(1)} | ${
+      r.prefillTokensPerSecond?.toFixed(0) ?? "–"
+    } | ${formatBytes(r.gpuBytes)} | ${formatBytes(r.budgetBytes)} | ${r.hitRate.toFixed(3)} | ${r.swaps} | ${
+      formatBytes(r.bytesUploaded)
+    } |`
+  );
+  return [head, ...lines].join("\n");
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      model: { type: "string" },
+      configs: { type: "string", default: "full,swapmoe@75%,swapmoe@50%,static@50%,lru@50%" },
+      prompt: { type: "string", default: "32" },
+      new: { type: "string", default: "128" },
+      prefill: { type: "string", default: "512" },
+      context: { type: "string", default: "1024" },
+      out: { type: "string" },
+    },
+  });
+  const rows: E2eRecord[] = [];
+  for (const config of values.configs!.split(",")) {
+    const [policy] = config.split("@");
+    const newTokens = Number(values.new) / (policy === "lru" ? 4 : 1);
+    try {
+      const r = await measure(values.model, config, {
+        prompt: Number(values.prompt),
+        newTokens,
+        prefill: Number(values.prefill),
+        context: Number(values.context),
+      });
+      rows.push(r);
+      console.error(JSON.stringify(r));
+    } catch (e) {
+      console.error(`${config}: ${(e as Error).message}`);
+    }
+    if (values.out) await Deno.writeTextFile(values.out, JSON.stringify(rows, null, 1));
+  }
+  console.log(table(rows));
+}

@@ -1,0 +1,194 @@
+/**
+ * Kernel bandwidth on the GPU, timed with timestamp queries (no readback per iteration): the bf16
+ * GEMV of the dense projections, the expert GEMVs through the slot table, and the copy ceiling
+ * (`copyBufferToBuffer`) they are measured against. Prints a table and writes JSON with `--out`.
+ *
+ *   deno run -A bench/kernels.ts [--out kernels.json] [--iters 50]
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { createGpu } from "../src/gpu/device.ts";
+import { type Dispatch, grid, type KernelContext, UniformArena } from "../src/gpu/dispatch.ts";
+import { GpuMemory } from "../src/gpu/memory.ts";
+import { PipelineCache } from "../src/gpu/pipelines.ts";
+import { experts } from "../src/kernels/experts.ts";
+import { matmul } from "../src/kernels/matmul.ts";
+
+/** One kernel measurement. */
+export interface KernelRecord {
+  kernel: string;
+  shape: string;
+  microseconds: number;
+  bytes: number;
+  gbPerSecond: number;
+  ofCopyCeiling: number;
+}
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { out: { type: "string" }, iters: { type: "string", default: "50" } },
+});
+const iters = Number(values.iters);
+const gpu = await createGpu();
+const device = gpu.device;
+if (!gpu.info.features.includes("timestamp-query")) throw new Error("This benchmark needs timestamp-query");
+const memory = new GpuMemory(device);
+const step = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
+const ctx: KernelContext = {
+  device,
+  pipelines: new PipelineCache(device),
+  memory,
+  uniforms: new UniformArena(device, memory, 64),
+  step: step.buffer,
+};
+const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+const buf = (label: string, bytes: number) => memory.alloc(label, bytes, S, "activations").buffer;
+const queries = device.createQuerySet({ type: "timestamp", count: 2 });
+const resolve = device.createBuffer({
+  size: 16,
+  usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+});
+const read = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+
+/** GPU time of `iters` repetitions of `record` in one pass, per repetition, in µs. */
+async function time(
+  encodeOnce: (pass: GPUComputePassEncoder | null, enc: GPUCommandEncoder) => void,
+  compute = true,
+) {
+  const run = async (n: number) => {
+    const enc = device.createCommandEncoder();
+    if (compute) {
+      const pass = enc.beginComputePass({
+        timestampWrites: { querySet: queries, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+      });
+      for (let i = 0; i < n; i++) encodeOnce(pass, enc);
+      pass.end();
+    } else {
+      // copies: bracket with empty timestamped passes
+      let p = enc.beginComputePass({ timestampWrites: { querySet: queries, beginningOfPassWriteIndex: 0 } });
+      p.end();
+      for (let i = 0; i < n; i++) encodeOnce(null, enc);
+      p = enc.beginComputePass({ timestampWrites: { querySet: queries, endOfPassWriteIndex: 1 } });
+      p.end();
+    }
+    enc.resolveQuerySet(queries, 0, 2, resolve, 0);
+    enc.copyBufferToBuffer(resolve, 0, read, 0, 16);
+    device.queue.submit([enc.finish()]);
+    await read.mapAsync(GPUMapMode.READ);
+    const t = new BigInt64Array(read.getMappedRange().slice(0));
+    read.unmap();
+    return Number(t[1]! - t[0]!) / 1000 / n;
+  };
+  await run(2);
+  return await run(iters);
+}
+
+const dispatchOnce = (d: Dispatch, t: number) => (pass: GPUComputePassEncoder | null) => {
+  const [x, y] = grid(d.workgroups({ t, headRows: 1 }));
+  pass!.setPipeline(d.pipeline);
+  pass!.setBindGroup(0, d.bindGroup);
+  pass!.dispatchWorkgroups(x, y);
+};
+
+const records: KernelRecord[] = [];
+// copy ceiling: 1 GiB buffer to buffer
+const big = 256 * 2 ** 20;
+const src = buf("copy.src", big);
+const dst = buf("copy.dst", big);
+const copyUs = await time((_p, enc) => enc.copyBufferToBuffer(src, 0, dst, 0, big), false);
+const ceiling = (2 * big) / (copyUs * 1e3); // read + write, GB/s
+records.push({
+  kernel: "copyBufferToBuffer",
+  shape: "256 MiB",
+  microseconds: copyUs,
+  bytes: 2 * big,
+  gbPerSecond: ceiling,
+  ofCopyCeiling: 1,
+});
+
+device.queue.writeBuffer(step.buffer, 0, new Uint32Array([1, 0, 0, 1, 0, 0, 0, 0]));
+for (
+  const [o, i, label] of [[2048, 2048, "q_proj (OLMoE)"], [50304, 2048, "lm_head (OLMoE)"], [
+    14336,
+    4096,
+    "w1 (Mixtral)",
+  ]] as const
+) {
+  const w = buf(`w.${label}`, o * i * 2);
+  const x = buf(`x.${label}`, i * 4);
+  const y = buf(`y.${label}`, o * 4);
+  const d = await matmul(ctx, { label, weight: w, x, y, inDim: i, outDim: o });
+  const us = await time(dispatchOnce(d, 1));
+  const bytes = o * i * 2 + i * 4 + o * 4;
+  const gbs = bytes / (us * 1e3);
+  records.push({
+    kernel: `matmul ${label}`,
+    shape: `${o}×${i} bf16, 1 row`,
+    microseconds: us,
+    bytes,
+    gbPerSecond: gbs,
+    ofCopyCeiling: gbs / ceiling,
+  });
+}
+
+// experts of one OLMoE layer: 64 slots, top-8, D 2048, I 1024, one token
+{
+  const D = 2048, I = 1024, E = 64, K = 8;
+  const table = memory.alloc("slots", E * 4, S, "tables").buffer;
+  device.queue.writeBuffer(table, 0, new Int32Array(Array.from({ length: E }, (_, e) => e)));
+  const ids = buf("topk_ids", K * 4);
+  device.queue.writeBuffer(ids, 0, new Uint32Array([3, 9, 17, 22, 40, 41, 50, 63]));
+  const wts = buf("topk_w", K * 4);
+  device.queue.writeBuffer(wts, 0, new Float32Array(K).fill(1 / K));
+  const [d1, d2] = await experts(ctx, {
+    label: "experts",
+    layer: 0,
+    dim: D,
+    inter: I,
+    topK: K,
+    experts: E,
+    topkIds: ids,
+    topkW: wts,
+    slots: table,
+    x: buf("x", D * 4),
+    gate: buf("gate", E * I * D * 2),
+    up: buf("up", E * I * D * 2),
+    down: buf("down", E * D * I * 2),
+    h: buf("h", K * I * 4),
+    y: buf("y", D * 4),
+  });
+  for (
+    const [d, bytes, name] of [[d1!, K * 2 * I * D * 2, "experts.gate_up"], [
+      d2!,
+      K * D * I * 2,
+      "experts.down",
+    ]] as const
+  ) {
+    const us = await time(dispatchOnce(d, 1));
+    const gbs = bytes / (us * 1e3);
+    records.push({
+      kernel: name,
+      shape: `OLMoE layer, top-8 of 64, 1 token`,
+      microseconds: us,
+      bytes,
+      gbPerSecond: gbs,
+      ofCopyCeiling: gbs / ceiling,
+    });
+  }
+}
+
+console.log(`adapter: ${gpu.info.description}`);
+console.log("| kernel | shape | µs | GB/s | of copy ceiling |\n|---|---|---:|---:|---:|");
+for (const r of records) {
+  console.log(
+    `| ${r.kernel} | ${r.shape} | ${r.microseconds.toFixed(1)} | ${r.gbPerSecond.toFixed(0)} | ${
+      (100 * r.ofCopyCeiling).toFixed(0)
+    } % |`,
+  );
+}
+if (values.out) {
+  await Deno.writeTextFile(values.out, JSON.stringify({ adapter: gpu.info.description, records }, null, 1));
+}
+memory.freeAll();
+device.destroy();

@@ -1,0 +1,195 @@
+/**
+ * The command line end to end: each test runs `deno run -A main.ts …` as a child process on the
+ * bundled model and checks what a user sees: the output, the exit code, one-line errors without stack
+ * traces.
+ */
+import assert from "node:assert/strict";
+import { COMMANDS } from "../src/cli/main.ts";
+import type { GenerateOutput } from "../src/cli/generate.ts";
+import type { ModelInfo } from "../src/cli/info.ts";
+
+const ROOT = new URL("..", import.meta.url);
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `main.ts` with `args`, feeding `stdin` when given. */
+async function cli(args: string[], stdin?: string): Promise<Run> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", ...args],
+    cwd: ROOT,
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  if (stdin !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(stdin));
+    await writer.close();
+  }
+  const out = await child.output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+function assertOk(r: Run): void {
+  assert.equal(r.code, 0, `exit code 0 expected; stderr:\n${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /^error/m, "no error on stderr");
+}
+
+/** A usage error: exit code 2, one `error: …` line, then the usage; no stack frames. */
+function assertUsageError(r: Run, pattern: RegExp): void {
+  assert.equal(r.code, 2, `exit code 2 expected; stderr:\n${r.stderr}`);
+  const [first, second] = r.stderr.split("\n");
+  assert.match(first!, /^error: \S/, "an error line first");
+  assert.match(first!, pattern);
+  assert.equal(second, "", "the error is one line, followed by a blank line and the usage");
+  assert.match(r.stderr, /Usage: deno run -A main.ts/);
+  assert.doesNotMatch(r.stderr, /^\s+at /m, "no stack frames");
+  assert.equal(r.stdout, "", "nothing on stdout");
+}
+
+Deno.test("demo: a bare main.ts streams text and ends with the summary", async () => {
+  const r = await cli(["--max-tokens", "8"]);
+  assertOk(r);
+  assert.ok(!r.stdout.includes("\x1b["), "plain output when stdout is not a terminal");
+  assert.match(r.stdout, /policy swapmoe, budget 70%/);
+  const generated = /The state of the Union is(.*)\n/.exec(r.stdout)?.[1] ?? "";
+  assert.ok(generated.trim().length > 0, `generated text after the prompt:\n${r.stdout}`);
+  assert.match(r.stdout, /prefill [\d.]+ tok\/s \(\d+ tokens\) · decode [\d.]+ tok\/s \(\d+ tokens\)/);
+  assert.match(r.stdout, /GPU [\d.]+ [KMG]iB held of [\d.]+ [KMG]iB budget \(all-resident/);
+  assert.match(r.stdout, /resident experts per layer (\d+\/16 ){3}\d+\/16 · hit rate [\d.]+% · swaps \d+/);
+});
+
+Deno.test("demo: options after a bare main.ts reach the demo", async () => {
+  assertUsageError(await cli(["--policy", "nope"]), /Invalid --policy: "nope"/);
+});
+
+let greedyText = "";
+
+Deno.test("generate --json: one object with text, ids, finish reason and stats", async () => {
+  const prompt = "The state of the Union is";
+  const r = await cli(["generate", "--policy", "full", "--max-tokens", "8", "--json", prompt]);
+  assertOk(r);
+  const out = JSON.parse(r.stdout) as GenerateOutput;
+  assert.ok(out.ids.length >= 1 && out.ids.length <= 8, `1 to 8 ids, got ${out.ids.length}`);
+  assert.ok(out.finishReason === "length" || out.finishReason === "stop");
+  if (out.finishReason === "length") assert.equal(out.ids.length, 8);
+  assert.equal(typeof out.text, "string");
+  assert.ok(out.promptTokens > 0);
+  assert.equal(out.stats.policy, "full");
+  assert.equal(out.stats.hitRate, 1);
+  greedyText = out.text;
+});
+
+Deno.test("generate: reads the prompt from stdin and --stop ends the text before the stop string", async () => {
+  // greedy under full is deterministic: the same text as the --json test, cut at its second word
+  const word = greedyText.trim().split(/\s+/)[1];
+  assert.ok(word, `a second word in ${JSON.stringify(greedyText)}`);
+  const r = await cli(
+    ["generate", "--policy", "full", "--max-tokens", "8", "--stop", word, "--stop", "\u2603", "--json"],
+    "The state of the Union is\n",
+  );
+  assertOk(r);
+  const out = JSON.parse(r.stdout) as GenerateOutput;
+  assert.equal(out.finishReason, "stop");
+  assert.equal(out.text, greedyText.slice(0, greedyText.indexOf(word)));
+});
+
+Deno.test("generate: streams plain text", async () => {
+  const r = await cli(["generate", "--policy", "full", "--max-tokens", "4", "--stats", "Hello"]);
+  assertOk(r);
+  assert.ok(r.stdout.trim().length > 0);
+  assert.match(r.stderr, /hit rate 100\.0%/);
+});
+
+Deno.test("info: architecture, parameters, bytes and footprints", async () => {
+  const r = await cli(["info"]);
+  assertOk(r);
+  for (
+    const field of [
+      /Architecture +mixtral: 4 layers/,
+      /Parameters +[\d.]+ M in all, [\d.]+ M in experts, [\d.]+ M active per token/,
+      /Expert bytes +192\.0 KiB per expert/,
+      /Dense bytes +[\d.]+ [KM]iB/,
+      /Minimum +[\d.]+ MiB/,
+      /full +[\d.]+ MiB, every expert resident/,
+      /static, swapmoe, lru +[\d.]+ MiB to [\d.]+ MiB/,
+    ]
+  ) assert.match(r.stdout, field);
+});
+
+Deno.test("info --json: the same as numbers", async () => {
+  const r = await cli(["info", "--json", "--context-length", "256"]);
+  assertOk(r);
+  const info = JSON.parse(r.stdout) as ModelInfo;
+  assert.equal(info.spec.numExperts, 16);
+  assert.equal(info.contextLength, 256);
+  assert.equal(info.bytes.expert, 3 * 128 * 256 * 2);
+  assert.equal(info.bytes.allExperts, 4 * 16 * info.bytes.expert);
+  assert.ok(info.bytes.minimumBudget < info.bytes.full);
+  assert.equal(info.bytes.full, info.policies.full!.minimum);
+  assert.equal(info.parameters.experts, 4 * 16 * 3 * 128 * 256);
+  assert.ok(info.parameters.total > info.parameters.activePerToken);
+  assert.deepEqual(Object.keys(info.policies), ["full", "static", "swapmoe", "lru"]);
+});
+
+Deno.test("chat: replies to each line, keeps going through /stats and /reset, stops at /exit", async () => {
+  const r = await cli(
+    ["chat", "--policy", "full", "--max-tokens", "4", "--min-tokens", "4"],
+    "Hello\n/stats\n/reset\n/nope\nAnd again\n/exit\nnever read\n",
+  );
+  assertOk(r);
+  const lines = r.stdout.split("\n");
+  assert.match(r.stdout, /resident experts per layer/);
+  assert.match(r.stdout, /\(conversation forgotten\)/);
+  assert.match(r.stdout, /Unknown command: \/nope/);
+  assert.equal(lines.filter((l) => l.startsWith("prefill")).length, 1);
+});
+
+Deno.test("--help: main.ts lists the commands, each command shows its usage", async () => {
+  const top = await cli(["--help"]);
+  assertOk(top);
+  for (const c of COMMANDS) assert.match(top.stdout, new RegExp(`^  ${c.name} `, "m"));
+  for (const c of COMMANDS) {
+    const r = await cli([c.name, "--help"]);
+    assertOk(r);
+    assert.ok(r.stdout.startsWith("Usage: deno run -A main.ts"), `${c.name} --help`);
+    assert.match(r.stdout, /--model <dir>/);
+  }
+});
+
+Deno.test("bad flags and values: one-line error, usage, exit code 2", async (t) => {
+  const cases: [string[], RegExp][] = [
+    [
+      ["generate", "--policy", "bogus", "x"],
+      /Invalid --policy: "bogus", expected one of full, static, swapmoe, lru/,
+    ],
+    [["generate", "--budget", "lots", "x"], /Invalid --budget: "lots"/],
+    [["generate", "--model", "no/such/folder", "x"], /Model folder not found: no\/such\/folder/],
+    [["generate", "--max-tokens", "-5", "x"], /Invalid --max-tokens: "-5", expected an integer >= 1/],
+    [["generate", "--max-tokens=0", "x"], /Invalid --max-tokens: "0"/],
+    [["generate", "--frobnicate", "x"], /Unknown option: --frobnicate/],
+    [["generate", "--temperature", "hot", "x"], /Invalid --temperature: "hot"/],
+    [["generate", "--max-tokens"], /Option --max-tokens needs a value/],
+    [["info", "--json=yes"], /Option --json takes no value/],
+    [["info", "--context-length", "-1"], /Invalid --context-length: "-1"/],
+    [["chat", "surplus"], /Unexpected argument: "surplus"/],
+    // from the engine: a folder without config.json, a budget below what the policy needs
+    [["info", "--model", "src"], /Missing config\.json/],
+    [["info", "--budget", "1KiB"], /Budget too small: 1024 bytes/],
+  ];
+  for (const [args, pattern] of cases) {
+    await t.step(args.join(" "), async () => assertUsageError(await cli(args), pattern));
+  }
+  await t.step("an unknown command", async () => {
+    const r = await cli(["frobnicate"]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr.split("\n")[0]!, /^error: Unknown command: "frobnicate"$/);
+    assert.doesNotMatch(r.stderr, /^\s+at /m);
+  });
+});

@@ -1,0 +1,149 @@
+/**
+ * Where a decode step's time goes: GPU time per kernel family (timestamp queries around each
+ * dispatch in its own pass), the sum of kernels when they run back to back in one pass, the CPU
+ * time to encode a step, and the wall time per step when steps are submitted back to back.
+ *
+ *   deno run -A bench/profile.ts --model DIR [--pos 64] [--steps 64]
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { loadConfig } from "../src/checkpoint/config.ts";
+import { Checkpoint } from "../src/checkpoint/shards.ts";
+import { createGpu } from "../src/gpu/device.ts";
+import { type Dispatch, encode, grid, type KernelContext, UniformArena } from "../src/gpu/dispatch.ts";
+import { GpuMemory } from "../src/gpu/memory.ts";
+import { PipelineCache } from "../src/gpu/pipelines.ts";
+import { CausalMoe } from "../src/models/causal_moe.ts";
+import { modelNames } from "../src/models/names.ts";
+import { checkpointExpertStore, ExpertCache } from "../src/moe/expert_cache.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    model: { type: "string" },
+    pos: { type: "string", default: "64" },
+    steps: { type: "string", default: "64" },
+  },
+});
+const dir = values.model ?? new URL("../models/sotu-moe-mini", import.meta.url).pathname;
+const pos = Number(values.pos);
+const steps = Number(values.steps);
+const spec = await loadConfig(dir);
+using ckpt = Checkpoint.open(dir);
+const names = modelNames(spec);
+const gpu = await createGpu();
+const device = gpu.device;
+const memory = new GpuMemory(device);
+const step = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
+const ctx: KernelContext = {
+  device,
+  pipelines: new PipelineCache(device),
+  memory,
+  uniforms: new UniformArena(device, memory, 32 + 24 * spec.numLayers),
+  step: step.buffer,
+};
+const experts = names.layers.filter((l) => l.experts).map((l) => l.experts!);
+const cache = new ExpertCache(device, memory, spec, checkpointExpertStore((n) => ckpt.bytes(n), experts));
+cache.resize(Array(cache.moeLayers).fill(spec.numExperts));
+for (let l = 0; l < cache.moeLayers; l++) for (let e = 0; e < spec.numExperts; e++) cache.load(l, e);
+cache.flush();
+const model = await CausalMoe.build(ctx, spec, names, (n) => ckpt.bytes(n), cache, {
+  maxRows: 64,
+  contextLength: Math.max(1024, pos + steps + 1),
+  maxGenerated: 1024,
+}, { masked: true });
+device.queue.writeBuffer(step.buffer, 0, new Uint32Array([1, pos, 0, 1, 0, 0, 0, 0]));
+const all: Dispatch[] = [...model.forwardDispatches(), model.sample];
+await device.queue.onSubmittedWorkDone();
+
+// 1. per-dispatch GPU time
+const qs = device.createQuerySet({ type: "timestamp", count: 2 * all.length });
+const res = device.createBuffer({
+  size: 16 * all.length,
+  usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+});
+const rb = device.createBuffer({
+  size: 16 * all.length,
+  usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+});
+const families = new Map<string, number>();
+for (let rep = 0; rep < 3; rep++) {
+  const enc = device.createCommandEncoder();
+  all.forEach((d, i) => {
+    const pass = enc.beginComputePass({
+      timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
+    });
+    const [x, y] = grid(d.workgroups({ t: 1, headRows: 1 }));
+    pass.setPipeline(d.pipeline);
+    pass.setBindGroup(0, d.bindGroup);
+    pass.dispatchWorkgroups(x, y);
+    pass.end();
+  });
+  enc.resolveQuerySet(qs, 0, 2 * all.length, res, 0);
+  enc.copyBufferToBuffer(res, 0, rb, 0, 16 * all.length);
+  device.queue.submit([enc.finish()]);
+  await rb.mapAsync(GPUMapMode.READ);
+  const ts = new BigInt64Array(rb.getMappedRange().slice(0));
+  rb.unmap();
+  families.clear();
+  all.forEach((d, i) => {
+    const k = d.label.replace(/^layer\d+\./, "");
+    families.set(k, (families.get(k) ?? 0) + Number(ts[2 * i + 1]! - ts[2 * i]!) / 1000);
+  });
+}
+const kernelSum = [...families.values()].reduce((a, b) => a + b, 0);
+
+// 2. one pass, all dispatches back to back
+const q2 = device.createQuerySet({ type: "timestamp", count: 2 });
+const r2 = device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+const b2 = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+let onePass = 0;
+for (let rep = 0; rep < 3; rep++) {
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass({
+    timestampWrites: { querySet: q2, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+  });
+  encode(pass, all, { t: 1, headRows: 1 });
+  pass.end();
+  enc.resolveQuerySet(q2, 0, 2, r2, 0);
+  enc.copyBufferToBuffer(r2, 0, b2, 0, 16);
+  device.queue.submit([enc.finish()]);
+  await b2.mapAsync(GPUMapMode.READ);
+  const ts = new BigInt64Array(b2.getMappedRange().slice(0));
+  b2.unmap();
+  onePass = Number(ts[1]! - ts[0]!) / 1000;
+}
+
+// 3. CPU encode time and wall time per step, steps submitted back to back
+let encodeUs = 0;
+const t0 = performance.now();
+for (let s = 0; s < steps; s++) {
+  const te = performance.now();
+  device.queue.writeBuffer(step.buffer, 0, new Uint32Array([1, pos + s, 0, 1, s, 0, 0, 0]));
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  encode(pass, all, { t: 1, headRows: 1 });
+  pass.end();
+  device.queue.submit([enc.finish()]);
+  encodeUs += (performance.now() - te) * 1000;
+}
+await device.queue.onSubmittedWorkDone();
+const wallPerStep = ((performance.now() - t0) * 1000) / steps;
+
+console.log(`adapter: ${gpu.info.description}; ${dir}; position ${pos}; ${all.length} dispatches per step`);
+console.log("| kernel family | µs per step | share |\n|---|---:|---:|");
+for (const [k, v] of [...families].sort((a, b) => b[1] - a[1])) {
+  console.log(`| ${k} | ${v.toFixed(1)} | ${(100 * v / kernelSum).toFixed(1)} % |`);
+}
+console.log(`\n| measure | µs per step |\n|---|---:|`);
+console.log(`| sum of kernels, each in its own pass | ${kernelSum.toFixed(0)} |`);
+console.log(`| all kernels in one pass (GPU) | ${onePass.toFixed(0)} |`);
+console.log(`| CPU encode + submit | ${(encodeUs / steps).toFixed(0)} |`);
+console.log(
+  `| wall per step, ${steps} steps back to back | ${wallPerStep.toFixed(0)} (${
+    (1e6 / wallPerStep).toFixed(0)
+  } steps/s) |`,
+);
+memory.freeAll();
+device.destroy();

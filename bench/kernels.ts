@@ -85,7 +85,7 @@ async function time(
 }
 
 const dispatchOnce = (d: Dispatch, t: number) => (pass: GPUComputePassEncoder | null) => {
-  const [x, y] = grid(d.workgroups({ t, headRows: 1 }));
+  const [x, y] = grid(d.workgroups({ t, headRows: 1, pos0: 0 }));
   pass!.setPipeline(d.pipeline);
   pass!.setBindGroup(0, d.bindGroup);
   pass!.dispatchWorkgroups(x, y);

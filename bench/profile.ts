@@ -14,6 +14,7 @@ import { createGpu } from "../src/gpu/device.ts";
 import { type Dispatch, encode, grid, type KernelContext, UniformArena } from "../src/gpu/dispatch.ts";
 import { GpuMemory } from "../src/gpu/memory.ts";
 import { PipelineCache } from "../src/gpu/pipelines.ts";
+import { packStep } from "../src/kernels/step.ts";
 import { CausalMoe } from "../src/models/causal_moe.ts";
 import { modelNames } from "../src/models/names.ts";
 import { checkpointExpertStore, ExpertCache } from "../src/moe/expert_cache.ts";
@@ -53,7 +54,7 @@ const model = await CausalMoe.build(ctx, spec, names, (n) => ckpt.bytes(n), cach
   contextLength: Math.max(1024, pos + steps + 1),
   maxGenerated: 1024,
 }, { masked: true });
-device.queue.writeBuffer(step.buffer, 0, new Uint32Array([1, pos, 0, 1, 0, 0, 0, 0]));
+device.queue.writeBuffer(step.buffer, 0, packStep({ t: 1, headRows: 1, pos0: pos }));
 const all: Dispatch[] = [...model.forwardDispatches(), model.sample];
 await device.queue.onSubmittedWorkDone();
 
@@ -74,7 +75,7 @@ for (let rep = 0; rep < 3; rep++) {
     const pass = enc.beginComputePass({
       timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
     });
-    const [x, y] = grid(d.workgroups({ t: 1, headRows: 1 }));
+    const [x, y] = grid(d.workgroups({ t: 1, headRows: 1, pos0: pos }));
     pass.setPipeline(d.pipeline);
     pass.setBindGroup(0, d.bindGroup);
     pass.dispatchWorkgroups(x, y);
@@ -104,7 +105,7 @@ for (let rep = 0; rep < 3; rep++) {
   const pass = enc.beginComputePass({
     timestampWrites: { querySet: q2, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
   });
-  encode(pass, all, { t: 1, headRows: 1 });
+  encode(pass, all, { t: 1, headRows: 1, pos0: pos });
   pass.end();
   enc.resolveQuerySet(q2, 0, 2, r2, 0);
   enc.copyBufferToBuffer(r2, 0, b2, 0, 16);
@@ -120,10 +121,10 @@ let encodeUs = 0;
 const t0 = performance.now();
 for (let s = 0; s < steps; s++) {
   const te = performance.now();
-  device.queue.writeBuffer(step.buffer, 0, new Uint32Array([1, pos + s, 0, 1, s, 0, 0, 0]));
+  device.queue.writeBuffer(step.buffer, 0, packStep({ t: 1, headRows: 1, pos0: pos + s }, 0, s));
   const enc = device.createCommandEncoder();
   const pass = enc.beginComputePass();
-  encode(pass, all, { t: 1, headRows: 1 });
+  encode(pass, all, { t: 1, headRows: 1, pos0: pos + s });
   pass.end();
   device.queue.submit([enc.finish()]);
   encodeUs += (performance.now() - te) * 1000;

@@ -1,77 +1,141 @@
-// Causal attention with grouped KV heads over the KV cache, one workgroup per (token t, head h),
-// keys in chunks of WG with an online softmax (running max m, running sum l).
+// Causal attention with grouped KV heads over the KV cache, split over keys (flash decoding):
+// `partial` — one workgroup per (token t, head h, split s) — runs an online softmax over the keys
+// [s·split_keys, (s+1)·split_keys) that query t may see and writes (m, l, acc[hd]); `combine` — one
+// workgroup per (t, h) — merges the splits. Splitting gives a decode step (T = 1) H × splits
+// workgroups instead of H, and bounds each workgroup's serial work.
 // torch (eager): softmax(q @ k.T * scaling + causal_mask, dtype=float32) @ v
 //   q: [T, H, hd]  cache: [ctx, Hkv, hd]  out: [T, H, hd]; query t sits at position pos0 + t.
+//   partials: [T, H, MAX_SPLITS, hd + 2] f32 (acc[hd], m, l)
 override WG: u32 = 64u;
+override MAX_SPLITS: u32 = 16u;
 const MAX_HEAD_DIM: u32 = 256u;
 
 struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32, _p0: u32, _p1: u32, _p2: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> kcache: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> kcache: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> vcache: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
-var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
+var<workgroup> qs: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
 var<workgroup> acc: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
-var<workgroup> stats: vec2<f32>; // (m, alpha)
+var<workgroup> red: array<f32, WG>;
+
+fn reduce_max(tid: u32, v: f32) -> f32 {
+  red[tid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { red[tid] = max(red[tid], red[tid + s]); }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+fn reduce_sum(tid: u32, v: f32) -> f32 {
+  red[tid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { red[tid] += red[tid + s]; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+fn part_base(t: u32, h: u32, s: u32) -> u32 {
+  return ((t * p.n_heads + h) * MAX_SPLITS + s) * (p.head_dim + 2u);
+}
 
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) tid: u32) {
+fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) tid: u32) {
   let lin = linear_wg(wg, nwg);
-  let t = lin / p.n_heads;
-  let h = lin % p.n_heads;
+  let splits = (step.pos0 + step.t + step.split_keys - 1u) / step.split_keys;
+  let s = lin % splits;
+  let h = (lin / splits) % p.n_heads;
+  let t = lin / (splits * p.n_heads);
   if (t >= step.t) { return; }
-  let kvh = h / (p.n_heads / p.n_kv);
   let hd = p.head_dim;
-  let pos = step.pos0 + t;
-  let n_keys = pos + 1u;
-  var start = 0u;
-  if (p.window > 0u && n_keys > p.window) { start = n_keys - p.window; }
-  let qbase = (t * p.n_heads + h) * hd;
-  for (var d = tid; d < hd; d += WG) { qs[d] = q[qbase + d]; acc[d] = 0.0; }
-  if (tid == 0u) { stats = vec2<f32>(NEG_INF, 0.0); }
-  var l = 0.0; // running sum, kept identical in every thread
+  let hd4 = hd / 4u;
+  let kvh = h / (p.n_heads / p.n_kv);
+  let n_keys = step.pos0 + t + 1u;
+  var first = 0u;
+  if (p.window > 0u && n_keys > p.window) { first = n_keys - p.window; }
+  let lo = max(first, s * step.split_keys);
+  let hi = min(n_keys, (s + 1u) * step.split_keys);
+  let qbase = (t * p.n_heads + h) * hd4;
+  for (var d = tid; d < hd4; d += WG) { qs[d] = q[qbase + d]; }
+  for (var d = tid; d < hd; d += WG) { acc[d] = 0.0; }
   workgroupBarrier();
-  for (var c0 = start; c0 < n_keys; c0 += WG) {
+  var m = NEG_INF;
+  var l = 0.0;
+  for (var c0 = lo; c0 < hi; c0 += WG) {
     let j = c0 + tid;
-    var s = NEG_INF;
-    if (j < n_keys) {
-      let kb = (j * p.n_kv + kvh) * hd;
-      var dot = 0.0;
-      for (var d = 0u; d < hd; d++) { dot += qs[d] * kcache[kb + d]; }
-      s = dot * p.scale;
+    var sc = NEG_INF;
+    if (j < hi) {
+      let kb = (j * p.n_kv + kvh) * hd4;
+      var dot = vec4<f32>(0.0);
+      for (var d = 0u; d < hd4; d++) { dot += qs[d] * kcache[kb + d]; }
+      sc = (dot.x + dot.y + dot.z + dot.w) * p.scale;
     }
-    probs[tid] = s;
-    workgroupBarrier();
-    if (tid == 0u) {
-      var cm = NEG_INF;
-      for (var i = 0u; i < WG; i++) { cm = max(cm, probs[i]); }
-      let m_new = max(stats.x, cm);
-      stats = vec2<f32>(m_new, exp(stats.x - m_new));
-    }
-    workgroupBarrier();
-    let m_new = stats.x;
-    let alpha = stats.y;
+    let m_new = max(m, reduce_max(tid, sc));
+    let alpha = exp(m - m_new);
     var pj = 0.0;
-    if (j < n_keys) { pj = exp(s - m_new); }
-    workgroupBarrier();
+    if (j < hi) { pj = exp(sc - m_new); }
     probs[tid] = pj;
-    workgroupBarrier();
-    var csum = 0.0;
-    let n = min(WG, n_keys - c0);
-    for (var i = 0u; i < n; i++) { csum += probs[i]; }
-    l = l * alpha + csum;
+    l = l * alpha + reduce_sum(tid, pj);
+    let n = min(WG, hi - c0);
     for (var d = tid; d < hd; d += WG) {
       var a = acc[d] * alpha;
       for (var i = 0u; i < n; i++) { a += probs[i] * vcache[((c0 + i) * p.n_kv + kvh) * hd + d]; }
       acc[d] = a;
     }
+    m = m_new;
     workgroupBarrier();
   }
-  for (var d = tid; d < hd; d += WG) { out[qbase + d] = acc[d] / l; }
+  let base = part_base(t, h, s);
+  for (var d = tid; d < hd; d += WG) { partials[base + d] = acc[d]; }
+  if (tid == 0u) {
+    partials[base + hd] = m;
+    partials[base + hd + 1u] = l;
+  }
+}
+
+@compute @workgroup_size(WG)
+fn combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) tid: u32) {
+  let lin = linear_wg(wg, nwg);
+  let t = lin / p.n_heads;
+  let h = lin % p.n_heads;
+  if (t >= step.t) { return; }
+  let hd = p.head_dim;
+  let splits = (step.pos0 + step.t + step.split_keys - 1u) / step.split_keys;
+  var m = NEG_INF;
+  for (var s = 0u; s < splits; s++) {
+    let b = part_base(t, h, s);
+    if (partials[b + hd + 1u] > 0.0) { m = max(m, partials[b + hd]); }
+  }
+  var l = 0.0;
+  for (var s = 0u; s < splits; s++) {
+    let b = part_base(t, h, s);
+    let ls = partials[b + hd + 1u];
+    if (ls > 0.0) { l += ls * exp(partials[b + hd] - m); }
+  }
+  let obase = (t * p.n_heads + h) * hd;
+  for (var d = tid; d < hd; d += WG) {
+    var o = 0.0;
+    for (var s = 0u; s < splits; s++) {
+      let b = part_base(t, h, s);
+      let ls = partials[b + hd + 1u];
+      if (ls > 0.0) { o += partials[b + d] * exp(partials[b + hd] - m); }
+    }
+    out[obase + d] = o / l;
+  }
 }

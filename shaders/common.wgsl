@@ -6,13 +6,14 @@
 //   head_row0  first row whose logits are wanted
 //   head_rows  how many rows' logits are wanted
 //   gen_index  index of the token being generated (sampler output slot, RNG stream)
+//   split_keys keys per attention split (flash-decoding partials), see src/kernels/step.ts
 struct Step {
   t: u32,
   pos0: u32,
   head_row0: u32,
   head_rows: u32,
   gen_index: u32,
-  _pad0: u32,
+  split_keys: u32,
   _pad1: u32,
   _pad2: u32,
 }

@@ -9,10 +9,12 @@ import type { GpuMemory, TrackedBuffer } from "./memory.ts";
 import { GpuError } from "../errors.ts";
 import type { Constants, PipelineCache } from "./pipelines.ts";
 
-/** The shape of one forward call: rows in the call, and rows whose logits are wanted. */
+/** The shape of one forward call: rows in the call, rows whose logits are wanted, position of row 0. */
 export interface CallShape {
   readonly t: number;
   readonly headRows: number;
+  /** Absolute position of row 0 (the KV-cache length before the call). */
+  readonly pos0: number;
 }
 
 /** One replayable kernel launch. */

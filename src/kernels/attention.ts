@@ -5,6 +5,7 @@
  * @module
  */
 import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+import { MAX_SPLITS, splitCount } from "./step.ts";
 
 const WG = 64;
 
@@ -47,33 +48,60 @@ export function ropeKv(
   });
 }
 
-/** Records causal attention: out[t, h] = softmax(q·Kᵀ·scale) · V over positions ≤ pos0 + t. */
-export function attention(
+/** Bytes of the attention partials for `rows` queries: [rows, H, MAX_SPLITS, hd + 2] f32. */
+export function attentionScratchBytes(rows: number, numHeads: number, headDim: number): number {
+  return rows * numHeads * MAX_SPLITS * (headDim + 2) * 4;
+}
+
+/**
+ * Records causal attention over the cache, split over keys: `partial` then `combine`.
+ * out[t, h] = softmax(q·Kᵀ·scale) · V over positions ≤ pos0 + t (and within the window).
+ */
+export async function attention(
   ctx: KernelContext,
   o: AttentionShape & {
     label: string;
     q: GPUBuffer;
     kCache: GPUBuffer;
     vCache: GPUBuffer;
+    /** [maxRows, H, MAX_SPLITS, hd + 2] f32, see {@link attentionScratchBytes}. */
+    partials: GPUBuffer;
     out: GPUBuffer;
     /** Sliding-window span, or null. */
     window: number | null;
   },
-): Promise<Dispatch> {
-  if (o.headDim > 256) throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} exceeds 256`);
-  return record(ctx, {
-    label: o.label,
-    file: "attention.wgsl",
-    params: packParams({
-      n_heads: o.numHeads,
-      n_kv: o.numKvHeads,
-      head_dim: o.headDim,
-      window: o.window ?? 0,
-      "f:scale": 1 / Math.sqrt(o.headDim),
-    }),
-    buffers: { 2: o.q, 3: o.kCache, 4: o.vCache, 5: o.out },
-    workgroups: (s) => s.t * o.numHeads,
+): Promise<Dispatch[]> {
+  if (o.headDim > 256 || o.headDim % 4 !== 0) {
+    throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} must be a multiple of 4 up to 256`);
+  }
+  const params = packParams({
+    n_heads: o.numHeads,
+    n_kv: o.numKvHeads,
+    head_dim: o.headDim,
+    window: o.window ?? 0,
+    "f:scale": 1 / Math.sqrt(o.headDim),
   });
+  const constants = { MAX_SPLITS };
+  return [
+    await record(ctx, {
+      label: `${o.label}.partial`,
+      file: "attention.wgsl",
+      entry: "partial",
+      constants,
+      params,
+      buffers: { 2: o.q, 3: o.kCache, 4: o.vCache, 5: o.partials },
+      workgroups: (s) => s.t * o.numHeads * splitCount(s.pos0 + s.t),
+    }),
+    await record(ctx, {
+      label: `${o.label}.combine`,
+      file: "attention.wgsl",
+      entry: "combine",
+      constants,
+      params,
+      buffers: { 5: o.partials, 6: o.out },
+      workgroups: (s) => s.t * o.numHeads,
+    }),
+  ];
 }
 
 /**

@@ -10,7 +10,7 @@
 import type { ModelSpec } from "../checkpoint/config.ts";
 import type { CallShape, Dispatch, KernelContext } from "../gpu/dispatch.ts";
 import type { GpuMemory, TrackedBuffer } from "../gpu/memory.ts";
-import { attention, ropeKv, ropeTable } from "../kernels/attention.ts";
+import { attention, attentionScratchBytes, ropeKv, ropeTable } from "../kernels/attention.ts";
 import { sigmoidGatedAdd, siluMul } from "../kernels/elementwise.ts";
 import { embed } from "../kernels/embed.ts";
 import { experts } from "../kernels/experts.ts";
@@ -56,6 +56,7 @@ interface RunState {
   k: TrackedBuffer; //            [T, Hkv·hd]
   v: TrackedBuffer; //            [T, Hkv·hd]
   attn: TrackedBuffer; //         [T, H·hd]
+  attnPartials: TrackedBuffer; // [T, H, MAX_SPLITS, hd + 2]
   routerLogits: TrackedBuffer; // [T, E]
   topkIds: TrackedBuffer; //      [T, K] u32 (masked routing)
   topkW: TrackedBuffer; //        [T, K]
@@ -96,6 +97,7 @@ export function runStateBytes(spec: ModelSpec, shape: RunShape, moeLayers: numbe
     T * Hkv * hd * f,
     T * Hkv * hd * f,
     T * H * hd * f,
+    attentionScratchBytes(T, H, hd),
     T * E * f,
     T * K * f,
     T * K * f,
@@ -189,6 +191,7 @@ export class CausalMoe {
       k: act("state.k", T * Hkv * hd),
       v: act("state.v", T * Hkv * hd),
       attn: act("state.attn", T * H * hd),
+      attnPartials: act("state.attn_partials", attentionScratchBytes(T, H, hd) / 4),
       routerLogits: act("state.router_logits", T * E),
       topkIds: act("state.topk_ids", T * K),
       topkW: act("state.topk_w", T * K),
@@ -365,12 +368,13 @@ export class CausalMoe {
           kCache: b(s.kCache[i]!),
           vCache: b(s.vCache[i]!),
         }),
-        await attention(ctx, {
+        ...await attention(ctx, {
           ...geo,
           label: `${p}.attention`,
           q: b(s.q),
           kCache: b(s.kCache[i]!),
           vCache: b(s.vCache[i]!),
+          partials: b(s.attnPartials),
           out: b(s.attn),
           window: spec.slidingWindow,
         }),

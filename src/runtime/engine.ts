@@ -12,6 +12,7 @@ import { type CallShape, type Dispatch, encode, type KernelContext, UniformArena
 import { GpuMemory, type TrackedBuffer } from "../gpu/memory.ts";
 import { PipelineCache } from "../gpu/pipelines.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
+import { packStep } from "../kernels/step.ts";
 import { CausalMoe, denseBytes, type RunShape, runStateBytes } from "../models/causal_moe.ts";
 import { checkTensors, type ModelNames, modelNames } from "../models/names.ts";
 import { type Budget, formatBytes, parseBudget } from "../moe/budget.ts";
@@ -364,6 +365,8 @@ class EngineImpl implements Engine {
   readonly #topkStaging: TrackedBuffer;
   #closed = false;
   #busy: Promise<unknown> = Promise.resolve();
+  /** Generations not finished yet: `close` ends them, as one left suspended holds the engine. */
+  readonly #generators = new Set<AsyncGenerator<GenerateChunk>>();
   #tokensSinceRevision = 0;
   #counters = { prefillTokens: 0, decodeTokens: 0, prefillSeconds: 0, decodeSeconds: 0 };
 
@@ -656,14 +659,15 @@ class EngineImpl implements Engine {
 
   /** Runs `fn` after every earlier call finished (calls never interleave on the GPU state). */
   #serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#busy.then(fn, fn);
+    const run = this.#busy.then(fn, fn).catch(async (e) => {
+      throw await this.#gpu.explain(e);
+    });
     this.#busy = run.catch(() => {});
     return run;
   }
 
-  #writeStep(t: number, pos0: number, headRow0: number, headRows: number, genIndex = 0): void {
-    const u = new Uint32Array([t, pos0, headRow0, headRows, genIndex, 0, 0, 0]);
-    this.#gpu.device.queue.writeBuffer(this.#stepBuffer.buffer, 0, u);
+  #writeStep(shape: CallShape, headRow0: number, genIndex: number): void {
+    this.#gpu.device.queue.writeBuffer(this.#stepBuffer.buffer, 0, packStep(shape, headRow0, genIndex));
   }
 
   #checkIds(ids: readonly number[]): void {
@@ -695,8 +699,8 @@ class EngineImpl implements Engine {
     genIndex = 0,
   ): Promise<void> {
     const device = this.#gpu.device;
-    const shape: CallShape = { t, headRows };
-    this.#writeStep(t, pos0, headRow0, headRows, genIndex);
+    const shape: CallShape = { t, headRows, pos0 };
+    this.#writeStep(shape, headRow0, genIndex);
     const m = this.#model;
     if (!this.#lru) {
       this.#cache.flush();
@@ -878,7 +882,16 @@ class EngineImpl implements Engine {
     if (!Array.isArray(stop) || !stop.every((s) => typeof s === "string" && s.length > 0)) {
       throw new OptionError("Invalid stop: expected a list of non-empty strings");
     }
-    return this.#generate(ids, sampling, maxTokens, stop, request.signal);
+    const gen: AsyncGenerator<GenerateChunk> = this.#generate(
+      ids,
+      sampling,
+      maxTokens,
+      stop,
+      request.signal,
+      () => this.#generators.delete(gen),
+    );
+    this.#generators.add(gen);
+    return gen;
   }
 
   async *#generate(
@@ -887,6 +900,7 @@ class EngineImpl implements Engine {
     maxTokens: number,
     stop: string[],
     signal: AbortSignal | undefined,
+    done: () => void,
   ): AsyncGenerator<GenerateChunk> {
     // Hold the engine for the whole generation.
     let release!: () => void;
@@ -897,8 +911,11 @@ class EngineImpl implements Engine {
     try {
       this.#assertOpen();
       yield* this.#decode(prompt, sampling, maxTokens, stop, signal);
+    } catch (e) {
+      throw await this.#gpu.explain(e);
     } finally {
       release();
+      done();
     }
   }
 
@@ -963,7 +980,9 @@ class EngineImpl implements Engine {
       enc.copyBufferToBuffer(st.generated.buffer, startIndex * 4, staging, 0, n * 4);
       this.#copyStats(enc, staging, statsAt);
       device.queue.submit([enc.finish()]);
-      inflight.push({ staging, start: startIndex, n, map: staging.mapAsync(GPUMapMode.READ) });
+      const map = staging.mapAsync(GPUMapMode.READ);
+      map.catch(() => {}); // awaited below: a lost device must not reject it unobserved meanwhile
+      inflight.push({ staging, start: startIndex, n, map });
       batchNo++;
     };
 
@@ -1026,7 +1045,7 @@ class EngineImpl implements Engine {
 
   #sampleInto(enc: GPUCommandEncoder): void {
     const pass = enc.beginComputePass({ label: "sample" });
-    encode(pass, [this.#model.sample], { t: 1, headRows: 1 });
+    encode(pass, [this.#model.sample], { t: 1, headRows: 1, pos0: 0 });
     pass.end();
   }
 
@@ -1109,6 +1128,8 @@ class EngineImpl implements Engine {
 
   async close(): Promise<void> {
     if (this.#closed) return;
+    await Promise.all([...this.#generators].map((g) => g.return(undefined).catch(() => {})));
+    this.#generators.clear();
     await this.#busy.catch(() => {});
     if (this.#closed) return;
     this.#closed = true;

@@ -1,0 +1,124 @@
+/** The split-key attention kernels against a plain CPU reference, on random shapes. */
+import assert from "node:assert/strict";
+import { createGpu } from "../gpu/device.ts";
+import { encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
+import { GpuMemory } from "../gpu/memory.ts";
+import { PipelineCache } from "../gpu/pipelines.ts";
+import { attention, attentionScratchBytes } from "./attention.ts";
+import { packStep } from "./step.ts";
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32 - 0.5;
+  };
+}
+
+/** out[t, h] = softmax(q·Kᵀ/√hd over keys ≤ pos0 + t within the window) · V, in f64. */
+function reference(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  o: { t: number; pos0: number; H: number; Hkv: number; hd: number; window: number },
+): Float32Array {
+  const out = new Float32Array(o.t * o.H * o.hd);
+  for (let t = 0; t < o.t; t++) {
+    for (let h = 0; h < o.H; h++) {
+      const kvh = Math.floor(h / (o.H / o.Hkv));
+      const n = o.pos0 + t + 1;
+      const first = o.window > 0 ? Math.max(0, n - o.window) : 0;
+      const s: number[] = [];
+      for (let j = first; j < n; j++) {
+        let d = 0;
+        for (let i = 0; i < o.hd; i++) d += q[(t * o.H + h) * o.hd + i]! * k[(j * o.Hkv + kvh) * o.hd + i]!;
+        s.push(d / Math.sqrt(o.hd));
+      }
+      const m = Math.max(...s);
+      const e = s.map((x) => Math.exp(x - m));
+      const z = e.reduce((a, b) => a + b, 0);
+      for (let i = 0; i < o.hd; i++) {
+        let acc = 0;
+        e.forEach((w, jj) => (acc += w * v[((first + jj) * o.Hkv + kvh) * o.hd + i]!));
+        out[(t * o.H + h) * o.hd + i] = acc / z;
+      }
+    }
+  }
+  return out;
+}
+
+Deno.test("attention: split-key partials and combine equal the reference", async () => {
+  const gpu = await createGpu();
+  const device = gpu.device;
+  const memory = new GpuMemory(device);
+  try {
+    const step = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
+    const ctx: KernelContext = {
+      device,
+      pipelines: new PipelineCache(device),
+      memory,
+      uniforms: new UniformArena(device, memory, 16),
+      step: step.buffer,
+    };
+    const cases = [
+      { t: 1, pos0: 300, H: 4, Hkv: 2, hd: 32, window: 0 }, // decode over 5 splits, grouped KV
+      { t: 7, pos0: 130, H: 6, Hkv: 3, hd: 48, window: 0 }, // prefill chunk after a cache
+      { t: 5, pos0: 0, H: 2, Hkv: 2, hd: 16, window: 0 }, // first chunk
+      { t: 3, pos0: 1100, H: 2, Hkv: 1, hd: 64, window: 0 }, // more keys than 16 × 64
+      { t: 4, pos0: 200, H: 4, Hkv: 4, hd: 32, window: 70 }, // sliding window
+    ];
+    const rand = rng(7);
+    for (const c of cases) {
+      const ctxLen = c.pos0 + c.t;
+      const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+      const q = Float32Array.from({ length: c.t * c.H * c.hd }, rand);
+      const k = Float32Array.from({ length: ctxLen * c.Hkv * c.hd }, () => 4 * rand());
+      const v = Float32Array.from({ length: ctxLen * c.Hkv * c.hd }, rand);
+      const bufs = [q, k, v].map((a, i) => {
+        const b = memory.alloc(`in${i}`, a.byteLength, S, "activations");
+        device.queue.writeBuffer(b.buffer, 0, a);
+        return b;
+      });
+      const partials = memory.alloc("partials", attentionScratchBytes(c.t, c.H, c.hd), S, "activations");
+      const out = memory.alloc("out", c.t * c.H * c.hd * 4, S, "activations");
+      const read = device.createBuffer({
+        size: out.size,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+      ctx.uniforms.reset();
+      const ds = await attention(ctx, {
+        label: "attention",
+        numHeads: c.H,
+        numKvHeads: c.Hkv,
+        headDim: c.hd,
+        contextLength: ctxLen,
+        q: bufs[0]!.buffer,
+        kCache: bufs[1]!.buffer,
+        vCache: bufs[2]!.buffer,
+        partials: partials.buffer,
+        out: out.buffer,
+        window: c.window || null,
+      });
+      const shape = { t: c.t, headRows: 0, pos0: c.pos0 };
+      device.queue.writeBuffer(step.buffer, 0, packStep(shape));
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      encode(pass, ds, shape);
+      pass.end();
+      enc.copyBufferToBuffer(out.buffer, 0, read, 0, out.size);
+      device.queue.submit([enc.finish()]);
+      await read.mapAsync(GPUMapMode.READ);
+      const got = new Float32Array(read.getMappedRange().slice(0));
+      read.unmap();
+      read.destroy();
+      const want = reference(q, k, v, c);
+      let err = 0;
+      for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
+      assert.ok(err < 1e-5, `${JSON.stringify(c)}: max error ${err}`);
+      for (const b of [...bufs, partials, out]) memory.free(b);
+    }
+  } finally {
+    memory.freeAll();
+    device.destroy();
+  }
+});

@@ -7,8 +7,6 @@
 import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
 import { MAX_SPLITS, splitCount } from "./step.ts";
 
-const WG = 64;
-
 /** Attention geometry. */
 export interface AttentionShape {
   numHeads: number;
@@ -18,22 +16,34 @@ export interface AttentionShape {
   contextLength: number;
 }
 
+/** Where the q/k RMSNorm sits: none, per head (Qwen3), or over the whole projection (OLMoE). */
+export type QkNormMode = "none" | "per_head" | "whole";
+
 /**
- * Records RoPE on q (in place) and on k into the cache, v copied beside it.
- * rope: [ctx, hd/2] cos then [ctx, hd/2] sin; q: [T, H, hd]; k, v: [T, Hkv, hd]; caches: [ctx, Hkv, hd].
+ * Records the attention prologue: q/k RMSNorm, RoPE on q (into `q`) and k (into the cache), v
+ * copied beside it. qkv: [T, H·hd + 2·Hkv·hd] (q | k | v); q: [T, H, hd]; caches: [ctx, Hkv, hd];
+ * rope: [ctx, hd/2] cos then [ctx, hd/2] sin (see {@link ropeTable}).
  */
 export function ropeKv(
   ctx: KernelContext,
   o: AttentionShape & {
     label: string;
     rope: GPUBuffer;
+    qkv: GPUBuffer;
     q: GPUBuffer;
-    k: GPUBuffer;
-    v: GPUBuffer;
     kCache: GPUBuffer;
     vCache: GPUBuffer;
+    norm: QkNormMode;
+    /** bf16 norm weights, when `norm` is not "none". */
+    qNorm?: GPUBuffer;
+    kNorm?: GPUBuffer;
+    eps: number;
   },
 ): Promise<Dispatch> {
+  if (o.headDim > 256) throw new RangeError(`rope ${o.label}: head_dim ${o.headDim} exceeds 256`);
+  if (o.norm !== "none" && (!o.qNorm || !o.kNorm)) {
+    throw new RangeError(`rope ${o.label}: norm weights missing`);
+  }
   return record(ctx, {
     label: o.label,
     file: "rope.wgsl",
@@ -42,9 +52,22 @@ export function ropeKv(
       n_kv: o.numKvHeads,
       head_dim: o.headDim,
       ctx: o.contextLength,
+      norm_mode: o.norm === "none" ? 0 : o.norm === "per_head" ? 1 : 2,
+      _p0: 0,
+      _p1: 0,
+      "f:eps": o.eps,
     }),
-    buffers: { 2: o.rope, 3: o.q, 4: o.k, 5: o.v, 6: o.kCache, 7: o.vCache },
-    workgroups: (s) => Math.ceil((s.t * (o.numHeads + o.numKvHeads) * o.headDim / 2) / WG),
+    // without norms the weight bindings are unused by the math but still bound: any buffer does
+    buffers: {
+      2: o.rope,
+      3: o.qkv,
+      4: o.q,
+      5: o.kCache,
+      6: o.vCache,
+      7: o.qNorm ?? o.rope,
+      8: o.kNorm ?? o.rope,
+    },
+    workgroups: (s) => s.t * (o.numHeads + o.numKvHeads),
   });
 }
 

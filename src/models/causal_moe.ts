@@ -52,9 +52,8 @@ interface RunState {
   ids: TrackedBuffer; //          [maxRows] u32
   x: TrackedBuffer; //            [T, D] residual stream
   xn: TrackedBuffer; //           [T, D] normalised
-  q: TrackedBuffer; //            [T, H·hd]
-  k: TrackedBuffer; //            [T, Hkv·hd]
-  v: TrackedBuffer; //            [T, Hkv·hd]
+  qkv: TrackedBuffer; //          [T, H·hd + 2·Hkv·hd] (q | k | v)
+  q: TrackedBuffer; //            [T, H·hd] normalised and rotated
   attn: TrackedBuffer; //         [T, H·hd]
   attnPartials: TrackedBuffer; // [T, H, MAX_SPLITS, hd + 2]
   routerLogits: TrackedBuffer; // [T, E]
@@ -94,8 +93,7 @@ export function runStateBytes(spec: ModelSpec, shape: RunShape, moeLayers: numbe
     T * D * f,
     T * D * f,
     T * H * hd * f,
-    T * Hkv * hd * f,
-    T * Hkv * hd * f,
+    T * (H + 2 * Hkv) * hd * f,
     T * H * hd * f,
     attentionScratchBytes(T, H, hd),
     T * E * f,
@@ -187,9 +185,8 @@ export class CausalMoe {
       ids: act("state.ids", T),
       x: act("state.x", T * D),
       xn: act("state.xn", T * D),
+      qkv: act("state.qkv", T * (H + 2 * Hkv) * hd),
       q: act("state.q", T * H * hd),
-      k: act("state.k", T * Hkv * hd),
-      v: act("state.v", T * Hkv * hd),
       attn: act("state.attn", T * H * hd),
       attnPartials: act("state.attn_partials", attentionScratchBytes(T, H, hd) / 4),
       routerLogits: act("state.router_logits", T * E),
@@ -237,13 +234,7 @@ export class CausalMoe {
       [
         l.inputNorm,
         l.postNorm,
-        l.q,
-        l.k,
-        l.v,
         l.o,
-        l.qBias,
-        l.kBias,
-        l.vBias,
         l.qNorm,
         l.kNorm,
         l.router,
@@ -252,19 +243,34 @@ export class CausalMoe {
         .forEach(want);
       for (const m of [l.shared, l.mlp]) if (m) [m.gate, m.up, m.down].forEach(want);
     }
+    // q, k and v (and their biases) go into one buffer per layer, rows concatenated, so that one
+    // GEMV computes all three
+    const fused = names.layers.flatMap((l, i) => [
+      { name: `layer${i}.qkv`, parts: [l.q, l.k, l.v] },
+      ...(l.qBias && l.kBias && l.vBias
+        ? [{ name: `layer${i}.qkv_bias`, parts: [l.qBias, l.kBias, l.vBias] }]
+        : []),
+    ]);
+    const total = all.size + fused.length;
     let done = 0;
-    for (const n of all) {
-      const b = bytes(n);
-      const t = memory.alloc(n, b.byteLength, STORAGE | COPY_DST, "dense");
-      if (b.byteLength % 4 === 0) device.queue.writeBuffer(t.buffer, 0, b);
-      else {
-        const padded = new Uint8Array(t.size);
-        padded.set(b);
-        device.queue.writeBuffer(t.buffer, 0, padded);
+    const upload = (name: string, parts: Uint8Array<ArrayBuffer>[]) => {
+      const size = parts.reduce((a, b) => a + b.byteLength, 0);
+      const t = memory.alloc(name, size, STORAGE | COPY_DST, "dense");
+      let off = 0;
+      for (const b of parts) {
+        if (b.byteLength % 4 === 0) device.queue.writeBuffer(t.buffer, off, b);
+        else {
+          const padded = new Uint8Array(Math.ceil(b.byteLength / 4) * 4);
+          padded.set(b);
+          device.queue.writeBuffer(t.buffer, off, padded);
+        }
+        off += b.byteLength;
       }
-      model.#weights.set(n, t);
-      options.onWeight?.(++done, all.size);
-    }
+      model.#weights.set(name, t);
+      options.onWeight?.(++done, total);
+    };
+    for (const n of all) upload(n, [bytes(n)]);
+    for (const f of fused) upload(f.name, f.parts.map((n) => bytes(n)));
     await model.record(ctx, names, cache, options.masked);
     return model;
   }
@@ -308,65 +314,29 @@ export class CausalMoe {
           eps,
         }),
         await matmul(ctx, {
-          label: `${p}.q_proj`,
-          weight: w(l.q),
-          bias: l.qBias ? w(l.qBias) : undefined,
+          label: `${p}.qkv_proj`,
+          weight: w(`layer${i}.qkv`),
+          bias: l.qBias ? w(`layer${i}.qkv_bias`) : undefined,
           x: b(s.xn),
-          y: b(s.q),
+          y: b(s.qkv),
           inDim: D,
-          outDim: H * hd,
-        }),
-        await matmul(ctx, {
-          label: `${p}.k_proj`,
-          weight: w(l.k),
-          bias: l.kBias ? w(l.kBias) : undefined,
-          x: b(s.xn),
-          y: b(s.k),
-          inDim: D,
-          outDim: Hkv * hd,
-        }),
-        await matmul(ctx, {
-          label: `${p}.v_proj`,
-          weight: w(l.v),
-          bias: l.vBias ? w(l.vBias) : undefined,
-          x: b(s.xn),
-          y: b(s.v),
-          inDim: D,
-          outDim: Hkv * hd,
+          outDim: (H + 2 * Hkv) * hd,
         }),
       ];
-      if (l.qNorm && l.kNorm) {
-        // Qwen3: RMSNorm over each head (hd); OLMoE: over the whole projection.
-        const perHead = spec.qkNorm === "per_head";
-        before.push(
-          await rmsNorm(ctx, {
-            label: `${p}.q_norm`,
-            weight: w(l.qNorm),
-            y: b(s.q),
-            cols: perHead ? hd : H * hd,
-            rowsPerToken: perHead ? H : 1,
-            eps,
-          }),
-          await rmsNorm(ctx, {
-            label: `${p}.k_norm`,
-            weight: w(l.kNorm),
-            y: b(s.k),
-            cols: perHead ? hd : Hkv * hd,
-            rowsPerToken: perHead ? Hkv : 1,
-            eps,
-          }),
-        );
-      }
       before.push(
+        // Qwen3: q/k RMSNorm over each head (hd); OLMoE: over the whole projection
         await ropeKv(ctx, {
           ...geo,
           label: `${p}.rope`,
           rope: b(s.rope),
+          qkv: b(s.qkv),
           q: b(s.q),
-          k: b(s.k),
-          v: b(s.v),
           kCache: b(s.kCache[i]!),
           vCache: b(s.vCache[i]!),
+          norm: spec.qkNorm,
+          qNorm: l.qNorm ? w(l.qNorm) : undefined,
+          kNorm: l.kNorm ? w(l.kNorm) : undefined,
+          eps,
         }),
         ...await attention(ctx, {
           ...geo,

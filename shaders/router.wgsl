@@ -20,8 +20,8 @@ struct Params {
   masked: u32,
   layer: u32,   // MoE layer index into the slot table and the statistics
   dim: u32,
-  _p0: u32,
-  _p1: u32,
+  rows_cap: u32,  // rows per layer region of utopk_ids / utopk_p / xnorm
+  n_layers: u32,  // MoE layers (the statistics pass covers them all)
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -131,39 +131,44 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   }
   workgroupBarrier();
   route(tid, false);
+  let region = p.layer * p.rows_cap;
   if (tid == 0u) {
     for (var k = 0u; k < p.top_k; k++) {
-      utopk_ids[t * p.top_k + k] = chosen[k];
-      utopk_p[t * p.top_k + k] = chosen_p[k];
+      utopk_ids[(region + t) * p.top_k + k] = chosen[k];
+      utopk_p[(region + t) * p.top_k + k] = chosen_p[k];
     }
   }
   var ss = 0.0;
   for (var d = tid; d < p.dim; d += WG) { let v = x[t * p.dim + d]; ss += v * v; }
   ss = reduce_sum(tid, ss);
-  if (tid == 0u) { xnorm[t] = sqrt(ss); }
+  if (tid == 0u) { xnorm[region + t] = sqrt(ss); }
 }
 
-// Statistics, one thread per expert of this layer (no atomics needed):
+// Statistics of a whole call, once after every layer routed: one thread per (MoE layer, expert),
+// no atomics needed:
 //   stats: [moe_layers, E, 4] f32 — (times chosen by the unmasked router, Σ ‖x‖·G(x)_e, hits, 0)
 //   a hit is an unmasked choice whose expert is resident.
 @group(0) @binding(10) var<storage, read_write> stats: array<f32>;
 
 @compute @workgroup_size(WG)
 fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let e = gid.x;
-  if (e >= p.experts) { return; }
+  let le = gid.x;
+  if (le >= p.n_layers * p.experts) { return; }
+  let layer = le / p.experts;
+  let e = le % p.experts;
+  let region = layer * p.rows_cap;
   var used = 0.0;
   var imp = 0.0;
   for (var t = 0u; t < step.t; t++) {
     for (var k = 0u; k < p.top_k; k++) {
-      if (utopk_ids[t * p.top_k + k] == e) {
+      if (utopk_ids[(region + t) * p.top_k + k] == e) {
         used += 1.0;
-        imp += xnorm[t] * utopk_p[t * p.top_k + k];
+        imp += xnorm[region + t] * utopk_p[(region + t) * p.top_k + k];
       }
     }
   }
-  let o = (p.layer * p.experts + e) * 4u;
+  let o = le * 4u;
   stats[o] += used;
   stats[o + 1u] += imp;
-  if (slots[p.layer * p.experts + e] >= 0) { stats[o + 2u] += used; }
+  if (slots[le] >= 0) { stats[o + 2u] += used; }
 }

@@ -11,7 +11,7 @@ const WG = 64;
 /** Buffers and geometry of one MoE layer's router. */
 export interface RouterOptions {
   label: string;
-  /** MoE layer index (row of the slot table and the statistics). */
+  /** MoE layer index (row of the slot table, region of the unmasked choices). */
   layer: number;
   experts: number;
   topK: number;
@@ -19,6 +19,8 @@ export interface RouterOptions {
   /** Route only among resident experts (masked gating); false routes exactly (lru, full). */
   masked: boolean;
   dim: number;
+  /** Rows per call at most: the size of each layer's region in the unmasked-choice buffers. */
+  rowsCap: number;
   /** logits: [T, E] f32 from the gate projection. */
   logits: GPUBuffer;
   /** slots: [moeLayers, E] i32. */
@@ -27,14 +29,20 @@ export interface RouterOptions {
   x: GPUBuffer;
   topkIds: GPUBuffer;
   topkW: GPUBuffer;
+  /** [moeLayers, rowsCap, K] u32 and f32: the unmasked router's choices, per layer. */
   utopkIds: GPUBuffer;
   utopkP: GPUBuffer;
+  /** [moeLayers, rowsCap] f32 ‖x‖. */
   xnorm: GPUBuffer;
-  /** stats: [moeLayers, E, 4] f32. */
-  stats: GPUBuffer;
 }
 
-function params(o: RouterOptions): ArrayBuffer {
+function params(
+  o: Omit<
+    RouterOptions,
+    "label" | "logits" | "slots" | "x" | "topkIds" | "topkW" | "utopkIds" | "utopkP" | "xnorm"
+  >,
+  layers: number,
+): ArrayBuffer {
   return packParams({
     experts: o.experts,
     top_k: o.topK,
@@ -42,17 +50,19 @@ function params(o: RouterOptions): ArrayBuffer {
     masked: o.masked ? 1 : 0,
     layer: o.layer,
     dim: o.dim,
+    rows_cap: o.rowsCap,
+    n_layers: layers,
   });
 }
 
-/** Records the router and the statistics pass after it. */
-export async function router(ctx: KernelContext, o: RouterOptions): Promise<Dispatch[]> {
+/** Records one layer's router (one workgroup per token). */
+export function router(ctx: KernelContext, o: RouterOptions): Promise<Dispatch> {
   if (o.topK > 16) throw new RangeError(`router ${o.label}: top-k ${o.topK} exceeds 16`);
   if (o.experts > 256) throw new RangeError(`router ${o.label}: ${o.experts} experts exceed 256`);
-  const route = await record(ctx, {
+  return record(ctx, {
     label: o.label,
     file: "router.wgsl",
-    params: params(o),
+    params: params(o, 0),
     buffers: {
       2: o.logits,
       3: o.slots,
@@ -65,13 +75,30 @@ export async function router(ctx: KernelContext, o: RouterOptions): Promise<Disp
     },
     workgroups: (s) => s.t,
   });
-  const stats = await record(ctx, {
-    label: `${o.label}.stats`,
+}
+
+/** Records the statistics pass over every MoE layer: stats [layers, E, 4] += this call's choices. */
+export function routerStats(
+  ctx: KernelContext,
+  o: {
+    label: string;
+    layers: number;
+    experts: number;
+    topK: number;
+    rowsCap: number;
+    slots: GPUBuffer;
+    utopkIds: GPUBuffer;
+    utopkP: GPUBuffer;
+    xnorm: GPUBuffer;
+    stats: GPUBuffer;
+  },
+): Promise<Dispatch> {
+  return record(ctx, {
+    label: o.label,
     file: "router.wgsl",
     entry: "accumulate",
-    params: params(o),
+    params: params({ ...o, layer: 0, normTopkProb: false, masked: false, dim: 0 }, o.layers),
     buffers: { 3: o.slots, 7: o.utopkIds, 8: o.utopkP, 9: o.xnorm, 10: o.stats },
-    workgroups: () => Math.ceil(o.experts / WG),
+    workgroups: () => Math.ceil((o.layers * o.experts) / WG),
   });
-  return [route, stats];
 }

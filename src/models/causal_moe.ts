@@ -16,7 +16,7 @@ import { embed } from "../kernels/embed.ts";
 import { experts } from "../kernels/experts.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { rmsNorm } from "../kernels/norm.ts";
-import { router } from "../kernels/router.ts";
+import { router, routerStats } from "../kernels/router.ts";
 import { sampler, SAMPLING_PARAMS_BYTES } from "../kernels/sample.ts";
 import type { ExpertCache } from "../moe/expert_cache.ts";
 import type { ModelNames } from "./names.ts";
@@ -59,9 +59,9 @@ interface RunState {
   routerLogits: TrackedBuffer; // [T, E]
   topkIds: TrackedBuffer; //      [T, K] u32 (masked routing)
   topkW: TrackedBuffer; //        [T, K]
-  utopkIds: TrackedBuffer; //     [T, K] u32 (unmasked routing)
-  utopkP: TrackedBuffer; //       [T, K]
-  xnorm: TrackedBuffer; //        [T]
+  utopkIds: TrackedBuffer; //     [moeLayers, T, K] u32 (unmasked routing)
+  utopkP: TrackedBuffer; //       [moeLayers, T, K]
+  xnorm: TrackedBuffer; //        [moeLayers, T]
   h: TrackedBuffer; //            [T·K, I]
   mlpA: TrackedBuffer; //         [T, max(I_dense, I_shared)]
   mlpB: TrackedBuffer; //         [T, max(I_dense, I_shared)]
@@ -99,9 +99,9 @@ export function runStateBytes(spec: ModelSpec, shape: RunShape, moeLayers: numbe
     T * E * f,
     T * K * f,
     T * K * f,
-    T * K * f,
-    T * K * f,
-    T * f,
+    moeLayers * T * K * f,
+    moeLayers * T * K * f,
+    moeLayers * T * f,
     T * K * spec.moeIntermediateSize * f,
     T * mlp * f,
     T * mlp * f,
@@ -192,9 +192,9 @@ export class CausalMoe {
       routerLogits: act("state.router_logits", T * E),
       topkIds: act("state.topk_ids", T * K),
       topkW: act("state.topk_w", T * K),
-      utopkIds: act("state.utopk_ids", T * K),
-      utopkP: act("state.utopk_p", T * K),
-      xnorm: act("state.xnorm", T),
+      utopkIds: act("state.utopk_ids", moeLayers * T * K),
+      utopkP: act("state.utopk_p", moeLayers * T * K),
+      xnorm: act("state.xnorm", moeLayers * T),
       h: act("state.h", T * K * spec.moeIntermediateSize),
       mlpA: act("state.mlp_a", T * mlpW),
       mlpB: act("state.mlp_b", T * mlpW),
@@ -414,7 +414,7 @@ export class CausalMoe {
             inDim: D,
             outDim: E,
           }),
-          ...await router(ctx, {
+          await router(ctx, {
             label: `${p}.route`,
             layer: moeLayer,
             experts: E,
@@ -422,6 +422,7 @@ export class CausalMoe {
             normTopkProb: spec.normTopkProb,
             masked,
             dim: D,
+            rowsCap: this.shape.maxRows,
             logits: b(s.routerLogits),
             slots: cache.tableBuffer.buffer,
             x: b(s.xn),
@@ -430,7 +431,6 @@ export class CausalMoe {
             utopkIds: b(s.utopkIds),
             utopkP: b(s.utopkP),
             xnorm: b(s.xnorm),
-            stats: b(s.stats),
           }),
         );
         const slots = cache.buffers(moeLayer);
@@ -503,6 +503,19 @@ export class CausalMoe {
         inDim: D,
         outDim: spec.vocabSize,
         headRows: true,
+      }),
+      // routing statistics of every MoE layer, once per call
+      await routerStats(ctx, {
+        label: "router_stats",
+        layers: cache.moeLayers,
+        experts: E,
+        topK: K,
+        rowsCap: this.shape.maxRows,
+        slots: cache.tableBuffer.buffer,
+        utopkIds: b(s.utopkIds),
+        utopkP: b(s.utopkP),
+        xnorm: b(s.xnorm),
+        stats: b(s.stats),
       }),
     ];
     this.sample = await sampler(ctx, {

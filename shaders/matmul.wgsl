@@ -64,3 +64,60 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (p.accumulate == 1u) { y[yi] += v; } else { y[yi] = v; }
   }
 }
+
+// The fast path when in_dim % 8 == 0: RW rows per workgroup, WG / RW threads per row, each thread
+// loading 8 bf16 weights (one vec4<u32>) at a time; the same contract as `main`.
+override RW: u32 = 8u;
+
+@group(0) @binding(6) var<storage, read> w4: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read> x4: array<vec4<f32>>;
+
+var<workgroup> part8: array<f32, 2048>; // ≥ WG · TT
+
+@compute @workgroup_size(WG)
+fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) tid: u32) {
+  let rows = select(step.t, step.head_rows, p.rows_mode == 1u);
+  let lin = linear_wg(wg, nwg);
+  let row_groups = (p.out_dim + RW - 1u) / RW;
+  let o0 = (lin % row_groups) * RW;
+  let r0 = (lin / row_groups) * TT;
+  if (r0 >= rows) { return; }
+  let lanes = WG / RW;
+  let lane = tid % lanes;
+  let o = o0 + tid / lanes;
+  let n8 = p.in_dim / 8u;
+  var acc: array<f32, MAX_TT>;
+  if (o < p.out_dim) {
+    let wrow = (p.w_offset / 4u) + o * n8;
+    for (var j = lane; j < n8; j += lanes) {
+      let ww = w4[wrow + j];
+      let w0 = vec4<f32>(bf16_lo(ww.x), bf16_hi(ww.x), bf16_lo(ww.y), bf16_hi(ww.y));
+      let w1 = vec4<f32>(bf16_lo(ww.z), bf16_hi(ww.z), bf16_lo(ww.w), bf16_hi(ww.w));
+      for (var r = 0u; r < TT; r++) {
+        if (r0 + r < rows) {
+          let xi = ((r0 + r) * p.in_dim) / 4u + 2u * j;
+          acc[r] += dot(w0, x4[xi]) + dot(w1, x4[xi + 1u]);
+        }
+      }
+    }
+  }
+  for (var r = 0u; r < TT; r++) { part8[r * WG + tid] = acc[r]; }
+  workgroupBarrier();
+  for (var s = lanes / 2u; s > 0u; s >>= 1u) {
+    if (lane < s) {
+      for (var r = 0u; r < TT; r++) { part8[r * WG + tid] += part8[r * WG + tid + s]; }
+    }
+    workgroupBarrier();
+  }
+  if (lane < TT && o < p.out_dim && r0 + lane < rows) {
+    let r = lane;
+    var v = part8[r * WG + tid - lane];
+    if (p.has_bias == 1u) {
+      let bw = bias[o / 2u];
+      v += select(bf16_lo(bw), bf16_hi(bw), (o & 1u) == 1u);
+    }
+    let yi = (r0 + r) * p.out_dim + o;
+    if (p.accumulate == 1u) { y[yi] += v; } else { y[yi] = v; }
+  }
+}

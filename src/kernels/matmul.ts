@@ -7,6 +7,8 @@ import { type Dispatch, type KernelContext, packParams, record } from "../gpu/di
 
 /** Rows of x per workgroup (the shader's `TT`). */
 const TT = 4;
+/** The fast path: threads per workgroup and output rows per workgroup (`gemv8`). */
+const FAST = { WG: 256, RW: 8, TT: 4 };
 
 /** Options of one matmul call site. */
 export interface MatmulOptions {
@@ -25,24 +27,44 @@ export interface MatmulOptions {
   accumulate?: boolean;
   /** Rows are the call's logits rows (`headRows`) rather than all its rows. */
   headRows?: boolean;
+  /** Use the simple reference kernel even where the fast one applies (tests). */
+  reference?: boolean;
+}
+
+/** Whether the vectorised `gemv8` path applies: 8-element rows aligned to 16 bytes. */
+export function fastPathApplies(o: Pick<MatmulOptions, "inDim" | "wOffset" | "reference">): boolean {
+  return !o.reference && o.inDim % 8 === 0 && (o.wOffset ?? 0) % 4 === 0;
 }
 
 /** Records a matmul. */
 export function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch> {
   if (o.inDim % 2 !== 0) throw new RangeError(`matmul ${o.label}: in dimension ${o.inDim} must be even`);
+  const rows = (s: { t: number; headRows: number }) => o.headRows ? s.headRows : s.t;
+  const params = packParams({
+    in_dim: o.inDim,
+    out_dim: o.outDim,
+    rows_mode: o.headRows ? 1 : 0,
+    accumulate: o.accumulate ? 1 : 0,
+    has_bias: o.bias ? 1 : 0,
+    w_offset: o.wOffset ?? 0,
+  });
+  if (fastPathApplies(o)) {
+    return record(ctx, {
+      label: o.label,
+      file: "matmul.wgsl",
+      entry: "gemv8",
+      constants: FAST,
+      params,
+      buffers: { 3: o.bias ?? o.weight, 5: o.y, 6: o.weight, 7: o.x },
+      workgroups: (s) => Math.ceil(o.outDim / FAST.RW) * Math.ceil(rows(s) / FAST.TT),
+    });
+  }
   return record(ctx, {
     label: o.label,
     file: "matmul.wgsl",
     constants: { TT },
-    params: packParams({
-      in_dim: o.inDim,
-      out_dim: o.outDim,
-      rows_mode: o.headRows ? 1 : 0,
-      accumulate: o.accumulate ? 1 : 0,
-      has_bias: o.bias ? 1 : 0,
-      w_offset: o.wOffset ?? 0,
-    }),
+    params,
     buffers: { 2: o.weight, 3: o.bias ?? o.weight, 4: o.x, 5: o.y },
-    workgroups: (s) => o.outDim * Math.ceil((o.headRows ? s.headRows : s.t) / TT),
+    workgroups: (s) => o.outDim * Math.ceil(rows(s) / TT),
   });
 }

@@ -1,0 +1,114 @@
+/** The matmul kernels (reference and vectorised) against a CPU reference, on random shapes. */
+import assert from "node:assert/strict";
+import { createGpu } from "../gpu/device.ts";
+import { encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
+import { GpuMemory } from "../gpu/memory.ts";
+import { PipelineCache } from "../gpu/pipelines.ts";
+import { fastPathApplies, matmul } from "./matmul.ts";
+import { packStep } from "./step.ts";
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32 - 0.5;
+  };
+}
+
+/** bf16 bits of x (round to nearest even) and the value they hold. */
+function bf16(x: number): [number, number] {
+  const f = new Float32Array([x]);
+  const u = new Uint32Array(f.buffer);
+  const bits = ((u[0]! + 0x7fff + ((u[0]! >>> 16) & 1)) >>> 16) & 0xffff;
+  u[0] = bits << 16;
+  return [bits, f[0]!];
+}
+
+Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accumulate, logits rows)", async () => {
+  const gpu = await createGpu();
+  const device = gpu.device;
+  const memory = new GpuMemory(device);
+  try {
+    const step = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
+    const ctx: KernelContext = {
+      device,
+      pipelines: new PipelineCache(device),
+      memory,
+      uniforms: new UniformArena(device, memory, 64),
+      step: step.buffer,
+    };
+    const rand = rng(3);
+    const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+    const cases = [
+      { rows: 1, inDim: 2048, outDim: 37, bias: false, acc: false, head: false },
+      { rows: 5, inDim: 72, outDim: 130, bias: true, acc: false, head: false },
+      { rows: 9, inDim: 136, outDim: 19, bias: false, acc: true, head: false },
+      { rows: 6, inDim: 40, outDim: 66, bias: false, acc: false, head: true },
+      { rows: 3, inDim: 94, outDim: 21, bias: true, acc: true, head: false }, // in_dim not a multiple of 8
+    ];
+    for (const c of cases) {
+      const wBits = new Uint16Array(c.outDim * c.inDim);
+      const wVal = new Float32Array(wBits.length);
+      wBits.forEach((_, i) => ([wBits[i], wVal[i]] = bf16(rand())));
+      const bBits = new Uint16Array(c.outDim + (c.outDim % 2));
+      const bVal = new Float32Array(c.outDim);
+      for (let o = 0; o < c.outDim; o++) [bBits[o], bVal[o]] = bf16(rand());
+      const x = Float32Array.from({ length: c.rows * c.inDim }, rand);
+      const y0 = Float32Array.from({ length: c.rows * c.outDim }, rand);
+      const headRow0 = c.head ? 2 : 0;
+      const headRows = c.head ? 3 : 0;
+      const rows = c.head ? headRows : c.rows;
+      const want = new Float32Array(y0);
+      for (let r = 0; r < rows; r++) {
+        for (let o = 0; o < c.outDim; o++) {
+          let v = c.bias ? bVal[o]! : 0;
+          for (let i = 0; i < c.inDim; i++) v += wVal[o * c.inDim + i]! * x[r * c.inDim + i]!;
+          want[r * c.outDim + o] = c.acc ? y0[r * c.outDim + o]! + v : v;
+        }
+      }
+      for (const reference of [true, false]) {
+        const put = (a: ArrayBufferView<ArrayBuffer>) => {
+          const b = memory.alloc("in", a.byteLength, S, "activations");
+          device.queue.writeBuffer(b.buffer, 0, a);
+          return b;
+        };
+        const [w, b, xb, yb] = [put(wBits), put(bBits), put(x), put(new Float32Array(y0))];
+        ctx.uniforms.reset();
+        const o = { inDim: c.inDim, outDim: c.outDim, reference };
+        const d = await matmul(ctx, {
+          label: "mm",
+          weight: w!.buffer,
+          bias: c.bias ? b!.buffer : undefined,
+          x: xb!.buffer,
+          y: yb!.buffer,
+          accumulate: c.acc,
+          headRows: c.head,
+          ...o,
+        });
+        const shape = { t: c.rows, headRows, pos0: 0 };
+        device.queue.writeBuffer(step.buffer, 0, packStep(shape, headRow0));
+        const read = device.createBuffer({
+          size: yb!.size,
+          usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+        });
+        const enc = device.createCommandEncoder();
+        const pass = enc.beginComputePass();
+        encode(pass, [d], shape);
+        pass.end();
+        enc.copyBufferToBuffer(yb!.buffer, 0, read, 0, yb!.size);
+        device.queue.submit([enc.finish()]);
+        await read.mapAsync(GPUMapMode.READ);
+        const got = new Float32Array(read.getMappedRange().slice(0));
+        read.destroy();
+        let err = 0;
+        for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
+        const path = fastPathApplies(o) ? "gemv8" : "main";
+        assert.ok(err < 1e-4, `${JSON.stringify(c)} ${path}: max error ${err}`);
+        for (const t of [w, b, xb, yb]) memory.free(t);
+      }
+    }
+  } finally {
+    memory.freeAll();
+    device.destroy();
+  }
+});

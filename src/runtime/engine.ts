@@ -22,6 +22,7 @@ import { type PlannerKind, planSlots, topExperts } from "../moe/planner.ts";
 import { LruPolicy, POLICIES, type PolicyName, SwapMoePolicy } from "../moe/policies.ts";
 import { BudgetError, EngineClosedError, OptionError, SwapMoeError } from "../errors.ts";
 import { type ChatMessage, Tokenizer } from "../text/tokenizer.ts";
+import { createSeq2SeqEngine, isSeq2SeqModel } from "./seq2seq.ts";
 
 /** Loading progress, for a progress bar. */
 export interface Progress {
@@ -114,6 +115,8 @@ export interface EngineStats {
   fullBytes: number;
   /** GPU bytes of one expert slot. */
   expertBytes: number;
+  /** Positions the KV cache holds (prompt plus generated tokens of one request). */
+  contextLength: number;
   /** GPU bytes by what they hold. */
   gpuBytesByKind: Record<string, number>;
   /** The residency policy. */
@@ -134,7 +137,7 @@ export interface EngineStats {
    * the cache hit rate.
    */
   cacheHitRate: number;
-  /** `swapmoe`: experts swapped in since the engine started. */
+  /** Experts swapped in since the engine started (`swapmoe`), or loaded on demand (`lru`). */
   swaps: number;
   /** Expert bytes uploaded since the engine started, the initial fill included. */
   bytesUploaded: number;
@@ -162,8 +165,12 @@ export interface Engine extends AsyncDisposable {
   readonly tokenizer: Tokenizer;
   /** The model folder. */
   readonly modelDir: string;
-  /** Logits [T × V] row-major for every position of `ids`, as one request from position 0. */
-  forward(ids: readonly number[]): Promise<Float32Array>;
+  /**
+   * Logits [T × V] row-major for every position of `ids`, as one request from position 0. An
+   * encoder-decoder (Switch) encodes `ids` and returns the decoder's logits [T_dec × V] for
+   * `decoderIds` (default: the decoder start token alone).
+   */
+  forward(ids: readonly number[], options?: { decoderIds?: number[] }): Promise<Float32Array>;
   /** Streams generated tokens. */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
   /** Memory, residency, routing and speed figures as of now. */
@@ -174,7 +181,17 @@ export interface Engine extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-const DEFAULT_MODEL = fileURLToPath(new URL("../../models/sotu-moe-mini", import.meta.url));
+const DEFAULT_MODEL_URL = new URL("../../models/sotu-moe-mini", import.meta.url);
+
+/** The bundled model's folder; only a local checkout (or a `file:` import) has one. */
+function defaultModel(): string {
+  if (DEFAULT_MODEL_URL.protocol !== "file:") {
+    throw new OptionError(
+      `No bundled model when imported from ${DEFAULT_MODEL_URL.origin}: pass model: "path/to/checkpoint"`,
+    );
+  }
+  return fileURLToPath(DEFAULT_MODEL_URL);
+}
 const MAX_DEFAULT_CONTEXT = 4096;
 const READ_SIZES = [1, 2, 4, 8, 16];
 
@@ -198,6 +215,11 @@ const READ_SIZES = [1, 2, 4, 8, 16];
  * when no WebGPU adapter can be opened
  */
 export async function createEngine(options: EngineOptions = {}): Promise<Engine> {
+  // encoder-decoders (model_type "switch_transformers") run in src/runtime/seq2seq.ts
+  const model = typeof options === "object" && options !== null ? options.model : undefined;
+  if (typeof model === "string" && model !== "" && await isSeq2SeqModel(model)) {
+    return await createSeq2SeqEngine(options);
+  }
   return await EngineImpl.create(options);
 }
 
@@ -421,7 +443,7 @@ class EngineImpl implements Engine {
   static async create(options: EngineOptions): Promise<EngineImpl> {
     validateOptions(options);
     const progress = options.onProgress ?? (() => {});
-    const modelDir = options.model ?? DEFAULT_MODEL;
+    const modelDir = options.model ?? defaultModel();
     const policy = options.policy ?? "full";
     progress({ stage: "config", done: 0, total: 1 });
     const spec = await loadConfig(modelDir);
@@ -1019,7 +1041,7 @@ class EngineImpl implements Engine {
             break;
           }
         }
-        if (b.start > 0) this.#counters.decodeTokens += toks.length;
+        if (b.start > 0) this.#counters.decodeTokens += newIds.length + (finish === "stop" ? 1 : 0);
         if (!finish && consumed >= budget) {
           text += decoder.flush();
           finish = "length";
@@ -1060,6 +1082,7 @@ class EngineImpl implements Engine {
       minimumBudgetBytes: this.#minimumBytes,
       fullBytes: this.#fullBytes,
       expertBytes: cache.slotBytes,
+      contextLength: this.#model.shape.contextLength,
       gpuBytesByKind: this.#memory.byCategory(),
       policy: this.#policy,
       expertSlots: cache.capacity,
@@ -1068,7 +1091,7 @@ class EngineImpl implements Engine {
       hitRate: this.#lru ? 1 : imp.hitRate,
       routedChoices: imp.choices,
       cacheHitRate: imp.hitRate,
-      swaps: this.#swap?.swaps ?? 0,
+      swaps: this.#swap?.swaps ?? this.#lru?.misses ?? 0,
       bytesUploaded: cache.stats.bytesUploaded,
       uploadSeconds: cache.stats.uploadSeconds,
       tokens: c.prefillTokens + c.decodeTokens,

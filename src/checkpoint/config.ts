@@ -8,21 +8,39 @@ import { ConfigError } from "../errors.ts";
 
 /** Causal decoder-only MoE families this engine runs. */
 export const CAUSAL_MODEL_TYPES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"] as const;
+/** Encoder-decoder MoE families (parsed by `src/checkpoint/switch_config.ts`, run by `src/runtime/seq2seq.ts`). */
+export const SEQ2SEQ_MODEL_TYPES = ["switch_transformers"] as const;
 /** Every `model_type` this engine accepts. */
-export const SUPPORTED_MODEL_TYPES = [...CAUSAL_MODEL_TYPES] as const;
+export const SUPPORTED_MODEL_TYPES = [...CAUSAL_MODEL_TYPES, ...SEQ2SEQ_MODEL_TYPES] as const;
+/**
+ * The most decoder layers, and experts summed over layers, a config may declare. Far above any published
+ * model (DeepSeek-V3: 61 layers, 58 × 256 experts), low enough that the name tables built from a hostile
+ * config stay small: a `num_hidden_layers` of millions would exhaust the JS heap before any tensor is read.
+ */
+export const MAX_LAYERS = 1024;
+/** See {@link MAX_LAYERS}. */
+export const MAX_TOTAL_EXPERTS = 1 << 17;
+
 /** A causal MoE family. */
 export type CausalModelType = typeof CAUSAL_MODEL_TYPES[number];
+/** An encoder-decoder MoE family. */
+export type Seq2SeqModelType = typeof SEQ2SEQ_MODEL_TYPES[number];
 
 /** Where a query/key RMSNorm sits, if anywhere: Qwen3 normalises each head, OLMoE the whole projection. */
 export type QkNorm = "none" | "per_head" | "whole";
 
 /** The constants of a causal MoE model (llama2.c's `Config`). Names follow `config.json` in camelCase. */
 export interface ModelSpec {
-  /** `config.json`'s `model_type`. */
-  readonly modelType: CausalModelType;
+  /**
+   * `config.json`'s `model_type`. An encoder-decoder's spec (`switch_transformers`) is a summary: its
+   * layers are the encoder's blocks then the decoder's, see `switchModelSpec`.
+   */
+  readonly modelType: CausalModelType | Seq2SeqModelType;
+  /** V: the vocabulary size (`vocab_size`), rows of the embedding and of the head. */
   readonly vocabSize: number;
   /** D: the residual stream width (`hidden_size`). */
   readonly hiddenSize: number;
+  /** Decoder layers (`num_hidden_layers`). */
   readonly numLayers: number;
   /** H: query heads. */
   readonly numHeads: number;
@@ -44,15 +62,21 @@ export interface ModelSpec {
   readonly sharedExpertIntermediateSize: number;
   /** For each layer, whether its MLP is a sparse MoE block. */
   readonly sparseLayers: readonly boolean[];
+  /** Epsilon of every RMSNorm (`rms_norm_eps`). */
   readonly rmsNormEps: number;
+  /** Base of the rotary position embedding (`rope_theta`). */
   readonly ropeTheta: number;
+  /** Longest context the model was trained for (`max_position_embeddings`). */
   readonly maxPositionEmbeddings: number;
   /** Sliding-window attention span, or null for full causal attention. */
   readonly slidingWindow: number | null;
   /** Biases on the q, k and v projections (Qwen2-MoE). */
   readonly qkvBias: boolean;
+  /** Where a query/key RMSNorm sits, if anywhere. */
   readonly qkNorm: QkNorm;
+  /** The head reuses the embedding matrix (`tie_word_embeddings`). */
   readonly tieWordEmbeddings: boolean;
+  /** The beginning-of-sequence id (`bos_token_id`), when the config names one. */
   readonly bosTokenId: number | undefined;
   /** Every id that ends generation. */
   readonly eosTokenIds: readonly number[];
@@ -99,6 +123,14 @@ export function parseConfig(json: unknown, file = "config.json"): ModelSpec {
       file,
     );
   }
+  if ((SEQ2SEQ_MODEL_TYPES as readonly string[]).includes(modelType)) {
+    throw new ConfigError(
+      `model_type ${
+        JSON.stringify(modelType)
+      } is an encoder-decoder: its config is read by parseSwitchConfig (src/checkpoint/switch_config.ts), and createEngine runs it`,
+      file,
+    );
+  }
   const mt = modelType as CausalModelType;
   const int = (key: string, min = 1, fallback?: number): number => {
     const v = c[key] ?? fallback;
@@ -130,6 +162,12 @@ export function parseConfig(json: unknown, file = "config.json"): ModelSpec {
 
   const hiddenSize = int("hidden_size");
   const numLayers = int("num_hidden_layers");
+  if (numLayers > MAX_LAYERS) {
+    throw new ConfigError(
+      `Invalid num_hidden_layers: ${numLayers}, at most ${MAX_LAYERS} are supported`,
+      file,
+    );
+  }
   const numHeads = int("num_attention_heads");
   const numKvHeads = int("num_key_value_heads", 1, numHeads);
   if (numHeads % numKvHeads !== 0) {
@@ -153,6 +191,14 @@ export function parseConfig(json: unknown, file = "config.json"): ModelSpec {
   const numExperts = mt === "mixtral"
     ? int("num_local_experts")
     : int("num_experts", 1, c.num_local_experts as number);
+  if (numExperts * numLayers > MAX_TOTAL_EXPERTS) {
+    throw new ConfigError(
+      `Invalid ${
+        mt === "mixtral" ? "num_local_experts" : "num_experts"
+      }: ${numExperts} experts × ${numLayers} layers, at most ${MAX_TOTAL_EXPERTS} experts in all are supported`,
+      file,
+    );
+  }
   const topK = int("num_experts_per_tok");
   if (topK > numExperts) {
     throw new ConfigError(`Invalid num_experts_per_tok: ${topK} exceeds the ${numExperts} experts`, file);
@@ -171,7 +217,8 @@ export function parseConfig(json: unknown, file = "config.json"): ModelSpec {
     if (!Array.isArray(only) || !only.every((x) => Number.isSafeInteger(x) && x >= 0 && x < numLayers)) {
       throw new ConfigError(`Invalid mlp_only_layers: expected layer indices below ${numLayers}`, file);
     }
-    sparseLayers = Array.from({ length: numLayers }, (_, i) => !only.includes(i) && (i + 1) % step === 0);
+    const dense = new Set(only);
+    sparseLayers = Array.from({ length: numLayers }, (_, i) => !dense.has(i) && (i + 1) % step === 0);
   } else sparseLayers = Array(numLayers).fill(true);
   if (!sparseLayers.some((s) => s)) throw new ConfigError("The model has no MoE layer", file);
 
@@ -241,7 +288,7 @@ export function parseConfig(json: unknown, file = "config.json"): ModelSpec {
     qkvBias: mt === "qwen2_moe" ? bool("qkv_bias", true) : bool("attention_bias", false),
     qkNorm: mt === "qwen3_moe" ? "per_head" : mt === "olmoe" ? "whole" : "none",
     tieWordEmbeddings: bool("tie_word_embeddings", false),
-    bosTokenId: bos as number | undefined,
+    bosTokenId: (bos ?? undefined) as number | undefined,
     eosTokenIds: eosTokenIds as number[],
   };
 }

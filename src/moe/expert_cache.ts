@@ -35,7 +35,8 @@ export function checkpointExpertStore(
 
 interface LayerSlots {
   gate: TrackedBuffer;
-  up: TrackedBuffer;
+  /** Absent for ungated experts (two matrices). */
+  up?: TrackedBuffer;
   down: TrackedBuffer;
   /** slot → expert, or −1 when free. */
   owner: Int32Array;
@@ -57,6 +58,8 @@ export class ExpertCache {
   readonly matrixBytes: number;
   readonly moeLayers: number;
   readonly numExperts: number;
+  /** Matrices per expert: 3 for SwiGLU (gate, up, down), 2 for ReLU experts (`gated: false`: wi as gate, wo as down). */
+  readonly matrices: 2 | 3;
   /** [moeLayers, E] i32 on the GPU; the CPU mirror is {@link table}. */
   readonly tableBuffer: TrackedBuffer;
   /** expert → slot or −1, row per MoE layer. */
@@ -65,11 +68,21 @@ export class ExpertCache {
   #tableDirty = false;
   readonly stats: UploadStats = { uploads: 0, bytesUploaded: 0, uploadSeconds: 0 };
 
-  /** Empty cache with no slots yet; call {@link resize}. */
-  constructor(device: GPUDevice, memory: GpuMemory, spec: ModelSpec, store: ExpertStore) {
+  /**
+   * Empty cache with no slots yet; call {@link resize}. `gated: false` holds two matrices per expert
+   * (Switch Transformers' wi and wo, in the gate and down buffers); the store's `up` is then ignored.
+   */
+  constructor(
+    device: GPUDevice,
+    memory: GpuMemory,
+    spec: ModelSpec,
+    store: ExpertStore,
+    options: { gated?: boolean } = {},
+  ) {
     this.#device = device;
     this.#memory = memory;
     this.#store = store;
+    this.matrices = options.gated === false ? 2 : 3;
     this.moeLayers = spec.sparseLayers.filter((s) => s).length;
     this.numExperts = spec.numExperts;
     this.matrixBytes = spec.moeIntermediateSize * spec.hiddenSize * 2;
@@ -83,9 +96,9 @@ export class ExpertCache {
     this.#flushTable(true);
   }
 
-  /** GPU bytes of one expert slot (gate + up + down). */
+  /** GPU bytes of one expert slot (gate + up + down, or gate + down when ungated). */
   get slotBytes(): number {
-    return 3 * this.matrixBytes;
+    return this.matrices * this.matrixBytes;
   }
 
   /** Slots per MoE layer. */
@@ -93,11 +106,14 @@ export class ExpertCache {
     return this.#layers.map((l) => l.owner.length);
   }
 
-  /** The three slot buffers of MoE layer `l` (bind these once; they change only on {@link resize}). */
+  /**
+   * The three slot buffers of MoE layer `l` (bind these once; they change only on {@link resize}).
+   * Ungated experts have no `up`: it is the gate buffer then.
+   */
   buffers(l: number): { gate: GPUBuffer; up: GPUBuffer; down: GPUBuffer } {
     const s = this.#layers[l];
     if (!s) throw new RangeError(`No MoE layer ${l}`);
-    return { gate: s.gate.buffer, up: s.up.buffer, down: s.down.buffer };
+    return { gate: s.gate.buffer, up: (s.up ?? s.gate).buffer, down: s.down.buffer };
   }
 
   /** Resident experts of layer `l`, ascending. */
@@ -130,7 +146,7 @@ export class ExpertCache {
       const size = Math.max(1, n) * this.matrixBytes;
       this.#layers.push({
         gate: this.#memory.alloc(`experts.${l}.gate`, size, usage, "experts"),
-        up: this.#memory.alloc(`experts.${l}.up`, size, usage, "experts"),
+        up: this.matrices === 3 ? this.#memory.alloc(`experts.${l}.up`, size, usage, "experts") : undefined,
         down: this.#memory.alloc(`experts.${l}.down`, size, usage, "experts"),
         owner: new Int32Array(n).fill(-1),
       });
@@ -175,13 +191,13 @@ export class ExpertCache {
     const off = slot * this.matrixBytes;
     const q = this.#device.queue;
     q.writeBuffer(s.gate.buffer, off, w.gate);
-    q.writeBuffer(s.up.buffer, off, w.up);
+    if (s.up) q.writeBuffer(s.up.buffer, off, w.up);
     q.writeBuffer(s.down.buffer, off, w.down);
     s.owner[slot] = e;
     this.table[l * this.numExperts + e] = slot;
     this.#tableDirty = true;
     this.stats.uploads++;
-    this.stats.bytesUploaded += 3 * this.matrixBytes;
+    this.stats.bytesUploaded += this.slotBytes;
     this.stats.uploadSeconds += (performance.now() - t0) / 1000;
   }
 

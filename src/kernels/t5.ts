@@ -1,0 +1,271 @@
+/**
+ * Kernels of the T5 layout (Switch Transformers): attention with the relative position bias and no
+ * scaling (`shaders/t5_attention.wgsl`), the decoder's KV-cache write, ReLU experts
+ * (`shaders/experts_relu.wgsl` + `experts.wgsl`'s `down_sum`), the dense MLP's ReLU, the tied head's
+ * scale and expert capacity (`shaders/t5_elementwise.wgsl`), and the bucket table of the bias.
+ *
+ * @module
+ */
+import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+
+const WG = 64;
+
+/** Where attention reads its keys: the call's rows, the decoder's cache (causal), or the encoder output. */
+export type T5AttentionMode = "encoder" | "decoder" | "cross";
+const MODES: Record<T5AttentionMode, number> = { encoder: 0, decoder: 1, cross: 2 };
+
+/** Options of one T5 attention call site. */
+export interface T5AttentionOptions {
+  label: string;
+  mode: T5AttentionMode;
+  numHeads: number;
+  headDim: number;
+  /** q: [T, H, hd]; k, v: [N, H, hd]; out: [T, H, hd]. */
+  q: GPUBuffer;
+  k: GPUBuffer;
+  v: GPUBuffer;
+  out: GPUBuffer;
+  /** The stack's relative_attention_bias [num_buckets, H] bf16, or undefined (cross-attention). */
+  relBias?: GPUBuffer;
+  /** The bucket table ({@link bucketTable}) and where this stack's part starts. */
+  buckets: GPUBuffer;
+  bucketBase: number;
+  /** The table index of relative position 0. */
+  relOffset: number;
+  /** [0]: encoder positions (cross-attention's key count). */
+  meta: GPUBuffer;
+}
+
+/** Records one attention call: out = softmax(q·Kᵀ + bias) · V. */
+export function t5Attention(ctx: KernelContext, o: T5AttentionOptions): Promise<Dispatch> {
+  if (o.headDim > 256) throw new RangeError(`t5Attention ${o.label}: head_dim ${o.headDim} exceeds 256`);
+  return record(ctx, {
+    label: o.label,
+    file: "t5_attention.wgsl",
+    params: packParams({
+      n_heads: o.numHeads,
+      head_dim: o.headDim,
+      mode: MODES[o.mode],
+      has_bias: o.relBias ? 1 : 0,
+      bucket_base: o.bucketBase,
+      rel_offset: o.relOffset,
+    }),
+    buffers: {
+      2: o.q,
+      3: o.k,
+      4: o.v,
+      5: o.out,
+      6: o.relBias ?? o.buckets,
+      7: o.buckets,
+      8: o.meta,
+    },
+    workgroups: (s) => s.t * o.numHeads,
+  });
+}
+
+/** Records the decoder's cache write: kCache[pos0 + t] = k[t], vCache[pos0 + t] = v[t] (rows of H·hd). */
+export function kvWrite(
+  ctx: KernelContext,
+  o: {
+    label: string;
+    numHeads: number;
+    headDim: number;
+    k: GPUBuffer;
+    v: GPUBuffer;
+    kCache: GPUBuffer;
+    vCache: GPUBuffer;
+  },
+): Promise<Dispatch> {
+  return record(ctx, {
+    label: o.label,
+    file: "t5_attention.wgsl",
+    entry: "kv_write",
+    params: packParams({ n_heads: o.numHeads, head_dim: o.headDim, mode: 0, has_bias: 0, bucket_base: 0 }),
+    buffers: { 3: o.k, 4: o.v, 9: o.kCache, 10: o.vCache },
+    workgroups: (s) => Math.ceil((s.t * o.numHeads * o.headDim) / WG),
+  });
+}
+
+/** Buffers and geometry of one sparse block's ReLU experts. */
+export interface ReluExpertsOptions {
+  label: string;
+  layer: number;
+  dim: number;
+  inter: number;
+  topK: number;
+  experts: number;
+  topkIds: GPUBuffer;
+  topkW: GPUBuffer;
+  slots: GPUBuffer;
+  x: GPUBuffer;
+  /** wi: [slots, I, D] bf16; wo: [slots, D, I] bf16. */
+  wi: GPUBuffer;
+  wo: GPUBuffer;
+  /** h: [T·K, I] f32 scratch. */
+  h: GPUBuffer;
+  /** y: [T, D] f32, added into. */
+  y: GPUBuffer;
+}
+
+/** Records relu(x·wiᵀ) and the weighted down projection added to y (experts.wgsl's `down_sum`). */
+export async function reluExperts(ctx: KernelContext, o: ReluExpertsOptions): Promise<Dispatch[]> {
+  if (o.dim % 2 || o.inter % 2) throw new RangeError(`reluExperts ${o.label}: dimensions must be even`);
+  const params = packParams({
+    dim: o.dim,
+    inter: o.inter,
+    top_k: o.topK,
+    experts: o.experts,
+    layer: o.layer,
+  });
+  return [
+    await record(ctx, {
+      label: `${o.label}.wi_relu`,
+      file: "experts_relu.wgsl",
+      entry: "wi_relu",
+      params,
+      buffers: { 2: o.topkIds, 3: o.slots, 4: o.x, 5: o.wi, 7: o.h },
+      workgroups: (s) => s.t * o.topK * o.inter,
+    }),
+    await record(ctx, {
+      label: `${o.label}.wo`,
+      file: "experts.wgsl",
+      entry: "down_sum",
+      params,
+      buffers: { 2: o.topkIds, 3: o.slots, 7: o.h, 8: o.topkW, 9: o.wo, 10: o.y },
+      workgroups: (s) => s.t * o.dim,
+    }),
+  ];
+}
+
+/** Records a[t, i] = relu(a[t, i]) over [T, n]. */
+export function relu(ctx: KernelContext, o: { label: string; a: GPUBuffer; n: number }): Promise<Dispatch> {
+  return record(ctx, {
+    label: o.label,
+    file: "t5_elementwise.wgsl",
+    entry: "relu",
+    params: packParams({ n: o.n, top_k: 0, experts: 0, layer: 0, capacity: 0 }),
+    buffers: { 2: o.a },
+    workgroups: (s) => Math.ceil((s.t * o.n) / WG),
+  });
+}
+
+/** Records a[r, i] *= scale over the call's logits rows [headRows, n]. */
+export function scaleHeadRows(
+  ctx: KernelContext,
+  o: { label: string; a: GPUBuffer; n: number; scale: number },
+): Promise<Dispatch> {
+  return record(ctx, {
+    label: o.label,
+    file: "t5_elementwise.wgsl",
+    entry: "scale_head",
+    params: packParams({ n: o.n, top_k: 0, experts: 0, layer: 0, capacity: 0, "f:scale": o.scale }),
+    buffers: { 2: o.a },
+    workgroups: (s) => Math.ceil((s.headRows * o.n) / WG),
+  });
+}
+
+/** Records expert capacity: routing weights of tokens past `capacity` per expert (counted in `counts`) become 0. */
+export function expertCapacity(
+  ctx: KernelContext,
+  o: {
+    label: string;
+    layer: number;
+    experts: number;
+    topK: number;
+    capacity: number;
+    topkIds: GPUBuffer;
+    topkW: GPUBuffer;
+    /** [moeLayers, E] u32 tokens counted so far in this pass of the stack. */
+    counts: GPUBuffer;
+  },
+): Promise<Dispatch> {
+  return record(ctx, {
+    label: o.label,
+    file: "t5_elementwise.wgsl",
+    entry: "capacity",
+    params: packParams({ n: 0, top_k: o.topK, experts: o.experts, layer: o.layer, capacity: o.capacity }),
+    buffers: { 2: o.topkW, 3: o.topkIds, 4: o.counts },
+    workgroups: () => Math.ceil(o.experts / WG),
+  });
+}
+
+/**
+ * T5's `_relative_position_bucket` for `relative = memory_position − query_position`, in float32 as
+ * torch computes it (`torch.log` of a float tensor, divided and multiplied in float32, truncated).
+ */
+export function relativePositionBucket(
+  relative: number,
+  bidirectional: boolean,
+  numBuckets: number,
+  maxDistance: number,
+): number {
+  const f = Math.fround;
+  let buckets = numBuckets;
+  let bucket = 0;
+  let rp: number;
+  if (bidirectional) {
+    buckets = Math.floor(buckets / 2);
+    if (relative > 0) bucket += buckets;
+    rp = Math.abs(relative);
+  } else {
+    rp = -Math.min(relative, 0);
+  }
+  const maxExact = Math.floor(buckets / 2);
+  if (rp < maxExact) return bucket + rp;
+  // max_exact + (torch.log(rp.float() / max_exact) / math.log(max_distance / max_exact) * (nb - max_exact)).to(long)
+  const logRatio = f(Math.log(f(rp / maxExact)));
+  const denom = f(Math.log(maxDistance / maxExact));
+  const scaled = f(f(logRatio / denom) * (buckets - maxExact));
+  const large = Math.min(maxExact + Math.trunc(scaled), buckets - 1);
+  return bucket + large;
+}
+
+/**
+ * The bucket of every relative position j − i in (−span, span), for the bidirectional (encoder) stack
+ * then the unidirectional (decoder) stack: `[2·(2·span − 1)]` u32, entry `base + (j − i) + span − 1`
+ * with base 0 (encoder) or 2·span − 1 (decoder).
+ */
+export function bucketTable(span: number, numBuckets: number, maxDistance: number): Uint32Array<ArrayBuffer> {
+  const n = 2 * span - 1;
+  const out = new Uint32Array(2 * n);
+  for (let r = -(span - 1); r <= span - 1; r++) {
+    out[r + span - 1] = relativePositionBucket(r, true, numBuckets, maxDistance);
+    out[n + r + span - 1] = relativePositionBucket(r, false, numBuckets, maxDistance);
+  }
+  return out;
+}
+
+/**
+ * Records the routing statistics of one stack's pass (`shaders/t5_stats.wgsl`): stats [moeLayers, E, 4]
+ * += the choices of MoE layers `layer0` … `layer0 + layers − 1` in this call.
+ */
+export function stackRouterStats(
+  ctx: KernelContext,
+  o: {
+    label: string;
+    layer0: number;
+    layers: number;
+    experts: number;
+    topK: number;
+    rowsCap: number;
+    slots: GPUBuffer;
+    utopkIds: GPUBuffer;
+    utopkP: GPUBuffer;
+    xnorm: GPUBuffer;
+    stats: GPUBuffer;
+  },
+): Promise<Dispatch> {
+  return record(ctx, {
+    label: o.label,
+    file: "t5_stats.wgsl",
+    params: packParams({
+      experts: o.experts,
+      top_k: o.topK,
+      rows_cap: o.rowsCap,
+      layer0: o.layer0,
+      n_layers: o.layers,
+    }),
+    buffers: { 3: o.slots, 7: o.utopkIds, 8: o.utopkP, 9: o.xnorm, 10: o.stats },
+    workgroups: () => Math.ceil((o.layers * o.experts) / WG),
+  });
+}

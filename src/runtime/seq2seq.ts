@@ -1,0 +1,1003 @@
+/**
+ * The encoder-decoder engine (Switch Transformers): the same public {@link Engine} as the causal one,
+ * over an encoder pass per request (its output's cross-attention K/V kept on the GPU) and a decoder
+ * that starts from `decoder_start_token_id`. Budget, expert cache, policies (`full`, `static`,
+ * `swapmoe`, `lru`), the planner and importance are the causal engine's, over every router of the
+ * model: encoder routers first, then decoder routers.
+ *
+ * @module
+ */
+import {
+  loadSwitchConfig,
+  readModelType,
+  SWITCH_MODEL_TYPE,
+  switchModelSpec,
+  type SwitchSpec,
+} from "../checkpoint/switch_config.ts";
+import type { ModelSpec } from "../checkpoint/config.ts";
+import { Checkpoint } from "../checkpoint/shards.ts";
+import { createGpu, type Gpu } from "../gpu/device.ts";
+import { type CallShape, type Dispatch, encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
+import { GpuMemory, type TrackedBuffer } from "../gpu/memory.ts";
+import { PipelineCache } from "../gpu/pipelines.ts";
+import { packSampling, type SamplingParams } from "../kernels/sample.ts";
+import { packStep } from "../kernels/step.ts";
+import {
+  type Program,
+  reluExpertNorms,
+  switchDenseBytes,
+  SwitchMoe,
+  type SwitchShape,
+  switchStateBytes,
+} from "../models/switch.ts";
+import { checkSwitchTensors, switchExperts, type SwitchNames, switchNames } from "../models/switch_names.ts";
+import { type Budget, formatBytes, parseBudget } from "../moe/budget.ts";
+import { checkpointExpertStore, ExpertCache } from "../moe/expert_cache.ts";
+import { Importance } from "../moe/importance.ts";
+import { type PlannerKind, planSlots, topExperts } from "../moe/planner.ts";
+import { LruPolicy, POLICIES, type PolicyName, SwapMoePolicy } from "../moe/policies.ts";
+import { BudgetError, EngineClosedError, OptionError, SwapMoeError } from "../errors.ts";
+import { Tokenizer } from "../text/tokenizer.ts";
+import type {
+  Engine,
+  EngineOptions,
+  EngineStats,
+  FinishReason,
+  GenerateChunk,
+  GenerateRequest,
+} from "./engine.ts";
+
+const MAX_DEFAULT_CONTEXT = 4096;
+const READ_SIZES = [1, 2, 4, 8, 16];
+
+/** Options of {@link createSeq2SeqEngine}: {@link EngineOptions} and what only an encoder-decoder has. */
+export interface Seq2SeqOptions extends EngineOptions {
+  /**
+   * Switch's `expert_capacity`: `"ignore"` (default) routes every token as transformers 5.x does (its
+   * capacity mask sums over a single-token axis and never drops); `"drop"` gives the tokens past
+   * `expert_capacity` per expert, counted in order within one pass of a stack (a whole encoder prompt,
+   * a `forward` call's decoder ids, or one generation step), no expert output, as transformers 4.x does.
+   */
+  expertCapacity?: "ignore" | "drop";
+}
+
+/** Whether the model folder `dir` holds an encoder-decoder this module runs (by `config.json`'s `model_type`). */
+export async function isSeq2SeqModel(dir: string): Promise<boolean> {
+  return (await readModelType(dir)) === SWITCH_MODEL_TYPE;
+}
+
+/**
+ * Loads a Switch Transformers checkpoint and returns an {@link Engine} whose `forward(ids, { decoderIds })`
+ * returns decoder logits and whose `generate` encodes once and decodes from `decoder_start_token_id`.
+ * `createEngine` calls this for `model_type: "switch_transformers"`.
+ */
+export async function createSeq2SeqEngine(options: Seq2SeqOptions): Promise<Engine> {
+  return await Seq2SeqEngine.create(options);
+}
+
+function positiveInt(name: string, v: unknown, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1 || v > max) {
+    throw new OptionError(`Invalid ${name}: ${JSON.stringify(v)}, expected an integer in [1, ${max}]`);
+  }
+  return v;
+}
+
+const OPTION_KEYS = [
+  "model",
+  "policy",
+  "residentExperts",
+  "budget",
+  "contextLength",
+  "maxBatchTokens",
+  "planner",
+  "profile",
+  "updateInterval",
+  "maxUploadBytesPerStep",
+  "importanceDecay",
+  "onProgress",
+  "expertCapacity",
+];
+
+function validateOptions(o: Seq2SeqOptions): void {
+  if (typeof o !== "object" || o === null || Array.isArray(o)) {
+    throw new OptionError(`Invalid options: expected an object, got ${JSON.stringify(o)}`);
+  }
+  for (const k of Object.keys(o)) {
+    if (!OPTION_KEYS.includes(k)) {
+      throw new OptionError(`Unknown option: "${k}", known are ${OPTION_KEYS.join(", ")}`);
+    }
+  }
+  if (typeof o.model !== "string" || o.model === "") {
+    throw new OptionError(`Invalid model: ${JSON.stringify(o.model)}, expected a folder path`);
+  }
+  if (o.policy !== undefined && !POLICIES.includes(o.policy)) {
+    throw new OptionError(
+      `Invalid policy: ${JSON.stringify(o.policy)}, expected one of ${POLICIES.join(", ")}`,
+    );
+  }
+  if (o.residentExperts !== undefined && o.policy !== "static") {
+    throw new OptionError(`Invalid residentExperts: only policy "static" takes a fixed resident set`);
+  }
+  if (o.planner !== undefined && o.planner !== "uniform" && o.planner !== "profile") {
+    throw new OptionError(`Invalid planner: ${JSON.stringify(o.planner)}, expected "uniform" or "profile"`);
+  }
+  if (o.planner === "profile" && !o.profile) {
+    throw new OptionError(`Invalid planner: "profile" needs a profile`);
+  }
+  if (o.contextLength !== undefined) positiveInt("contextLength", o.contextLength, 1 << 20);
+  if (o.maxBatchTokens !== undefined) positiveInt("maxBatchTokens", o.maxBatchTokens, 4096);
+  if (o.updateInterval !== undefined) positiveInt("updateInterval", o.updateInterval);
+  if (o.maxUploadBytesPerStep !== undefined) positiveInt("maxUploadBytesPerStep", o.maxUploadBytesPerStep);
+  if (
+    o.importanceDecay !== undefined &&
+    (typeof o.importanceDecay !== "number" || !(o.importanceDecay > 0 && o.importanceDecay <= 1))
+  ) {
+    throw new OptionError(`Invalid importanceDecay: ${o.importanceDecay}, expected a number in (0, 1]`);
+  }
+  if (o.budget !== undefined) parseBudget(o.budget, 0);
+  if (o.profile !== undefined && (!Array.isArray(o.profile) || !o.profile.every((r) => Array.isArray(r)))) {
+    throw new OptionError("Invalid profile: expected one list of importance numbers per MoE layer");
+  }
+  if (o.onProgress !== undefined && typeof o.onProgress !== "function") {
+    throw new OptionError("Invalid onProgress: expected a function");
+  }
+  if (o.expertCapacity !== undefined && o.expertCapacity !== "ignore" && o.expertCapacity !== "drop") {
+    throw new OptionError(
+      `Invalid expertCapacity: ${JSON.stringify(o.expertCapacity)}, expected "ignore" or "drop"`,
+    );
+  }
+}
+
+const REQUEST_FIELDS: Record<keyof GenerateRequest, true> = {
+  ids: true,
+  prompt: true,
+  messages: true,
+  maxTokens: true,
+  temperature: true,
+  topK: true,
+  topP: true,
+  seed: true,
+  minTokens: true,
+  stop: true,
+  signal: true,
+};
+
+function validateRequest(r: GenerateRequest): void {
+  if (typeof r !== "object" || r === null || Array.isArray(r)) {
+    throw new OptionError(`Invalid request: expected an object, got ${JSON.stringify(r)}`);
+  }
+  for (const k of Object.keys(r)) {
+    if (!Object.hasOwn(REQUEST_FIELDS, k)) {
+      throw new OptionError(
+        `Unknown request field: "${k}", known are ${Object.keys(REQUEST_FIELDS).join(", ")}`,
+      );
+    }
+  }
+  if (r.ids !== undefined && !Array.isArray(r.ids)) {
+    throw new OptionError("Invalid ids: expected a non-empty array of token ids");
+  }
+  if (r.messages !== undefined && !Array.isArray(r.messages)) {
+    throw new OptionError("Invalid messages: expected a list of {role, content} messages");
+  }
+  if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) {
+    throw new OptionError("Invalid signal: expected an AbortSignal");
+  }
+}
+
+function validateExpertSets(
+  name: string,
+  sets: unknown,
+  layers: number,
+  experts: number,
+  minEach: number,
+): number[][] {
+  if (!Array.isArray(sets) || sets.length !== layers) {
+    throw new OptionError(
+      `Invalid ${name}: expected ${layers} lists (one per MoE layer: encoder routers, then decoder routers), got ${
+        Array.isArray(sets) ? sets.length : typeof sets
+      }`,
+    );
+  }
+  return sets.map((s, l) => {
+    if (!Array.isArray(s) || !s.every((e) => Number.isSafeInteger(e) && e >= 0 && e < experts)) {
+      throw new OptionError(`Invalid ${name}[${l}]: expected expert ids in [0, ${experts})`);
+    }
+    const u = [...new Set(s as number[])].sort((a, b) => a - b);
+    if (u.length < minEach) {
+      throw new OptionError(
+        `Invalid ${name}[${l}]: ${u.length} experts, at least top-k = ${minEach} are needed`,
+      );
+    }
+    return u;
+  });
+}
+
+interface ResolvedOptions {
+  planner: PlannerKind;
+  updateInterval: number;
+  maxUploadBytesPerStep: number;
+  profile?: number[][];
+  capacity: boolean;
+}
+
+interface Init {
+  spec: SwitchSpec;
+  tokenizer: Tokenizer;
+  modelDir: string;
+  gpu: Gpu;
+  ckpt: Checkpoint;
+  names: SwitchNames;
+  memory: GpuMemory;
+  ctx: KernelContext;
+  stepBuffer: TrackedBuffer;
+  cache: ExpertCache;
+  model: SwitchMoe;
+  policy: PolicyName;
+  importance: Importance;
+  opts: ResolvedOptions;
+  fixedBytes: number;
+  fullBytes: number;
+  minimumBytes: number;
+  budget: number;
+  staticSets: number[][] | undefined;
+  staging: { logits: TrackedBuffer; tokens: TrackedBuffer[]; topk: TrackedBuffer };
+}
+
+class Seq2SeqEngine implements Engine {
+  readonly spec: ModelSpec;
+  /** The encoder-decoder's own constants. */
+  readonly switchSpec: SwitchSpec;
+  readonly tokenizer: Tokenizer;
+  readonly modelDir: string;
+  readonly #gpu: Gpu;
+  readonly #ckpt: Checkpoint;
+  readonly #names: SwitchNames;
+  readonly #memory: GpuMemory;
+  readonly #ctx: KernelContext;
+  readonly #stepBuffer: TrackedBuffer;
+  readonly #cache: ExpertCache;
+  readonly #model: SwitchMoe;
+  readonly #policy: PolicyName;
+  readonly #swap: SwapMoePolicy | undefined;
+  readonly #lru: LruPolicy | undefined;
+  readonly #importance: Importance;
+  readonly #opts: ResolvedOptions;
+  readonly #fixedBytes: number;
+  readonly #fullBytes: number;
+  readonly #minimumBytes: number;
+  #budget: number;
+  readonly #staticSets: number[][] | undefined;
+  readonly #logitsStaging: TrackedBuffer;
+  readonly #tokenStaging: TrackedBuffer[];
+  readonly #topkStaging: TrackedBuffer;
+  #closed = false;
+  #busy: Promise<unknown> = Promise.resolve();
+  readonly #generators = new Set<AsyncGenerator<GenerateChunk>>();
+  #tokensSinceRevision = 0;
+  #counters = { prefillTokens: 0, decodeTokens: 0, prefillSeconds: 0, decodeSeconds: 0 };
+
+  private constructor(init: Init) {
+    this.switchSpec = init.spec;
+    this.spec = switchModelSpec(init.spec);
+    this.tokenizer = init.tokenizer;
+    this.modelDir = init.modelDir;
+    this.#gpu = init.gpu;
+    this.#ckpt = init.ckpt;
+    this.#names = init.names;
+    this.#memory = init.memory;
+    this.#ctx = init.ctx;
+    this.#stepBuffer = init.stepBuffer;
+    this.#cache = init.cache;
+    this.#model = init.model;
+    this.#policy = init.policy;
+    this.#importance = init.importance;
+    this.#opts = init.opts;
+    this.#fixedBytes = init.fixedBytes;
+    this.#fullBytes = init.fullBytes;
+    this.#minimumBytes = init.minimumBytes;
+    this.#budget = init.budget;
+    this.#staticSets = init.staticSets;
+    this.#logitsStaging = init.staging.logits;
+    this.#tokenStaging = init.staging.tokens;
+    this.#topkStaging = init.staging.topk;
+    if (init.policy === "swapmoe") this.#swap = new SwapMoePolicy();
+    if (init.policy === "lru") this.#lru = new LruPolicy(init.cache.moeLayers, init.spec.numExperts);
+  }
+
+  static async create(options: Seq2SeqOptions): Promise<Seq2SeqEngine> {
+    validateOptions(options);
+    const progress = options.onProgress ?? (() => {});
+    const modelDir = options.model!;
+    const policy = options.policy ?? "full";
+    progress({ stage: "config", done: 0, total: 1 });
+    const spec = await loadSwitchConfig(modelDir);
+    const view = switchModelSpec(spec);
+    const moeLayers = view.sparseLayers.filter((s) => s).length;
+    const E = spec.numExperts;
+    const staticSets = options.residentExperts
+      ? validateExpertSets("residentExperts", options.residentExperts, moeLayers, E, 1)
+      : undefined;
+    if (options.profile) {
+      validateExpertSets("profile", options.profile.map((r) => r.map((_, i) => i)), moeLayers, E, 0);
+      if (!options.profile.every((r) => r.length === E && r.every((v) => Number.isFinite(v) && v >= 0))) {
+        throw new OptionError(`Invalid profile: expected ${moeLayers} rows of ${E} non-negative numbers`);
+      }
+    }
+    const contextLength = options.contextLength ?? Math.min(spec.maxPositions, MAX_DEFAULT_CONTEXT);
+    const maxRows = Math.min(options.maxBatchTokens ?? 64, contextLength);
+    const shape: SwitchShape = {
+      encoderLength: contextLength,
+      contextLength,
+      maxRows,
+      maxGenerated: contextLength,
+    };
+
+    progress({ stage: "checkpoint", done: 0, total: 1 });
+    const ckpt = Checkpoint.open(modelDir);
+    let gpu: Gpu | undefined;
+    let memory: GpuMemory | undefined;
+    try {
+      const names = switchNames(spec, (n) => ckpt.tensors.has(n));
+      checkSwitchTensors(spec, names, ckpt.tensors, modelDir);
+      progress({ stage: "tokenizer", done: 0, total: 1 });
+      const tokenizer = await Tokenizer.load(modelDir);
+
+      // The footprint, known before any allocation.
+      const slotBytes = 2 * spec.dFf * spec.dModel * 2;
+      const uniformSlots = 32 + 24 * (spec.numEncoderLayers + spec.numDecoderLayers);
+      const statsBytes = moeLayers * E * 16;
+      const rows = Math.max(shape.encoderLength, shape.maxRows);
+      const stagingBytes = maxRows * spec.vocabSize * 4 + statsBytes +
+        2 * (shape.maxGenerated * 4 + statsBytes) + rows * 4;
+      const fixedBytes = switchDenseBytes(names, (n) => ckpt.info(n).byteLength) +
+        switchStateBytes(spec, shape, moeLayers) +
+        UniformArena.bytes(uniformSlots) + 32 + Math.max(4, moeLayers * E * 4) + stagingBytes;
+      const fullBytes = fixedBytes + moeLayers * E * slotBytes;
+      const minimumBytes = fixedBytes + moeLayers * slotBytes;
+      const staticNeed = staticSets
+        ? fixedBytes + staticSets.reduce((a, s) => a + s.length, 0) * slotBytes
+        : 0;
+      let budget: number;
+      if (options.budget !== undefined) budget = parseBudget(options.budget, fullBytes);
+      else if (policy === "full") budget = fullBytes;
+      else if (staticSets) budget = staticNeed;
+      else budget = Math.max(minimumBytes, Math.floor(fullBytes / 2));
+      const need = policy === "full" ? fullBytes : staticSets ? staticNeed : minimumBytes;
+      if (budget < need) {
+        throw new BudgetError(
+          `Budget too small: ${budget} bytes (${
+            formatBytes(budget)
+          }) given, policy "${policy}" needs at least ${need} bytes (${
+            formatBytes(need)
+          }): dense weights, caches for ${contextLength} positions and scratch take ${
+            formatBytes(fixedBytes)
+          }, one expert ${formatBytes(slotBytes)}`,
+        );
+      }
+
+      progress({ stage: "gpu", done: 0, total: 1 });
+      gpu = await createGpu();
+      const limit = gpu.info.maxStorageBufferBindingSize;
+      const largest = Math.max(
+        contextLength * spec.numHeads * spec.dKv * 4,
+        rows * spec.dFf * 4,
+        maxRows * spec.vocabSize * 4,
+      );
+      if (largest > limit) {
+        throw new OptionError(
+          `Invalid contextLength / maxBatchTokens: a buffer of ${
+            formatBytes(largest)
+          } exceeds this GPU's maxStorageBufferBindingSize of ${
+            formatBytes(limit)
+          }: lower contextLength (${contextLength}) or maxBatchTokens (${maxRows})`,
+        );
+      }
+      memory = new GpuMemory(gpu.device);
+      memory.limit = budget;
+      const stepBuffer = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
+      const ctx: KernelContext = {
+        device: gpu.device,
+        pipelines: new PipelineCache(gpu.device),
+        memory,
+        uniforms: new UniformArena(gpu.device, memory, uniformSlots),
+        step: stepBuffer.buffer,
+      };
+      const read = GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
+      const staging = {
+        logits: memory.alloc("staging.logits", maxRows * spec.vocabSize * 4 + statsBytes, read, "staging"),
+        tokens: [0, 1].map((i) =>
+          memory!.alloc(`staging.tokens${i}`, shape.maxGenerated * 4 + statsBytes, read, "staging")
+        ),
+        topk: memory.alloc("staging.topk", rows * 4, read, "staging"),
+      };
+      const empty = new Uint8Array(0);
+      const experts = switchExperts(names);
+      const store = checkpointExpertStore(
+        (n) => (n === "" ? empty : ckpt.bytes(n)),
+        experts.map((l) => l.map((e) => ({ gate: e.wi, up: "", down: e.wo }))),
+      );
+      const cache = new ExpertCache(gpu.device, memory, view, store, { gated: false });
+      const opts: ResolvedOptions = {
+        planner: options.planner ?? "uniform",
+        updateInterval: options.updateInterval ?? 16,
+        maxUploadBytesPerStep: options.maxUploadBytesPerStep ?? 2 * slotBytes,
+        profile: options.profile,
+        capacity: options.expertCapacity === "drop",
+      };
+      cache.resize(
+        Seq2SeqEngine.#plan(policy, E, moeLayers, budget - fixedBytes, slotBytes, staticSets, opts),
+      );
+      const model = await SwitchMoe.build(ctx, spec, names, (n) => ckpt.bytes(n), cache, shape, {
+        masked: policy === "static" || policy === "swapmoe",
+        capacity: opts.capacity,
+        onWeight: (done, total) => progress({ stage: "weights", done, total }),
+      });
+      const importance = new Importance(
+        moeLayers,
+        E,
+        options.importanceDecay ?? 0.97,
+        reluExpertNorms(store, moeLayers, E, spec.dFf, spec.dModel),
+      );
+      const engine = new Seq2SeqEngine({
+        spec,
+        tokenizer,
+        modelDir,
+        gpu,
+        ckpt,
+        names,
+        memory,
+        ctx,
+        stepBuffer,
+        cache,
+        model,
+        policy,
+        importance,
+        opts,
+        fixedBytes,
+        fullBytes,
+        minimumBytes,
+        budget,
+        staticSets,
+        staging,
+      });
+      engine.#fillInitial((done, total) => progress({ stage: "experts", done, total }));
+      const planned = fixedBytes + cache.capacity.reduce((a, b) => a + b, 0) * slotBytes;
+      if (memory.bytes !== planned) {
+        // The footprint formula and the allocator must agree byte for byte: the budget is a promise.
+        throw new SwapMoeError(
+          `Internal: GPU bytes ${memory.bytes} disagree with the planned footprint ${planned}`,
+        );
+      }
+      await gpu.device.queue.onSubmittedWorkDone();
+      gpu.assertAlive();
+      progress({ stage: "ready", done: 1, total: 1 });
+      return engine;
+    } catch (e) {
+      memory?.freeAll();
+      gpu?.device.destroy();
+      ckpt.close();
+      throw e;
+    }
+  }
+
+  static #plan(
+    policy: PolicyName,
+    experts: number,
+    layers: number,
+    expertShare: number,
+    slotBytes: number,
+    staticSets: number[][] | undefined,
+    opts: { planner: PlannerKind; profile?: number[][] },
+  ): number[] {
+    if (policy === "full") return Array(layers).fill(experts);
+    if (staticSets) return staticSets.map((s) => s.length);
+    return planSlots(opts.planner, Math.floor(expertShare / slotBytes), layers, experts, 1, opts.profile);
+  }
+
+  #fillInitial(progress: (done: number, total: number) => void): void {
+    const cache = this.#cache;
+    const cap = cache.capacity;
+    const total = cap.reduce((a, b) => a + b, 0);
+    let done = 0;
+    for (let l = 0; l < cache.moeLayers; l++) {
+      let set: number[];
+      if (this.#staticSets) set = this.#staticSets[l]!;
+      else if (this.#opts.profile) set = topExperts(this.#opts.profile[l]!, cap[l]!);
+      else set = topExperts(this.#importance.score(l), cap[l]!);
+      for (const e of set) {
+        cache.load(l, e);
+        progress(++done, total);
+      }
+    }
+    cache.flush();
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) {
+      throw new EngineClosedError("The engine is closed: create a new one with createEngine()");
+    }
+    this.#gpu.assertAlive();
+  }
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#busy.then(fn, fn).catch(async (e) => {
+      throw await this.#gpu.explain(e);
+    });
+    this.#busy = run.catch(() => {});
+    return run;
+  }
+
+  #checkIds(name: string, ids: readonly number[], max: number, option: string): void {
+    if (!Array.isArray(ids) || ids.length === 0) {
+      throw new OptionError(`Invalid ${name}: expected a non-empty array of token ids`);
+    }
+    for (const id of ids) {
+      if (!Number.isSafeInteger(id) || id < 0 || id >= this.spec.vocabSize) {
+        throw new OptionError(`Invalid token id: ${id}, expected an integer in [0, ${this.spec.vocabSize})`);
+      }
+    }
+    if (ids.length > max) {
+      throw new OptionError(
+        `Too many tokens in ${name}: ${ids.length}, the engine holds ${max} (option ${option})`,
+      );
+    }
+  }
+
+  /**
+   * Encodes and submits one pass of `program` over `t` rows from position `pos0`; with exact routing
+   * (lru) it reads the routing back per MoE layer and loads missing experts in between (in passes over
+   * groups of experts when a layer's slots cannot hold them all at once).
+   */
+  async #run(
+    program: Program,
+    t: number,
+    pos0: number,
+    headRows: number,
+    extra?: (e: GPUCommandEncoder) => void,
+    genIndex = 0,
+    newPass = true,
+  ): Promise<void> {
+    const device = this.#gpu.device;
+    const shape: CallShape = { t, headRows, pos0 };
+    device.queue.writeBuffer(this.#stepBuffer.buffer, 0, packStep(shape, 0, genIndex));
+    if (this.#opts.capacity && newPass) {
+      // expert capacity counts from the start of each pass of a stack
+      device.queue.writeBuffer(
+        this.#model.buffer("counts"),
+        0,
+        new Uint32Array(this.#cache.moeLayers * this.spec.numExperts),
+      );
+    }
+    const submit = (dispatches: Dispatch[], after?: (e: GPUCommandEncoder) => void) => {
+      const enc = device.createCommandEncoder({ label: "seq2seq" });
+      const pass = enc.beginComputePass();
+      encode(pass, dispatches, shape);
+      pass.end();
+      after?.(enc);
+      device.queue.submit([enc.finish()]);
+    };
+    if (!this.#lru) {
+      this.#cache.flush();
+      submit(SwitchMoe.dispatches(program), extra);
+      return;
+    }
+    const staging = this.#topkStaging.buffer;
+    const topkIds = this.#model.buffer("topkIds");
+    let pending = [...program.pre];
+    for (const layer of program.layers) {
+      pending.push(...layer.beforeExperts);
+      if (layer.moeLayer < 0) {
+        pending.push(...layer.experts, ...layer.afterExperts);
+        continue;
+      }
+      submit(pending, (enc) => enc.copyBufferToBuffer(topkIds, 0, staging, 0, t * 4));
+      await staging.mapAsync(GPUMapMode.READ, 0, t * 4);
+      const ids = new Uint32Array(staging.getMappedRange(0, t * 4).slice(0));
+      staging.unmap();
+      const groups = this.#lru.groups(this.#cache, layer.moeLayer, ids);
+      for (const [g, group] of groups.entries()) {
+        if (g > 0) { for (const e of groups[g - 1]!) this.#cache.evict(layer.moeLayer, e); }
+        this.#lru.ensure(this.#cache, layer.moeLayer, group);
+        this.#cache.flush();
+        if (g < groups.length - 1) submit(layer.experts);
+      }
+      pending = [...layer.experts, ...layer.afterExperts];
+    }
+    submit([...pending, ...program.post], extra);
+  }
+
+  /** The encoder pass over `ids` (the prompt): leaves every decoder block's cross-attention K/V on the GPU. */
+  async #encode(ids: readonly number[]): Promise<void> {
+    const q = this.#gpu.device.queue;
+    q.writeBuffer(this.#model.buffer("ids"), 0, new Uint32Array(ids));
+    q.writeBuffer(this.#model.buffer("meta"), 0, new Uint32Array([ids.length, 0, 0, 0]));
+    this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
+    await this.#run(this.#model.encoder, ids.length, 0, 0);
+  }
+
+  get #statsBytes(): number {
+    return this.#cache.moeLayers * this.spec.numExperts * 16;
+  }
+
+  #copyStats(enc: GPUCommandEncoder, staging: GPUBuffer, offset: number): void {
+    const stats = this.#model.buffer("stats");
+    enc.copyBufferToBuffer(stats, 0, staging, offset, this.#statsBytes);
+    enc.clearBuffer(stats, 0, this.#statsBytes);
+  }
+
+  #takeStats(staging: GPUBuffer, offset: number, tokens: number): void {
+    const f = new Float32Array(staging.getMappedRange(offset, this.#statsBytes).slice(0));
+    this.#importance.add(f, tokens);
+    this.#tokensSinceRevision += tokens;
+  }
+
+  #maybeRevise(force: boolean): void {
+    if (!this.#swap) return;
+    if (!force && this.#tokensSinceRevision < this.#opts.updateInterval) return;
+    this.#tokensSinceRevision = 0;
+    this.#swap.revise(this.#cache, this.#importance.scores());
+  }
+
+  /**
+   * Decoder logits [T_dec × V] row-major for `decoderIds` (default: `[decoder_start_token_id]`), teacher
+   * forced, after encoding `ids`: transformers' `model(input_ids=ids, decoder_input_ids=decoderIds).logits`.
+   */
+  async forward(ids: readonly number[], options: { decoderIds?: number[] } = {}): Promise<Float32Array> {
+    this.#assertOpen();
+    if (typeof options !== "object" || options === null) {
+      throw new OptionError("Invalid forward options: expected { decoderIds }");
+    }
+    const shape = this.#model.shape;
+    this.#checkIds("ids", ids, shape.encoderLength, "contextLength");
+    const dec = options.decoderIds ?? [this.switchSpec.decoderStartTokenId];
+    this.#checkIds("decoderIds", dec, shape.contextLength, "contextLength");
+    return await this.#serial(async () => {
+      this.#assertOpen();
+      const t0 = performance.now();
+      const V = this.spec.vocabSize;
+      const out = new Float32Array(dec.length * V);
+      const device = this.#gpu.device;
+      await this.#encode(ids);
+      let encoded = ids.length;
+      for (let start = 0; start < dec.length; start += shape.maxRows) {
+        const t = Math.min(shape.maxRows, dec.length - start);
+        device.queue.writeBuffer(this.#model.buffer("ids"), 0, new Uint32Array(dec.slice(start, start + t)));
+        this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
+        const staging = this.#logitsStaging.buffer;
+        const statsAt = shape.maxRows * V * 4;
+        // one teacher-forced decoder pass: expert capacity counts go on across its chunks
+        await this.#run(
+          this.#model.decoder,
+          t,
+          start,
+          t,
+          (enc) => {
+            enc.copyBufferToBuffer(this.#model.buffer("logits"), 0, staging, 0, t * V * 4);
+            this.#copyStats(enc, staging, statsAt);
+          },
+          0,
+          start === 0,
+        );
+        await staging.mapAsync(GPUMapMode.READ);
+        out.set(new Float32Array(staging.getMappedRange(0, t * V * 4)), start * V);
+        this.#takeStats(staging, statsAt, t + encoded);
+        encoded = 0;
+        staging.unmap();
+      }
+      this.#maybeRevise(true);
+      this.#gpu.assertAlive();
+      this.#counters.prefillTokens += ids.length + dec.length;
+      this.#counters.prefillSeconds += (performance.now() - t0) / 1000;
+      return out;
+    });
+  }
+
+  #promptIds(r: GenerateRequest): number[] {
+    validateRequest(r);
+    const given = [r.ids, r.prompt, r.messages].filter((x) => x !== undefined).length;
+    if (given !== 1) throw new OptionError("Invalid request: give exactly one of ids, prompt, messages");
+    if (r.ids) return [...r.ids];
+    if (r.prompt !== undefined) {
+      if (typeof r.prompt !== "string") throw new OptionError("Invalid prompt: expected a string");
+      return this.tokenizer.encode(r.prompt);
+    }
+    const text = this.tokenizer.applyChatTemplate(r.messages!, { addGenerationPrompt: true });
+    return this.tokenizer.encode(text, { addSpecialTokens: false });
+  }
+
+  get #eos(): Set<number> {
+    const t = this.tokenizer.eosTokenId;
+    return new Set([...this.spec.eosTokenIds, ...(t !== undefined ? [t] : [])]);
+  }
+
+  #sampling(r: GenerateRequest): SamplingParams {
+    const temperature = r.temperature ?? 0;
+    const topK = r.topK ?? 0;
+    const topP = r.topP ?? 1;
+    if (typeof temperature !== "number" || !(temperature >= 0 && temperature <= 100)) {
+      throw new OptionError(`Invalid temperature: ${temperature}, expected a number in [0, 100]`);
+    }
+    if (!Number.isSafeInteger(topK) || topK < 0) {
+      throw new OptionError(`Invalid topK: ${topK}, expected an integer >= 0`);
+    }
+    if (typeof topP !== "number" || !(topP > 0 && topP <= 1)) {
+      throw new OptionError(`Invalid topP: ${topP}, expected a number in (0, 1]`);
+    }
+    const seed = r.seed ?? Math.floor(Math.random() * 2 ** 32);
+    if (!Number.isSafeInteger(seed) || seed < 0) {
+      throw new OptionError(`Invalid seed: ${seed}, expected an integer >= 0`);
+    }
+    const minTokens = r.minTokens ?? 0;
+    if (!Number.isSafeInteger(minTokens) || minTokens < 0) {
+      throw new OptionError(`Invalid minTokens: ${minTokens}, expected an integer >= 0`);
+    }
+    return {
+      temperature,
+      topK: Math.min(topK, this.spec.vocabSize),
+      topP,
+      seed,
+      minTokens,
+      eos: [...this.#eos].slice(0, 4),
+    };
+  }
+
+  /** Encodes the prompt once, then streams the decoder's new tokens (the start token is not one of them). */
+  generate(request: GenerateRequest): AsyncGenerator<GenerateChunk> {
+    this.#assertOpen();
+    const ids = this.#promptIds(request);
+    this.#checkIds("ids", ids, this.#model.shape.encoderLength, "contextLength");
+    const sampling = this.#sampling(request);
+    const maxTokens = request.maxTokens ?? 128;
+    if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) {
+      throw new OptionError(`Invalid maxTokens: ${maxTokens}, expected an integer >= 1`);
+    }
+    const stop = request.stop ?? [];
+    if (!Array.isArray(stop) || !stop.every((s) => typeof s === "string" && s.length > 0)) {
+      throw new OptionError("Invalid stop: expected a list of non-empty strings");
+    }
+    const gen: AsyncGenerator<GenerateChunk> = this.#generate(
+      ids,
+      sampling,
+      maxTokens,
+      stop,
+      request.signal,
+      () => this.#generators.delete(gen),
+    );
+    this.#generators.add(gen);
+    return gen;
+  }
+
+  async *#generate(
+    prompt: number[],
+    sampling: SamplingParams,
+    maxTokens: number,
+    stop: string[],
+    signal: AbortSignal | undefined,
+    done: () => void,
+  ): AsyncGenerator<GenerateChunk> {
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const prev = this.#busy;
+    this.#busy = prev.then(() => held);
+    await prev.catch(() => {});
+    try {
+      this.#assertOpen();
+      yield* this.#decode(prompt, sampling, maxTokens, stop, signal);
+    } catch (e) {
+      throw await this.#gpu.explain(e);
+    } finally {
+      release();
+      done();
+    }
+  }
+
+  async *#decode(
+    prompt: number[],
+    sampling: SamplingParams,
+    maxTokens: number,
+    stop: string[],
+    signal: AbortSignal | undefined,
+  ): AsyncGenerator<GenerateChunk> {
+    const device = this.#gpu.device;
+    const model = this.#model;
+    const budget = Math.min(maxTokens, model.shape.contextLength);
+    const eos = this.#eos;
+    device.queue.writeBuffer(model.buffer("samplingParams"), 0, packSampling(this.spec.vocabSize, sampling));
+    const tp = performance.now();
+    await this.#encode(prompt);
+
+    // Decode: step g feeds the token at decoder position g (the start token, then the sampler's output,
+    // which it leaves in ids[0]) and samples token g. Batches of steps are read back with their statistics.
+    let td = 0;
+    const decoder = this.tokenizer.createStreamDecoder();
+    const holdBack = stop.reduce((a, s) => Math.max(a, s.length - 1), 0);
+    const statsAt = model.shape.maxGenerated * 4;
+    let text = "";
+    let emitted = 0;
+    let generated = 0;
+    let consumed = 0;
+    let batchNo = 0;
+    let finish: FinishReason | undefined;
+    const inflight: { staging: GPUBuffer; start: number; n: number; map: Promise<void> }[] = [];
+    const sample = (enc: GPUCommandEncoder) => {
+      const pass = enc.beginComputePass({ label: "sample" });
+      encode(pass, [model.sample], { t: 1, headRows: 1, pos0: 0 });
+      pass.end();
+    };
+
+    const submitBatch = async () => {
+      const n = Math.min(READ_SIZES[Math.min(batchNo, READ_SIZES.length - 1)]!, budget - generated);
+      if (n <= 0) return;
+      const startIndex = generated;
+      for (let i = 0; i < n; i++, generated++) {
+        if (generated === 0) {
+          device.queue.writeBuffer(
+            model.buffer("ids"),
+            0,
+            new Uint32Array([this.switchSpec.decoderStartTokenId]),
+          );
+        }
+        this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
+        await this.#run(model.decoder, 1, generated, 1, sample, generated);
+      }
+      const staging = this.#tokenStaging[batchNo % 2]!.buffer;
+      const enc = device.createCommandEncoder({ label: "readback.tokens" });
+      enc.copyBufferToBuffer(model.buffer("generated"), startIndex * 4, staging, 0, n * 4);
+      this.#copyStats(enc, staging, statsAt);
+      device.queue.submit([enc.finish()]);
+      const map = staging.mapAsync(GPUMapMode.READ);
+      map.catch(() => {});
+      inflight.push({ staging, start: startIndex, n, map });
+      batchNo++;
+    };
+
+    try {
+      await submitBatch();
+      while (inflight.length > 0) {
+        if (!finish) await submitBatch();
+        const b = inflight.shift()!;
+        await b.map;
+        const toks = Array.from(new Uint32Array(b.staging.getMappedRange(0, b.n * 4).slice(0)));
+        if (!finish) this.#takeStats(b.staging, statsAt, b.start === 0 ? prompt.length + b.n : b.n);
+        b.staging.unmap();
+        if (finish) continue;
+        if (b.start === 0) {
+          this.#counters.prefillTokens += prompt.length;
+          this.#counters.prefillSeconds += (performance.now() - tp) / 1000;
+          td = performance.now();
+          this.#maybeRevise(true);
+        } else this.#maybeRevise(false);
+        const newIds: number[] = [];
+        for (const tok of toks) {
+          consumed++;
+          if (eos.has(tok) && consumed > sampling.minTokens) {
+            finish = "stop";
+            break;
+          }
+          newIds.push(tok);
+          text += decoder.push([tok]);
+          const hit = stop.map((s) => text.indexOf(s, Math.max(0, emitted - s.length))).filter((i) => i >= 0);
+          if (hit.length > 0) {
+            text = text.slice(0, Math.min(...hit));
+            finish = "stop";
+            break;
+          }
+        }
+        if (b.start > 0) this.#counters.decodeTokens += newIds.length + (finish === "stop" ? 1 : 0);
+        if (!finish && consumed >= budget) {
+          text += decoder.flush();
+          finish = "length";
+        }
+        if (!finish && signal?.aborted) finish = "abort";
+        const upto = finish ? text.length : Math.max(emitted, text.length - holdBack);
+        const chunk: GenerateChunk = { ids: newIds, text: text.slice(emitted, upto) };
+        emitted = upto;
+        if (finish) chunk.finishReason = finish;
+        yield chunk;
+      }
+    } finally {
+      for (const b of inflight) {
+        await b.map.catch(() => {});
+        if (b.staging.mapState === "mapped") b.staging.unmap();
+      }
+      await device.queue.onSubmittedWorkDone();
+      if (td > 0) this.#counters.decodeSeconds += (performance.now() - td) / 1000;
+    }
+    this.#gpu.assertAlive();
+  }
+
+  stats(): EngineStats {
+    const c = this.#counters;
+    const cache = this.#cache;
+    const imp = this.#importance;
+    return {
+      gpuBytes: this.#memory.bytes,
+      peakGpuBytes: this.#memory.peakBytes,
+      budgetBytes: this.#budget,
+      minimumBudgetBytes: this.#minimumBytes,
+      fullBytes: this.#fullBytes,
+      expertBytes: cache.slotBytes,
+      contextLength: this.#model.shape.contextLength,
+      gpuBytesByKind: this.#memory.byCategory(),
+      policy: this.#policy,
+      expertSlots: cache.capacity,
+      residentExperts: Array.from({ length: cache.moeLayers }, (_, l) => cache.resident(l)),
+      expertUsage: imp.usage.map((r) => Array.from(r)),
+      hitRate: this.#lru ? 1 : imp.hitRate,
+      routedChoices: imp.choices,
+      cacheHitRate: imp.hitRate,
+      swaps: this.#swap?.swaps ?? this.#lru?.misses ?? 0,
+      bytesUploaded: cache.stats.bytesUploaded,
+      uploadSeconds: cache.stats.uploadSeconds,
+      tokens: c.prefillTokens + c.decodeTokens,
+      prefillTokens: c.prefillTokens,
+      decodeTokens: c.decodeTokens,
+      prefillTokensPerSecond: c.prefillSeconds > 0 ? c.prefillTokens / c.prefillSeconds : 0,
+      decodeTokensPerSecond: c.decodeSeconds > 0 ? c.decodeTokens / c.decodeSeconds : 0,
+      gpu: this.#gpu.info,
+    };
+  }
+
+  async setBudget(budget: Budget): Promise<EngineStats> {
+    this.#assertOpen();
+    const bytes = parseBudget(budget, this.#fullBytes);
+    const need = this.#policy === "full"
+      ? this.#fullBytes
+      : this.#staticSets
+      ? this.#fixedBytes + this.#staticSets.reduce((a, s) => a + s.length, 0) * this.#cache.slotBytes
+      : this.#minimumBytes;
+    if (bytes < need) {
+      throw new BudgetError(
+        `Budget too small: ${bytes} bytes (${
+          formatBytes(bytes)
+        }) given, policy "${this.#policy}" needs at least ${need} bytes (${formatBytes(need)})`,
+      );
+    }
+    return await this.#serial(async () => {
+      this.#assertOpen();
+      await this.#gpu.device.queue.onSubmittedWorkDone();
+      const slots = Seq2SeqEngine.#plan(
+        this.#policy,
+        this.spec.numExperts,
+        this.#cache.moeLayers,
+        bytes - this.#fixedBytes,
+        this.#cache.slotBytes,
+        this.#staticSets,
+        this.#opts,
+      );
+      this.#swap?.clear();
+      this.#memory.limit = Math.max(bytes, this.#memory.bytes);
+      this.#cache.resize(slots);
+      this.#memory.limit = bytes;
+      this.#budget = bytes;
+      this.#ctx.uniforms.reset();
+      await this.#model.record(this.#ctx, this.#names, this.#cache, {
+        masked: this.#policy === "static" || this.#policy === "swapmoe",
+        capacity: this.#opts.capacity,
+      });
+      this.#fillInitial(() => {});
+      await this.#gpu.device.queue.onSubmittedWorkDone();
+      return this.stats();
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await Promise.all([...this.#generators].map((g) => g.return(undefined).catch(() => {})));
+    this.#generators.clear();
+    await this.#busy.catch(() => {});
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      if (!this.#gpu.lost) await this.#gpu.device.queue.onSubmittedWorkDone();
+    } finally {
+      this.#memory.freeAll();
+      this.#gpu.device.destroy();
+      this.#ckpt.close();
+    }
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}

@@ -21,11 +21,12 @@ t=$(date +%s)
 [ -f "$MODEL/config.json" ] || $D bench/synth.ts --preset "${PRESET:-olmoe-1b-7b}" --out "$MODEL"
 echo "synth: $(( $(date +%s) - t )) s"; df -h /tmp | tail -1
 shard=$(ls "$MODEL"/model-*.safetensors | head -2 | tail -1)
-$D bench/upload.ts --file "$shard" --mib 1024 --out "$OUT/upload.json" 2>&1 | tee "$OUT/upload.md"
+[ "${UPLOAD:-1}" != 0 ] && $D bench/upload.ts --file "$shard" --mib 1024 --out "$OUT/upload.json" 2>&1 | tee "$OUT/upload.md"
+$D bench/profile.ts --model "$MODEL" --pos 64 --steps 64 2>&1 | tee "$OUT/profile.md"
 timeout ${E2E_TIMEOUT:-330} $D bench/e2e.ts --model "$MODEL" --configs "$CONFIGS" --new 128 --prefill 512 \
   --context 1024 --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.md"
 if [ -n "${HF:-1}" ] && [ "${HF:-1}" != 0 ]; then
   PYTHONUNBUFFERED=1 timeout ${HF_TIMEOUT:-200} python3 bench/hf_baseline.py olmoe 2>&1 | grep '^{' | tail -1 > "$OUT/hf.json"
   cat "$OUT/hf.json"
 fi
-echo; cat "$OUT/kernels.md" "$OUT/upload.md"; grep '^|' "$OUT/e2e.md"
+echo; cat "$OUT/kernels.md" "$OUT/upload.md" "$OUT/profile.md" 2>/dev/null; grep '^|' "$OUT/e2e.md"

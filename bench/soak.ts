@@ -2,8 +2,8 @@
  * Soak: many short generations on one engine with the budget changing in between, recording host
  * RSS and GPU bytes over time, to show that nothing grows without bound.
  *
- * Usage: deno run -A bench/soak.ts [--model DIR] [--requests 200] [--tokens 16] [--context 128] [--every 5]
- *          [--budgets 40%,70%,100%] [--policy swapmoe] [--json out.json]
+ * Usage: deno run -A bench/soak.ts [--model DIR] [--requests 200] [--tokens 16] [--context 128]
+ *          [--batch 16] [--every 5] [--budgets 40%,70%,100%] [--policy swapmoe] [--json out.json]
  *
  * Prints start (after the first request), peak and end RSS and GPU bytes, and a sample of the curve.
  */
@@ -18,6 +18,7 @@ const { values: args } = parseArgs({
     requests: { type: "string", default: "200" },
     tokens: { type: "string", default: "16" },
     context: { type: "string", default: "128" },
+    batch: { type: "string", default: "16" },
     every: { type: "string", default: "5" },
     budgets: { type: "string", default: "40%,70%,100%" },
     policy: { type: "string", default: "swapmoe" },
@@ -55,6 +56,7 @@ await using engine = await createEngine({
   policy: args.policy as PolicyName,
   budget: budgets[0],
   contextLength: Number(args.context),
+  maxBatchTokens: Number(args.batch),
 });
 const samples: Sample[] = [];
 let budget = budgets[0]!;

@@ -14,6 +14,8 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
+import { parseSwitchConfig } from "../src/checkpoint/switch_config.ts";
+import { switchTensorShapes } from "../src/models/switch_names.ts";
 
 /** A preset's `config.json`. */
 export const PRESETS: Record<string, Record<string, unknown>> = {
@@ -60,6 +62,34 @@ export const PRESETS: Record<string, Record<string, unknown>> = {
     bos_token_id: 1,
     eos_token_id: 2,
   },
+  "switch-base-8": {
+    model_type: "switch_transformers",
+    architectures: ["SwitchTransformersForConditionalGeneration"],
+    vocab_size: 32128,
+    d_model: 768,
+    d_kv: 64,
+    d_ff: 3072,
+    num_layers: 12,
+    num_decoder_layers: 12,
+    num_heads: 12,
+    num_experts: 8,
+    expert_capacity: 64,
+    encoder_sparse_step: 2,
+    decoder_sparse_step: 2,
+    num_sparse_encoder_layers: 6,
+    num_sparse_decoder_layers: 6,
+    router_dtype: "float32",
+    router_jitter_noise: 0.0,
+    relative_attention_num_buckets: 32,
+    relative_attention_max_distance: 128,
+    layer_norm_epsilon: 1e-6,
+    feed_forward_proj: "relu",
+    is_encoder_decoder: true,
+    tie_word_embeddings: false,
+    pad_token_id: 0,
+    eos_token_id: 1,
+    decoder_start_token_id: 0,
+  },
   small: {
     model_type: "olmoe",
     architectures: ["OlmoeForCausalLM"],
@@ -85,6 +115,7 @@ type Shape = number[];
 
 /** Tensor names and shapes of a causal MoE config, in published layout and order. */
 export function tensorList(c: Record<string, unknown>): [string, Shape][] {
+  if (c.model_type === "switch_transformers") return [...switchTensorShapes(parseSwitchConfig(c))];
   const n = (k: string) => c[k] as number;
   const D = n("hidden_size"),
     L = n("num_hidden_layers"),
@@ -201,7 +232,7 @@ export async function synthesize(
     await f.write(head);
     for (const [name, shape] of list) {
       const n = shape.reduce((a, b) => a * b, 1);
-      const isNorm = shape.length === 1 && /norm/.test(name);
+      const isNorm = shape.length === 1 && /norm|layer_norm/.test(name);
       let start = Math.floor(rand() * (pool.length - 1));
       for (let done = 0; done < n;) {
         const m = Math.min(chunk.length, n - done);

@@ -22,7 +22,7 @@ import { command as demo } from "./demo.ts";
 import { command as generate } from "./generate.ts";
 import { command as chat } from "./chat.ts";
 import { command as info } from "./info.ts";
-// serve: import { command as serve } from "./serve.ts";
+import { command as serve } from "./serve.ts";
 // eval: import { command as evaluate } from "./eval.ts";
 
 /** Registered subcommands, in help order. */
@@ -31,7 +31,7 @@ export const COMMANDS: Command[] = [
   generate,
   chat,
   info,
-  // serve,
+  serve,
   // evaluate,
 ];
 

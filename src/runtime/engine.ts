@@ -194,6 +194,8 @@ function defaultModel(): string {
 }
 const MAX_DEFAULT_CONTEXT = 4096;
 const READ_SIZES = [1, 2, 4, 8, 16];
+/** A submit slower than this ran the GPU work on the CPU (lavapipe): yield to the event loop after it. */
+const SLOW_SUBMIT_MS = 5;
 
 /**
  * Loads a model and returns an {@link Engine}. Options are validated before any GPU work.
@@ -991,20 +993,30 @@ class EngineImpl implements Engine {
       const n = Math.min(READ_SIZES[Math.min(batchNo, READ_SIZES.length - 1)]!, budget - generated);
       if (n <= 0) return;
       const startIndex = generated;
+      let steps = n;
       for (let i = 0; i < n; i++, generated++) {
         // token 0 was sampled by the prefill; step g feeds token g − 1 back from the GPU
         if (generated === 0) continue;
+        if (signal?.aborted) {
+          steps = i; // a cancelled request stops encoding at once
+          break;
+        }
         this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
+        const t = performance.now();
         await this.#call(1, prompt.length + generated - 1, 0, 1, (enc) => this.#sampleInto(enc), generated);
+        // A software adapter runs the work inside submit: let timers and I/O (a server's other
+        // requests, disconnects) run between such steps. A real GPU's submit returns at once.
+        if (performance.now() - t > SLOW_SUBMIT_MS) await new Promise((r) => setTimeout(r, 0));
       }
+      if (steps === 0) return;
       const staging = this.#tokenStaging[batchNo % 2]!.buffer;
       const enc = device.createCommandEncoder({ label: "readback.tokens" });
-      enc.copyBufferToBuffer(st.generated.buffer, startIndex * 4, staging, 0, n * 4);
+      enc.copyBufferToBuffer(st.generated.buffer, startIndex * 4, staging, 0, steps * 4);
       this.#copyStats(enc, staging, statsAt);
       device.queue.submit([enc.finish()]);
       const map = staging.mapAsync(GPUMapMode.READ);
       map.catch(() => {}); // awaited below: a lost device must not reject it unobserved meanwhile
-      inflight.push({ staging, start: startIndex, n, map });
+      inflight.push({ staging, start: startIndex, n: steps, map });
       batchNo++;
     };
 

@@ -1,0 +1,100 @@
+/**
+ * HTTP errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the status
+ * OpenAI's API gives for the same fault, and the mapping from the engine's typed errors.
+ *
+ * @module
+ */
+import { BudgetError, EngineClosedError, OptionError, SwapMoeError, TokenizerError } from "../errors.ts";
+
+/** The body of every error response. */
+export interface OpenAiErrorBody {
+  error: {
+    message: string;
+    /** `invalid_request_error` for 4xx, `server_error` for 5xx, as OpenAI's API. */
+    type: string;
+    /** The request field at fault, or null. */
+    param: string | null;
+    /** A machine-readable reason (`model_not_found`, `queue_full`, …), or null. */
+    code: string | null;
+  };
+}
+
+/** Options of {@link HttpError}. */
+export interface HttpErrorOptions extends ErrorOptions {
+  param?: string;
+  code?: string;
+  /** Extra response headers (`Allow`, `Retry-After`, `WWW-Authenticate`). */
+  headers?: Record<string, string>;
+}
+
+/** A request the server refuses or cannot serve; becomes a response in OpenAI's error shape. */
+export class HttpError extends Error {
+  readonly status: number;
+  readonly param: string | null;
+  readonly code: string | null;
+  readonly headers: Record<string, string>;
+
+  /** Creates an error answered with `status`. */
+  constructor(status: number, message: string, options: HttpErrorOptions = {}) {
+    super(message, options);
+    this.name = "HttpError";
+    this.status = status;
+    this.param = options.param ?? null;
+    this.code = options.code ?? null;
+    this.headers = options.headers ?? {};
+  }
+
+  /** OpenAI's error object for this error. */
+  body(): OpenAiErrorBody {
+    return {
+      error: {
+        message: this.message,
+        type: this.status >= 500 ? "server_error" : "invalid_request_error",
+        param: this.param,
+        code: this.code,
+      },
+    };
+  }
+
+  /** The JSON response. */
+  response(): Response {
+    return Response.json(this.body(), { status: this.status, headers: this.headers });
+  }
+}
+
+/** 400 for a request field: `Invalid temperature: 3, expected a number in [0, 2]`. */
+export function badParam(param: string, message: string, code = "invalid_value"): HttpError {
+  return new HttpError(400, message, { param, code });
+}
+
+/** The server is shutting down or the engine was closed. */
+export function unavailable(message = "The server is shutting down"): HttpError {
+  return new HttpError(503, message, { code: "server_shutting_down" });
+}
+
+/**
+ * Maps an error thrown while a request is validated or started: the engine's option and template
+ * errors are the client's (400), a closed engine is 503, anything else is the server's (500).
+ * Errors thrown once generation runs are always 500: use `internal` for them.
+ */
+export function fromEngineError(e: unknown): HttpError {
+  if (e instanceof HttpError) return e;
+  if (e instanceof OptionError || e instanceof TokenizerError) {
+    return new HttpError(400, e.message, { code: "invalid_value", cause: e });
+  }
+  if (e instanceof BudgetError) {
+    return new HttpError(400, e.message, { param: "budget", code: "budget_too_small" });
+  }
+  if (e instanceof EngineClosedError) return unavailable(e.message);
+  return internal(e);
+}
+
+/** 500 carrying the message of whatever went wrong. */
+export function internal(e: unknown): HttpError {
+  if (e instanceof HttpError) return e;
+  if (e instanceof EngineClosedError) return unavailable(e.message);
+  const message = e instanceof SwapMoeError
+    ? `${e.name}: ${e.message}`
+    : `Internal server error: ${e instanceof Error ? e.message : String(e)}`;
+  return new HttpError(500, message, { code: "internal_error", cause: e });
+}

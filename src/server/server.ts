@@ -1,0 +1,702 @@
+/**
+ * An OpenAI-compatible HTTP server over one {@link Engine}, on `Deno.serve`:
+ *
+ * | route | |
+ * | --- | --- |
+ * | `POST /v1/chat/completions` | chat (the engine applies the model's chat template), streamed or not |
+ * | `POST /v1/completions` | text completion of a prompt (text or token ids), streamed or not |
+ * | `GET /v1/models`, `GET /v1/models/{id}` | the one model served |
+ * | `GET`, `PUT /v1/engine/budget` | the GPU memory budget, changed while serving |
+ * | `GET /metrics` | Prometheus text format |
+ * | `GET /health` | liveness; the only route open without the API key |
+ *
+ * Generation requests take turns on the engine in arrival order through a bounded
+ * {@link RequestQueue} (503 when full); a client that leaves, mid-stream or while waiting, cancels
+ * its generation. Every failure is answered in OpenAI's error shape; no request can crash the server.
+ *
+ * @example Serve the bundled model on a free port
+ * ```ts
+ * import { createEngine } from "../runtime/engine.ts";
+ * import { createServer } from "./server.ts";
+ *
+ * await using engine = await createEngine({ policy: "swapmoe", budget: "60%" });
+ * await using server = createServer(engine);
+ * const http = server.listen({ port: 0 });
+ * const res = await fetch(`http://127.0.0.1:${http.addr.port}/v1/completions`, {
+ *   method: "POST",
+ *   body: JSON.stringify({ prompt: "The state of the Union is", max_tokens: 8 }),
+ * });
+ * console.log((await res.json()).choices[0].text);
+ * ```
+ *
+ * @module
+ */
+import { basename } from "node:path";
+import type { Engine, EngineStats, FinishReason, GenerateChunk, GenerateRequest } from "../runtime/engine.ts";
+import { BudgetError, OptionError } from "../errors.ts";
+import { fromEngineError, HttpError, internal, unavailable } from "./errors.ts";
+import { Metrics } from "./metrics.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
+import type {
+  BudgetReport,
+  ChatCompletion,
+  ChatCompletionChunk,
+  Completion,
+  Model,
+  ModelList,
+  OpenAiFinishReason,
+  Usage,
+} from "./openai_types.ts";
+import { fitContext, type Job, type Limits, parseChatRequest, parseCompletionRequest } from "./requests.ts";
+import { type Release, RequestQueue } from "./queue.ts";
+
+/** Options of {@link createServer}. */
+export interface ServerOptions {
+  /**
+   * The `contextLength` the engine was created with: prompt + `max_tokens` beyond it get a 400.
+   * Default: the engine's own default, `max_position_embeddings` capped at 4096.
+   */
+  contextLength?: number;
+  /** The model id clients name; default the model folder's basename. */
+  modelId?: string;
+  /** When set, every route but `/health` wants `Authorization: Bearer <apiKey>`. */
+  apiKey?: string;
+  /** Generation requests that may wait behind the running one before new ones get 503; default 16. */
+  maxQueue?: number;
+  /** Largest request body; default 1 MiB (413 beyond). */
+  maxBodyBytes?: number;
+  /** New tokens when a request gives no `max_tokens` (capped by the room left in the context); default 256. */
+  defaultMaxTokens?: number;
+  /** Called once per answered request, e.g. to print an access log. */
+  onLog?: (entry: AccessLog) => void;
+}
+
+/** One line of the access log. */
+export interface AccessLog {
+  method: string;
+  path: string;
+  /** The HTTP status, or 499 when the client left before the answer ended. */
+  status: number;
+  /** Arrival to the last byte of the answer. */
+  milliseconds: number;
+  promptTokens?: number;
+  completionTokens?: number;
+}
+
+/** Where {@link Server.listen} binds. */
+export interface ListenOptions {
+  /** Default `127.0.0.1`: loopback only. */
+  hostname?: string;
+  /** Default 8000; 0 picks a free port (read it from the returned server's `addr`). */
+  port?: number;
+  /** Called once listening; default: silent. */
+  onListen?: (addr: Deno.NetAddr) => void;
+}
+
+/** The server: a fetch-style handler, and `listen` to put it on `Deno.serve`. */
+export interface Server extends AsyncDisposable {
+  /** Answers one request; usable without `listen`, e.g. behind another `Deno.serve`. */
+  readonly handler: (request: Request) => Promise<Response>;
+  readonly modelId: string;
+  readonly contextLength: number;
+  readonly metrics: Metrics;
+  /** Serves on `Deno.serve`; call more than once to bind more addresses. */
+  listen(options?: ListenOptions): Deno.HttpServer<Deno.NetAddr>;
+  /**
+   * Stops: new requests get 503, running and waiting generations end (their clients get a 503
+   * error or the end of their stream), then the listeners shut down. The engine stays open: its
+   * owner closes it. Idempotent.
+   */
+  close(): Promise<void>;
+}
+
+const DEFAULT_MAX_QUEUE = 16;
+const DEFAULT_MAX_BODY = 1 << 20;
+const DEFAULT_MAX_TOKENS = 256;
+/** The engine's own cap on the default context length. */
+const ENGINE_DEFAULT_CONTEXT = 4096;
+
+/** Creates the server for `engine`; the engine must stay open while the server runs. */
+export function createServer(engine: Engine, options: ServerOptions = {}): Server {
+  return new ServerImpl(engine, options);
+}
+
+type Handler = (request: Request, arrived: number, path: string) => Promise<Response> | Response;
+
+interface Route {
+  methods: Record<string, Handler>;
+  /** Generation routes count and log themselves when their answer ends. */
+  countsItself?: boolean;
+  /** Open without the API key. */
+  open?: boolean;
+}
+
+/** Why a generation stopped early: its client left. */
+class ClientGone extends Error {
+  constructor() {
+    super("The client disconnected");
+    this.name = "ClientGone";
+  }
+}
+
+class ServerImpl implements Server {
+  readonly modelId: string;
+  readonly contextLength: number;
+  readonly metrics = new Metrics();
+  readonly #engine: Engine;
+  readonly #queue: RequestQueue;
+  readonly #apiKey: Uint8Array | undefined;
+  readonly #maxBody: number;
+  readonly #defaultMaxTokens: number;
+  readonly #onLog: ((entry: AccessLog) => void) | undefined;
+  readonly #limits: Limits;
+  readonly #created = Math.floor(Date.now() / 1000);
+  readonly #routes: Record<string, Route>;
+  /** Generation requests in progress (waiting or running): aborted by close(). */
+  readonly #active = new Set<AbortController>();
+  /** Their work, awaited by close(). */
+  readonly #tasks = new Set<Promise<unknown>>();
+  readonly #listeners: Deno.HttpServer<Deno.NetAddr>[] = [];
+  #closing: Promise<void> | undefined;
+
+  constructor(engine: Engine, o: ServerOptions) {
+    const positive = (name: string, v: number | undefined, min = 1) => {
+      if (v !== undefined && (!Number.isSafeInteger(v) || v < min)) {
+        throw new OptionError(`Invalid ${name}: ${v}, expected an integer >= ${min}`);
+      }
+      return v;
+    };
+    this.#engine = engine;
+    this.modelId = o.modelId ?? basename(engine.modelDir.replace(/[\\/]+$/, ""));
+    this.contextLength = Math.min(
+      engine.spec.maxPositionEmbeddings,
+      positive("contextLength", o.contextLength) ?? ENGINE_DEFAULT_CONTEXT,
+    );
+    this.#queue = new RequestQueue(positive("maxQueue", o.maxQueue, 0) ?? DEFAULT_MAX_QUEUE);
+    this.#maxBody = positive("maxBodyBytes", o.maxBodyBytes) ?? DEFAULT_MAX_BODY;
+    this.#defaultMaxTokens = positive("defaultMaxTokens", o.defaultMaxTokens) ?? DEFAULT_MAX_TOKENS;
+    if (o.apiKey !== undefined && o.apiKey === "") throw new OptionError("Invalid apiKey: empty");
+    this.#apiKey = o.apiKey !== undefined ? new TextEncoder().encode(o.apiKey) : undefined;
+    this.#onLog = o.onLog;
+    this.#limits = {
+      modelId: this.modelId,
+      contextLength: this.contextLength,
+      vocabSize: engine.spec.vocabSize,
+    };
+    this.#routes = {
+      "/health": { methods: { GET: () => this.#health() }, open: true },
+      "/metrics": { methods: { GET: () => this.#metrics() } },
+      "/v1/models": { methods: { GET: () => Response.json(this.#modelList()) } },
+      "/v1/models/*": { methods: { GET: (_r, _t, path) => this.#model(path) } },
+      "/v1/chat/completions": {
+        methods: { POST: (r, t, path) => this.#generate(r, t, path, "chat") },
+        countsItself: true,
+      },
+      "/v1/completions": {
+        methods: { POST: (r, t, path) => this.#generate(r, t, path, "completion") },
+        countsItself: true,
+      },
+      "/v1/engine/budget": {
+        methods: {
+          GET: () => Response.json(budgetReport(this.#engine.stats())),
+          PUT: (r) => this.#putBudget(r),
+        },
+      },
+    };
+  }
+
+  readonly handler = (request: Request): Promise<Response> => this.#handle(request);
+
+  async #handle(request: Request): Promise<Response> {
+    const arrived = performance.now();
+    let path = "/";
+    let key = "other";
+    let route: Route | undefined;
+    let response: Response;
+    try {
+      path = new URL(request.url).pathname.replace(/(.)\/+$/, "$1");
+      key = Object.hasOwn(this.#routes, path)
+        ? path
+        : path.startsWith("/v1/models/")
+        ? "/v1/models/*"
+        : "other";
+      route = this.#routes[key];
+      if (!route) throw new HttpError(404, `Unknown route: ${request.method} ${path}`, { code: "not_found" });
+      // own keys only: a method named "constructor" must not find Object's
+      const method = request.method === "HEAD" ? "GET" : request.method; // Deno.serve drops HEAD bodies
+      const handle = Object.hasOwn(route.methods, method) ? route.methods[method] : undefined;
+      if (!handle) {
+        const allow = Object.keys(route.methods).join(", ");
+        throw new HttpError(405, `Method not allowed: ${request.method} ${path}, allowed: ${allow}`, {
+          code: "method_not_allowed",
+          headers: { allow },
+        });
+      }
+      if (!route.open) this.#authorise(request);
+      if (this.#closing) throw unavailable();
+      response = await handle(request, arrived, path);
+      if (route.countsItself) return response;
+    } catch (e) {
+      response = (e instanceof HttpError ? e : internal(e)).response();
+    }
+    this.#record(request.method, path, key, response.status, arrived);
+    return response;
+  }
+
+  listen(options: ListenOptions = {}): Deno.HttpServer<Deno.NetAddr> {
+    if (this.#closing) throw unavailable();
+    const server = Deno.serve({
+      hostname: options.hostname ?? "127.0.0.1",
+      port: options.port ?? 8000,
+      onListen: options.onListen ?? (() => {}),
+      // a backstop: the handler answers its own failures
+      onError: (e) => internal(e).response(),
+    }, this.handler);
+    this.#listeners.push(server);
+    return server;
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      for (const ac of this.#active) ac.abort(unavailable());
+      await Promise.allSettled([...this.#tasks]);
+      await Promise.all(this.#listeners.map((s) => s.shutdown()));
+    })();
+    return this.#closing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  #record(method: string, path: string, route: string, status: number, arrived: number, tokens?: {
+    prompt: number;
+    completion: number;
+  }): void {
+    this.metrics.countRequest(route, status);
+    try {
+      this.#onLog?.({
+        method,
+        path,
+        status,
+        milliseconds: Math.round(performance.now() - arrived),
+        promptTokens: tokens?.prompt,
+        completionTokens: tokens?.completion,
+      });
+    } catch { /* a failing logger must not fail the request */ }
+  }
+
+  #authorise(request: Request): void {
+    if (!this.#apiKey) return;
+    const m = /^Bearer\s+(.+)$/i.exec(request.headers.get("authorization") ?? "");
+    if (!m || !sameBytes(new TextEncoder().encode(m[1]!.trim()), this.#apiKey)) {
+      throw new HttpError(401, "Invalid or missing API key: send Authorization: Bearer <key>", {
+        code: "invalid_api_key",
+        headers: { "www-authenticate": "Bearer" },
+      });
+    }
+  }
+
+  #health(): Response {
+    return Response.json({
+      status: "ok",
+      model: this.modelId,
+      running: this.#queue.running,
+      waiting: this.#queue.waiting,
+    });
+  }
+
+  #metrics(): Response {
+    const queue = {
+      waiting: this.#queue.waiting,
+      running: this.#queue.running,
+      maxWaiting: this.#queue.maxWaiting,
+    };
+    return new Response(this.metrics.render(this.#engine.stats(), queue, { model: this.modelId }), {
+      headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
+    });
+  }
+
+  #modelEntry(): Model {
+    return { id: this.modelId, object: "model", created: this.#created, owned_by: "swapmoe" };
+  }
+
+  #modelList(): ModelList {
+    return { object: "list", data: [this.#modelEntry()] };
+  }
+
+  #model(path: string): Response {
+    let id = path.slice("/v1/models/".length);
+    try {
+      id = decodeURIComponent(id);
+    } catch { /* malformed escapes: compared as sent */ }
+    if (id !== this.modelId) {
+      throw new HttpError(404, `The model "${id}" does not exist: this server serves "${this.modelId}"`, {
+        param: "model",
+        code: "model_not_found",
+      });
+    }
+    return Response.json(this.#modelEntry());
+  }
+
+  async #putBudget(request: Request): Promise<Response> {
+    const json = await readJson(request, this.#maxBody);
+    const budget = typeof json === "object" && json !== null
+      ? (json as Record<string, unknown>).budget
+      : undefined;
+    if (typeof budget !== "string" && typeof budget !== "number") {
+      throw new HttpError(
+        400,
+        'Invalid budget: expected {"budget": bytes} or {"budget": "50%" | "512MiB" | "2GiB"}',
+        {
+          param: "budget",
+          code: budget === undefined ? "missing_required_parameter" : "invalid_type",
+        },
+      );
+    }
+    try {
+      return Response.json(budgetReport(await this.#engine.setBudget(budget)));
+    } catch (e) {
+      if (e instanceof OptionError) {
+        throw new HttpError(400, e.message, { param: "budget", code: "invalid_value" });
+      }
+      if (e instanceof BudgetError) throw fromEngineError(e);
+      throw internal(e);
+    }
+  }
+
+  /** Tokens of the prompt as the engine will see it (usage and the context check). */
+  #promptTokens(r: GenerateRequest): number {
+    const tok = this.#engine.tokenizer;
+    if (r.ids) return r.ids.length;
+    if (r.prompt !== undefined) return tok.encode(r.prompt).length;
+    // as the engine renders `messages`: the template writes its own special tokens
+    const text = tok.applyChatTemplate(r.messages!, { addGenerationPrompt: true });
+    return tok.encode(text, { addSpecialTokens: false }).length;
+  }
+
+  async #generate(request: Request, arrived: number, path: string, kind: Job["kind"]): Promise<Response> {
+    const json = await readJson(request, this.#maxBody);
+    const job = kind === "chat"
+      ? parseChatRequest(json, this.#limits)
+      : parseCompletionRequest(json, this.#limits);
+    const ac = new AbortController();
+    let chunks: AsyncGenerator<GenerateChunk>;
+    let promptTokens: number;
+    try {
+      promptTokens = this.#promptTokens(job.request);
+      const maxTokens = fitContext(job, promptTokens, this.contextLength, this.#defaultMaxTokens);
+      // checks the request now; the engine is taken only when the generator first runs
+      chunks = this.#engine.generate({ ...job.request, maxTokens, signal: ac.signal });
+    } catch (e) {
+      throw fromEngineError(e);
+    }
+    if (this.#closing) throw unavailable();
+    const turn = this.#queue.tryEnter(ac.signal);
+    if (!turn) {
+      throw new HttpError(
+        503,
+        `The server is busy: ${this.#queue.waiting} requests are waiting (the most allowed), try again later`,
+        { code: "queue_full", headers: { "retry-after": "1" } },
+      );
+    }
+    const gen: Generation = {
+      job,
+      chunks,
+      turn,
+      ac,
+      arrived,
+      promptTokens,
+      id: `${kind === "chat" ? "chatcmpl" : "cmpl"}-${crypto.randomUUID().replaceAll("-", "")}`,
+      created: Math.floor(Date.now() / 1000),
+    };
+    const onGone = () => ac.abort(new ClientGone());
+    request.signal.addEventListener("abort", onGone, { once: true });
+    this.#active.add(ac);
+    let finished!: () => void;
+    const task = new Promise<void>((r) => finished = r);
+    this.#tasks.add(task);
+    const done = (status: number, completionTokens: number) => {
+      request.signal.removeEventListener("abort", onGone);
+      this.#active.delete(ac);
+      this.#tasks.delete(task);
+      this.metrics.duration.observe((performance.now() - arrived) / 1000);
+      this.#record(request.method, path, path, status, arrived, {
+        prompt: promptTokens,
+        completion: completionTokens,
+      });
+      finished();
+    };
+    if (job.stream) return this.#streamed(gen, done);
+    let text = "";
+    try {
+      const out = await this.#run(gen, (t) => text += t);
+      if (out.finish === "abort") {
+        const response = abortedResponse(ac.signal.reason);
+        done(response.status, out.tokens);
+        return response;
+      }
+      const usage = usageOf(promptTokens, out.tokens);
+      const body: ChatCompletion | Completion = kind === "chat"
+        ? {
+          id: gen.id,
+          object: "chat.completion",
+          created: gen.created,
+          model: this.modelId,
+          choices: [{
+            index: 0,
+            message: { role: "assistant", content: text, refusal: null },
+            logprobs: null,
+            finish_reason: out.finish,
+          }],
+          usage,
+        }
+        : {
+          id: gen.id,
+          object: "text_completion",
+          created: gen.created,
+          model: this.modelId,
+          choices: [{ index: 0, text, logprobs: null, finish_reason: out.finish }],
+          usage,
+        };
+      done(200, out.tokens);
+      return Response.json(body);
+    } catch (e) {
+      const err = internal(e);
+      done(err.status, 0);
+      return err.response();
+    }
+  }
+
+  /** Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. */
+  #streamed(gen: Generation, done: (status: number, completionTokens: number) => void): Response {
+    const encoder = new TextEncoder();
+    const { job, id, created } = gen;
+    const model = this.modelId;
+    const withUsage = job.includeUsage ? { usage: null } : {};
+    const chunk = (text: string | undefined, finish: OpenAiFinishReason | null, role = false) =>
+      job.kind === "chat"
+        ? {
+          id,
+          object: "chat.completion.chunk",
+          created,
+          model,
+          choices: [{
+            index: 0,
+            delta: finish ? {} : { ...(role ? { role: "assistant" } : {}), content: text ?? "" },
+            logprobs: null,
+            finish_reason: finish,
+          }],
+          ...withUsage,
+        } satisfies ChatCompletionChunk
+        : {
+          id,
+          object: "text_completion",
+          created,
+          model,
+          choices: [{ index: 0, text: text ?? "", logprobs: null, finish_reason: finish }],
+          ...withUsage,
+        } satisfies Completion;
+    let open = true;
+    const body = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        const send = (data: unknown) => {
+          if (!open) return;
+          try {
+            controller.enqueue(
+              encoder.encode(`data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`),
+            );
+          } catch {
+            open = false; // the client went away between our check and the write
+          }
+        };
+        (async () => {
+          let status = 200;
+          let tokens = 0;
+          try {
+            const out = await this.#run(gen, (text) => send(chunk(text, null)), () => {
+              if (job.kind === "chat") send(chunk("", null, true));
+            });
+            tokens = out.tokens;
+            if (out.finish === "abort") {
+              const reason = gen.ac.signal.reason;
+              status = reason instanceof HttpError ? reason.status : 499;
+              if (reason instanceof HttpError) send(reason.body());
+            } else {
+              send(chunk(undefined, out.finish));
+              if (job.includeUsage) {
+                send({
+                  ...chunk(undefined, null),
+                  choices: [],
+                  usage: usageOf(gen.promptTokens, out.tokens),
+                });
+              }
+              send("[DONE]");
+            }
+          } catch (e) {
+            const err = internal(e);
+            status = err.status;
+            send(err.body());
+            send("[DONE]");
+          } finally {
+            if (open) {
+              open = false;
+              try {
+                controller.close();
+              } catch { /* cancelled meanwhile */ }
+            }
+            done(status, tokens);
+          }
+        })();
+      },
+      cancel: () => {
+        open = false;
+        gen.ac.abort(new ClientGone());
+      },
+    });
+    return new Response(body, {
+      headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" },
+    });
+  }
+
+  /**
+   * Waits for the engine, then runs the generation, handing each piece of text to `emit`. Returns
+   * why it ended (`"abort"`: the client left or the server closed, while waiting or running) and
+   * how many tokens it generated. The engine is released before this returns.
+   */
+  async #run(
+    gen: Generation,
+    emit: (text: string) => void,
+    onStart?: () => void,
+  ): Promise<{ finish: FinishReason; tokens: number }> {
+    let release: Release;
+    try {
+      release = await gen.turn;
+    } catch {
+      return { finish: "abort", tokens: 0 }; // left while waiting: the engine was never asked
+    }
+    if (gen.ac.signal.aborted) {
+      release();
+      return { finish: "abort", tokens: 0 };
+    }
+    const m = this.metrics;
+    const started = performance.now();
+    m.queueWait.observe((started - gen.arrived) / 1000);
+    let tokens = 0;
+    let firstTokens = 0;
+    let first = 0;
+    let last = 0;
+    let finish: FinishReason = "length";
+    try {
+      onStart?.();
+      for await (const c of gen.chunks) {
+        if (c.ids.length > 0) {
+          last = performance.now();
+          if (tokens === 0) {
+            first = last;
+            firstTokens = c.ids.length;
+            m.timeToFirstToken.observe((first - gen.arrived) / 1000);
+          }
+          tokens += c.ids.length;
+        }
+        // breaking out returns the engine's generator, which settles its GPU work and frees the engine
+        if (gen.ac.signal.aborted) {
+          finish = "abort";
+          break;
+        }
+        if (c.text) emit(c.text);
+        if (c.finishReason) finish = c.finishReason;
+      }
+    } finally {
+      release();
+      m.promptTokens += gen.promptTokens;
+      m.completionTokens += tokens;
+      if (tokens > firstTokens) m.interTokenLatency.observe((last - first) / 1000 / (tokens - firstTokens));
+    }
+    return { finish, tokens };
+  }
+}
+
+/** A generation request between admission and its answer. */
+interface Generation {
+  job: Job;
+  chunks: AsyncGenerator<GenerateChunk>;
+  turn: Promise<Release>;
+  ac: AbortController;
+  arrived: number;
+  promptTokens: number;
+  id: string;
+  created: number;
+}
+
+function usageOf(prompt: number, completion: number): Usage {
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+}
+
+/** The answer nobody may read: 499 when the client left, the close() error when the server stopped. */
+function abortedResponse(reason: unknown): Response {
+  return reason instanceof HttpError ? reason.response() : new Response(null, { status: 499 });
+}
+
+function budgetReport(s: EngineStats): BudgetReport {
+  return {
+    object: "engine.budget",
+    policy: s.policy,
+    budgetBytes: s.budgetBytes,
+    gpuBytes: s.gpuBytes,
+    peakGpuBytes: s.peakGpuBytes,
+    minimumBudgetBytes: s.minimumBudgetBytes,
+    fullBytes: s.fullBytes,
+    expertBytes: s.expertBytes,
+    expertSlots: s.expertSlots,
+    residentExperts: s.residentExperts,
+  };
+}
+
+/** Constant-time comparison of an offered key with the real one. */
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  let diff = a.length ^ b.length;
+  for (let i = 0; i < b.length; i++) diff |= (a[i % Math.max(1, a.length)] ?? 0) ^ b[i]!;
+  return diff === 0;
+}
+
+/** Reads a JSON body of at most `limit` bytes: 413 beyond, 400 when it is not UTF-8 JSON. */
+async function readJson(request: Request, limit: number): Promise<unknown> {
+  const tooLarge = () =>
+    new HttpError(413, `Request body too large: the limit is ${limit} bytes`, { code: "request_too_large" });
+  const declared = Number(request.headers.get("content-length") ?? 0);
+  if (declared > limit) throw tooLarge();
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  if (request.body) {
+    const reader = request.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > limit) {
+        await reader.cancel();
+        throw tooLarge();
+      }
+      parts.push(value);
+    }
+  }
+  if (size === 0) throw new HttpError(400, "Missing body: expected a JSON object", { code: "invalid_json" });
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const p of parts) {
+    bytes.set(p, at);
+    at += p.byteLength;
+  }
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new HttpError(400, "Invalid body: not UTF-8 text", { code: "invalid_json" });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, `Invalid JSON body: ${(e as Error).message}`, { code: "invalid_json" });
+  }
+}

@@ -1,0 +1,744 @@
+/**
+ * The OpenAI-compatible server end to end on loopback: the official `openai` client for chat and
+ * text completions (plain and streamed) and the model list; raw `fetch` for every bad request;
+ * concurrent clients, disconnects, a full queue, the API key, runtime budget changes, shutdown with
+ * a request in flight. The engine runs the bundled model on whatever WebGPU adapter there is.
+ */
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+import { createEngine, type Engine, type EngineOptions } from "../mod.ts";
+import { createServer, type Server, type ServerOptions } from "../src/server/server.ts";
+import { parseServeArgs } from "../src/cli/serve.ts";
+import { UsageError } from "../src/cli/command.ts";
+
+/** A small KV cache keeps the engine light and makes context overflows cheap to provoke. */
+const CONTEXT = 256;
+const PROMPT = "The state of the Union is";
+const CHAT = "/v1/chat/completions";
+const COMPLETIONS = "/v1/completions";
+const BUDGET = "/v1/engine/budget";
+const MESSAGES = [{ role: "user" as const, content: "What is the state of the Union?" }];
+
+/** Fields of vLLM's that the server honours and OpenAI's types do not know; the client sends them as given. */
+function vllm(fields: { min_tokens: number }): Record<never, never> {
+  return fields;
+}
+
+interface Ctx {
+  base: string;
+  engine: Engine;
+  server: Server;
+  client: OpenAI;
+}
+
+async function withServer(
+  options: { engine?: EngineOptions; server?: ServerOptions },
+  fn: (ctx: Ctx) => Promise<void>,
+): Promise<void> {
+  const engine = await createEngine({ policy: "full", contextLength: CONTEXT, ...options.engine });
+  const server = createServer(engine, { contextLength: CONTEXT, ...options.server });
+  try {
+    const http = server.listen({ hostname: "127.0.0.1", port: 0 });
+    const base = `http://127.0.0.1:${http.addr.port}`;
+    const client = new OpenAI({
+      baseURL: `${base}/v1`,
+      apiKey: options.server?.apiKey ?? "unused",
+      maxRetries: 0, // the client retries 503s by default: the queue test wants to see them
+      timeout: 120_000,
+    });
+    await fn({ base, engine, server, client });
+  } finally {
+    await server.close();
+    await engine.close();
+  }
+}
+
+function post(base: string, path: string, body: unknown, init: RequestInit = {}): Promise<Response> {
+  return fetch(base + path, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+    ...init,
+  });
+}
+
+/** Asserts OpenAI's error shape and returns the error object. */
+async function errorOf(
+  res: Response,
+): Promise<{ message: string; type: string; param: unknown; code: unknown }> {
+  const body = await res.json();
+  assert.ok(body && typeof body.error === "object", `no error object: ${JSON.stringify(body)}`);
+  const e = body.error;
+  assert.equal(typeof e.message, "string");
+  assert.ok(e.message.length > 0);
+  assert.equal(typeof e.type, "string");
+  assert.ok("param" in e && "code" in e, `param and code must be present: ${JSON.stringify(e)}`);
+  return e;
+}
+
+/** A metric's value from the exposition text (the first sample whose line starts with `prefix`). */
+function metric(text: string, prefix: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(prefix + " ") || l.startsWith(prefix + "{"));
+  assert.ok(line, `no metric ${prefix}`);
+  return Number(line.slice(line.lastIndexOf(" ") + 1));
+}
+
+async function metrics(base: string, init: RequestInit = {}): Promise<string> {
+  const res = await fetch(`${base}/metrics`, init);
+  assert.equal(res.status, 200);
+  return await res.text();
+}
+
+/** Reads SSE `data:` payloads from a streamed response until `until` says stop (or the stream ends). */
+async function readEvents(res: Response, until: (data: string) => boolean = () => false): Promise<string[]> {
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  const events: string[] = [];
+  let buf = "";
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return events;
+      buf += value;
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join(
+          "\n",
+        );
+        events.push(data);
+        if (until(data)) return events;
+      }
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+}
+
+Deno.test("openai client: models, chat and completions, plain and streamed, with usage; /metrics and /health", async () => {
+  await withServer({}, async ({ base, engine, client }) => {
+    const models = await client.models.list();
+    assert.deepEqual(models.data.map((m) => m.id), ["sotu-moe-mini"]);
+    assert.equal((await client.models.retrieve("sotu-moe-mini")).id, "sotu-moe-mini");
+
+    // chat: the chat template is the engine's; prompt_tokens counts the rendered template
+    const rendered = engine.tokenizer.applyChatTemplate(MESSAGES, { addGenerationPrompt: true });
+    const chatPromptTokens = engine.tokenizer.encode(rendered, { addSpecialTokens: false }).length;
+    const chat = await client.chat.completions.create({
+      model: "sotu-moe-mini",
+      messages: MESSAGES,
+      max_tokens: 4,
+      temperature: 0,
+    });
+    assert.equal(chat.object, "chat.completion");
+    assert.equal(chat.model, "sotu-moe-mini");
+    assert.equal(chat.choices.length, 1);
+    const choice = chat.choices[0]!;
+    assert.equal(choice.message.role, "assistant");
+    assert.equal(typeof choice.message.content, "string");
+    assert.ok(["stop", "length"].includes(choice.finish_reason));
+    assert.equal(chat.usage?.prompt_tokens, chatPromptTokens);
+    assert.ok(chat.usage!.completion_tokens <= 4);
+    assert.equal(chat.usage?.total_tokens, chatPromptTokens + chat.usage!.completion_tokens);
+
+    // streamed chat, greedy: the same text, a role first, the finish reason last, then the usage chunk
+    const stream = await client.chat.completions.create({
+      model: "sotu-moe-mini",
+      messages: MESSAGES,
+      max_completion_tokens: 4,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = "";
+    let role: string | undefined;
+    let finish: string | null = null;
+    let usage: OpenAI.CompletionUsage | null | undefined;
+    for await (const c of stream) {
+      if (c.choices.length === 0) usage = c.usage;
+      for (const ch of c.choices) {
+        role ??= ch.delta.role;
+        text += ch.delta.content ?? "";
+        finish = ch.finish_reason ?? finish;
+      }
+    }
+    assert.equal(role, "assistant");
+    assert.equal(text, choice.message.content);
+    assert.equal(finish, choice.finish_reason);
+    assert.deepEqual(usage, chat.usage);
+
+    // text completions, plain and streamed; min_tokens (vLLM's) keeps end-of-sequence away
+    const promptTokens = engine.tokenizer.encode(PROMPT).length;
+    const done = await client.completions.create({
+      model: "sotu-moe-mini",
+      prompt: PROMPT,
+      max_tokens: 5,
+      temperature: 0,
+      stop: ["\n\n\n"],
+      ...vllm({ min_tokens: 5 }),
+    });
+    assert.equal(done.object, "text_completion");
+    assert.equal(done.choices[0]!.finish_reason, "length");
+    assert.ok(done.choices[0]!.text.length > 0);
+    assert.deepEqual(done.usage, {
+      prompt_tokens: promptTokens,
+      completion_tokens: 5,
+      total_tokens: promptTokens + 5,
+    });
+    const streamed = await client.completions.create({
+      model: "sotu-moe-mini",
+      prompt: PROMPT,
+      max_tokens: 5,
+      temperature: 0,
+      stream: true,
+      ...vllm({ min_tokens: 5 }),
+    });
+    let streamedText = "";
+    let streamedFinish: string | null = null;
+    for await (const c of streamed) {
+      streamedText += c.choices[0]?.text ?? "";
+      streamedFinish = c.choices[0]?.finish_reason ?? streamedFinish;
+    }
+    assert.equal(streamedText, done.choices[0]!.text);
+    assert.equal(streamedFinish, "length");
+
+    // the raw stream ends with data: [DONE]
+    const raw = await post(base, COMPLETIONS, { prompt: PROMPT, max_tokens: 2, stream: true });
+    assert.equal(raw.status, 200);
+    assert.match(raw.headers.get("content-type") ?? "", /^text\/event-stream/);
+    const events = await readEvents(raw);
+    assert.equal(events.at(-1), "[DONE]");
+
+    const health = await fetch(`${base}/health`);
+    assert.equal(health.status, 200);
+    assert.equal((await health.json()).status, "ok");
+
+    const text2 = await metrics(base);
+    for (const line of text2.trimEnd().split("\n")) {
+      assert.match(
+        line,
+        /^(# (HELP|TYPE) \w+ .+|\w+(\{(\w+="[^"]*",?)*\})? [-+\d.eE]+|\w+(\{.*\})? (NaN|[+-]Inf))$/,
+      );
+    }
+    assert.equal(metric(text2, 'swapmoe_requests_total{route="/v1/chat/completions",status="200"}'), 2);
+    assert.equal(metric(text2, 'swapmoe_requests_total{route="/v1/completions",status="200"}'), 3);
+    assert.equal(metric(text2, "swapmoe_completion_tokens_total"), 2 * chat.usage!.completion_tokens + 12);
+    assert.equal(metric(text2, "swapmoe_gpu_bytes"), engine.stats().gpuBytes);
+    assert.equal(metric(text2, "swapmoe_budget_bytes"), engine.stats().budgetBytes);
+    assert.equal(metric(text2, "swapmoe_expert_hit_rate"), 1);
+    for (
+      const name of [
+        "swapmoe_expert_swaps_total",
+        "swapmoe_expert_uploaded_bytes_total",
+        "swapmoe_queue_length",
+        "swapmoe_tokens_per_second",
+        "swapmoe_time_to_first_token_seconds_count",
+      ]
+    ) metric(text2, name);
+    assert.ok(metric(text2, 'swapmoe_tokens_per_second{phase="decode"}') > 0);
+  });
+});
+
+interface BadRequest {
+  name: string;
+  method?: string;
+  path: string;
+  /** JSON-encoded unless `raw` is given. */
+  body?: unknown;
+  raw?: string | Uint8Array<ArrayBuffer>;
+  status: number;
+  param?: string;
+}
+
+const chat = (extra: Record<string, unknown>) => ({ model: "sotu-moe-mini", messages: MESSAGES, ...extra });
+const completion = (extra: Record<string, unknown>) => ({ prompt: PROMPT, ...extra });
+
+/** Every bad request, and the status it must get. Exported for the report's table. */
+export const BAD_REQUESTS: BadRequest[] = [
+  { name: "invalid JSON", path: CHAT, raw: '{"messages": [', status: 400 },
+  { name: "empty body", path: CHAT, raw: "", status: 400 },
+  { name: "body not UTF-8", path: CHAT, raw: new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]), status: 400 },
+  { name: "body a JSON list", path: CHAT, body: [1, 2], status: 400 },
+  { name: "missing messages", path: CHAT, body: { model: "sotu-moe-mini" }, status: 400, param: "messages" },
+  { name: "empty messages", path: CHAT, body: chat({ messages: [] }), status: 400, param: "messages" },
+  { name: "messages a string", path: CHAT, body: chat({ messages: "hi" }), status: 400, param: "messages" },
+  {
+    name: "message a string",
+    path: CHAT,
+    body: chat({ messages: ["hi"] }),
+    status: 400,
+    param: "messages[0]",
+  },
+  {
+    name: "message without role",
+    path: CHAT,
+    body: chat({ messages: [{ content: "hi" }] }),
+    status: 400,
+    param: "messages[0].role",
+  },
+  {
+    name: "unknown role",
+    path: CHAT,
+    body: chat({ messages: [{ role: "wizard", content: "hi" }] }),
+    status: 400,
+    param: "messages[0].role",
+  },
+  {
+    name: "content a number",
+    path: CHAT,
+    body: chat({ messages: [{ role: "user", content: 5 }] }),
+    status: 400,
+    param: "messages[0].content",
+  },
+  {
+    name: "user message without content",
+    path: CHAT,
+    body: chat({ messages: [{ role: "user" }] }),
+    status: 400,
+    param: "messages[0].content",
+  },
+  {
+    name: "image content part",
+    path: CHAT,
+    body: chat({ messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] }),
+    status: 400,
+    param: "messages[0].content[0].type",
+  },
+  { name: "model a number", path: CHAT, body: chat({ model: 5 }), status: 400, param: "model" },
+  { name: "unknown model", path: CHAT, body: chat({ model: "gpt-4o" }), status: 404, param: "model" },
+  {
+    name: "max_tokens negative",
+    path: CHAT,
+    body: chat({ max_tokens: -1 }),
+    status: 400,
+    param: "max_tokens",
+  },
+  { name: "max_tokens 0", path: CHAT, body: chat({ max_tokens: 0 }), status: 400, param: "max_tokens" },
+  { name: "max_tokens 1.5", path: CHAT, body: chat({ max_tokens: 1.5 }), status: 400, param: "max_tokens" },
+  { name: 'max_tokens "10"', path: CHAT, body: chat({ max_tokens: "10" }), status: 400, param: "max_tokens" },
+  { name: "max_tokens 1e9", path: CHAT, body: chat({ max_tokens: 1e9 }), status: 400, param: "max_tokens" },
+  {
+    name: "max_completion_tokens 100000",
+    path: CHAT,
+    body: chat({ max_completion_tokens: 100000 }),
+    status: 400,
+    param: "max_completion_tokens",
+  },
+  {
+    name: "prompt + max_tokens beyond the context",
+    path: CHAT,
+    body: chat({ max_tokens: CONTEXT - 2 }),
+    status: 400,
+    param: "max_tokens",
+  },
+  {
+    name: "prompt alone beyond the context",
+    path: COMPLETIONS,
+    body: completion({ prompt: "war ".repeat(2 * CONTEXT) }),
+    status: 400,
+    param: "prompt",
+  },
+  {
+    name: "temperature -0.5",
+    path: CHAT,
+    body: chat({ temperature: -0.5 }),
+    status: 400,
+    param: "temperature",
+  },
+  {
+    name: "temperature 2.5",
+    path: CHAT,
+    body: chat({ temperature: 2.5 }),
+    status: 400,
+    param: "temperature",
+  },
+  {
+    name: 'temperature "hot"',
+    path: CHAT,
+    body: chat({ temperature: "hot" }),
+    status: 400,
+    param: "temperature",
+  },
+  { name: "top_p 0", path: CHAT, body: chat({ top_p: 0 }), status: 400, param: "top_p" },
+  { name: "top_p 1.5", path: CHAT, body: chat({ top_p: 1.5 }), status: 400, param: "top_p" },
+  { name: "top_k -2", path: CHAT, body: chat({ top_k: -2 }), status: 400, param: "top_k" },
+  { name: "n 2", path: CHAT, body: chat({ n: 2 }), status: 400, param: "n" },
+  { name: 'stream "yes"', path: CHAT, body: chat({ stream: "yes" }), status: 400, param: "stream" },
+  {
+    name: "stream_options true",
+    path: CHAT,
+    body: chat({ stream: true, stream_options: true }),
+    status: 400,
+    param: "stream_options",
+  },
+  { name: "stop a number", path: CHAT, body: chat({ stop: 5 }), status: 400, param: "stop" },
+  { name: 'stop [""]', path: CHAT, body: chat({ stop: [""] }), status: 400, param: "stop" },
+  {
+    name: "five stop strings",
+    path: CHAT,
+    body: chat({ stop: ["a", "b", "c", "d", "e"] }),
+    status: 400,
+    param: "stop",
+  },
+  { name: "seed 1.5", path: CHAT, body: chat({ seed: 1.5 }), status: 400, param: "seed" },
+  { name: "logprobs true", path: CHAT, body: chat({ logprobs: true }), status: 400, param: "logprobs" },
+  {
+    name: "tools",
+    path: CHAT,
+    body: chat({ tools: [{ type: "function", function: { name: "f" } }] }),
+    status: 400,
+    param: "tools",
+  },
+  {
+    name: "presence_penalty 0.5",
+    path: CHAT,
+    body: chat({ presence_penalty: 0.5 }),
+    status: 400,
+    param: "presence_penalty",
+  },
+  { name: "completions: missing prompt", path: COMPLETIONS, body: {}, status: 400, param: "prompt" },
+  {
+    name: "completions: prompt a number",
+    path: COMPLETIONS,
+    body: { prompt: 5 },
+    status: 400,
+    param: "prompt",
+  },
+  {
+    name: "completions: two prompts",
+    path: COMPLETIONS,
+    body: { prompt: ["a", "b"] },
+    status: 400,
+    param: "prompt",
+  },
+  {
+    name: "completions: token id out of range",
+    path: COMPLETIONS,
+    body: { prompt: [1, 99999] },
+    status: 400,
+    param: "prompt",
+  },
+  {
+    name: "completions: echo",
+    path: COMPLETIONS,
+    body: completion({ echo: true }),
+    status: 400,
+    param: "echo",
+  },
+  {
+    name: "completions: best_of 2",
+    path: COMPLETIONS,
+    body: completion({ best_of: 2 }),
+    status: 400,
+    param: "best_of",
+  },
+  {
+    name: "completions: unknown model",
+    path: COMPLETIONS,
+    body: completion({ model: "davinci" }),
+    status: 404,
+  },
+  {
+    name: "body over 1 MiB",
+    path: CHAT,
+    raw: JSON.stringify(chat({ pad: "x".repeat(2 << 20) })),
+    status: 413,
+  },
+  { name: "GET on a POST route", method: "GET", path: CHAT, status: 405 },
+  { name: "DELETE /v1/models", method: "DELETE", path: "/v1/models", status: 405 },
+  { name: "POST /health", method: "POST", path: "/health", body: {}, status: 405 },
+  { name: "unknown route", path: "/v1/embeddings", body: { input: "x" }, status: 404 },
+  { name: "unknown model route", method: "GET", path: "/v1/models/gpt-4o", status: 404 },
+  { name: "budget: POST", path: BUDGET, body: { budget: "50%" }, status: 405 },
+  { name: "budget: missing", method: "PUT", path: BUDGET, body: {}, status: 400, param: "budget" },
+  { name: "budget: true", method: "PUT", path: BUDGET, body: { budget: true }, status: 400, param: "budget" },
+  {
+    name: 'budget: "lots"',
+    method: "PUT",
+    path: BUDGET,
+    body: { budget: "lots" },
+    status: 400,
+    param: "budget",
+  },
+  { name: "budget: -1", method: "PUT", path: BUDGET, body: { budget: -1 }, status: 400, param: "budget" },
+  {
+    name: 'budget: "50%" under policy full',
+    method: "PUT",
+    path: BUDGET,
+    body: { budget: "50%" },
+    status: 400,
+    param: "budget",
+  },
+];
+
+Deno.test("bad requests get OpenAI-shaped errors with the right status, and the server carries on", async (t) => {
+  await withServer({}, async ({ base, client }) => {
+    for (const bad of BAD_REQUESTS) {
+      await t.step(`${bad.name} → ${bad.status}`, async () => {
+        const method = bad.method ?? "POST";
+        const body = method === "GET"
+          ? undefined
+          : bad.raw ?? (bad.body === undefined ? undefined : JSON.stringify(bad.body));
+        const res = await fetch(base + bad.path, {
+          method,
+          body,
+          headers: { "content-type": "application/json" },
+        });
+        assert.equal(res.status, bad.status, `${bad.name}: ${res.status}`);
+        const e = await errorOf(res);
+        assert.equal(e.type, "invalid_request_error");
+        if (bad.param !== undefined) assert.equal(e.param, bad.param, e.message);
+        if (res.status === 405) assert.ok(res.headers.get("allow"));
+      });
+    }
+    const budget = await fetch(base + BUDGET, {
+      method: "PUT",
+      body: JSON.stringify({ budget: "50%" }),
+    });
+    assert.match((await errorOf(budget)).message, /^Budget too small: .* policy "full" needs at least/);
+    const ok = await client.completions.create({ model: "sotu-moe-mini", prompt: PROMPT, max_tokens: 1 });
+    assert.equal(ok.choices.length, 1);
+    assert.equal((await fetch(`${base}/health`).then((r) => r.json())).status, "ok");
+  });
+});
+
+Deno.test("four concurrent streaming clients are all answered, one at a time and whole", async () => {
+  await withServer({}, async ({ base, client }) => {
+    const one = async () => {
+      const s = await client.completions.create({
+        model: "sotu-moe-mini",
+        prompt: PROMPT,
+        max_tokens: 4,
+        temperature: 0,
+        stream: true,
+        stream_options: { include_usage: true },
+        ...vllm({ min_tokens: 4 }),
+      });
+      let text = "";
+      let tokens = 0;
+      for await (const c of s) {
+        text += c.choices[0]?.text ?? "";
+        tokens = c.usage?.completion_tokens ?? tokens;
+      }
+      return { text, tokens };
+    };
+    const results = await Promise.all([one(), one(), one(), one()]);
+    // greedy and serialised: four identical answers, none cut or interleaved
+    for (const r of results) assert.deepEqual(r, results[0]);
+    assert.equal(results[0]!.tokens, 4);
+    const m = await metrics(base);
+    assert.equal(metric(m, 'swapmoe_requests_total{route="/v1/completions",status="200"}'), 4);
+    assert.ok(metric(m, "swapmoe_queue_wait_seconds_sum") > 0, "three of them waited");
+    assert.equal(metric(m, "swapmoe_queue_length"), 0);
+  });
+});
+
+Deno.test("a client that disconnects, mid-stream or while queued, cancels its generation", async () => {
+  await withServer({}, async ({ base, engine }) => {
+    const health = async () => await fetch(`${base}/health`).then((r) => r.json());
+    /** Polls /health (slow while a CPU adapter decodes: the engine holds the event loop per batch). */
+    const until = async (ok: (h: { running: number; waiting: number }) => boolean) => {
+      while (!ok(await health())) await new Promise((r) => setTimeout(r, 50));
+    };
+    const streaming = new AbortController();
+    const res = await post(base, COMPLETIONS, {
+      prompt: PROMPT,
+      max_tokens: 200,
+      min_tokens: 200,
+      stream: true,
+    }, {
+      signal: streaming.signal,
+    });
+    assert.equal(res.status, 200);
+    const reader = res.body!.getReader();
+    assert.ok((await reader.read()).value, "the first event");
+
+    // a second client waits behind it and leaves before its turn: it drops out of the line
+    const queued = new AbortController();
+    const waiting = post(base, COMPLETIONS, { prompt: PROMPT, max_tokens: 2 }, { signal: queued.signal });
+    await until((h) => h.waiting === 1);
+    queued.abort();
+    await assert.rejects(waiting, { name: "AbortError" });
+    await until((h) => h.waiting === 0 && h.running === 1);
+
+    // the streaming client leaves: the rest of its 240 tokens would take many seconds on this adapter
+    const decodedAtAbort = engine.stats().decodeTokens;
+    streaming.abort();
+    await reader.closed.catch(() => {});
+    const t0 = performance.now();
+    const next = await post(base, COMPLETIONS, { prompt: PROMPT, max_tokens: 2 });
+    assert.equal(next.status, 200);
+    assert.equal((await next.json()).usage.completion_tokens, 2);
+    const waited = performance.now() - t0;
+    assert.ok(waited < 20_000, `the next request took ${waited} ms`);
+    // the engine stops between batches (at most 16 tokens each, two in flight, one more while the server
+    // notices: the engine holds the event loop for a batch on a CPU adapter)
+    const decodedAfter = engine.stats().decodeTokens - decodedAtAbort;
+    assert.ok(decodedAfter <= 3 * 16 + 2, `${decodedAfter} tokens decoded after the abort`);
+    assert.ok(engine.stats().decodeTokens < 240, `decoded ${engine.stats().decodeTokens} tokens`);
+    const m = await metrics(base);
+    assert.equal(metric(m, 'swapmoe_requests_total{route="/v1/completions",status="499"}'), 2);
+    assert.equal(metric(m, 'swapmoe_requests_total{route="/v1/completions",status="200"}'), 1);
+    assert.equal(metric(m, "swapmoe_queue_length"), 0);
+    assert.equal(metric(m, "swapmoe_requests_running"), 0);
+  });
+});
+
+Deno.test("a full queue answers 503 at once (--max-queue 1)", async () => {
+  await withServer({ server: { maxQueue: 1 } }, async ({ base }) => {
+    const slow = { prompt: PROMPT, max_tokens: 6, min_tokens: 6 };
+    const responses = await Promise.all([1, 2, 3, 4].map(() => post(base, COMPLETIONS, slow)));
+    const statuses = responses.map((r) => r.status).sort();
+    assert.deepEqual(statuses, [200, 200, 503, 503]);
+    for (const r of responses) {
+      if (r.status === 200) {
+        assert.equal((await r.json()).usage.completion_tokens, 6);
+        continue;
+      }
+      assert.equal(r.headers.get("retry-after"), "1");
+      const e = await errorOf(r);
+      assert.equal(e.code, "queue_full");
+      assert.equal(e.type, "server_error");
+    }
+    assert.equal((await post(base, COMPLETIONS, { prompt: PROMPT, max_tokens: 1 })).status, 200);
+    await fetch(`${base}/health`).then((r) => r.body?.cancel());
+  });
+});
+
+Deno.test("budget: GET and PUT /v1/engine/budget change it while serving (swapmoe)", async () => {
+  await withServer({ engine: { policy: "swapmoe", budget: "60%" } }, async ({ base, engine, client }) => {
+    const get = async () => {
+      const r = await fetch(base + BUDGET);
+      assert.equal(r.status, 200);
+      return await r.json();
+    };
+    const before = await get();
+    assert.equal(before.policy, "swapmoe");
+    assert.equal(before.budgetBytes, Math.floor(before.fullBytes * 0.6));
+    assert.ok(before.gpuBytes <= before.budgetBytes);
+    for (const k of ["minimumBudgetBytes", "fullBytes", "expertSlots", "residentExperts"]) {
+      assert.ok(k in before, k);
+    }
+
+    const put = async (budget: unknown) =>
+      await fetch(base + BUDGET, { method: "PUT", body: JSON.stringify({ budget }) });
+    const grown = await put("80%");
+    assert.equal(grown.status, 200);
+    const g = await grown.json();
+    assert.equal(g.budgetBytes, Math.floor(before.fullBytes * 0.8));
+    assert.ok(
+      g.expertSlots.reduce((a: number, b: number) => a + b) >
+        before.expertSlots.reduce((a: number, b: number) => a + b),
+    );
+    assert.deepEqual(await get(), { ...g, peakGpuBytes: (await get()).peakGpuBytes });
+    assert.equal(engine.stats().budgetBytes, g.budgetBytes);
+
+    const done = await client.completions.create({ model: "sotu-moe-mini", prompt: PROMPT, max_tokens: 3 });
+    assert.equal(done.usage?.completion_tokens !== undefined, true);
+
+    // bytes work too: the minimum itself
+    const min = await put(before.minimumBudgetBytes);
+    assert.equal(min.status, 200);
+    assert.equal((await min.json()).budgetBytes, before.minimumBudgetBytes);
+    const tooSmall = await put(before.minimumBudgetBytes - 1);
+    assert.equal(tooSmall.status, 400);
+    const e = await errorOf(tooSmall);
+    assert.match(e.message, /^Budget too small: .*needs at least \d+ bytes/);
+    assert.equal(e.code, "budget_too_small");
+    assert.equal((await get()).budgetBytes, before.minimumBudgetBytes);
+
+    const chatAfter = await client.chat.completions.create({
+      model: "sotu-moe-mini",
+      messages: MESSAGES,
+      max_tokens: 2,
+    });
+    assert.equal(chatAfter.choices.length, 1);
+    const m = await metrics(base);
+    assert.equal(metric(m, "swapmoe_budget_bytes"), before.minimumBudgetBytes);
+  });
+});
+
+Deno.test("--api-key: 401 without the bearer token, except /health", async () => {
+  await withServer({ server: { apiKey: "sekret" } }, async ({ base, client }) => {
+    assert.equal((await fetch(`${base}/health`).then(async (r) => [r.status, await r.json()]))[0], 200);
+    for (
+      const [path, init] of [
+        ["/v1/models", {}],
+        ["/metrics", {}],
+        [BUDGET, {}],
+        [CHAT, { method: "POST", body: JSON.stringify(chat({ max_tokens: 1 })) }],
+        ["/v1/models", { headers: { authorization: "Bearer wrong" } }],
+        ["/v1/models", { headers: { authorization: "sekret" } }],
+      ] as [string, RequestInit][]
+    ) {
+      const res = await fetch(base + path, init);
+      assert.equal(res.status, 401, path);
+      assert.equal((await errorOf(res)).code, "invalid_api_key");
+    }
+    const wrong = new OpenAI({ baseURL: `${base}/v1`, apiKey: "wrong", maxRetries: 0 });
+    await assert.rejects(wrong.models.list(), (e: unknown) => e instanceof OpenAI.AuthenticationError);
+    assert.deepEqual((await client.models.list()).data.map((m) => m.id), ["sotu-moe-mini"]);
+    const done = await client.completions.create({ model: "sotu-moe-mini", prompt: PROMPT, max_tokens: 1 });
+    assert.equal(done.choices.length, 1);
+  });
+});
+
+Deno.test("close() with a stream in flight ends it and shuts down promptly", async () => {
+  const engine = await createEngine({ policy: "full", contextLength: CONTEXT });
+  const server = createServer(engine, { contextLength: CONTEXT });
+  try {
+    const http = server.listen({ port: 0 });
+    const base = `http://127.0.0.1:${http.addr.port}`;
+    const res = await post(base, COMPLETIONS, {
+      prompt: PROMPT,
+      max_tokens: 200,
+      min_tokens: 200,
+      stream: true,
+    });
+    const reading = readEvents(res);
+    await new Promise((r) => setTimeout(r, 500));
+    const t0 = performance.now();
+    await server.close();
+    const events = await reading;
+    assert.ok(performance.now() - t0 < 20_000);
+    assert.ok(events.at(-1)?.includes("server_shutting_down"), String(events.at(-1)));
+    assert.throws(() => server.listen({ port: 0 }), /shutting down/);
+    await server.close(); // idempotent
+  } finally {
+    await server.close();
+    await engine.close();
+  }
+});
+
+Deno.test("serve flags: parsed strictly, bad ones are usage errors", () => {
+  const a = parseServeArgs(["--port", "0", "--policy", "swapmoe", "--budget", "60%", "--max-queue", "1"]);
+  assert.equal(a.port, 0);
+  assert.equal(a.host, "127.0.0.1");
+  assert.deepEqual(a.engine, { policy: "swapmoe", budget: "60%" });
+  assert.equal(a.server.maxQueue, 1);
+  assert.equal(a.server.apiKey, undefined);
+  assert.equal(parseServeArgs([]).port, 8000);
+  assert.equal(parseServeArgs([], { apiKey: "k" }).server.apiKey, "k");
+  assert.equal(parseServeArgs(["--api-key", "x"], { apiKey: "k" }).server.apiKey, "x");
+  assert.equal(parseServeArgs(["--context-length", "512"]).engine.contextLength, 512);
+  for (
+    const bad of [
+      ["--bogus"],
+      ["--port"],
+      ["--port", "abc"],
+      ["--port", "70000"],
+      ["--port", "-1"],
+      ["--policy", "nope"],
+      ["--budget", "lots"],
+      ["--max-queue", "-1"],
+      ["--max-tokens", "0"],
+      ["--context-length", "0"],
+      ["--model", "/nonexistent"],
+      ["--api-key", ""],
+      ["--host", ""],
+      ["positional"],
+    ]
+  ) {
+    assert.throws(() => parseServeArgs(bad), UsageError, bad.join(" "));
+  }
+});

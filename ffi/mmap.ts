@@ -1,6 +1,16 @@
 /**
  * Read-only memory maps of whole files, with zero-copy `Uint8Array` views into them.
  *
+ * Files must not change in place while mapped. `MAP_PRIVATE` copies nothing until written: a page
+ * reads the file's current contents, and a page past a truncated end raises `SIGBUS`, which kills the
+ * process (Deno cannot catch it). A file replaced by a rename (how downloads, Hugging Face's included,
+ * finish) or deleted is safe: the mapping keeps the old inode. `SafetensorsFile.bytes` stats the file
+ * before handing out a view and refuses one changed in place with a `CheckpointError`, which turns the
+ * usual case (a model rewritten under a running engine) into a typed error. What remains: a truncation
+ * between that check and the read, or a read through a view taken before the truncation, still kills
+ * the process (`tests/hostile_test.ts` shows both in a child process). Only copying with `pread`
+ * instead of mapping would close that window.
+ *
  * @module
  */
 

@@ -338,9 +338,14 @@ export class SafetensorsFile implements Disposable {
   /** Every tensor by name, in offset order. */
   readonly tensors: ReadonlyMap<string, TensorInfo>;
   #file: MappedFile;
+  /** Identity of the file as mapped: inode and modification time. */
+  #ino: number | null;
+  #mtime: number | undefined;
 
-  private constructor(file: MappedFile, header: SafetensorsHeader) {
+  private constructor(file: MappedFile, header: SafetensorsHeader, stat: Deno.FileInfo) {
     this.#file = file;
+    this.#ino = stat.ino;
+    this.#mtime = stat.mtime?.getTime();
     this.path = file.path;
     this.byteLength = file.byteLength;
     this.dataStart = header.dataStart;
@@ -360,6 +365,7 @@ export class SafetensorsFile implements Disposable {
       return new SafetensorsFile(
         file,
         parseSafetensorsHeader(file.bytes(0, file.byteLength), file.byteLength, path),
+        Deno.statSync(path),
       );
     } catch (error) {
       file.close();
@@ -395,7 +401,30 @@ export class SafetensorsFile implements Disposable {
    */
   bytes(name: string): Uint8Array<ArrayBuffer> {
     const info = this.info(name);
+    this.#checkUnchanged();
     return this.#file.bytes(info.byteOffset, info.byteLength);
+  }
+
+  /**
+   * Refuses to read a file changed in place since it was mapped: reading a page past a truncated end
+   * raises `SIGBUS`, which kills the process, and a rewritten page shows through the mapping. A file
+   * replaced by a rename (how downloads finish) or removed is fine: the mapping keeps the old one.
+   * A change between this check and the read is not caught (see `ffi/mmap.ts`).
+   */
+  #checkUnchanged(): void {
+    let now: Deno.FileInfo;
+    try {
+      now = Deno.statSync(this.path);
+    } catch {
+      return;
+    }
+    if (now.ino !== this.#ino) return;
+    if (now.size !== this.byteLength || now.mtime?.getTime() !== this.#mtime) {
+      throw new CheckpointError(
+        `File changed on disk while mapped: ${now.size} bytes now, ${this.byteLength} when opened; reopen the model`,
+        this.path,
+      );
+    }
   }
 
   /** Tells the kernel how tensor `name`'s bytes will be used (see {@link MappedFile.advise}). */

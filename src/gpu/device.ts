@@ -4,19 +4,25 @@
  *
  * @module
  */
-import { DeviceLostError, GpuError, WebGpuUnavailableError } from "../errors.ts";
+import { DeviceLostError, GpuError, SwapMoeError, WebGpuUnavailableError } from "../errors.ts";
 
 /** What the engine runs on, as reported by the adapter. */
 export interface GpuInfo {
   /** Adapter description, e.g. "NVIDIA H200" or "llvmpipe (LLVM 15.0.6, 256 bits)". */
   readonly description: string;
+  /** Adapter vendor as WebGPU reports it (a name or a PCI id). */
   readonly vendor: string;
+  /** Whether the adapter is a software fallback. */
   readonly isFallbackAdapter: boolean;
   /** Optional features the device was created with (e.g. `shader-f16`, `timestamp-query`). */
   readonly features: readonly string[];
+  /** Largest buffer the device allows, in bytes. */
   readonly maxBufferSize: number;
+  /** Largest storage-buffer binding, in bytes. */
   readonly maxStorageBufferBindingSize: number;
+  /** Storage buffers one shader stage may bind. */
   readonly maxStorageBuffersPerShaderStage: number;
+  /** Workgroup shared memory, in bytes. */
   readonly maxComputeWorkgroupStorageSize: number;
 }
 
@@ -26,8 +32,19 @@ export interface Gpu {
   readonly info: GpuInfo;
   /** Set once the device is lost; every later GPU call should throw it. */
   readonly lost: DeviceLostError | undefined;
-  /** Throws {@link DeviceLostError} when the device has been lost. */
+  /**
+   * The first GPU error no error scope caught (e.g. a buffer over the device's limits, a binding too
+   * large): work submitted since may have computed garbage, so every later GPU call should throw it.
+   */
+  readonly failed: GpuError | undefined;
+  /** Throws {@link DeviceLostError} when the device has been lost, or {@link Gpu.failed}. */
   assertAlive(): void;
+  /**
+   * The typed error behind `error`, thrown by a GPU call: the device's loss or first uncaught error
+   * when there is one (a loss is reported a task after the failures it causes, so this waits one), a
+   * WebGPU `DOMException` (e.g. a rejected `mapAsync`) as {@link GpuError}, anything else as it is.
+   */
+  explain(error: unknown): Promise<unknown>;
 }
 
 /** Requests an adapter and a device with the largest buffer limits the adapter offers. */
@@ -62,6 +79,7 @@ export async function createGpu(options: { powerPreference?: GPUPowerPreference 
   }
   const info = adapter.info;
   let lost: DeviceLostError | undefined;
+  let failed: GpuError | undefined;
   const gpu: Gpu = {
     device,
     info: {
@@ -77,10 +95,31 @@ export async function createGpu(options: { powerPreference?: GPUPowerPreference 
     get lost() {
       return lost;
     },
+    get failed() {
+      return failed;
+    },
     assertAlive() {
       if (lost) throw lost;
+      if (failed) throw failed;
+    },
+    async explain(error) {
+      if (error instanceof SwapMoeError && !(error instanceof GpuError)) return error;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([device.lost, new Promise((r) => (timer = setTimeout(r, 0)))]);
+      clearTimeout(timer);
+      if (lost || failed) return lost ?? failed;
+      if (error instanceof DOMException) {
+        return new GpuError(`GPU operation failed: ${error.name}: ${error.message}`, { cause: error });
+      }
+      return error;
     },
   };
+  device.addEventListener("uncapturederror", (event) => {
+    const error = (event as GPUUncapturedErrorEvent).error;
+    const kind = error instanceof GPUOutOfMemoryError ? "Out of GPU memory" : "GPU validation failed";
+    failed ??= new GpuError(`${kind}: ${error.message}`);
+    event.preventDefault(); // reported through assertAlive instead of the console
+  });
   device.lost.then((i) => {
     lost = new DeviceLostError(`The GPU device was lost (${i.reason}): ${i.message || "no message"}`);
   });

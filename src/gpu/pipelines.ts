@@ -5,14 +5,20 @@
  *
  * @module
  */
-import { ShaderCompileError } from "../errors.ts";
+import { DeviceLostError, ShaderCompileError } from "../errors.ts";
 
 const SHADER_DIR = new URL("../../shaders/", import.meta.url);
 const sources = new Map<string, Promise<string>>();
 
 async function readShader(name: string): Promise<string> {
   const url = new URL(name, SHADER_DIR);
-  if (url.protocol === "file:") return await Deno.readTextFile(url);
+  if (url.protocol === "file:") {
+    try {
+      return await Deno.readTextFile(url);
+    } catch (e) {
+      throw new ShaderCompileError(`Cannot read shader ${name}: ${(e as Error).message}`, { cause: e });
+    }
+  }
   const res = await fetch(url);
   if (!res.ok) throw new ShaderCompileError(`Cannot fetch shader ${name}: HTTP ${res.status}`);
   return await res.text();
@@ -36,16 +42,30 @@ export class PipelineCache {
   readonly #device: GPUDevice;
   readonly #modules = new Map<string, Promise<GPUShaderModule>>();
   readonly #pipelines = new Map<string, Promise<GPUComputePipeline>>();
+  #lost: DeviceLostError | undefined;
 
   /** A cache for `device`. */
   constructor(device: GPUDevice) {
     this.#device = device;
+    device.lost.then((i) => {
+      this.#lost = new DeviceLostError(`The GPU device was lost (${i.reason}): ${i.message || "no message"}`);
+    });
+  }
+
+  /** A failure on a lost device is the loss, not a shader's fault: throws {@link DeviceLostError} then. */
+  async #lostOr(error: Error): Promise<never> {
+    // a destroyed device's promise may settle just after the failure it caused
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.#device.lost, new Promise((r) => (timer = setTimeout(r, 0)))]);
+    clearTimeout(timer);
+    throw this.#lost ?? error;
   }
 
   #module(file: string, source?: string): Promise<GPUShaderModule> {
     let m = this.#modules.get(file);
     if (!m) {
       m = (async () => {
+        if (this.#lost) throw this.#lost;
         const code = source ?? await shaderSource(file);
         this.#device.pushErrorScope("validation");
         const module = this.#device.createShaderModule({ label: file, code });
@@ -55,7 +75,7 @@ export class PipelineCache {
         if (errors.length > 0 || scoped) {
           const detail = errors.map((e) => `${e.lineNum}:${e.linePos} ${e.message}`).join("; ") ||
             scoped?.message;
-          throw new ShaderCompileError(`Shader ${file} failed to compile: ${detail}`);
+          return await this.#lostOr(new ShaderCompileError(`Shader ${file} failed to compile: ${detail}`));
         }
         return module;
       })();
@@ -76,11 +96,15 @@ export class PipelineCache {
           label: `${file}:${entry}`,
           layout: "auto",
           compute: { module, entryPoint: entry, constants },
-        }).catch((e: Error) => {
-          throw new ShaderCompileError(`Pipeline ${file}:${entry} failed: ${e.message}`, { cause: e });
-        });
+        }).catch((e: Error) =>
+          this.#lostOr(new ShaderCompileError(`Pipeline ${file}:${entry} failed: ${e.message}`, { cause: e }))
+        );
         const err = await this.#device.popErrorScope();
-        if (err) throw new ShaderCompileError(`Pipeline ${file}:${entry} failed: ${err.message}`);
+        if (err) {
+          return await this.#lostOr(
+            new ShaderCompileError(`Pipeline ${file}:${entry} failed: ${err.message}`),
+          );
+        }
         return pipeline;
       })();
       this.#pipelines.set(key, p);

@@ -143,7 +143,7 @@ export function expectedShapes(spec: ModelSpec, names: ModelNames): Map<string, 
 
 /**
  * Refuses a checkpoint whose tensors disagree with its config: a tensor missing, of another
- * shape, or not bf16. Extra tensors (rotary caches and the like) are ignored.
+ * shape, not bf16, or at an odd byte offset. Extra tensors (rotary caches and the like) are ignored.
  */
 export function checkTensors(
   spec: ModelSpec,
@@ -167,6 +167,13 @@ export function checkTensors(
     }
     if (t.dtype !== "BF16") {
       throw new CheckpointError(`Unsupported dtype: "${name}" is ${t.dtype}, supported is BF16`, t.file);
+    }
+    // the format allows any offset; safetensors' writers pad the header so that data is 8-aligned
+    if (t.byteOffset % 2 !== 0) {
+      throw new CheckpointError(
+        `Unaligned tensor: "${name}" starts at byte ${t.byteOffset}, not a multiple of 2 as bf16 needs; re-save the checkpoint with safetensors, which pads its header`,
+        t.file,
+      );
     }
   }
 }

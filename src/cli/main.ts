@@ -23,7 +23,7 @@ import { command as generate } from "./generate.ts";
 import { command as chat } from "./chat.ts";
 import { command as info } from "./info.ts";
 import { command as serve } from "./serve.ts";
-// eval: import { command as evaluate } from "./eval.ts";
+import { command as evaluate } from "./eval.ts";
 
 /** Registered subcommands, in help order. */
 export const COMMANDS: Command[] = [
@@ -32,7 +32,7 @@ export const COMMANDS: Command[] = [
   chat,
   info,
   serve,
-  // evaluate,
+  evaluate,
 ];
 
 function topUsage(): string {

@@ -7,7 +7,7 @@
 import { fileURLToPath } from "node:url";
 import { loadConfig, type ModelSpec } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
-import { createGpu, type Gpu, type GpuInfo } from "../gpu/device.ts";
+import { createGpu, type Gpu } from "../gpu/device.ts";
 import { type CallShape, type Dispatch, encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
 import { GpuMemory, type TrackedBuffer } from "../gpu/memory.ts";
 import { PipelineCache } from "../gpu/pipelines.ts";
@@ -19,167 +19,23 @@ import { type Budget, formatBytes, parseBudget } from "../moe/budget.ts";
 import { checkpointExpertStore, ExpertCache } from "../moe/expert_cache.ts";
 import { expertNorms, Importance } from "../moe/importance.ts";
 import { type PlannerKind, planSlots, topExperts } from "../moe/planner.ts";
-import { LruPolicy, POLICIES, type PolicyName, SwapMoePolicy } from "../moe/policies.ts";
+import { LruPolicy, type PolicyName, SwapMoePolicy } from "../moe/policies.ts";
 import { BudgetError, EngineClosedError, OptionError, SwapMoeError } from "../errors.ts";
-import { type ChatMessage, Tokenizer } from "../text/tokenizer.ts";
+import { Tokenizer } from "../text/tokenizer.ts";
 import { createSeq2SeqEngine, isSeq2SeqModel } from "./seq2seq.ts";
+import { decodeLoop } from "./decode_loop.ts";
+import { parseSampling, promptIds, validateExpertSets, validateOptions } from "./requests.ts";
+import type { Engine, EngineOptions, EngineStats, GenerateChunk, GenerateRequest } from "./types.ts";
 
-/** Loading progress, for a progress bar. */
-export interface Progress {
-  /** What is happening now. */
-  stage: "config" | "checkpoint" | "tokenizer" | "gpu" | "weights" | "experts" | "ready";
-  /** Units done and in all for this stage (e.g. tensors uploaded). */
-  done: number;
-  /** Units in all for this stage. */
-  total: number;
-}
-
-/** Options of {@link createEngine}. */
-export interface EngineOptions {
-  /** A Hugging Face checkpoint folder as published; default: the bundled `sotu-moe-mini`. */
-  model?: string;
-  /** Residency policy; default `"full"`. */
-  policy?: PolicyName;
-  /** `static`: the allowed experts per MoE layer (router order). */
-  residentExperts?: number[][];
-  /** GPU byte budget: bytes, `"512MiB"`, `"2GiB"` or `"50%"` of the all-resident footprint. */
-  budget?: Budget;
-  /** Positions the KV cache holds; default the model's `max_position_embeddings`, at most 4096. */
-  contextLength?: number;
-  /** Most prompt tokens per forward call on the GPU (prefill chunk); default 64. */
-  maxBatchTokens?: number;
-  /** How `swapmoe`/`static` spread expert slots over layers; default `"uniform"`. */
-  planner?: PlannerKind;
-  /** An importance profile [layer][expert] for `planner: "profile"` and for planning `static` sets. */
-  profile?: number[][];
-  /** `swapmoe`: tokens between revisions of the resident set; default 16. */
-  updateInterval?: number;
-  /** `swapmoe`: most bytes uploaded per decode step; default one expert slot's worth × 2. */
-  maxUploadBytesPerStep?: number;
-  /** `swapmoe`: per-token decay of the importance sums, in (0, 1]; default 0.97. */
-  importanceDecay?: number;
-  /** Loading progress. */
-  onProgress?: (p: Progress) => void;
-}
-
-/** A generation request. Give exactly one of `ids`, `prompt`, `messages`. */
-export interface GenerateRequest {
-  /** Prompt token ids, used as given (no special tokens added). */
-  ids?: number[];
-  /** Prompt text, encoded with the model's tokenizer (special tokens added as the tokenizer does). */
-  prompt?: string;
-  /** Chat messages, rendered with the model's chat template (generation prompt added). */
-  messages?: ChatMessage[];
-  /** Most new tokens; default 128. */
-  maxTokens?: number;
-  /** 0 (default) is greedy. */
-  temperature?: number;
-  /** 0 (default) is off. */
-  topK?: number;
-  /** 1 (default) is off. */
-  topP?: number;
-  /** Seed of the sampler; default random. */
-  seed?: number;
-  /** End-of-sequence cannot be sampled before this many new tokens (transformers' `min_new_tokens`); default 0. */
-  minTokens?: number;
-  /** Strings that end generation (not included in the output). */
-  stop?: string[];
-  /** Aborts generation between batches. */
-  signal?: AbortSignal;
-}
-
-/** Why generation ended. */
-export type FinishReason = "stop" | "length" | "abort";
-
-/** A piece of generated output. */
-export interface GenerateChunk {
-  /** New token ids. */
-  ids: number[];
-  /** Their text (held back while it could be the start of a stop string). */
-  text: string;
-  /** Set on the last chunk. */
-  finishReason?: FinishReason;
-}
-
-/** What {@link Engine.stats} reports. */
-export interface EngineStats {
-  /** Bytes held on the GPU now (every buffer). */
-  gpuBytes: number;
-  /** The most bytes held at once since the engine started. */
-  peakGpuBytes: number;
-  /** The budget in force, in bytes. */
-  budgetBytes: number;
-  /** The smallest budget the policy runs with: dense part and top-k experts per MoE layer (all experts under `full`). */
-  minimumBudgetBytes: number;
-  /** The all-resident footprint (`gpuBytes` under `full` with the same options). */
-  fullBytes: number;
-  /** GPU bytes of one expert slot. */
-  expertBytes: number;
-  /** Positions the KV cache holds (prompt plus generated tokens of one request). */
-  contextLength: number;
-  /** GPU bytes by what they hold. */
-  gpuBytesByKind: Record<string, number>;
-  /** The residency policy. */
-  policy: PolicyName;
-  /** Slots per MoE layer. */
-  expertSlots: number[];
-  /** Per MoE layer, the experts usable now. */
-  residentExperts: number[][];
-  /** Per MoE layer and expert, how often the unmasked router chose it since the engine started. */
-  expertUsage: number[][];
-  /** Share of (token, top-k choice) pairs served by the expert the unmasked router chose. */
-  hitRate: number;
-  /** (token, top-k choice) pairs routed since the engine started (the denominator of `hitRate`). */
-  routedChoices: number;
-  /**
-   * Share of (token, top-k choice) pairs whose expert was already resident when routed. Equal to
-   * `hitRate` except under `lru`, which loads missing experts (so its `hitRate` is 1): there it is
-   * the cache hit rate.
-   */
-  cacheHitRate: number;
-  /** Experts swapped in since the engine started (`swapmoe`), or loaded on demand (`lru`). */
-  swaps: number;
-  /** Expert bytes uploaded since the engine started, the initial fill included. */
-  bytesUploaded: number;
-  /** Seconds spent queueing those uploads. */
-  uploadSeconds: number;
-  /** Tokens processed (prompt and generated). */
-  tokens: number;
-  /** Prompt tokens processed. */
-  prefillTokens: number;
-  /** Tokens generated after the first of each request. */
-  decodeTokens: number;
-  /** Prompt tokens per second, from the start of a request to its first token. */
-  prefillTokensPerSecond: number;
-  /** Generated tokens per second after the first token. */
-  decodeTokensPerSecond: number;
-  /** The adapter in use. */
-  gpu: GpuInfo;
-}
-
-/** The public engine interface. */
-export interface Engine extends AsyncDisposable {
-  /** The model's constants, from its `config.json`. */
-  readonly spec: ModelSpec;
-  /** The model's tokenizer and chat template. */
-  readonly tokenizer: Tokenizer;
-  /** The model folder. */
-  readonly modelDir: string;
-  /**
-   * Logits [T × V] row-major for every position of `ids`, as one request from position 0. An
-   * encoder-decoder (Switch) encodes `ids` and returns the decoder's logits [T_dec × V] for
-   * `decoderIds` (default: the decoder start token alone).
-   */
-  forward(ids: readonly number[], options?: { decoderIds?: number[] }): Promise<Float32Array>;
-  /** Streams generated tokens. */
-  generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
-  /** Memory, residency, routing and speed figures as of now. */
-  stats(): EngineStats;
-  /** Changes the budget while the engine lives: shrinking evicts, growing adds slots. */
-  setBudget(budget: Budget): Promise<EngineStats>;
-  /** Waits for running work, then frees every GPU buffer, the device and the mapped weights; idempotent. */
-  close(): Promise<void>;
-}
+export type {
+  Engine,
+  EngineOptions,
+  EngineStats,
+  FinishReason,
+  GenerateChunk,
+  GenerateRequest,
+  Progress,
+} from "./types.ts";
 
 const DEFAULT_MODEL_URL = new URL("../../models/sotu-moe-mini", import.meta.url);
 
@@ -193,9 +49,6 @@ function defaultModel(): string {
   return fileURLToPath(DEFAULT_MODEL_URL);
 }
 const MAX_DEFAULT_CONTEXT = 4096;
-const READ_SIZES = [1, 2, 4, 8, 16];
-/** A submit slower than this ran the GPU work on the CPU (lavapipe): yield to the event loop after it. */
-const SLOW_SUBMIT_MS = 5;
 
 /**
  * Loads a model and returns an {@link Engine}. Options are validated before any GPU work.
@@ -223,136 +76,6 @@ export async function createEngine(options: EngineOptions = {}): Promise<Engine>
     return await createSeq2SeqEngine(options);
   }
   return await EngineImpl.create(options);
-}
-
-function positiveInt(name: string, v: unknown, max = Number.MAX_SAFE_INTEGER): number {
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1 || v > max) {
-    throw new OptionError(`Invalid ${name}: ${JSON.stringify(v)}, expected an integer in [1, ${max}]`);
-  }
-  return v;
-}
-
-function validateOptions(o: EngineOptions): void {
-  if (typeof o !== "object" || o === null || Array.isArray(o)) {
-    throw new OptionError(`Invalid options: expected an object, got ${JSON.stringify(o)}`);
-  }
-  const known = new Set([
-    "model",
-    "policy",
-    "residentExperts",
-    "budget",
-    "contextLength",
-    "maxBatchTokens",
-    "planner",
-    "profile",
-    "updateInterval",
-    "maxUploadBytesPerStep",
-    "importanceDecay",
-    "onProgress",
-  ]);
-  for (const k of Object.keys(o)) {
-    if (!known.has(k)) throw new OptionError(`Unknown option: "${k}", known are ${[...known].join(", ")}`);
-  }
-  if (o.model !== undefined && (typeof o.model !== "string" || o.model === "")) {
-    throw new OptionError(`Invalid model: ${JSON.stringify(o.model)}, expected a folder path`);
-  }
-  if (o.policy !== undefined && !POLICIES.includes(o.policy)) {
-    throw new OptionError(
-      `Invalid policy: ${JSON.stringify(o.policy)}, expected one of ${POLICIES.join(", ")}`,
-    );
-  }
-  if (o.residentExperts !== undefined && o.policy !== "static") {
-    throw new OptionError(`Invalid residentExperts: only policy "static" takes a fixed resident set`);
-  }
-  if (o.planner !== undefined && o.planner !== "uniform" && o.planner !== "profile") {
-    throw new OptionError(`Invalid planner: ${JSON.stringify(o.planner)}, expected "uniform" or "profile"`);
-  }
-  if (o.planner === "profile" && !o.profile) {
-    throw new OptionError(`Invalid planner: "profile" needs a profile`);
-  }
-  if (o.contextLength !== undefined) positiveInt("contextLength", o.contextLength, 1 << 20);
-  if (o.maxBatchTokens !== undefined) positiveInt("maxBatchTokens", o.maxBatchTokens, 4096);
-  if (o.updateInterval !== undefined) positiveInt("updateInterval", o.updateInterval);
-  if (o.maxUploadBytesPerStep !== undefined) positiveInt("maxUploadBytesPerStep", o.maxUploadBytesPerStep);
-  if (
-    o.importanceDecay !== undefined &&
-    (typeof o.importanceDecay !== "number" || !(o.importanceDecay > 0 && o.importanceDecay <= 1))
-  ) {
-    throw new OptionError(`Invalid importanceDecay: ${o.importanceDecay}, expected a number in (0, 1]`);
-  }
-  // the syntax now; a percentage resolves once the footprint is known
-  if (o.budget !== undefined) parseBudget(o.budget, 0);
-  if (o.profile !== undefined && (!Array.isArray(o.profile) || !o.profile.every((r) => Array.isArray(r)))) {
-    throw new OptionError("Invalid profile: expected one list of importance numbers per MoE layer");
-  }
-  if (o.onProgress !== undefined && typeof o.onProgress !== "function") {
-    throw new OptionError("Invalid onProgress: expected a function");
-  }
-}
-
-/** Every field of a {@link GenerateRequest}; the type keeps this list complete. */
-const REQUEST_FIELDS: Record<keyof GenerateRequest, true> = {
-  ids: true,
-  prompt: true,
-  messages: true,
-  maxTokens: true,
-  temperature: true,
-  topK: true,
-  topP: true,
-  seed: true,
-  minTokens: true,
-  stop: true,
-  signal: true,
-};
-
-function validateRequest(r: GenerateRequest): void {
-  if (typeof r !== "object" || r === null || Array.isArray(r)) {
-    throw new OptionError(`Invalid request: expected an object, got ${JSON.stringify(r)}`);
-  }
-  for (const k of Object.keys(r)) {
-    if (!Object.hasOwn(REQUEST_FIELDS, k)) {
-      throw new OptionError(
-        `Unknown request field: "${k}", known are ${Object.keys(REQUEST_FIELDS).join(", ")}`,
-      );
-    }
-  }
-  if (r.ids !== undefined && !Array.isArray(r.ids)) {
-    throw new OptionError("Invalid ids: expected a non-empty array of token ids");
-  }
-  if (r.messages !== undefined && !Array.isArray(r.messages)) {
-    throw new OptionError("Invalid messages: expected a list of {role, content} messages");
-  }
-  if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) {
-    throw new OptionError("Invalid signal: expected an AbortSignal");
-  }
-}
-
-function validateExpertSets(
-  name: string,
-  sets: unknown,
-  layers: number,
-  experts: number,
-  minEach: number,
-): number[][] {
-  if (!Array.isArray(sets) || sets.length !== layers) {
-    throw new OptionError(
-      `Invalid ${name}: expected ${layers} lists (one per MoE layer), got ${
-        Array.isArray(sets) ? sets.length : typeof sets
-      }`,
-    );
-  }
-  return sets.map((s, l) => {
-    if (!Array.isArray(s) || !s.every((e) => Number.isSafeInteger(e) && e >= 0 && e < experts)) {
-      throw new OptionError(`Invalid ${name}[${l}]: expected expert ids in [0, ${experts})`);
-    }
-    const u = [...new Set(s as number[])].sort((a, b) => a - b);
-    if (u.length < minEach) {
-      throw new OptionError(
-        `Invalid ${name}[${l}]: ${u.length} experts, at least top-k = ${minEach} are needed`,
-      );
-    }
-    return u;
-  });
 }
 
 type ResolvedOptions =
@@ -842,62 +565,17 @@ class EngineImpl implements Engine {
     });
   }
 
-  #promptIds(r: GenerateRequest): number[] {
-    validateRequest(r);
-    const given = [r.ids, r.prompt, r.messages].filter((x) => x !== undefined).length;
-    if (given !== 1) throw new OptionError("Invalid request: give exactly one of ids, prompt, messages");
-    if (r.ids) return [...r.ids];
-    if (r.prompt !== undefined) {
-      if (typeof r.prompt !== "string") throw new OptionError("Invalid prompt: expected a string");
-      return this.tokenizer.encode(r.prompt);
-    }
-    const text = this.tokenizer.applyChatTemplate(r.messages!, { addGenerationPrompt: true });
-    // the template writes its own special tokens
-    return this.tokenizer.encode(text, { addSpecialTokens: false });
-  }
-
   /** Ids that end generation: config.json's and the tokenizer's. */
   get #eos(): Set<number> {
     const t = this.tokenizer.eosTokenId;
     return new Set([...this.spec.eosTokenIds, ...(t !== undefined ? [t] : [])]);
   }
 
-  #sampling(r: GenerateRequest): SamplingParams {
-    const temperature = r.temperature ?? 0;
-    const topK = r.topK ?? 0;
-    const topP = r.topP ?? 1;
-    if (typeof temperature !== "number" || !(temperature >= 0 && temperature <= 100)) {
-      throw new OptionError(`Invalid temperature: ${temperature}, expected a number in [0, 100]`);
-    }
-    if (!Number.isSafeInteger(topK) || topK < 0) {
-      throw new OptionError(`Invalid topK: ${topK}, expected an integer >= 0`);
-    }
-    if (typeof topP !== "number" || !(topP > 0 && topP <= 1)) {
-      throw new OptionError(`Invalid topP: ${topP}, expected a number in (0, 1]`);
-    }
-    const seed = r.seed ?? Math.floor(Math.random() * 2 ** 32);
-    if (!Number.isSafeInteger(seed) || seed < 0) {
-      throw new OptionError(`Invalid seed: ${seed}, expected an integer >= 0`);
-    }
-    const minTokens = r.minTokens ?? 0;
-    if (!Number.isSafeInteger(minTokens) || minTokens < 0) {
-      throw new OptionError(`Invalid minTokens: ${minTokens}, expected an integer >= 0`);
-    }
-    return {
-      temperature,
-      topK: Math.min(topK, this.spec.vocabSize),
-      topP,
-      seed,
-      minTokens,
-      eos: [...this.#eos].slice(0, 4),
-    };
-  }
-
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk> {
     this.#assertOpen();
-    const ids = this.#promptIds(request);
+    const ids = promptIds(this.tokenizer, request);
     this.#checkIds(ids);
-    const sampling = this.#sampling(request);
+    const sampling = parseSampling(request, this.spec.vocabSize, this.#eos);
     const maxTokens = request.maxTokens ?? 128;
     if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) {
       throw new OptionError(`Invalid maxTokens: ${maxTokens}, expected an integer >= 1`);
@@ -975,105 +653,41 @@ class EngineImpl implements Engine {
       );
     }
 
-    // Decode: the CPU encodes a batch of steps and starts reading it back (tokens and routing
-    // statistics in one map), encodes the next batch while the GPU works, then turns tokens into text.
-    let td = 0;
-    const decoder = this.tokenizer.createStreamDecoder();
-    const holdBack = stop.reduce((a, s) => Math.max(a, s.length - 1), 0);
-    const statsAt = this.#model.shape.maxGenerated * 4;
-    let text = "";
-    let emitted = 0; // characters of `text` already yielded
-    let generated = 0; // tokens sampled on the GPU (index of the next)
-    let consumed = 0; // tokens read back and handled
-    let batchNo = 0;
-    let finish: FinishReason | undefined;
-    const inflight: { staging: GPUBuffer; start: number; n: number; map: Promise<void> }[] = [];
-
-    const submitBatch = async () => {
-      const n = Math.min(READ_SIZES[Math.min(batchNo, READ_SIZES.length - 1)]!, budget - generated);
-      if (n <= 0) return;
-      const startIndex = generated;
-      let steps = n;
-      for (let i = 0; i < n; i++, generated++) {
-        // token 0 was sampled by the prefill; step g feeds token g − 1 back from the GPU
-        if (generated === 0) continue;
-        if (signal?.aborted) {
-          steps = i; // a cancelled request stops encoding at once
-          break;
-        }
+    // Decode: token 0 came out of the prefill; step g feeds token g − 1 back from the GPU.
+    yield* decodeLoop({
+      device,
+      tokenizer: this.tokenizer,
+      eos,
+      minTokens: sampling.minTokens,
+      stop,
+      signal,
+      maxTokens: budget,
+      generated: st.generated.buffer,
+      staging: this.#tokenStaging.map((t) => t.buffer),
+      statsAt: this.#model.shape.maxGenerated * 4,
+      step: async (g) => {
+        if (g === 0) return;
         this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
-        const t = performance.now();
-        await this.#call(1, prompt.length + generated - 1, 0, 1, (enc) => this.#sampleInto(enc), generated);
-        // A software adapter runs the work inside submit: let timers and I/O (a server's other
-        // requests, disconnects) run between such steps. A real GPU's submit returns at once.
-        if (performance.now() - t > SLOW_SUBMIT_MS) await new Promise((r) => setTimeout(r, 0));
-      }
-      if (steps === 0) return;
-      const staging = this.#tokenStaging[batchNo % 2]!.buffer;
-      const enc = device.createCommandEncoder({ label: "readback.tokens" });
-      enc.copyBufferToBuffer(st.generated.buffer, startIndex * 4, staging, 0, steps * 4);
-      this.#copyStats(enc, staging, statsAt);
-      device.queue.submit([enc.finish()]);
-      const map = staging.mapAsync(GPUMapMode.READ);
-      map.catch(() => {}); // awaited below: a lost device must not reject it unobserved meanwhile
-      inflight.push({ staging, start: startIndex, n: steps, map });
-      batchNo++;
-    };
-
-    try {
-      await submitBatch();
-      while (inflight.length > 0) {
-        if (!finish) await submitBatch();
-        const b = inflight.shift()!;
-        await b.map;
-        const toks = Array.from(new Uint32Array(b.staging.getMappedRange(0, b.n * 4).slice(0)));
-        if (!finish) this.#takeStats(b.staging, statsAt, b.start === 0 ? prompt.length + b.n - 1 : b.n);
-        b.staging.unmap();
-        if (finish) continue; // tokens computed ahead, past the end
-        if (b.start === 0) {
-          // the prompt is in: the first token came out of the prefill
+        await this.#call(1, prompt.length + g - 1, 0, 1, (enc) => this.#sampleInto(enc), g);
+      },
+      copyStats: (enc, staging, offset) => this.#copyStats(enc, staging, offset),
+      onBatch: (staging, offset, start, n) => {
+        if (start === 0) {
+          // the prompt is in: its statistics and the first token came back together
+          this.#takeStats(staging, offset, prompt.length + n - 1);
           this.#counters.prefillTokens += prompt.length;
           this.#counters.prefillSeconds += (performance.now() - tp) / 1000;
-          td = performance.now();
           this.#maybeRevise(true);
-        } else this.#maybeRevise(false);
-        const newIds: number[] = [];
-        for (const tok of toks) {
-          consumed++;
-          if (eos.has(tok) && consumed > sampling.minTokens) {
-            finish = "stop";
-            break;
-          }
-          newIds.push(tok);
-          text += decoder.push([tok]);
-          const hit = stop.map((s) => text.indexOf(s, Math.max(0, emitted - s.length))).filter((i) => i >= 0);
-          if (hit.length > 0) {
-            text = text.slice(0, Math.min(...hit));
-            finish = "stop";
-            break;
-          }
+        } else {
+          this.#takeStats(staging, offset, n);
+          this.#maybeRevise(false);
         }
-        if (b.start > 0) this.#counters.decodeTokens += newIds.length + (finish === "stop" ? 1 : 0);
-        if (!finish && consumed >= budget) {
-          text += decoder.flush();
-          finish = "length";
-        }
-        if (!finish && signal?.aborted) finish = "abort";
-        const upto = finish ? text.length : Math.max(emitted, text.length - holdBack);
-        const chunk: GenerateChunk = { ids: newIds, text: text.slice(emitted, upto) };
-        emitted = upto;
-        if (finish) chunk.finishReason = finish;
-        yield chunk;
-      }
-    } finally {
-      // a consumer that stops early leaves readbacks in flight: settle them before the next request
-      for (const b of inflight) {
-        await b.map.catch(() => {});
-        if (b.staging.mapState === "mapped") b.staging.unmap();
-      }
-      await device.queue.onSubmittedWorkDone();
-      if (td > 0) this.#counters.decodeSeconds += (performance.now() - td) / 1000;
-    }
+      },
+      onDecoded: (tokens, seconds) => {
+        this.#counters.decodeTokens += tokens;
+        this.#counters.decodeSeconds += seconds;
+      },
+    });
     this.#gpu.assertAlive();
   }
 

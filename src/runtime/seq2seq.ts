@@ -35,20 +35,16 @@ import { type Budget, formatBytes, parseBudget } from "../moe/budget.ts";
 import { checkpointExpertStore, ExpertCache } from "../moe/expert_cache.ts";
 import { Importance } from "../moe/importance.ts";
 import { type PlannerKind, planSlots, topExperts } from "../moe/planner.ts";
-import { LruPolicy, POLICIES, type PolicyName, SwapMoePolicy } from "../moe/policies.ts";
+import { LruPolicy, type PolicyName, SwapMoePolicy } from "../moe/policies.ts";
 import { BudgetError, EngineClosedError, OptionError, SwapMoeError } from "../errors.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
-import type {
-  Engine,
-  EngineOptions,
-  EngineStats,
-  FinishReason,
-  GenerateChunk,
-  GenerateRequest,
-} from "./engine.ts";
+import type { Engine, EngineOptions, EngineStats, GenerateChunk, GenerateRequest } from "./types.ts";
+import { decodeLoop } from "./decode_loop.ts";
+import { parseSampling, promptIds, validateExpertSets, validateOptions } from "./requests.ts";
 
 const MAX_DEFAULT_CONTEXT = 4096;
-const READ_SIZES = [1, 2, 4, 8, 16];
+/** How the expert-set lists of this family are ordered. */
+const ROUTERS = "one per MoE layer: encoder routers, then decoder routers";
 
 /** Options of {@link createSeq2SeqEngine}: {@link EngineOptions} and what only an encoder-decoder has. */
 export interface Seq2SeqOptions extends EngineOptions {
@@ -73,143 +69,6 @@ export async function isSeq2SeqModel(dir: string): Promise<boolean> {
  */
 export async function createSeq2SeqEngine(options: Seq2SeqOptions): Promise<Engine> {
   return await Seq2SeqEngine.create(options);
-}
-
-function positiveInt(name: string, v: unknown, max = Number.MAX_SAFE_INTEGER): number {
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1 || v > max) {
-    throw new OptionError(`Invalid ${name}: ${JSON.stringify(v)}, expected an integer in [1, ${max}]`);
-  }
-  return v;
-}
-
-const OPTION_KEYS = [
-  "model",
-  "policy",
-  "residentExperts",
-  "budget",
-  "contextLength",
-  "maxBatchTokens",
-  "planner",
-  "profile",
-  "updateInterval",
-  "maxUploadBytesPerStep",
-  "importanceDecay",
-  "onProgress",
-  "expertCapacity",
-];
-
-function validateOptions(o: Seq2SeqOptions): void {
-  if (typeof o !== "object" || o === null || Array.isArray(o)) {
-    throw new OptionError(`Invalid options: expected an object, got ${JSON.stringify(o)}`);
-  }
-  for (const k of Object.keys(o)) {
-    if (!OPTION_KEYS.includes(k)) {
-      throw new OptionError(`Unknown option: "${k}", known are ${OPTION_KEYS.join(", ")}`);
-    }
-  }
-  if (typeof o.model !== "string" || o.model === "") {
-    throw new OptionError(`Invalid model: ${JSON.stringify(o.model)}, expected a folder path`);
-  }
-  if (o.policy !== undefined && !POLICIES.includes(o.policy)) {
-    throw new OptionError(
-      `Invalid policy: ${JSON.stringify(o.policy)}, expected one of ${POLICIES.join(", ")}`,
-    );
-  }
-  if (o.residentExperts !== undefined && o.policy !== "static") {
-    throw new OptionError(`Invalid residentExperts: only policy "static" takes a fixed resident set`);
-  }
-  if (o.planner !== undefined && o.planner !== "uniform" && o.planner !== "profile") {
-    throw new OptionError(`Invalid planner: ${JSON.stringify(o.planner)}, expected "uniform" or "profile"`);
-  }
-  if (o.planner === "profile" && !o.profile) {
-    throw new OptionError(`Invalid planner: "profile" needs a profile`);
-  }
-  if (o.contextLength !== undefined) positiveInt("contextLength", o.contextLength, 1 << 20);
-  if (o.maxBatchTokens !== undefined) positiveInt("maxBatchTokens", o.maxBatchTokens, 4096);
-  if (o.updateInterval !== undefined) positiveInt("updateInterval", o.updateInterval);
-  if (o.maxUploadBytesPerStep !== undefined) positiveInt("maxUploadBytesPerStep", o.maxUploadBytesPerStep);
-  if (
-    o.importanceDecay !== undefined &&
-    (typeof o.importanceDecay !== "number" || !(o.importanceDecay > 0 && o.importanceDecay <= 1))
-  ) {
-    throw new OptionError(`Invalid importanceDecay: ${o.importanceDecay}, expected a number in (0, 1]`);
-  }
-  if (o.budget !== undefined) parseBudget(o.budget, 0);
-  if (o.profile !== undefined && (!Array.isArray(o.profile) || !o.profile.every((r) => Array.isArray(r)))) {
-    throw new OptionError("Invalid profile: expected one list of importance numbers per MoE layer");
-  }
-  if (o.onProgress !== undefined && typeof o.onProgress !== "function") {
-    throw new OptionError("Invalid onProgress: expected a function");
-  }
-  if (o.expertCapacity !== undefined && o.expertCapacity !== "ignore" && o.expertCapacity !== "drop") {
-    throw new OptionError(
-      `Invalid expertCapacity: ${JSON.stringify(o.expertCapacity)}, expected "ignore" or "drop"`,
-    );
-  }
-}
-
-const REQUEST_FIELDS: Record<keyof GenerateRequest, true> = {
-  ids: true,
-  prompt: true,
-  messages: true,
-  maxTokens: true,
-  temperature: true,
-  topK: true,
-  topP: true,
-  seed: true,
-  minTokens: true,
-  stop: true,
-  signal: true,
-};
-
-function validateRequest(r: GenerateRequest): void {
-  if (typeof r !== "object" || r === null || Array.isArray(r)) {
-    throw new OptionError(`Invalid request: expected an object, got ${JSON.stringify(r)}`);
-  }
-  for (const k of Object.keys(r)) {
-    if (!Object.hasOwn(REQUEST_FIELDS, k)) {
-      throw new OptionError(
-        `Unknown request field: "${k}", known are ${Object.keys(REQUEST_FIELDS).join(", ")}`,
-      );
-    }
-  }
-  if (r.ids !== undefined && !Array.isArray(r.ids)) {
-    throw new OptionError("Invalid ids: expected a non-empty array of token ids");
-  }
-  if (r.messages !== undefined && !Array.isArray(r.messages)) {
-    throw new OptionError("Invalid messages: expected a list of {role, content} messages");
-  }
-  if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) {
-    throw new OptionError("Invalid signal: expected an AbortSignal");
-  }
-}
-
-function validateExpertSets(
-  name: string,
-  sets: unknown,
-  layers: number,
-  experts: number,
-  minEach: number,
-): number[][] {
-  if (!Array.isArray(sets) || sets.length !== layers) {
-    throw new OptionError(
-      `Invalid ${name}: expected ${layers} lists (one per MoE layer: encoder routers, then decoder routers), got ${
-        Array.isArray(sets) ? sets.length : typeof sets
-      }`,
-    );
-  }
-  return sets.map((s, l) => {
-    if (!Array.isArray(s) || !s.every((e) => Number.isSafeInteger(e) && e >= 0 && e < experts)) {
-      throw new OptionError(`Invalid ${name}[${l}]: expected expert ids in [0, ${experts})`);
-    }
-    const u = [...new Set(s as number[])].sort((a, b) => a - b);
-    if (u.length < minEach) {
-      throw new OptionError(
-        `Invalid ${name}[${l}]: ${u.length} experts, at least top-k = ${minEach} are needed`,
-      );
-    }
-    return u;
-  });
 }
 
 interface ResolvedOptions {
@@ -305,7 +164,16 @@ class Seq2SeqEngine implements Engine {
   }
 
   static async create(options: Seq2SeqOptions): Promise<Seq2SeqEngine> {
-    validateOptions(options);
+    validateOptions(options, ["expertCapacity"]);
+    if (typeof options.model !== "string") throw new OptionError("Invalid model: expected a folder path");
+    if (
+      options.expertCapacity !== undefined && options.expertCapacity !== "ignore" &&
+      options.expertCapacity !== "drop"
+    ) {
+      throw new OptionError(
+        `Invalid expertCapacity: ${JSON.stringify(options.expertCapacity)}, expected "ignore" or "drop"`,
+      );
+    }
     const progress = options.onProgress ?? (() => {});
     const modelDir = options.model!;
     const policy = options.policy ?? "full";
@@ -315,10 +183,10 @@ class Seq2SeqEngine implements Engine {
     const moeLayers = view.sparseLayers.filter((s) => s).length;
     const E = spec.numExperts;
     const staticSets = options.residentExperts
-      ? validateExpertSets("residentExperts", options.residentExperts, moeLayers, E, 1)
+      ? validateExpertSets("residentExperts", options.residentExperts, moeLayers, E, 1, ROUTERS)
       : undefined;
     if (options.profile) {
-      validateExpertSets("profile", options.profile.map((r) => r.map((_, i) => i)), moeLayers, E, 0);
+      validateExpertSets("profile", options.profile.map((r) => r.map((_, i) => i)), moeLayers, E, 0, ROUTERS);
       if (!options.profile.every((r) => r.length === E && r.every((v) => Number.isFinite(v) && v >= 0))) {
         throw new OptionError(`Invalid profile: expected ${moeLayers} rows of ${E} non-negative numbers`);
       }
@@ -692,61 +560,17 @@ class Seq2SeqEngine implements Engine {
     });
   }
 
-  #promptIds(r: GenerateRequest): number[] {
-    validateRequest(r);
-    const given = [r.ids, r.prompt, r.messages].filter((x) => x !== undefined).length;
-    if (given !== 1) throw new OptionError("Invalid request: give exactly one of ids, prompt, messages");
-    if (r.ids) return [...r.ids];
-    if (r.prompt !== undefined) {
-      if (typeof r.prompt !== "string") throw new OptionError("Invalid prompt: expected a string");
-      return this.tokenizer.encode(r.prompt);
-    }
-    const text = this.tokenizer.applyChatTemplate(r.messages!, { addGenerationPrompt: true });
-    return this.tokenizer.encode(text, { addSpecialTokens: false });
-  }
-
+  /** Ids that end generation: config.json's and the tokenizer's. */
   get #eos(): Set<number> {
     const t = this.tokenizer.eosTokenId;
     return new Set([...this.spec.eosTokenIds, ...(t !== undefined ? [t] : [])]);
   }
 
-  #sampling(r: GenerateRequest): SamplingParams {
-    const temperature = r.temperature ?? 0;
-    const topK = r.topK ?? 0;
-    const topP = r.topP ?? 1;
-    if (typeof temperature !== "number" || !(temperature >= 0 && temperature <= 100)) {
-      throw new OptionError(`Invalid temperature: ${temperature}, expected a number in [0, 100]`);
-    }
-    if (!Number.isSafeInteger(topK) || topK < 0) {
-      throw new OptionError(`Invalid topK: ${topK}, expected an integer >= 0`);
-    }
-    if (typeof topP !== "number" || !(topP > 0 && topP <= 1)) {
-      throw new OptionError(`Invalid topP: ${topP}, expected a number in (0, 1]`);
-    }
-    const seed = r.seed ?? Math.floor(Math.random() * 2 ** 32);
-    if (!Number.isSafeInteger(seed) || seed < 0) {
-      throw new OptionError(`Invalid seed: ${seed}, expected an integer >= 0`);
-    }
-    const minTokens = r.minTokens ?? 0;
-    if (!Number.isSafeInteger(minTokens) || minTokens < 0) {
-      throw new OptionError(`Invalid minTokens: ${minTokens}, expected an integer >= 0`);
-    }
-    return {
-      temperature,
-      topK: Math.min(topK, this.spec.vocabSize),
-      topP,
-      seed,
-      minTokens,
-      eos: [...this.#eos].slice(0, 4),
-    };
-  }
-
-  /** Encodes the prompt once, then streams the decoder's new tokens (the start token is not one of them). */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk> {
     this.#assertOpen();
-    const ids = this.#promptIds(request);
+    const ids = promptIds(this.tokenizer, request);
     this.#checkIds("ids", ids, this.#model.shape.encoderLength, "contextLength");
-    const sampling = this.#sampling(request);
+    const sampling = parseSampling(request, this.spec.vocabSize, this.#eos);
     const maxTokens = request.maxTokens ?? 128;
     if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) {
       throw new OptionError(`Invalid maxTokens: ${maxTokens}, expected an integer >= 1`);
@@ -807,30 +631,25 @@ class Seq2SeqEngine implements Engine {
     await this.#encode(prompt);
 
     // Decode: step g feeds the token at decoder position g (the start token, then the sampler's output,
-    // which it leaves in ids[0]) and samples token g. Batches of steps are read back with their statistics.
-    let td = 0;
-    const decoder = this.tokenizer.createStreamDecoder();
-    const holdBack = stop.reduce((a, s) => Math.max(a, s.length - 1), 0);
-    const statsAt = model.shape.maxGenerated * 4;
-    let text = "";
-    let emitted = 0;
-    let generated = 0;
-    let consumed = 0;
-    let batchNo = 0;
-    let finish: FinishReason | undefined;
-    const inflight: { staging: GPUBuffer; start: number; n: number; map: Promise<void> }[] = [];
+    // which it leaves in ids[0]) and samples token g.
     const sample = (enc: GPUCommandEncoder) => {
       const pass = enc.beginComputePass({ label: "sample" });
       encode(pass, [model.sample], { t: 1, headRows: 1, pos0: 0 });
       pass.end();
     };
-
-    const submitBatch = async () => {
-      const n = Math.min(READ_SIZES[Math.min(batchNo, READ_SIZES.length - 1)]!, budget - generated);
-      if (n <= 0) return;
-      const startIndex = generated;
-      for (let i = 0; i < n; i++, generated++) {
-        if (generated === 0) {
+    yield* decodeLoop({
+      device,
+      tokenizer: this.tokenizer,
+      eos,
+      minTokens: sampling.minTokens,
+      stop,
+      signal,
+      maxTokens: budget,
+      generated: model.buffer("generated"),
+      staging: this.#tokenStaging.map((t) => t.buffer),
+      statsAt: model.shape.maxGenerated * 4,
+      step: async (g) => {
+        if (g === 0) {
           device.queue.writeBuffer(
             model.buffer("ids"),
             0,
@@ -838,71 +657,25 @@ class Seq2SeqEngine implements Engine {
           );
         }
         this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
-        await this.#run(model.decoder, 1, generated, 1, sample, generated);
-      }
-      const staging = this.#tokenStaging[batchNo % 2]!.buffer;
-      const enc = device.createCommandEncoder({ label: "readback.tokens" });
-      enc.copyBufferToBuffer(model.buffer("generated"), startIndex * 4, staging, 0, n * 4);
-      this.#copyStats(enc, staging, statsAt);
-      device.queue.submit([enc.finish()]);
-      const map = staging.mapAsync(GPUMapMode.READ);
-      map.catch(() => {});
-      inflight.push({ staging, start: startIndex, n, map });
-      batchNo++;
-    };
-
-    try {
-      await submitBatch();
-      while (inflight.length > 0) {
-        if (!finish) await submitBatch();
-        const b = inflight.shift()!;
-        await b.map;
-        const toks = Array.from(new Uint32Array(b.staging.getMappedRange(0, b.n * 4).slice(0)));
-        if (!finish) this.#takeStats(b.staging, statsAt, b.start === 0 ? prompt.length + b.n : b.n);
-        b.staging.unmap();
-        if (finish) continue;
-        if (b.start === 0) {
+        await this.#run(model.decoder, 1, g, 1, sample, g);
+      },
+      copyStats: (enc, staging, offset) => this.#copyStats(enc, staging, offset),
+      onBatch: (staging, offset, start, n) => {
+        if (start === 0) {
+          this.#takeStats(staging, offset, prompt.length + n);
           this.#counters.prefillTokens += prompt.length;
           this.#counters.prefillSeconds += (performance.now() - tp) / 1000;
-          td = performance.now();
           this.#maybeRevise(true);
-        } else this.#maybeRevise(false);
-        const newIds: number[] = [];
-        for (const tok of toks) {
-          consumed++;
-          if (eos.has(tok) && consumed > sampling.minTokens) {
-            finish = "stop";
-            break;
-          }
-          newIds.push(tok);
-          text += decoder.push([tok]);
-          const hit = stop.map((s) => text.indexOf(s, Math.max(0, emitted - s.length))).filter((i) => i >= 0);
-          if (hit.length > 0) {
-            text = text.slice(0, Math.min(...hit));
-            finish = "stop";
-            break;
-          }
+        } else {
+          this.#takeStats(staging, offset, n);
+          this.#maybeRevise(false);
         }
-        if (b.start > 0) this.#counters.decodeTokens += newIds.length + (finish === "stop" ? 1 : 0);
-        if (!finish && consumed >= budget) {
-          text += decoder.flush();
-          finish = "length";
-        }
-        if (!finish && signal?.aborted) finish = "abort";
-        const upto = finish ? text.length : Math.max(emitted, text.length - holdBack);
-        const chunk: GenerateChunk = { ids: newIds, text: text.slice(emitted, upto) };
-        emitted = upto;
-        if (finish) chunk.finishReason = finish;
-        yield chunk;
-      }
-    } finally {
-      for (const b of inflight) {
-        await b.map.catch(() => {});
-        if (b.staging.mapState === "mapped") b.staging.unmap();
-      }
-      await device.queue.onSubmittedWorkDone();
-      if (td > 0) this.#counters.decodeSeconds += (performance.now() - td) / 1000;
-    }
+      },
+      onDecoded: (tokens, seconds) => {
+        this.#counters.decodeTokens += tokens;
+        this.#counters.decodeSeconds += seconds;
+      },
+    });
     this.#gpu.assertAlive();
   }
 

@@ -1,0 +1,384 @@
+/**
+ * `eval`: perplexity of a model on a text corpus under a budget and policy, over non-overlapping
+ * windows (each one `engine.forward` request, in order); `--sweep` measures every policy at budgets
+ * from the minimum to all experts and writes a Markdown table and an SVG plot.
+ *
+ * @module
+ */
+import { fileURLToPath } from "node:url";
+import { type EngineOptions, formatBytes, type PlannerKind } from "../../mod.ts";
+import { loadConfig } from "../checkpoint/config.ts";
+import { CorpusError, loadCorpus, tokenizeCorpus } from "../eval/corpus.ts";
+import { perplexity } from "../eval/perplexity.ts";
+import { markdownTable, svgPlot } from "../eval/report.ts";
+import { spacedWindows, sweep, SWEEP_POLICIES, type SweepPolicy, type SweepResult } from "../eval/sweep.ts";
+import { Tokenizer } from "../text/tokenizer.ts";
+import { type Command, UsageError } from "./command.ts";
+import {
+  displayPath,
+  engineOptions,
+  intFlag,
+  isInteractive,
+  MODEL_OPTIONS,
+  modelUsage,
+  numberFlag,
+  openEngine,
+  parseFlags,
+} from "./options.ts";
+
+const usage = `Usage: deno run -A main.ts eval [options]
+
+Perplexity of the model on a corpus, over non-overlapping windows of --window tokens (a partial
+last window is dropped), each window one forward request, in order: a policy that adapts between
+requests (swapmoe) scores window i with what it learnt from the windows before it. Each document
+is tokenised with <s> first, State of the Union addresses are followed by </s>, as the bundled
+model's training script did.
+
+Options:
+  --corpus <name|file>    sotu-test (the held-out addresses, 2012 on), sotu-train (before 2012),
+                          moby (Moby-Dick), or a UTF-8 text file; default sotu-test
+  --window <n>            Tokens per window; default 256
+  --max-windows <n>       Evaluate the first n windows only; default all
+  --max-batch-tokens <n>  Tokens per GPU call; default the window (one call per window)
+  --json                  Print one JSON object instead
+
+SwapMoE options (policy swapmoe):
+  --importance-decay <d>  Per-token decay of expert importance, in (0, 1]; default 0.97
+  --update-interval <n>   Tokens between revisions of the resident set; default 16
+  --max-upload-experts <n>
+                          Experts uploaded at most per step; default 2
+  --planner <name>        uniform or profile (slots per layer from --profile); default uniform
+  --profile <file>        JSON [layer][expert] importance: initial residency (swapmoe, lru),
+                          the resident set (static), the profile planner
+
+Sweep (--sweep): every policy at budgets holding n of E experts per MoE layer, i.e.
+fullBytes − (E − n) × layers × expertBytes; the static profile comes from the unmasked router
+on a calibration corpus that is not the evaluation corpus.
+  --sweep                 Run the sweep instead of one evaluation
+  --experts <list>        n per layer, comma-separated; default top-k, E/4, E/2, 3E/4, E
+  --policies <list>       ${
+  SWEEP_POLICIES.join(", ")
+}; default all (static-planned only with --planner profile)
+  --calibration <name>    The profile's corpus; default sotu-train
+  --calibration-windows <n>
+                          Windows evenly spaced over it; default 64
+  --seed <n>              Seed of static-random; default 1
+  --decode-tokens <n>     Time a greedy generate of n tokens after each run; default 32, 0 skips
+  --markdown <file>       Write the table there
+  --svg <file>            Write the plot there
+
+${modelUsage({ policy: "full (ignored by --sweep)" })}`;
+
+/** What `eval --json` prints. */
+export interface EvalOutput {
+  /** The model folder. */
+  model: string;
+  /** The corpus as named. */
+  corpus: string;
+  /** Where its text comes from. */
+  source: string;
+  perplexity: number;
+  /** Mean negative log-likelihood in nats. */
+  meanNll: number;
+  /** Tokens scored: windows × (window − 1). */
+  tokens: number;
+  windows: number;
+  window: number;
+  policy: string;
+  /** The budget in force, in bytes. */
+  budget: number;
+  /** Bytes held on the GPU after the run. */
+  gpuBytes: number;
+  /** The all-resident footprint with these options. */
+  fullBytes: number;
+  /** Slots per MoE layer. */
+  expertSlots: number[];
+  hitRate: number;
+  swaps: number;
+  bytesUploaded: number;
+  /** Seconds of the evaluation (forward calls and loss), loading and tokenising excluded. */
+  seconds: number;
+}
+
+function parseList(name: string, value: string | undefined): string[] | undefined {
+  if (value === undefined) return undefined;
+  const items = value.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  if (items.length === 0) {
+    throw new UsageError(`Invalid --${name}: "${value}", expected a comma-separated list`);
+  }
+  return items;
+}
+
+async function readProfile(path: string | undefined): Promise<number[][] | undefined> {
+  if (path === undefined) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new UsageError(`Invalid --profile: ${path}: ${e instanceof Error ? e.message : e}`);
+  }
+  if (
+    !Array.isArray(value) || !value.every((r) => Array.isArray(r) && r.every((v) => typeof v === "number"))
+  ) {
+    throw new UsageError(`Invalid --profile: ${path}: expected a JSON list of number lists [layer][expert]`);
+  }
+  return value as number[][];
+}
+
+/** Loads a corpus, turning an unknown name into a usage error. */
+async function corpusOrUsage(name: string, modelDir: string | undefined) {
+  try {
+    return await loadCorpus(name, modelDir);
+  } catch (e) {
+    if (e instanceof CorpusError) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
+const DEFAULT_MODEL = fileURLToPath(new URL("../../models/sotu-moe-mini", import.meta.url));
+
+/** The `eval` subcommand. */
+export const command: Command = {
+  name: "eval",
+  summary: "Perplexity on a corpus under a budget and policy; --sweep compares policies",
+  usage,
+  async run(args) {
+    const { values } = parseFlags({
+      args,
+      options: {
+        ...MODEL_OPTIONS,
+        corpus: { type: "string" },
+        window: { type: "string" },
+        "max-windows": { type: "string" },
+        "max-batch-tokens": { type: "string" },
+        json: { type: "boolean" },
+        "importance-decay": { type: "string" },
+        "update-interval": { type: "string" },
+        "max-upload-experts": { type: "string" },
+        planner: { type: "string" },
+        profile: { type: "string" },
+        sweep: { type: "boolean" },
+        experts: { type: "string" },
+        policies: { type: "string" },
+        calibration: { type: "string" },
+        "calibration-windows": { type: "string" },
+        seed: { type: "string" },
+        "decode-tokens": { type: "string" },
+        markdown: { type: "string" },
+        svg: { type: "string" },
+      },
+    });
+    if (values.help) {
+      console.log(usage);
+      return 0;
+    }
+    const window = intFlag("window", values.window, 2, 1 << 20) ?? 256;
+    const maxWindows = intFlag("max-windows", values["max-windows"], 1);
+    const maxBatch = intFlag("max-batch-tokens", values["max-batch-tokens"], 1, 4096);
+    const decay = numberFlag(
+      "importance-decay",
+      values["importance-decay"],
+      (d) => d > 0 && d <= 1,
+      "a number in (0, 1]",
+    );
+    const interval = intFlag("update-interval", values["update-interval"], 1);
+    const uploadExperts = intFlag("max-upload-experts", values["max-upload-experts"], 1);
+    if (values.planner !== undefined && values.planner !== "uniform" && values.planner !== "profile") {
+      throw new UsageError(`Invalid --planner: "${values.planner}", expected uniform or profile`);
+    }
+    const planner = values.planner as PlannerKind | undefined;
+    const options: EngineOptions = engineOptions(values);
+    const modelDir = options.model ?? DEFAULT_MODEL;
+    const corpusName = values.corpus ?? "sotu-test";
+    if (values.sweep) return await runSweep();
+
+    for (
+      const flag of [
+        "experts",
+        "policies",
+        "calibration",
+        "calibration-windows",
+        "seed",
+        "markdown",
+        "svg",
+      ] as const
+    ) {
+      if (values[flag] !== undefined) throw new UsageError(`Option --${flag} needs --sweep`);
+    }
+    if (values["decode-tokens"] !== undefined) throw new UsageError("Option --decode-tokens needs --sweep");
+    const profile = await readProfile(values.profile);
+    const corpus = await corpusOrUsage(corpusName, modelDir);
+    Object.assign(options, {
+      contextLength: options.contextLength ?? window,
+      maxBatchTokens: maxBatch ?? Math.min(window, 4096),
+    });
+    if (decay !== undefined) options.importanceDecay = decay;
+    if (interval !== undefined) options.updateInterval = interval;
+    if (planner !== undefined) options.planner = planner;
+    if (profile !== undefined) options.profile = profile;
+    if (options.contextLength! < window) {
+      throw new UsageError(`Invalid --context-length: ${options.contextLength}, a window needs ${window}`);
+    }
+    if (uploadExperts !== undefined) {
+      options.maxUploadBytesPerStep = uploadExperts * await expertSlotBytes(modelDir);
+    }
+    await using engine = await openEngine(options, !values.json);
+    return await evaluateOn(engine);
+
+    async function evaluateOn(e: Awaited<ReturnType<typeof openEngine>>): Promise<number> {
+      const need = maxWindows === undefined ? Infinity : maxWindows * window;
+      const ids = tokenizeCorpus(e.tokenizer, corpus, need);
+      tooFew(ids.length, window, corpus.name);
+      const progress = !values.json && isInteractive();
+      const r = await perplexity(e, ids, {
+        window,
+        maxWindows,
+        onWindow: progress
+          ? (i, n, p) =>
+            Deno.stderr.writeSync(new TextEncoder().encode(`\rwindow ${i + 1}/${n}: ${p.toFixed(2)}`))
+          : undefined,
+      });
+      if (progress) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
+      const s = e.stats();
+      const out: EvalOutput = {
+        model: e.modelDir,
+        corpus: corpus.name,
+        source: corpus.source,
+        perplexity: r.perplexity,
+        meanNll: r.meanNll,
+        tokens: r.tokens,
+        windows: r.windows,
+        window,
+        policy: s.policy,
+        budget: s.budgetBytes,
+        gpuBytes: s.gpuBytes,
+        fullBytes: s.fullBytes,
+        expertSlots: s.expertSlots,
+        hitRate: s.hitRate,
+        swaps: s.swaps,
+        bytesUploaded: s.bytesUploaded,
+        seconds: r.seconds,
+      };
+      if (values.json) console.log(JSON.stringify(out));
+      else {
+        console.log(
+          `perplexity ${
+            r.perplexity.toFixed(3)
+          } on ${corpus.name} (${r.windows} windows of ${window}, ${r.tokens} tokens scored) in ${
+            r.seconds.toFixed(1)
+          } s`,
+        );
+        console.log(
+          `policy ${s.policy} · GPU ${formatBytes(s.gpuBytes)} of ${
+            formatBytes(s.budgetBytes)
+          } budget (all-resident ${formatBytes(s.fullBytes)}) · experts per layer ${
+            s.expertSlots.join(" ")
+          } · hit rate ${(100 * s.hitRate).toFixed(1)}% · swaps ${s.swaps} · uploaded ${
+            formatBytes(s.bytesUploaded)
+          }`,
+        );
+      }
+      return 0;
+    }
+
+    async function runSweep(): Promise<number> {
+      if (values.policy !== undefined) throw new UsageError("Option --policy does not apply to --sweep");
+      if (values.budget !== undefined) throw new UsageError("Option --budget does not apply to --sweep");
+      if (values.profile !== undefined) throw new UsageError("Option --profile does not apply to --sweep");
+      if (values["context-length"] !== undefined) {
+        throw new UsageError("Option --context-length does not apply to --sweep (the window sets it)");
+      }
+      const experts = parseList("experts", values.experts)?.map((s) => {
+        const n = intFlag("experts", s, 1);
+        return n!;
+      });
+      const policies = parseList("policies", values.policies)?.map((p) => {
+        if (!(SWEEP_POLICIES as readonly string[]).includes(p)) {
+          throw new UsageError(`Invalid --policies: "${p}", expected some of ${SWEEP_POLICIES.join(", ")}`);
+        }
+        return p as Exclude<SweepPolicy, "full">;
+      });
+      const calibrationName = values.calibration ?? "sotu-train";
+      if (calibrationName === corpusName) {
+        throw new UsageError(`Invalid --calibration: "${calibrationName}" is the evaluation corpus`);
+      }
+      const calibrationWindows = intFlag("calibration-windows", values["calibration-windows"], 1) ?? 64;
+      const seed = intFlag("seed", values.seed, 0) ?? 1;
+      const decodeTokens = intFlag("decode-tokens", values["decode-tokens"], 0) ?? 32;
+      const log = (m: string) => {
+        if (!values.json) console.error(m);
+      };
+      const tokenizer = await Tokenizer.load(modelDir);
+      const corpus = await corpusOrUsage(corpusName, modelDir);
+      const calibration = await corpusOrUsage(calibrationName, modelDir);
+      log(`corpus ${corpus.source}; calibration ${calibration.source}`);
+      const ids = tokenizeCorpus(
+        tokenizer,
+        corpus,
+        maxWindows === undefined ? Infinity : maxWindows * window,
+      );
+      tooFew(ids.length, window, corpus.name);
+      const calibrationIds = spacedWindows(
+        tokenizeCorpus(tokenizer, calibration),
+        window,
+        calibrationWindows,
+      );
+      const slot = await expertSlotBytes(modelDir);
+      const result = await sweep({
+        model: options.model,
+        ids,
+        calibrationIds,
+        window,
+        maxWindows,
+        calibrationWindows,
+        experts,
+        policies,
+        seed,
+        maxBatchTokens: maxBatch,
+        decodeTokens,
+        swapmoe: {
+          importanceDecay: decay,
+          updateInterval: interval,
+          maxUploadBytesPerStep: uploadExperts === undefined ? undefined : uploadExperts * slot,
+          planner,
+        },
+        log,
+        onRow: (r) =>
+          log(
+            `  ${r.policy} ${r.experts}/${r.ofExperts}: perplexity ${r.perplexity.toFixed(2)} (×${
+              r.ratio.toFixed(3)
+            }), ${formatBytes(r.gpuBytes)}, hit rate ${(100 * r.hitRate).toFixed(1)}%, ${r.swaps} swaps`,
+          ),
+      });
+      const title = `${displayPath(modelDir)} on ${corpus.name}: ${result.windows} windows of ${window}`;
+      if (values.markdown) await Deno.writeTextFile(values.markdown, markdownTable(result.rows) + "\n");
+      if (values.svg) await Deno.writeTextFile(values.svg, svgPlot(result, title));
+      if (values.json) console.log(JSON.stringify(sweepOutput(result, corpus.name, calibrationName)));
+      else console.log(`${title}\n\n${markdownTable(result.rows)}`);
+      return 0;
+    }
+  },
+};
+
+/** What `eval --sweep --json` prints. */
+export interface SweepOutput extends SweepResult {
+  corpus: string;
+  calibration: string;
+}
+
+function sweepOutput(result: SweepResult, corpus: string, calibration: string): SweepOutput {
+  return { ...result, corpus, calibration };
+}
+
+/** A corpus shorter than one window is a usage error. */
+function tooFew(tokens: number, window: number, corpus: string): void {
+  if (tokens < window) {
+    throw new UsageError(`Too few tokens: ${corpus} has ${tokens}, one window needs ${window} (--window)`);
+  }
+}
+
+/** GPU bytes of one expert slot, as the engine sizes it: gate, up and down in bf16. */
+async function expertSlotBytes(modelDir: string): Promise<number> {
+  const spec = await loadConfig(modelDir);
+  return 3 * spec.moeIntermediateSize * spec.hiddenSize * 2;
+}

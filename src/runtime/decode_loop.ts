@@ -1,0 +1,135 @@
+/**
+ * The decode loop every engine shares: the CPU encodes a batch of steps (each samples a token on
+ * the GPU and feeds it to the next), starts reading the batch back — tokens and routing statistics
+ * in one map — encodes the next batch while the GPU works, then turns tokens into text: stop
+ * strings, end of sequence, length, abort. Batches grow 1, 2, 4, 8, 16 so the first token is not
+ * held back; one `mapAsync` (~10 ms in Deno) per batch keeps readbacks off the per-token path.
+ *
+ * @module
+ */
+import type { Tokenizer } from "../text/tokenizer.ts";
+import type { FinishReason, GenerateChunk } from "./types.ts";
+
+/** Tokens per readback batch, in order (the last repeats). */
+export const READ_SIZES = [1, 2, 4, 8, 16];
+/** A submit slower than this ran the GPU work on the CPU (lavapipe): yield to the event loop after it. */
+const SLOW_SUBMIT_MS = 5;
+
+/** What the loop needs from its engine. */
+export interface DecodeLoopOptions {
+  device: GPUDevice;
+  tokenizer: Tokenizer;
+  /** Ids that end generation (once `minTokens` tokens were generated). */
+  eos: ReadonlySet<number>;
+  minTokens: number;
+  stop: readonly string[];
+  signal: AbortSignal | undefined;
+  /** Most tokens to generate. */
+  maxTokens: number;
+  /** [maxGenerated] u32: where the sampler writes token g. */
+  generated: GPUBuffer;
+  /** Two MAP_READ buffers: tokens at 0, statistics at `statsAt`. */
+  staging: readonly GPUBuffer[];
+  statsAt: number;
+  /** Encodes and submits the step that samples token g. */
+  step(g: number): Promise<void>;
+  /** Inside `enc`: copy the routing statistics since the last copy to `staging` at `offset`, and clear them. */
+  copyStats(enc: GPUCommandEncoder, staging: GPUBuffer, offset: number): void;
+  /** A batch of tokens [start, start + n) was read; its statistics are mapped in `staging` at `offset`. */
+  onBatch(staging: GPUBuffer, offset: number, start: number, n: number): void;
+  /** Tokens handed out after the first batch (decode throughput). */
+  onDecoded(tokens: number, seconds: number): void;
+}
+
+/** Streams the generated tokens as chunks; the last chunk carries `finishReason`. */
+export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<GenerateChunk> {
+  const { device } = o;
+  const decoder = o.tokenizer.createStreamDecoder();
+  const holdBack = o.stop.reduce((a, s) => Math.max(a, s.length - 1), 0);
+  let text = "";
+  let emitted = 0; // characters of `text` already yielded
+  let generated = 0; // tokens sampled on the GPU (index of the next)
+  let consumed = 0; // tokens read back and handled
+  let decoded = 0; // tokens handed out after the first batch
+  let td = 0;
+  let batchNo = 0;
+  let finish: FinishReason | undefined;
+  const inflight: { staging: GPUBuffer; start: number; n: number; map: Promise<void> }[] = [];
+
+  const submitBatch = async () => {
+    const n = Math.min(READ_SIZES[Math.min(batchNo, READ_SIZES.length - 1)]!, o.maxTokens - generated);
+    if (n <= 0) return;
+    const start = generated;
+    let steps = n;
+    for (let i = 0; i < n; i++, generated++) {
+      if (o.signal?.aborted) {
+        steps = i; // a cancelled request stops encoding at once
+        break;
+      }
+      const t = performance.now();
+      await o.step(generated);
+      // A software adapter runs the work inside submit: let timers and I/O (a server's other
+      // requests, disconnects) run between such steps. A real GPU's submit returns at once.
+      if (performance.now() - t > SLOW_SUBMIT_MS) await new Promise((r) => setTimeout(r, 0));
+    }
+    if (steps === 0) return;
+    const staging = o.staging[batchNo % o.staging.length]!;
+    const enc = device.createCommandEncoder({ label: "readback.tokens" });
+    enc.copyBufferToBuffer(o.generated, start * 4, staging, 0, steps * 4);
+    o.copyStats(enc, staging, o.statsAt);
+    device.queue.submit([enc.finish()]);
+    const map = staging.mapAsync(GPUMapMode.READ);
+    map.catch(() => {}); // awaited below: a lost device must not reject it unobserved meanwhile
+    inflight.push({ staging, start, n: steps, map });
+    batchNo++;
+  };
+
+  try {
+    await submitBatch();
+    while (inflight.length > 0) {
+      if (!finish) await submitBatch();
+      const b = inflight.shift()!;
+      await b.map;
+      const toks = Array.from(new Uint32Array(b.staging.getMappedRange(0, b.n * 4).slice(0)));
+      if (!finish) o.onBatch(b.staging, o.statsAt, b.start, b.n);
+      b.staging.unmap();
+      if (finish) continue; // tokens computed ahead, past the end
+      if (b.start === 0) td = performance.now();
+      const newIds: number[] = [];
+      for (const tok of toks) {
+        consumed++;
+        if (o.eos.has(tok) && consumed > o.minTokens) {
+          finish = "stop";
+          break;
+        }
+        newIds.push(tok);
+        text += decoder.push([tok]);
+        const hit = o.stop.map((s) => text.indexOf(s, Math.max(0, emitted - s.length))).filter((i) => i >= 0);
+        if (hit.length > 0) {
+          text = text.slice(0, Math.min(...hit));
+          finish = "stop";
+          break;
+        }
+      }
+      if (b.start > 0) decoded += newIds.length + (finish === "stop" ? 1 : 0);
+      if (!finish && consumed >= o.maxTokens) {
+        text += decoder.flush();
+        finish = "length";
+      }
+      if (!finish && o.signal?.aborted) finish = "abort";
+      const upto = finish ? text.length : Math.max(emitted, text.length - holdBack);
+      const chunk: GenerateChunk = { ids: newIds, text: text.slice(emitted, upto) };
+      emitted = upto;
+      if (finish) chunk.finishReason = finish;
+      yield chunk;
+    }
+  } finally {
+    // a consumer that stops early leaves readbacks in flight: settle them before the next request
+    for (const b of inflight) {
+      await b.map.catch(() => {});
+      if (b.staging.mapState === "mapped") b.staging.unmap();
+    }
+    await device.queue.onSubmittedWorkDone();
+    if (td > 0) o.onDecoded(decoded, (performance.now() - td) / 1000);
+  }
+}

@@ -1,0 +1,168 @@
+/**
+ * The public types of the engine: its options, requests, output chunks, statistics and interface.
+ *
+ * @module
+ */
+import type { ModelSpec } from "../checkpoint/config.ts";
+import type { GpuInfo } from "../gpu/device.ts";
+import type { Budget } from "../moe/budget.ts";
+import type { PlannerKind } from "../moe/planner.ts";
+import type { PolicyName } from "../moe/policies.ts";
+import type { ChatMessage, Tokenizer } from "../text/tokenizer.ts";
+
+/** Loading progress, for a progress bar. */
+export interface Progress {
+  /** What is happening now. */
+  stage: "config" | "checkpoint" | "tokenizer" | "gpu" | "weights" | "experts" | "ready";
+  /** Units done and in all for this stage (e.g. tensors uploaded). */
+  done: number;
+  /** Units in all for this stage. */
+  total: number;
+}
+
+/** Options of {@link createEngine}. */
+export interface EngineOptions {
+  /** A Hugging Face checkpoint folder as published; default: the bundled `sotu-moe-mini`. */
+  model?: string;
+  /** Residency policy; default `"full"`. */
+  policy?: PolicyName;
+  /** `static`: the allowed experts per MoE layer (router order). */
+  residentExperts?: number[][];
+  /** GPU byte budget: bytes, `"512MiB"`, `"2GiB"` or `"50%"` of the all-resident footprint. */
+  budget?: Budget;
+  /** Positions the KV cache holds; default the model's `max_position_embeddings`, at most 4096. */
+  contextLength?: number;
+  /** Most prompt tokens per forward call on the GPU (prefill chunk); default 64. */
+  maxBatchTokens?: number;
+  /** How `swapmoe`/`static` spread expert slots over layers; default `"uniform"`. */
+  planner?: PlannerKind;
+  /** An importance profile [layer][expert] for `planner: "profile"` and for planning `static` sets. */
+  profile?: number[][];
+  /** `swapmoe`: tokens between revisions of the resident set; default 16. */
+  updateInterval?: number;
+  /** `swapmoe`: most bytes uploaded per decode step; default one expert slot's worth × 2. */
+  maxUploadBytesPerStep?: number;
+  /** `swapmoe`: per-token decay of the importance sums, in (0, 1]; default 0.97. */
+  importanceDecay?: number;
+  /** Loading progress. */
+  onProgress?: (p: Progress) => void;
+}
+
+/** A generation request. Give exactly one of `ids`, `prompt`, `messages`. */
+export interface GenerateRequest {
+  /** Prompt token ids, used as given (no special tokens added). */
+  ids?: number[];
+  /** Prompt text, encoded with the model's tokenizer (special tokens added as the tokenizer does). */
+  prompt?: string;
+  /** Chat messages, rendered with the model's chat template (generation prompt added). */
+  messages?: ChatMessage[];
+  /** Most new tokens; default 128. */
+  maxTokens?: number;
+  /** 0 (default) is greedy. */
+  temperature?: number;
+  /** 0 (default) is off. */
+  topK?: number;
+  /** 1 (default) is off. */
+  topP?: number;
+  /** Seed of the sampler; default random. */
+  seed?: number;
+  /** End-of-sequence cannot be sampled before this many new tokens (transformers' `min_new_tokens`); default 0. */
+  minTokens?: number;
+  /** Strings that end generation (not included in the output). */
+  stop?: string[];
+  /** Aborts generation between batches. */
+  signal?: AbortSignal;
+}
+
+/** Why generation ended. */
+export type FinishReason = "stop" | "length" | "abort";
+
+/** A piece of generated output. */
+export interface GenerateChunk {
+  /** New token ids. */
+  ids: number[];
+  /** Their text (held back while it could be the start of a stop string). */
+  text: string;
+  /** Set on the last chunk. */
+  finishReason?: FinishReason;
+}
+
+/** What {@link Engine.stats} reports. */
+export interface EngineStats {
+  /** Bytes held on the GPU now (every buffer). */
+  gpuBytes: number;
+  /** The most bytes held at once since the engine started. */
+  peakGpuBytes: number;
+  /** The budget in force, in bytes. */
+  budgetBytes: number;
+  /** The smallest budget the policy runs with: dense part and top-k experts per MoE layer (all experts under `full`). */
+  minimumBudgetBytes: number;
+  /** The all-resident footprint (`gpuBytes` under `full` with the same options). */
+  fullBytes: number;
+  /** GPU bytes of one expert slot. */
+  expertBytes: number;
+  /** Positions the KV cache holds (prompt plus generated tokens of one request). */
+  contextLength: number;
+  /** GPU bytes by what they hold. */
+  gpuBytesByKind: Record<string, number>;
+  /** The residency policy. */
+  policy: PolicyName;
+  /** Slots per MoE layer. */
+  expertSlots: number[];
+  /** Per MoE layer, the experts usable now. */
+  residentExperts: number[][];
+  /** Per MoE layer and expert, how often the unmasked router chose it since the engine started. */
+  expertUsage: number[][];
+  /** Share of (token, top-k choice) pairs served by the expert the unmasked router chose. */
+  hitRate: number;
+  /** (token, top-k choice) pairs routed since the engine started (the denominator of `hitRate`). */
+  routedChoices: number;
+  /**
+   * Share of (token, top-k choice) pairs whose expert was already resident when routed. Equal to
+   * `hitRate` except under `lru`, which loads missing experts (so its `hitRate` is 1): there it is
+   * the cache hit rate.
+   */
+  cacheHitRate: number;
+  /** Experts swapped in since the engine started (`swapmoe`), or loaded on demand (`lru`). */
+  swaps: number;
+  /** Expert bytes uploaded since the engine started, the initial fill included. */
+  bytesUploaded: number;
+  /** Seconds spent queueing those uploads. */
+  uploadSeconds: number;
+  /** Tokens processed (prompt and generated). */
+  tokens: number;
+  /** Prompt tokens processed. */
+  prefillTokens: number;
+  /** Tokens generated after the first of each request. */
+  decodeTokens: number;
+  /** Prompt tokens per second, from the start of a request to its first token. */
+  prefillTokensPerSecond: number;
+  /** Generated tokens per second after the first token. */
+  decodeTokensPerSecond: number;
+  /** The adapter in use. */
+  gpu: GpuInfo;
+}
+
+/** The public engine interface. */
+export interface Engine extends AsyncDisposable {
+  /** The model's constants, from its `config.json`. */
+  readonly spec: ModelSpec;
+  /** The model's tokenizer and chat template. */
+  readonly tokenizer: Tokenizer;
+  /** The model folder. */
+  readonly modelDir: string;
+  /**
+   * Logits [T × V] row-major for every position of `ids`, as one request from position 0. An
+   * encoder-decoder (Switch) encodes `ids` and returns the decoder's logits [T_dec × V] for
+   * `decoderIds` (default: the decoder start token alone).
+   */
+  forward(ids: readonly number[], options?: { decoderIds?: number[] }): Promise<Float32Array>;
+  /** Streams generated tokens. */
+  generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
+  /** Memory, residency, routing and speed figures as of now. */
+  stats(): EngineStats;
+  /** Changes the budget while the engine lives: shrinking evicts, growing adds slots. */
+  setBudget(budget: Budget): Promise<EngineStats>;
+  /** Waits for running work, then frees every GPU buffer, the device and the mapped weights; idempotent. */
+  close(): Promise<void>;
+}

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { createEngine } from "../mod.ts";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.ts";
+import { logitError } from "./support/logits.ts";
 
 interface Reference {
   greedy_new_tokens: number;
@@ -15,18 +16,6 @@ interface Reference {
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
 const MODELS = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe"];
-
-/** Largest |a − b| and the tolerance 1e-3 × max(1, max|b|). */
-export function logitError(actual: Float32Array, expected: Float32Array): { err: number; tol: number } {
-  assert.equal(actual.length, expected.length, "logits length");
-  let err = 0;
-  let max = 0;
-  for (let i = 0; i < expected.length; i++) {
-    err = Math.max(err, Math.abs(actual[i]! - expected[i]!));
-    max = Math.max(max, Math.abs(expected[i]!));
-  }
-  return { err, tol: 1e-3 * Math.max(1, max) };
-}
 
 async function greedy(
   engine: Awaited<ReturnType<typeof createEngine>>,

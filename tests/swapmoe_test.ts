@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { BudgetError, createEngine, type Engine } from "../mod.ts";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.ts";
-import { logitError } from "./parity_test.ts";
+import { logitError } from "./support/logits.ts";
 
 const fixture = (name: string) => new URL(`./fixtures/${name}/`, import.meta.url).pathname;
 

@@ -12,6 +12,7 @@ import { parseSwitchConfig, sparseBlocks } from "../src/checkpoint/switch_config
 import { relativePositionBucket } from "../src/kernels/t5.ts";
 import { switchTensorShapes } from "../src/models/switch_names.ts";
 import { createSeq2SeqEngine } from "../src/runtime/seq2seq.ts";
+import { logitError } from "./support/logits.ts";
 
 interface Reference {
   greedy_new_tokens: number;
@@ -28,18 +29,6 @@ interface Reference {
 
 const DIR = new URL("./fixtures/tiny-switch/", import.meta.url).pathname;
 const ref: Reference = JSON.parse(await Deno.readTextFile(`${DIR}reference.json`));
-
-/** Largest |a − b| and the tolerance 1e-3 × max(1, max|b|) (as tests/parity_test.ts). */
-function logitError(actual: Float32Array, expected: Float32Array): { err: number; tol: number } {
-  assert.equal(actual.length, expected.length, "logits length");
-  let err = 0;
-  let max = 0;
-  for (let i = 0; i < expected.length; i++) {
-    err = Math.max(err, Math.abs(actual[i]! - expected[i]!));
-    max = Math.max(max, Math.abs(expected[i]!));
-  }
-  return { err, tol: 1e-3 * Math.max(1, max) };
-}
 
 function expected(file: SafetensorsFile, name: string): Float32Array {
   const b = file.bytes(name);

@@ -24,7 +24,7 @@ import { BudgetError, EngineClosedError, OptionError, SwapMoeError } from "../er
 import { Tokenizer } from "../text/tokenizer.ts";
 import { createSeq2SeqEngine, isSeq2SeqModel } from "./seq2seq.ts";
 import { decodeLoop } from "./decode_loop.ts";
-import { parseSampling, promptIds, validateExpertSets, validateOptions } from "./requests.ts";
+import { parseGeneration, promptIds, validateExpertSets, validateOptions } from "./requests.ts";
 import type { Engine, EngineOptions, EngineStats, GenerateChunk, GenerateRequest } from "./types.ts";
 
 export type {
@@ -575,15 +575,7 @@ class EngineImpl implements Engine {
     this.#assertOpen();
     const ids = promptIds(this.tokenizer, request);
     this.#checkIds(ids);
-    const sampling = parseSampling(request, this.spec.vocabSize, this.#eos);
-    const maxTokens = request.maxTokens ?? 128;
-    if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) {
-      throw new OptionError(`Invalid maxTokens: ${maxTokens}, expected an integer >= 1`);
-    }
-    const stop = request.stop ?? [];
-    if (!Array.isArray(stop) || !stop.every((s) => typeof s === "string" && s.length > 0)) {
-      throw new OptionError("Invalid stop: expected a list of non-empty strings");
-    }
+    const { sampling, maxTokens, stop } = parseGeneration(request, this.spec.vocabSize, this.#eos);
     const gen: AsyncGenerator<GenerateChunk> = this.#generate(
       ids,
       sampling,

@@ -167,6 +167,23 @@ export function promptIds(tokenizer: Tokenizer, r: GenerateRequest): number[] {
   return tokenizer.encode(text, { addSpecialTokens: false });
 }
 
+/** A request's sampler settings, token limit and stop strings, validated; `eos` end generation. */
+export function parseGeneration(
+  r: GenerateRequest,
+  vocab: number,
+  eos: ReadonlySet<number>,
+): { sampling: SamplingParams; maxTokens: number; stop: string[] } {
+  const maxTokens = r.maxTokens ?? 128;
+  if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) {
+    throw new OptionError(`Invalid maxTokens: ${maxTokens}, expected an integer >= 1`);
+  }
+  const stop = r.stop ?? [];
+  if (!Array.isArray(stop) || !stop.every((s) => typeof s === "string" && s.length > 0)) {
+    throw new OptionError("Invalid stop: expected a list of non-empty strings");
+  }
+  return { sampling: parseSampling(r, vocab, eos), maxTokens, stop };
+}
+
 /** The sampler's settings from a request, validated; `eos` are the ids that end generation. */
 export function parseSampling(r: GenerateRequest, vocab: number, eos: ReadonlySet<number>): SamplingParams {
   const temperature = r.temperature ?? 0;

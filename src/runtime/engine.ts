@@ -5,27 +5,27 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import { loadConfig, type ModelSpec } from "../checkpoint/config.ts";
+import { loadConfig } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
 import { createGpu, type Gpu } from "../gpu/device.ts";
 import { type CallShape, type Dispatch, encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
-import { GpuMemory, type TrackedBuffer } from "../gpu/memory.ts";
+import { GpuMemory } from "../gpu/memory.ts";
 import { PipelineCache } from "../gpu/pipelines.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
 import { packStep } from "../kernels/step.ts";
 import { CausalMoe, denseBytes, type RunShape, runStateBytes } from "../models/causal_moe.ts";
 import { checkTensors, type ModelNames, modelNames } from "../models/names.ts";
-import { type Budget, formatBytes, parseBudget } from "../moe/budget.ts";
+import { formatBytes, parseBudget } from "../moe/budget.ts";
 import { checkpointExpertStore, ExpertCache } from "../moe/expert_cache.ts";
 import { expertNorms, Importance } from "../moe/importance.ts";
-import { type PlannerKind, planSlots, topExperts } from "../moe/planner.ts";
-import { LruPolicy, type PolicyName, SwapMoePolicy } from "../moe/policies.ts";
-import { BudgetError, EngineClosedError, OptionError, SwapMoeError } from "../errors.ts";
+
+import { BudgetError, OptionError, SwapMoeError } from "../errors.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { createSeq2SeqEngine, isSeq2SeqModel } from "./seq2seq.ts";
 import { decodeLoop } from "./decode_loop.ts";
+import { type CoreInit, EngineCore, planExpertSlots, type PlanOptions } from "./engine_core.ts";
 import { parseGeneration, promptIds, validateExpertSets, validateOptions } from "./requests.ts";
-import type { Engine, EngineOptions, EngineStats, GenerateChunk, GenerateRequest } from "./types.ts";
+import type { Engine, EngineOptions, GenerateChunk, GenerateRequest } from "./types.ts";
 
 export type {
   Engine,
@@ -78,91 +78,19 @@ export async function createEngine(options: EngineOptions = {}): Promise<Engine>
   return await EngineImpl.create(options);
 }
 
-type ResolvedOptions =
-  & Required<Pick<EngineOptions, "planner" | "updateInterval" | "maxUploadBytesPerStep">>
-  & {
-    profile?: number[][];
-  };
+type ResolvedOptions = PlanOptions;
 
-class EngineImpl implements Engine {
-  readonly spec: ModelSpec;
-  readonly tokenizer: Tokenizer;
-  readonly modelDir: string;
-  readonly #gpu: Gpu;
-  readonly #ckpt: Checkpoint;
+/** What the causal engine is built from. */
+type CausalInit = CoreInit<ResolvedOptions> & { names: ModelNames; model: CausalMoe };
+
+class EngineImpl extends EngineCore<ResolvedOptions> {
   readonly #names: ModelNames;
-  readonly #memory: GpuMemory;
-  readonly #ctx: KernelContext;
-  readonly #stepBuffer: TrackedBuffer;
-  readonly #cache: ExpertCache;
   readonly #model: CausalMoe;
-  readonly #policy: PolicyName;
-  readonly #swap: SwapMoePolicy | undefined;
-  readonly #lru: LruPolicy | undefined;
-  readonly #importance: Importance;
-  readonly #opts: ResolvedOptions;
-  readonly #fixedBytes: number;
-  readonly #fullBytes: number;
-  readonly #minimumBytes: number;
-  #budget: number;
-  readonly #staticSets: number[][] | undefined;
-  // readback staging buffers
-  readonly #logitsStaging: TrackedBuffer;
-  readonly #tokenStaging: TrackedBuffer[];
-  readonly #topkStaging: TrackedBuffer;
-  #closed = false;
-  #busy: Promise<unknown> = Promise.resolve();
-  /** Generations not finished yet: `close` ends them, as one left suspended holds the engine. */
-  readonly #generators = new Set<AsyncGenerator<GenerateChunk>>();
-  #tokensSinceRevision = 0;
-  #counters = { prefillTokens: 0, decodeTokens: 0, prefillSeconds: 0, decodeSeconds: 0 };
 
-  private constructor(init: {
-    spec: ModelSpec;
-    tokenizer: Tokenizer;
-    modelDir: string;
-    gpu: Gpu;
-    ckpt: Checkpoint;
-    names: ModelNames;
-    memory: GpuMemory;
-    ctx: KernelContext;
-    stepBuffer: TrackedBuffer;
-    cache: ExpertCache;
-    model: CausalMoe;
-    policy: PolicyName;
-    importance: Importance;
-    opts: ResolvedOptions;
-    fixedBytes: number;
-    fullBytes: number;
-    minimumBytes: number;
-    budget: number;
-    staticSets: number[][] | undefined;
-    staging: { logits: TrackedBuffer; tokens: TrackedBuffer[]; topk: TrackedBuffer };
-  }) {
-    this.spec = init.spec;
-    this.tokenizer = init.tokenizer;
-    this.modelDir = init.modelDir;
-    this.#gpu = init.gpu;
-    this.#ckpt = init.ckpt;
+  private constructor(init: CausalInit) {
+    super(init);
     this.#names = init.names;
-    this.#memory = init.memory;
-    this.#ctx = init.ctx;
-    this.#stepBuffer = init.stepBuffer;
-    this.#cache = init.cache;
     this.#model = init.model;
-    this.#policy = init.policy;
-    this.#importance = init.importance;
-    this.#opts = init.opts;
-    this.#fixedBytes = init.fixedBytes;
-    this.#fullBytes = init.fullBytes;
-    this.#minimumBytes = init.minimumBytes;
-    this.#budget = init.budget;
-    this.#staticSets = init.staticSets;
-    this.#logitsStaging = init.staging.logits;
-    this.#tokenStaging = init.staging.tokens;
-    this.#topkStaging = init.staging.topk;
-    if (init.policy === "swapmoe") this.#swap = new SwapMoePolicy();
-    if (init.policy === "lru") this.#lru = new LruPolicy(init.cache.moeLayers, init.spec.numExperts);
   }
 
   static async create(options: EngineOptions): Promise<EngineImpl> {
@@ -293,10 +221,10 @@ class EngineImpl implements Engine {
         maxUploadBytesPerStep: options.maxUploadBytesPerStep ?? 2 * slotBytes,
         profile: options.profile,
       };
-      const slots = EngineImpl.#plan(
+      const slots = planExpertSlots(
         policy,
-        spec,
         moeLayers,
+        spec,
         budget - fixedBytes,
         slotBytes,
         staticSets,
@@ -336,7 +264,7 @@ class EngineImpl implements Engine {
         staticSets,
         staging,
       });
-      engine.#fillInitial((done, total) => progress({ stage: "experts", done, total }));
+      engine.fillInitial((done, total) => progress({ stage: "experts", done, total }));
       if (
         memory.bytes !==
           fullBytes - moeLayers * spec.numExperts * slotBytes +
@@ -359,62 +287,8 @@ class EngineImpl implements Engine {
     }
   }
 
-  static #plan(
-    policy: PolicyName,
-    spec: ModelSpec,
-    layers: number,
-    expertShare: number,
-    slotBytes: number,
-    staticSets: number[][] | undefined,
-    opts: { planner: PlannerKind; profile?: number[][] },
-  ): number[] {
-    const E = spec.numExperts;
-    if (policy === "full") return Array(layers).fill(E);
-    if (staticSets) return staticSets.map((s) => s.length);
-    const total = Math.floor(expertShare / slotBytes);
-    return planSlots(opts.planner, total, layers, E, spec.topK, opts.profile);
-  }
-
-  /** Fills the slots: everything (full), the given or profiled set (static), the best guess (swapmoe, lru). */
-  #fillInitial(progress: (done: number, total: number) => void): void {
-    const cache = this.#cache;
-    const cap = cache.capacity;
-    const total = cap.reduce((a, b) => a + b, 0);
-    let done = 0;
-    for (let l = 0; l < cache.moeLayers; l++) {
-      let set: number[];
-      if (this.#staticSets) set = this.#staticSets[l]!;
-      else if (this.#opts.profile) set = topExperts(this.#opts.profile[l]!, cap[l]!);
-      else {
-        // no knowledge yet: the most important by what has been seen (nothing at start → lowest ids)
-        set = topExperts(this.#importance.score(l), cap[l]!);
-      }
-      for (const e of set) {
-        cache.load(l, e);
-        progress(++done, total);
-      }
-    }
-    cache.flush();
-  }
-
-  #assertOpen(): void {
-    if (this.#closed) {
-      throw new EngineClosedError("The engine is closed: create a new one with createEngine()");
-    }
-    this.#gpu.assertAlive();
-  }
-
-  /** Runs `fn` after every earlier call finished (calls never interleave on the GPU state). */
-  #serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#busy.then(fn, fn).catch(async (e) => {
-      throw await this.#gpu.explain(e);
-    });
-    this.#busy = run.catch(() => {});
-    return run;
-  }
-
   #writeStep(shape: CallShape, headRow0: number, genIndex: number): void {
-    this.#gpu.device.queue.writeBuffer(this.#stepBuffer.buffer, 0, packStep(shape, headRow0, genIndex));
+    this.gpu.device.queue.writeBuffer(this.stepBuffer.buffer, 0, packStep(shape, headRow0, genIndex));
   }
 
   #checkIds(ids: readonly number[]): void {
@@ -445,12 +319,12 @@ class EngineImpl implements Engine {
     extra?: (e: GPUCommandEncoder) => void,
     genIndex = 0,
   ): Promise<void> {
-    const device = this.#gpu.device;
+    const device = this.gpu.device;
     const shape: CallShape = { t, headRows, pos0 };
     this.#writeStep(shape, headRow0, genIndex);
     const m = this.#model;
-    if (!this.#lru) {
-      this.#cache.flush();
+    if (!this.lru) {
+      this.cache.flush();
       const enc = device.createCommandEncoder({ label: "call" });
       const pass = enc.beginComputePass({ label: "forward" });
       encode(pass, m.forwardDispatches(), shape);
@@ -473,7 +347,7 @@ class EngineImpl implements Engine {
     };
     let pending = [m.embedDispatch];
     const K = this.spec.topK;
-    const staging = this.#topkStaging.buffer;
+    const staging = this.topkStaging.buffer;
     for (const layer of m.layers) {
       pending.push(...layer.beforeExperts);
       if (layer.moeLayer < 0) {
@@ -484,11 +358,11 @@ class EngineImpl implements Engine {
       await staging.mapAsync(GPUMapMode.READ, 0, t * K * 4);
       const ids = new Uint32Array(staging.getMappedRange(0, t * K * 4).slice(0));
       staging.unmap();
-      const groups = this.#lru.groups(this.#cache, layer.moeLayer, ids);
+      const groups = this.lru.groups(this.cache, layer.moeLayer, ids);
       for (const [g, group] of groups.entries()) {
-        if (g > 0) { for (const e of groups[g - 1]!) this.#cache.evict(layer.moeLayer, e); }
-        this.#lru.ensure(this.#cache, layer.moeLayer, group);
-        this.#cache.flush();
+        if (g > 0) { for (const e of groups[g - 1]!) this.cache.evict(layer.moeLayer, e); }
+        this.lru.ensure(this.cache, layer.moeLayer, group);
+        this.cache.flush();
         if (g < groups.length - 1) submit(layer.experts);
       }
       pending = [...layer.experts, ...layer.afterExperts];
@@ -502,89 +376,56 @@ class EngineImpl implements Engine {
     device.queue.submit([enc.finish()]);
   }
 
-  /** Bytes of the routing statistics, [moeLayers, E, 4] f32. */
-  get #statsBytes(): number {
-    return this.#cache.moeLayers * this.spec.numExperts * 16;
-  }
-
-  /** Inside `enc`: copies the statistics the GPU summed since the last copy to `staging` at `offset`, and clears them. */
-  #copyStats(enc: GPUCommandEncoder, staging: GPUBuffer, offset: number): void {
-    const stats = this.#model.state.stats.buffer;
-    enc.copyBufferToBuffer(stats, 0, staging, offset, this.#statsBytes);
-    enc.clearBuffer(stats, 0, this.#statsBytes);
-  }
-
-  /** Adds statistics from a mapped staging range covering `tokens` tokens. */
-  #takeStats(staging: GPUBuffer, offset: number, tokens: number): void {
-    const f = new Float32Array(staging.getMappedRange(offset, this.#statsBytes).slice(0));
-    this.#importance.add(f, tokens);
-    this.#tokensSinceRevision += tokens;
-  }
-
-  /** SwapMoE: revise the virtual experts when due (or when `force`, after a request). */
-  #maybeRevise(force: boolean): void {
-    if (!this.#swap) return;
-    if (!force && this.#tokensSinceRevision < this.#opts.updateInterval) return;
-    this.#tokensSinceRevision = 0;
-    this.#swap.revise(this.#cache, this.#importance.scores());
-  }
-
   async forward(ids: readonly number[]): Promise<Float32Array> {
-    this.#assertOpen();
+    this.assertOpen();
     this.#checkIds(ids);
-    return await this.#serial(async () => {
-      this.#assertOpen();
+    return await this.serial(async () => {
+      this.assertOpen();
       const t0 = performance.now();
       const V = this.spec.vocabSize;
       const out = new Float32Array(ids.length * V);
       const maxRows = this.#model.shape.maxRows;
       for (let start = 0; start < ids.length; start += maxRows) {
         const t = Math.min(maxRows, ids.length - start);
-        this.#gpu.device.queue.writeBuffer(
+        this.gpu.device.queue.writeBuffer(
           this.#model.state.ids.buffer,
           0,
           new Uint32Array(ids.slice(start, start + t)),
         );
-        this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
-        const staging = this.#logitsStaging.buffer;
+        this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
+        const staging = this.logitsStaging.buffer;
         const statsAt = maxRows * V * 4;
         await this.#call(t, start, 0, t, (enc) => {
           enc.copyBufferToBuffer(this.#model.state.logits.buffer, 0, staging, 0, t * V * 4);
-          this.#copyStats(enc, staging, statsAt);
+          this.copyStats(enc, staging, statsAt);
         });
         await staging.mapAsync(GPUMapMode.READ);
         out.set(new Float32Array(staging.getMappedRange(0, t * V * 4)), start * V);
-        this.#takeStats(staging, statsAt, t);
+        this.takeStats(staging, statsAt, t);
         staging.unmap();
       }
-      this.#maybeRevise(true);
-      this.#gpu.assertAlive();
-      this.#counters.prefillTokens += ids.length;
-      this.#counters.prefillSeconds += (performance.now() - t0) / 1000;
+      this.maybeRevise(true);
+      this.gpu.assertAlive();
+      this.counters.prefillTokens += ids.length;
+      this.counters.prefillSeconds += (performance.now() - t0) / 1000;
       return out;
     });
   }
 
-  /** Ids that end generation: config.json's and the tokenizer's. */
-  get #eos(): Set<number> {
-    const t = this.tokenizer.eosTokenId;
-    return new Set([...this.spec.eosTokenIds, ...(t !== undefined ? [t] : [])]);
-  }
-
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk> {
-    this.#assertOpen();
+    this.assertOpen();
     const ids = promptIds(this.tokenizer, request);
     this.#checkIds(ids);
-    const { sampling, maxTokens, stop } = parseGeneration(request, this.spec.vocabSize, this.#eos);
+    const { sampling, maxTokens, stop } = parseGeneration(request, this.spec.vocabSize, this.eos);
     const gen: AsyncGenerator<GenerateChunk> = this.#generate(
       ids,
       sampling,
       maxTokens,
       stop,
       request.signal,
-      () => this.#generators.delete(gen),
+      () => this.generators.delete(gen),
     );
-    this.#generators.add(gen);
+    this.generators.add(gen);
     return gen;
   }
 
@@ -599,14 +440,14 @@ class EngineImpl implements Engine {
     // Hold the engine for the whole generation.
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
-    const prev = this.#busy;
-    this.#busy = prev.then(() => held);
+    const prev = this.busy;
+    this.busy = prev.then(() => held);
     await prev.catch(() => {});
     try {
-      this.#assertOpen();
+      this.assertOpen();
       yield* this.#decode(prompt, sampling, maxTokens, stop, signal);
     } catch (e) {
-      throw await this.#gpu.explain(e);
+      throw await this.gpu.explain(e);
     } finally {
       release();
       done();
@@ -620,16 +461,16 @@ class EngineImpl implements Engine {
     stop: string[],
     signal: AbortSignal | undefined,
   ): AsyncGenerator<GenerateChunk> {
-    const device = this.#gpu.device;
+    const device = this.gpu.device;
     const st = this.#model.state;
     const ctxLen = this.#model.shape.contextLength;
     const budget = Math.min(maxTokens, ctxLen - prompt.length);
-    const eos = this.#eos;
+    const eos = this.eos;
     device.queue.writeBuffer(st.samplingParams.buffer, 0, packSampling(this.spec.vocabSize, sampling));
 
     // Prefill in chunks; the last chunk computes the last row's logits and samples token 0.
     const tp = performance.now();
-    this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
+    this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
     const maxRows = this.#model.shape.maxRows;
     for (let start = 0; start < prompt.length; start += maxRows) {
       const t = Math.min(maxRows, prompt.length - start);
@@ -655,32 +496,32 @@ class EngineImpl implements Engine {
       signal,
       maxTokens: budget,
       generated: st.generated.buffer,
-      staging: this.#tokenStaging.map((t) => t.buffer),
+      staging: this.tokenStaging.map((t) => t.buffer),
       statsAt: this.#model.shape.maxGenerated * 4,
       step: async (g) => {
         if (g === 0) return;
-        this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
+        this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
         await this.#call(1, prompt.length + g - 1, 0, 1, (enc) => this.#sampleInto(enc), g);
       },
-      copyStats: (enc, staging, offset) => this.#copyStats(enc, staging, offset),
+      copyStats: (enc, staging, offset) => this.copyStats(enc, staging, offset),
       onBatch: (staging, offset, start, n) => {
         if (start === 0) {
           // the prompt is in: its statistics and the first token came back together
-          this.#takeStats(staging, offset, prompt.length + n - 1);
-          this.#counters.prefillTokens += prompt.length;
-          this.#counters.prefillSeconds += (performance.now() - tp) / 1000;
-          this.#maybeRevise(true);
+          this.takeStats(staging, offset, prompt.length + n - 1);
+          this.counters.prefillTokens += prompt.length;
+          this.counters.prefillSeconds += (performance.now() - tp) / 1000;
+          this.maybeRevise(true);
         } else {
-          this.#takeStats(staging, offset, n);
-          this.#maybeRevise(false);
+          this.takeStats(staging, offset, n);
+          this.maybeRevise(false);
         }
       },
       onDecoded: (tokens, seconds) => {
-        this.#counters.decodeTokens += tokens;
-        this.#counters.decodeSeconds += seconds;
+        this.counters.decodeTokens += tokens;
+        this.counters.decodeSeconds += seconds;
       },
     });
-    this.#gpu.assertAlive();
+    this.gpu.assertAlive();
   }
 
   #sampleInto(enc: GPUCommandEncoder): void {
@@ -689,101 +530,20 @@ class EngineImpl implements Engine {
     pass.end();
   }
 
-  stats(): EngineStats {
-    const c = this.#counters;
-    const cache = this.#cache;
-    const imp = this.#importance;
-    return {
-      gpuBytes: this.#memory.bytes,
-      peakGpuBytes: this.#memory.peakBytes,
-      budgetBytes: this.#budget,
-      minimumBudgetBytes: this.#minimumBytes,
-      fullBytes: this.#fullBytes,
-      expertBytes: cache.slotBytes,
-      contextLength: this.#model.shape.contextLength,
-      gpuBytesByKind: this.#memory.byCategory(),
-      policy: this.#policy,
-      expertSlots: cache.capacity,
-      residentExperts: Array.from({ length: cache.moeLayers }, (_, l) => cache.resident(l)),
-      expertUsage: imp.usage.map((r) => Array.from(r)),
-      hitRate: this.#lru ? 1 : imp.hitRate,
-      routedChoices: imp.choices,
-      cacheHitRate: imp.hitRate,
-      swaps: this.#swap?.swaps ?? this.#lru?.misses ?? 0,
-      bytesUploaded: cache.stats.bytesUploaded,
-      uploadSeconds: cache.stats.uploadSeconds,
-      tokens: c.prefillTokens + c.decodeTokens,
-      prefillTokens: c.prefillTokens,
-      decodeTokens: c.decodeTokens,
-      prefillTokensPerSecond: c.prefillSeconds > 0 ? c.prefillTokens / c.prefillSeconds : 0,
-      decodeTokensPerSecond: c.decodeSeconds > 0 ? c.decodeTokens / c.decodeSeconds : 0,
-      gpu: this.#gpu.info,
-    };
+  protected get statsBuffer(): GPUBuffer {
+    return this.#model.state.stats.buffer;
   }
 
-  async setBudget(budget: Budget): Promise<EngineStats> {
-    this.#assertOpen();
-    const bytes = parseBudget(budget, this.#fullBytes);
-    const need = this.#policy === "full"
-      ? this.#fullBytes
-      : this.#staticSets
-      ? this.#fixedBytes + this.#staticSets.reduce((a, s) => a + s.length, 0) * this.#cache.slotBytes
-      : this.#minimumBytes;
-    if (bytes < need) {
-      throw new BudgetError(
-        `Budget too small: ${bytes} bytes (${
-          formatBytes(bytes)
-        }) given, policy "${this.#policy}" needs at least ${need} bytes (${formatBytes(need)})`,
-      );
-    }
-    return await this.#serial(async () => {
-      this.#assertOpen();
-      await this.#gpu.device.queue.onSubmittedWorkDone();
-      const slots = EngineImpl.#plan(
-        this.#policy,
-        this.spec,
-        this.#cache.moeLayers,
-        bytes - this.#fixedBytes,
-        this.#cache.slotBytes,
-        this.#staticSets,
-        this.#opts,
-      );
-      // free first, then allocate under the new limit: usage never exceeds max(old, new) budget
-      this.#swap?.clear();
-      this.#memory.limit = Math.max(bytes, this.#memory.bytes);
-      this.#cache.resize(slots);
-      this.#memory.limit = bytes;
-      this.#budget = bytes;
-      this.#ctx.uniforms.reset();
-      await this.#model.record(
-        this.#ctx,
-        this.#names,
-        this.#cache,
-        this.#policy === "static" || this.#policy === "swapmoe",
-      );
-      this.#fillInitial(() => {});
-      await this.#gpu.device.queue.onSubmittedWorkDone();
-      return this.stats();
-    });
+  protected get contextLength(): number {
+    return this.#model.shape.contextLength;
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    await Promise.all([...this.#generators].map((g) => g.return(undefined).catch(() => {})));
-    this.#generators.clear();
-    await this.#busy.catch(() => {});
-    if (this.#closed) return;
-    this.#closed = true;
-    try {
-      if (!this.#gpu.lost) await this.#gpu.device.queue.onSubmittedWorkDone();
-    } finally {
-      this.#memory.freeAll();
-      this.#gpu.device.destroy();
-      this.#ckpt.close();
-    }
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
+  protected async rerecord(): Promise<void> {
+    await this.#model.record(
+      this.ctx,
+      this.#names,
+      this.cache,
+      this.policy === "static" || this.policy === "swapmoe",
+    );
   }
 }

@@ -14,11 +14,11 @@ import {
   switchModelSpec,
   type SwitchSpec,
 } from "../checkpoint/switch_config.ts";
-import type { ModelSpec } from "../checkpoint/config.ts";
+
 import { Checkpoint } from "../checkpoint/shards.ts";
 import { createGpu, type Gpu } from "../gpu/device.ts";
 import { type CallShape, type Dispatch, encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
-import { GpuMemory, type TrackedBuffer } from "../gpu/memory.ts";
+import { GpuMemory } from "../gpu/memory.ts";
 import { PipelineCache } from "../gpu/pipelines.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
 import { packStep } from "../kernels/step.ts";
@@ -31,15 +31,15 @@ import {
   switchStateBytes,
 } from "../models/switch.ts";
 import { checkSwitchTensors, switchExperts, type SwitchNames, switchNames } from "../models/switch_names.ts";
-import { type Budget, formatBytes, parseBudget } from "../moe/budget.ts";
+import { formatBytes, parseBudget } from "../moe/budget.ts";
 import { checkpointExpertStore, ExpertCache } from "../moe/expert_cache.ts";
 import { Importance } from "../moe/importance.ts";
-import { type PlannerKind, planSlots, topExperts } from "../moe/planner.ts";
-import { LruPolicy, type PolicyName, SwapMoePolicy } from "../moe/policies.ts";
-import { BudgetError, EngineClosedError, OptionError, SwapMoeError } from "../errors.ts";
+
+import { BudgetError, OptionError, SwapMoeError } from "../errors.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
-import type { Engine, EngineOptions, EngineStats, GenerateChunk, GenerateRequest } from "./types.ts";
+import type { Engine, EngineOptions, GenerateChunk, GenerateRequest } from "./types.ts";
 import { decodeLoop } from "./decode_loop.ts";
+import { type CoreInit, EngineCore, planExpertSlots, type PlanOptions } from "./engine_core.ts";
 import { parseGeneration, promptIds, validateExpertSets, validateOptions } from "./requests.ts";
 
 const MAX_DEFAULT_CONTEXT = 4096;
@@ -71,96 +71,24 @@ export async function createSeq2SeqEngine(options: Seq2SeqOptions): Promise<Engi
   return await Seq2SeqEngine.create(options);
 }
 
-interface ResolvedOptions {
-  planner: PlannerKind;
-  updateInterval: number;
-  maxUploadBytesPerStep: number;
-  profile?: number[][];
+interface ResolvedOptions extends PlanOptions {
   capacity: boolean;
 }
 
-interface Init {
-  spec: SwitchSpec;
-  tokenizer: Tokenizer;
-  modelDir: string;
-  gpu: Gpu;
-  ckpt: Checkpoint;
-  names: SwitchNames;
-  memory: GpuMemory;
-  ctx: KernelContext;
-  stepBuffer: TrackedBuffer;
-  cache: ExpertCache;
-  model: SwitchMoe;
-  policy: PolicyName;
-  importance: Importance;
-  opts: ResolvedOptions;
-  fixedBytes: number;
-  fullBytes: number;
-  minimumBytes: number;
-  budget: number;
-  staticSets: number[][] | undefined;
-  staging: { logits: TrackedBuffer; tokens: TrackedBuffer[]; topk: TrackedBuffer };
-}
+/** What the encoder-decoder engine is built from. */
+type Init = CoreInit<ResolvedOptions> & { switchSpec: SwitchSpec; names: SwitchNames; model: SwitchMoe };
 
-class Seq2SeqEngine implements Engine {
-  readonly spec: ModelSpec;
+class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
   /** The encoder-decoder's own constants. */
   readonly switchSpec: SwitchSpec;
-  readonly tokenizer: Tokenizer;
-  readonly modelDir: string;
-  readonly #gpu: Gpu;
-  readonly #ckpt: Checkpoint;
   readonly #names: SwitchNames;
-  readonly #memory: GpuMemory;
-  readonly #ctx: KernelContext;
-  readonly #stepBuffer: TrackedBuffer;
-  readonly #cache: ExpertCache;
   readonly #model: SwitchMoe;
-  readonly #policy: PolicyName;
-  readonly #swap: SwapMoePolicy | undefined;
-  readonly #lru: LruPolicy | undefined;
-  readonly #importance: Importance;
-  readonly #opts: ResolvedOptions;
-  readonly #fixedBytes: number;
-  readonly #fullBytes: number;
-  readonly #minimumBytes: number;
-  #budget: number;
-  readonly #staticSets: number[][] | undefined;
-  readonly #logitsStaging: TrackedBuffer;
-  readonly #tokenStaging: TrackedBuffer[];
-  readonly #topkStaging: TrackedBuffer;
-  #closed = false;
-  #busy: Promise<unknown> = Promise.resolve();
-  readonly #generators = new Set<AsyncGenerator<GenerateChunk>>();
-  #tokensSinceRevision = 0;
-  #counters = { prefillTokens: 0, decodeTokens: 0, prefillSeconds: 0, decodeSeconds: 0 };
 
   private constructor(init: Init) {
-    this.switchSpec = init.spec;
-    this.spec = switchModelSpec(init.spec);
-    this.tokenizer = init.tokenizer;
-    this.modelDir = init.modelDir;
-    this.#gpu = init.gpu;
-    this.#ckpt = init.ckpt;
+    super(init);
+    this.switchSpec = init.switchSpec;
     this.#names = init.names;
-    this.#memory = init.memory;
-    this.#ctx = init.ctx;
-    this.#stepBuffer = init.stepBuffer;
-    this.#cache = init.cache;
     this.#model = init.model;
-    this.#policy = init.policy;
-    this.#importance = init.importance;
-    this.#opts = init.opts;
-    this.#fixedBytes = init.fixedBytes;
-    this.#fullBytes = init.fullBytes;
-    this.#minimumBytes = init.minimumBytes;
-    this.#budget = init.budget;
-    this.#staticSets = init.staticSets;
-    this.#logitsStaging = init.staging.logits;
-    this.#tokenStaging = init.staging.tokens;
-    this.#topkStaging = init.staging.topk;
-    if (init.policy === "swapmoe") this.#swap = new SwapMoePolicy();
-    if (init.policy === "lru") this.#lru = new LruPolicy(init.cache.moeLayers, init.spec.numExperts);
   }
 
   static async create(options: Seq2SeqOptions): Promise<Seq2SeqEngine> {
@@ -293,7 +221,15 @@ class Seq2SeqEngine implements Engine {
         capacity: options.expertCapacity === "drop",
       };
       cache.resize(
-        Seq2SeqEngine.#plan(policy, E, moeLayers, budget - fixedBytes, slotBytes, staticSets, opts),
+        planExpertSlots(
+          policy,
+          moeLayers,
+          { numExperts: E, topK: 1 },
+          budget - fixedBytes,
+          slotBytes,
+          staticSets,
+          opts,
+        ),
       );
       const model = await SwitchMoe.build(ctx, spec, names, (n) => ckpt.bytes(n), cache, shape, {
         masked: policy === "static" || policy === "swapmoe",
@@ -307,7 +243,8 @@ class Seq2SeqEngine implements Engine {
         reluExpertNorms(store, moeLayers, E, spec.dFf, spec.dModel),
       );
       const engine = new Seq2SeqEngine({
-        spec,
+        spec: switchModelSpec(spec),
+        switchSpec: spec,
         tokenizer,
         modelDir,
         gpu,
@@ -328,7 +265,7 @@ class Seq2SeqEngine implements Engine {
         staticSets,
         staging,
       });
-      engine.#fillInitial((done, total) => progress({ stage: "experts", done, total }));
+      engine.fillInitial((done, total) => progress({ stage: "experts", done, total }));
       const planned = fixedBytes + cache.capacity.reduce((a, b) => a + b, 0) * slotBytes;
       if (memory.bytes !== planned) {
         // The footprint formula and the allocator must agree byte for byte: the budget is a promise.
@@ -346,53 +283,6 @@ class Seq2SeqEngine implements Engine {
       ckpt.close();
       throw e;
     }
-  }
-
-  static #plan(
-    policy: PolicyName,
-    experts: number,
-    layers: number,
-    expertShare: number,
-    slotBytes: number,
-    staticSets: number[][] | undefined,
-    opts: { planner: PlannerKind; profile?: number[][] },
-  ): number[] {
-    if (policy === "full") return Array(layers).fill(experts);
-    if (staticSets) return staticSets.map((s) => s.length);
-    return planSlots(opts.planner, Math.floor(expertShare / slotBytes), layers, experts, 1, opts.profile);
-  }
-
-  #fillInitial(progress: (done: number, total: number) => void): void {
-    const cache = this.#cache;
-    const cap = cache.capacity;
-    const total = cap.reduce((a, b) => a + b, 0);
-    let done = 0;
-    for (let l = 0; l < cache.moeLayers; l++) {
-      let set: number[];
-      if (this.#staticSets) set = this.#staticSets[l]!;
-      else if (this.#opts.profile) set = topExperts(this.#opts.profile[l]!, cap[l]!);
-      else set = topExperts(this.#importance.score(l), cap[l]!);
-      for (const e of set) {
-        cache.load(l, e);
-        progress(++done, total);
-      }
-    }
-    cache.flush();
-  }
-
-  #assertOpen(): void {
-    if (this.#closed) {
-      throw new EngineClosedError("The engine is closed: create a new one with createEngine()");
-    }
-    this.#gpu.assertAlive();
-  }
-
-  #serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#busy.then(fn, fn).catch(async (e) => {
-      throw await this.#gpu.explain(e);
-    });
-    this.#busy = run.catch(() => {});
-    return run;
   }
 
   #checkIds(name: string, ids: readonly number[], max: number, option: string): void {
@@ -425,15 +315,15 @@ class Seq2SeqEngine implements Engine {
     genIndex = 0,
     newPass = true,
   ): Promise<void> {
-    const device = this.#gpu.device;
+    const device = this.gpu.device;
     const shape: CallShape = { t, headRows, pos0 };
-    device.queue.writeBuffer(this.#stepBuffer.buffer, 0, packStep(shape, 0, genIndex));
-    if (this.#opts.capacity && newPass) {
+    device.queue.writeBuffer(this.stepBuffer.buffer, 0, packStep(shape, 0, genIndex));
+    if (this.opts.capacity && newPass) {
       // expert capacity counts from the start of each pass of a stack
       device.queue.writeBuffer(
         this.#model.buffer("counts"),
         0,
-        new Uint32Array(this.#cache.moeLayers * this.spec.numExperts),
+        new Uint32Array(this.cache.moeLayers * this.spec.numExperts),
       );
     }
     const submit = (dispatches: Dispatch[], after?: (e: GPUCommandEncoder) => void) => {
@@ -444,12 +334,12 @@ class Seq2SeqEngine implements Engine {
       after?.(enc);
       device.queue.submit([enc.finish()]);
     };
-    if (!this.#lru) {
-      this.#cache.flush();
+    if (!this.lru) {
+      this.cache.flush();
       submit(SwitchMoe.dispatches(program), extra);
       return;
     }
-    const staging = this.#topkStaging.buffer;
+    const staging = this.topkStaging.buffer;
     const topkIds = this.#model.buffer("topkIds");
     let pending = [...program.pre];
     for (const layer of program.layers) {
@@ -462,11 +352,11 @@ class Seq2SeqEngine implements Engine {
       await staging.mapAsync(GPUMapMode.READ, 0, t * 4);
       const ids = new Uint32Array(staging.getMappedRange(0, t * 4).slice(0));
       staging.unmap();
-      const groups = this.#lru.groups(this.#cache, layer.moeLayer, ids);
+      const groups = this.lru.groups(this.cache, layer.moeLayer, ids);
       for (const [g, group] of groups.entries()) {
-        if (g > 0) { for (const e of groups[g - 1]!) this.#cache.evict(layer.moeLayer, e); }
-        this.#lru.ensure(this.#cache, layer.moeLayer, group);
-        this.#cache.flush();
+        if (g > 0) { for (const e of groups[g - 1]!) this.cache.evict(layer.moeLayer, e); }
+        this.lru.ensure(this.cache, layer.moeLayer, group);
+        this.cache.flush();
         if (g < groups.length - 1) submit(layer.experts);
       }
       pending = [...layer.experts, ...layer.afterExperts];
@@ -476,34 +366,11 @@ class Seq2SeqEngine implements Engine {
 
   /** The encoder pass over `ids` (the prompt): leaves every decoder block's cross-attention K/V on the GPU. */
   async #encode(ids: readonly number[]): Promise<void> {
-    const q = this.#gpu.device.queue;
+    const q = this.gpu.device.queue;
     q.writeBuffer(this.#model.buffer("ids"), 0, new Uint32Array(ids));
     q.writeBuffer(this.#model.buffer("meta"), 0, new Uint32Array([ids.length, 0, 0, 0]));
-    this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
+    this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
     await this.#run(this.#model.encoder, ids.length, 0, 0);
-  }
-
-  get #statsBytes(): number {
-    return this.#cache.moeLayers * this.spec.numExperts * 16;
-  }
-
-  #copyStats(enc: GPUCommandEncoder, staging: GPUBuffer, offset: number): void {
-    const stats = this.#model.buffer("stats");
-    enc.copyBufferToBuffer(stats, 0, staging, offset, this.#statsBytes);
-    enc.clearBuffer(stats, 0, this.#statsBytes);
-  }
-
-  #takeStats(staging: GPUBuffer, offset: number, tokens: number): void {
-    const f = new Float32Array(staging.getMappedRange(offset, this.#statsBytes).slice(0));
-    this.#importance.add(f, tokens);
-    this.#tokensSinceRevision += tokens;
-  }
-
-  #maybeRevise(force: boolean): void {
-    if (!this.#swap) return;
-    if (!force && this.#tokensSinceRevision < this.#opts.updateInterval) return;
-    this.#tokensSinceRevision = 0;
-    this.#swap.revise(this.#cache, this.#importance.scores());
   }
 
   /**
@@ -511,7 +378,7 @@ class Seq2SeqEngine implements Engine {
    * forced, after encoding `ids`: transformers' `model(input_ids=ids, decoder_input_ids=decoderIds).logits`.
    */
   async forward(ids: readonly number[], options: { decoderIds?: number[] } = {}): Promise<Float32Array> {
-    this.#assertOpen();
+    this.assertOpen();
     if (typeof options !== "object" || options === null) {
       throw new OptionError("Invalid forward options: expected { decoderIds }");
     }
@@ -519,19 +386,19 @@ class Seq2SeqEngine implements Engine {
     this.#checkIds("ids", ids, shape.encoderLength, "contextLength");
     const dec = options.decoderIds ?? [this.switchSpec.decoderStartTokenId];
     this.#checkIds("decoderIds", dec, shape.contextLength, "contextLength");
-    return await this.#serial(async () => {
-      this.#assertOpen();
+    return await this.serial(async () => {
+      this.assertOpen();
       const t0 = performance.now();
       const V = this.spec.vocabSize;
       const out = new Float32Array(dec.length * V);
-      const device = this.#gpu.device;
+      const device = this.gpu.device;
       await this.#encode(ids);
       let encoded = ids.length;
       for (let start = 0; start < dec.length; start += shape.maxRows) {
         const t = Math.min(shape.maxRows, dec.length - start);
         device.queue.writeBuffer(this.#model.buffer("ids"), 0, new Uint32Array(dec.slice(start, start + t)));
-        this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
-        const staging = this.#logitsStaging.buffer;
+        this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
+        const staging = this.logitsStaging.buffer;
         const statsAt = shape.maxRows * V * 4;
         // one teacher-forced decoder pass: expert capacity counts go on across its chunks
         await this.#run(
@@ -541,45 +408,39 @@ class Seq2SeqEngine implements Engine {
           t,
           (enc) => {
             enc.copyBufferToBuffer(this.#model.buffer("logits"), 0, staging, 0, t * V * 4);
-            this.#copyStats(enc, staging, statsAt);
+            this.copyStats(enc, staging, statsAt);
           },
           0,
           start === 0,
         );
         await staging.mapAsync(GPUMapMode.READ);
         out.set(new Float32Array(staging.getMappedRange(0, t * V * 4)), start * V);
-        this.#takeStats(staging, statsAt, t + encoded);
+        this.takeStats(staging, statsAt, t + encoded);
         encoded = 0;
         staging.unmap();
       }
-      this.#maybeRevise(true);
-      this.#gpu.assertAlive();
-      this.#counters.prefillTokens += ids.length + dec.length;
-      this.#counters.prefillSeconds += (performance.now() - t0) / 1000;
+      this.maybeRevise(true);
+      this.gpu.assertAlive();
+      this.counters.prefillTokens += ids.length + dec.length;
+      this.counters.prefillSeconds += (performance.now() - t0) / 1000;
       return out;
     });
   }
 
-  /** Ids that end generation: config.json's and the tokenizer's. */
-  get #eos(): Set<number> {
-    const t = this.tokenizer.eosTokenId;
-    return new Set([...this.spec.eosTokenIds, ...(t !== undefined ? [t] : [])]);
-  }
-
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk> {
-    this.#assertOpen();
+    this.assertOpen();
     const ids = promptIds(this.tokenizer, request);
     this.#checkIds("ids", ids, this.#model.shape.encoderLength, "contextLength");
-    const { sampling, maxTokens, stop } = parseGeneration(request, this.spec.vocabSize, this.#eos);
+    const { sampling, maxTokens, stop } = parseGeneration(request, this.spec.vocabSize, this.eos);
     const gen: AsyncGenerator<GenerateChunk> = this.#generate(
       ids,
       sampling,
       maxTokens,
       stop,
       request.signal,
-      () => this.#generators.delete(gen),
+      () => this.generators.delete(gen),
     );
-    this.#generators.add(gen);
+    this.generators.add(gen);
     return gen;
   }
 
@@ -593,14 +454,14 @@ class Seq2SeqEngine implements Engine {
   ): AsyncGenerator<GenerateChunk> {
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
-    const prev = this.#busy;
-    this.#busy = prev.then(() => held);
+    const prev = this.busy;
+    this.busy = prev.then(() => held);
     await prev.catch(() => {});
     try {
-      this.#assertOpen();
+      this.assertOpen();
       yield* this.#decode(prompt, sampling, maxTokens, stop, signal);
     } catch (e) {
-      throw await this.#gpu.explain(e);
+      throw await this.gpu.explain(e);
     } finally {
       release();
       done();
@@ -614,10 +475,10 @@ class Seq2SeqEngine implements Engine {
     stop: string[],
     signal: AbortSignal | undefined,
   ): AsyncGenerator<GenerateChunk> {
-    const device = this.#gpu.device;
+    const device = this.gpu.device;
     const model = this.#model;
     const budget = Math.min(maxTokens, model.shape.contextLength);
-    const eos = this.#eos;
+    const eos = this.eos;
     device.queue.writeBuffer(model.buffer("samplingParams"), 0, packSampling(this.spec.vocabSize, sampling));
     const tp = performance.now();
     await this.#encode(prompt);
@@ -638,7 +499,7 @@ class Seq2SeqEngine implements Engine {
       signal,
       maxTokens: budget,
       generated: model.buffer("generated"),
-      staging: this.#tokenStaging.map((t) => t.buffer),
+      staging: this.tokenStaging.map((t) => t.buffer),
       statsAt: model.shape.maxGenerated * 4,
       step: async (g) => {
         if (g === 0) {
@@ -648,121 +509,41 @@ class Seq2SeqEngine implements Engine {
             new Uint32Array([this.switchSpec.decoderStartTokenId]),
           );
         }
-        this.#swap?.pump(this.#cache, this.#opts.maxUploadBytesPerStep);
+        this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
         await this.#run(model.decoder, 1, g, 1, sample, g);
       },
-      copyStats: (enc, staging, offset) => this.#copyStats(enc, staging, offset),
+      copyStats: (enc, staging, offset) => this.copyStats(enc, staging, offset),
       onBatch: (staging, offset, start, n) => {
         if (start === 0) {
-          this.#takeStats(staging, offset, prompt.length + n);
-          this.#counters.prefillTokens += prompt.length;
-          this.#counters.prefillSeconds += (performance.now() - tp) / 1000;
-          this.#maybeRevise(true);
+          this.takeStats(staging, offset, prompt.length + n);
+          this.counters.prefillTokens += prompt.length;
+          this.counters.prefillSeconds += (performance.now() - tp) / 1000;
+          this.maybeRevise(true);
         } else {
-          this.#takeStats(staging, offset, n);
-          this.#maybeRevise(false);
+          this.takeStats(staging, offset, n);
+          this.maybeRevise(false);
         }
       },
       onDecoded: (tokens, seconds) => {
-        this.#counters.decodeTokens += tokens;
-        this.#counters.decodeSeconds += seconds;
+        this.counters.decodeTokens += tokens;
+        this.counters.decodeSeconds += seconds;
       },
     });
-    this.#gpu.assertAlive();
+    this.gpu.assertAlive();
   }
 
-  stats(): EngineStats {
-    const c = this.#counters;
-    const cache = this.#cache;
-    const imp = this.#importance;
-    return {
-      gpuBytes: this.#memory.bytes,
-      peakGpuBytes: this.#memory.peakBytes,
-      budgetBytes: this.#budget,
-      minimumBudgetBytes: this.#minimumBytes,
-      fullBytes: this.#fullBytes,
-      expertBytes: cache.slotBytes,
-      contextLength: this.#model.shape.contextLength,
-      gpuBytesByKind: this.#memory.byCategory(),
-      policy: this.#policy,
-      expertSlots: cache.capacity,
-      residentExperts: Array.from({ length: cache.moeLayers }, (_, l) => cache.resident(l)),
-      expertUsage: imp.usage.map((r) => Array.from(r)),
-      hitRate: this.#lru ? 1 : imp.hitRate,
-      routedChoices: imp.choices,
-      cacheHitRate: imp.hitRate,
-      swaps: this.#swap?.swaps ?? this.#lru?.misses ?? 0,
-      bytesUploaded: cache.stats.bytesUploaded,
-      uploadSeconds: cache.stats.uploadSeconds,
-      tokens: c.prefillTokens + c.decodeTokens,
-      prefillTokens: c.prefillTokens,
-      decodeTokens: c.decodeTokens,
-      prefillTokensPerSecond: c.prefillSeconds > 0 ? c.prefillTokens / c.prefillSeconds : 0,
-      decodeTokensPerSecond: c.decodeSeconds > 0 ? c.decodeTokens / c.decodeSeconds : 0,
-      gpu: this.#gpu.info,
-    };
+  protected get statsBuffer(): GPUBuffer {
+    return this.#model.buffer("stats");
   }
 
-  async setBudget(budget: Budget): Promise<EngineStats> {
-    this.#assertOpen();
-    const bytes = parseBudget(budget, this.#fullBytes);
-    const need = this.#policy === "full"
-      ? this.#fullBytes
-      : this.#staticSets
-      ? this.#fixedBytes + this.#staticSets.reduce((a, s) => a + s.length, 0) * this.#cache.slotBytes
-      : this.#minimumBytes;
-    if (bytes < need) {
-      throw new BudgetError(
-        `Budget too small: ${bytes} bytes (${
-          formatBytes(bytes)
-        }) given, policy "${this.#policy}" needs at least ${need} bytes (${formatBytes(need)})`,
-      );
-    }
-    return await this.#serial(async () => {
-      this.#assertOpen();
-      await this.#gpu.device.queue.onSubmittedWorkDone();
-      const slots = Seq2SeqEngine.#plan(
-        this.#policy,
-        this.spec.numExperts,
-        this.#cache.moeLayers,
-        bytes - this.#fixedBytes,
-        this.#cache.slotBytes,
-        this.#staticSets,
-        this.#opts,
-      );
-      this.#swap?.clear();
-      this.#memory.limit = Math.max(bytes, this.#memory.bytes);
-      this.#cache.resize(slots);
-      this.#memory.limit = bytes;
-      this.#budget = bytes;
-      this.#ctx.uniforms.reset();
-      await this.#model.record(this.#ctx, this.#names, this.#cache, {
-        masked: this.#policy === "static" || this.#policy === "swapmoe",
-        capacity: this.#opts.capacity,
-      });
-      this.#fillInitial(() => {});
-      await this.#gpu.device.queue.onSubmittedWorkDone();
-      return this.stats();
+  protected get contextLength(): number {
+    return this.#model.shape.contextLength;
+  }
+
+  protected async rerecord(): Promise<void> {
+    await this.#model.record(this.ctx, this.#names, this.cache, {
+      masked: this.policy === "static" || this.policy === "swapmoe",
+      capacity: this.opts.capacity,
     });
-  }
-
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    await Promise.all([...this.#generators].map((g) => g.return(undefined).catch(() => {})));
-    this.#generators.clear();
-    await this.#busy.catch(() => {});
-    if (this.#closed) return;
-    this.#closed = true;
-    try {
-      if (!this.#gpu.lost) await this.#gpu.device.queue.onSubmittedWorkDone();
-    } finally {
-      this.#memory.freeAll();
-      this.#gpu.device.destroy();
-      this.#ckpt.close();
-    }
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
   }
 }

@@ -24,8 +24,8 @@ import { Tokenizer } from "../text/tokenizer.ts";
 import { createSeq2SeqEngine, isSeq2SeqModel } from "./seq2seq.ts";
 import { decodeLoop } from "./decode_loop.ts";
 import { type CoreInit, EngineCore, planExpertSlots, type PlanOptions } from "./engine_core.ts";
-import { parseGeneration, promptIds, validateExpertSets, validateOptions } from "./requests.ts";
-import type { Engine, EngineOptions, GenerateChunk, GenerateRequest } from "./types.ts";
+import { validateExpertSets, validateOptions } from "./requests.ts";
+import type { Engine, EngineOptions, GenerateChunk } from "./types.ts";
 
 export type {
   Engine,
@@ -412,49 +412,11 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
     });
   }
 
-  generate(request: GenerateRequest): AsyncGenerator<GenerateChunk> {
-    this.assertOpen();
-    const ids = promptIds(this.tokenizer, request);
+  protected checkPrompt(ids: readonly number[]): void {
     this.#checkIds(ids);
-    const { sampling, maxTokens, stop } = parseGeneration(request, this.spec.vocabSize, this.eos);
-    const gen: AsyncGenerator<GenerateChunk> = this.#generate(
-      ids,
-      sampling,
-      maxTokens,
-      stop,
-      request.signal,
-      () => this.generators.delete(gen),
-    );
-    this.generators.add(gen);
-    return gen;
   }
 
-  async *#generate(
-    prompt: number[],
-    sampling: SamplingParams,
-    maxTokens: number,
-    stop: string[],
-    signal: AbortSignal | undefined,
-    done: () => void,
-  ): AsyncGenerator<GenerateChunk> {
-    // Hold the engine for the whole generation.
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
-    const prev = this.busy;
-    this.busy = prev.then(() => held);
-    await prev.catch(() => {});
-    try {
-      this.assertOpen();
-      yield* this.#decode(prompt, sampling, maxTokens, stop, signal);
-    } catch (e) {
-      throw await this.gpu.explain(e);
-    } finally {
-      release();
-      done();
-    }
-  }
-
-  async *#decode(
+  protected async *decode(
     prompt: number[],
     sampling: SamplingParams,
     maxTokens: number,

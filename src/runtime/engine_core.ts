@@ -18,6 +18,8 @@ import { type PlannerKind, planSlots, topExperts } from "../moe/planner.ts";
 import { LruPolicy, type PolicyName, SwapMoePolicy } from "../moe/policies.ts";
 import { BudgetError, EngineClosedError } from "../errors.ts";
 import type { Tokenizer } from "../text/tokenizer.ts";
+import type { SamplingParams } from "../kernels/sample.ts";
+import { parseGeneration, promptIds } from "./requests.ts";
 import type { Engine, EngineStats, GenerateChunk, GenerateRequest } from "./types.ts";
 
 /** Planner settings resolved from the options. */
@@ -125,7 +127,16 @@ export abstract class EngineCore<O extends PlanOptions = PlanOptions> implements
   }
 
   abstract forward(ids: readonly number[], options?: { decoderIds?: number[] }): Promise<Float32Array>;
-  abstract generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
+  /** Throws when `ids` cannot be a prompt of this model (ids out of range, too long). */
+  protected abstract checkPrompt(ids: readonly number[]): void;
+  /** Runs one generation: prompt in, chunks of new tokens out. */
+  protected abstract decode(
+    prompt: number[],
+    sampling: SamplingParams,
+    maxTokens: number,
+    stop: string[],
+    signal: AbortSignal | undefined,
+  ): AsyncGenerator<GenerateChunk>;
   /** The model's routing statistics buffer, [moeLayers, E, 4] f32. */
   protected abstract get statsBuffer(): GPUBuffer;
   /** Positions the KV cache holds. */
@@ -296,5 +307,49 @@ export abstract class EngineCore<O extends PlanOptions = PlanOptions> implements
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+
+  /** Streams generated tokens; requests are validated before they queue for the engine. */
+  generate(request: GenerateRequest): AsyncGenerator<GenerateChunk> {
+    this.assertOpen();
+    const ids = promptIds(this.tokenizer, request);
+    this.checkPrompt(ids);
+    const { sampling, maxTokens, stop } = parseGeneration(request, this.spec.vocabSize, this.eos);
+    const gen: AsyncGenerator<GenerateChunk> = this.#generate(
+      ids,
+      sampling,
+      maxTokens,
+      stop,
+      request.signal,
+      () => this.generators.delete(gen),
+    );
+    this.generators.add(gen);
+    return gen;
+  }
+
+  /** Holds the engine for the whole generation, then releases it. */
+  async *#generate(
+    prompt: number[],
+    sampling: SamplingParams,
+    maxTokens: number,
+    stop: string[],
+    signal: AbortSignal | undefined,
+    done: () => void,
+  ): AsyncGenerator<GenerateChunk> {
+    // Hold the engine for the whole generation.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const prev = this.busy;
+    this.busy = prev.then(() => held);
+    await prev.catch(() => {});
+    try {
+      this.assertOpen();
+      yield* this.decode(prompt, sampling, maxTokens, stop, signal);
+    } catch (e) {
+      throw await this.gpu.explain(e);
+    } finally {
+      release();
+      done();
+    }
   }
 }

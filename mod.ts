@@ -25,8 +25,8 @@ export {
   type GenerateRequest,
   type Progress,
 } from "./src/runtime/engine.ts";
-export type { CausalModelType, ModelSpec, QkNorm } from "./src/checkpoint/config.ts";
-export { CAUSAL_MODEL_TYPES, SUPPORTED_MODEL_TYPES } from "./src/checkpoint/config.ts";
+export type { CausalModelType, ModelSpec, QkNorm, Seq2SeqModelType } from "./src/checkpoint/config.ts";
+export { CAUSAL_MODEL_TYPES, SEQ2SEQ_MODEL_TYPES, SUPPORTED_MODEL_TYPES } from "./src/checkpoint/config.ts";
 export type { Budget } from "./src/moe/budget.ts";
 export { formatBytes, parseBudget } from "./src/moe/budget.ts";
 export { POLICIES, type PolicyName } from "./src/moe/policies.ts";

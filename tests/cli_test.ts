@@ -182,6 +182,19 @@ Deno.test("bad flags and values: one-line error, usage, exit code 2", async (t) 
     // from the engine: a folder without config.json, a budget below what the policy needs
     [["info", "--model", "src"], /Missing config\.json/],
     [["info", "--budget", "1KiB"], /Budget too small: 1024 bytes/],
+    [["generate", "--profile", "no/such.json", "x"], /Invalid --profile: cannot read no\/such\.json/],
+    [["generate", "--profile", "deno.json", "x"], /Invalid --profile: deno\.json holds no "usage" rows/],
+    // a profile of another model's shape is the engine's OptionError
+    [
+      [
+        "info",
+        "--model",
+        "tests/fixtures/tiny-mixtral",
+        "--profile",
+        "models/sotu-moe-mini/expert_profile.json",
+      ],
+      /Invalid profile/,
+    ],
   ];
   for (const [args, pattern] of cases) {
     await t.step(args.join(" "), async () => assertUsageError(await cli(args), pattern));

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { fileURLToPath } from "node:url";
 import { formatBytes } from "../../mod.ts";
 import type { Command } from "./command.ts";
 import {
@@ -17,6 +18,7 @@ import {
   modelUsage,
   openEngine,
   parseFlags,
+  readProfile,
   summaryLines,
   writeOut,
 } from "./options.ts";
@@ -25,6 +27,10 @@ const PROMPT = "The state of the Union is";
 const MAX_TOKENS = 48;
 const BUDGET = "70%";
 const CONTEXT_LENGTH = 512;
+/** The bundled model's calibration profile (bench/expert_profile.ts over the pre-2012 addresses). */
+const BUNDLED_PROFILE = fileURLToPath(
+  new URL("../../models/sotu-moe-mini/expert_profile.json", import.meta.url),
+);
 
 const usage = `Usage: deno run -A main.ts demo [prompt] [options]
        deno task demo [prompt] [options]
@@ -37,7 +43,14 @@ GPU bytes held against the budget, the resident experts per layer, the hit rate 
 Options:
   --max-tokens <n>        Most new tokens; default ${MAX_TOKENS}
 
-${modelUsage({ budget: BUDGET, policy: "swapmoe", contextLength: String(CONTEXT_LENGTH) })}`;
+${
+  modelUsage({
+    budget: BUDGET,
+    policy: "swapmoe",
+    contextLength: String(CONTEXT_LENGTH),
+    profile: "the bundled model's calibration profile",
+  })
+}`;
 
 /** The `demo` subcommand. */
 export const command: Command = {
@@ -60,6 +73,10 @@ export const command: Command = {
       policy: "swapmoe",
       budget: BUDGET,
       contextLength: CONTEXT_LENGTH,
+      // the bundled model ships a calibration profile: swapmoe starts from its top experts
+      ...(values.model === undefined && values.profile === undefined
+        ? { profile: readProfile(BUNDLED_PROFILE) }
+        : {}),
     });
     const tty = isInteractive();
 

@@ -118,12 +118,13 @@ export const MODEL_OPTIONS = {
   budget: { type: "string" },
   policy: { type: "string" },
   "context-length": { type: "string" },
+  profile: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
 /** Help text of {@link MODEL_OPTIONS}; `defaults` overrides the shown defaults of a command. */
 export function modelUsage(
-  defaults: { budget?: string; policy?: string; contextLength?: string } = {},
+  defaults: { budget?: string; policy?: string; contextLength?: string; profile?: string } = {},
 ): string {
   return `Model options:
   --model <dir>           A Hugging Face checkpoint folder (config.json, *.safetensors,
@@ -136,6 +137,11 @@ export function modelUsage(
   --context-length <n>    Positions the KV cache holds; default: ${
     defaults.contextLength ?? "the model's, at most 4096"
   }
+  --profile <file>        An expert-usage profile (JSON: {"usage": [[…], …]}, one row per
+                          MoE layer, as bench/expert_profile.ts writes): static keeps its
+                          top experts, swapmoe starts from them${
+    defaults.profile ? `; default: ${defaults.profile}` : ""
+  }
   -h, --help              Show this help`;
 }
 
@@ -145,6 +151,22 @@ export interface ModelFlags {
   budget?: string;
   policy?: string;
   "context-length"?: string;
+  profile?: string;
+}
+
+/** Reads an expert-usage profile: `{"usage": number[][]}` or the bare rows (the engine checks their shape). */
+export function readProfile(file: string): number[][] {
+  let json: unknown;
+  try {
+    json = JSON.parse(Deno.readTextFileSync(file));
+  } catch (e) {
+    throw new UsageError(`Invalid --profile: cannot read ${file} as JSON (${(e as Error).message})`);
+  }
+  const rows = Array.isArray(json) ? json : (json as { usage?: unknown } | null)?.usage;
+  if (!Array.isArray(rows) || !rows.every((r) => Array.isArray(r) && r.every((v) => typeof v === "number"))) {
+    throw new UsageError(`Invalid --profile: ${file} holds no "usage" rows of numbers, one per MoE layer`);
+  }
+  return rows as number[][];
 }
 
 /** Validates the model flags before anything is loaded; `defaults` fill what was not given. */
@@ -180,6 +202,7 @@ export function engineOptions(flags: ModelFlags, defaults: EngineOptions = {}): 
   }
   const contextLength = intFlag("context-length", flags["context-length"], 1);
   if (contextLength !== undefined) options.contextLength = contextLength;
+  if (flags.profile !== undefined) options.profile = readProfile(flags.profile);
   return options;
 }
 

@@ -47,7 +47,7 @@ await Deno.writeTextFile(
       usage,
     },
     null,
-    1,
+    2,
   ) + "\n",
 );
 console.log(`wrote ${out}: ${ids.length} tokens of ${corpus.source}`);

@@ -84,8 +84,8 @@ export interface ModelSpec {
 
 type Json = Record<string, unknown>;
 
-/** Reads and parses `dir/config.json`; see {@link parseConfig}. */
-export async function loadConfig(dir: string): Promise<ModelSpec> {
+/** Reads `dir/config.json` as JSON (any shape), or a {@link ConfigError} naming the file. */
+export async function readConfigJson(dir: string): Promise<{ json: unknown; file: string }> {
   const file = `${dir}/config.json`;
   let text: string;
   try {
@@ -99,12 +99,16 @@ export async function loadConfig(dir: string): Promise<ModelSpec> {
       { cause: e },
     );
   }
-  let json: unknown;
   try {
-    json = JSON.parse(text);
+    return { json: JSON.parse(text), file };
   } catch (e) {
     throw new ConfigError(`config.json is not valid JSON: ${(e as Error).message}`, file, { cause: e });
   }
+}
+
+/** Reads and parses `dir/config.json`; see {@link parseConfig}. */
+export async function loadConfig(dir: string): Promise<ModelSpec> {
+  const { json, file } = await readConfigJson(dir);
   return parseConfig(json, file);
 }
 

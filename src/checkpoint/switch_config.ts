@@ -7,7 +7,7 @@
  * @module
  */
 import { ConfigError } from "../errors.ts";
-import { MAX_LAYERS, MAX_TOTAL_EXPERTS, type ModelSpec } from "./config.ts";
+import { MAX_LAYERS, MAX_TOTAL_EXPERTS, type ModelSpec, readConfigJson } from "./config.ts";
 
 /** The model type this module parses. */
 export const SWITCH_MODEL_TYPE = "switch_transformers";
@@ -77,25 +77,7 @@ export async function readModelType(dir: string): Promise<string | undefined> {
 
 /** Reads and parses `dir/config.json`; see {@link parseSwitchConfig}. */
 export async function loadSwitchConfig(dir: string): Promise<SwitchSpec> {
-  const file = `${dir}/config.json`;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(file);
-  } catch (e) {
-    throw new ConfigError(
-      e instanceof Deno.errors.NotFound
-        ? "Missing config.json: a model folder as published on Hugging Face has one"
-        : `Cannot read config.json: ${(e as Error).message}`,
-      file,
-      { cause: e },
-    );
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new ConfigError(`config.json is not valid JSON: ${(e as Error).message}`, file, { cause: e });
-  }
+  const { json, file } = await readConfigJson(dir);
   return parseSwitchConfig(json, file);
 }
 

@@ -465,23 +465,7 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
         this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
         await this.#call(1, prompt.length + g - 1, 0, 1, (enc) => this.#sampleInto(enc), g);
       },
-      copyStats: (enc, staging, offset) => this.copyStats(enc, staging, offset),
-      onBatch: (staging, offset, start, n) => {
-        if (start === 0) {
-          // the prompt is in: its statistics and the first token came back together
-          this.takeStats(staging, offset, prompt.length + n - 1);
-          this.counters.prefillTokens += prompt.length;
-          this.counters.prefillSeconds += (performance.now() - tp) / 1000;
-          this.maybeRevise(true);
-        } else {
-          this.takeStats(staging, offset, n);
-          this.maybeRevise(false);
-        }
-      },
-      onDecoded: (tokens, seconds) => {
-        this.counters.decodeTokens += tokens;
-        this.counters.decodeSeconds += seconds;
-      },
+      ...this.decodeHooks(prompt.length, prompt.length - 1, tp),
     });
     this.gpu.assertAlive();
   }

@@ -19,6 +19,7 @@ import { LruPolicy, type PolicyName, SwapMoePolicy } from "../moe/policies.ts";
 import { BudgetError, EngineClosedError } from "../errors.ts";
 import type { Tokenizer } from "../text/tokenizer.ts";
 import type { SamplingParams } from "../kernels/sample.ts";
+import type { DecodeLoopOptions } from "./decode_loop.ts";
 import { parseGeneration, promptIds } from "./requests.ts";
 import type { Engine, EngineStats, GenerateChunk, GenerateRequest } from "./types.ts";
 
@@ -307,6 +308,37 @@ export abstract class EngineCore<O extends PlanOptions = PlanOptions> implements
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+
+  /**
+   * The decode loop's bookkeeping: routing statistics per batch (the first also covers the
+   * `promptTokens` the prefill or encoder routed), SwapMoE revisions, and the throughput counters;
+   * `t0` is when the request started.
+   */
+  protected decodeHooks(
+    promptLength: number,
+    promptTokens: number,
+    t0: number,
+  ): Pick<DecodeLoopOptions, "copyStats" | "onBatch" | "onDecoded"> {
+    return {
+      copyStats: (enc, staging, offset) => this.copyStats(enc, staging, offset),
+      onBatch: (staging, offset, start, n) => {
+        if (start === 0) {
+          // the prompt is in: its statistics and the first tokens came back together
+          this.takeStats(staging, offset, promptTokens + n);
+          this.counters.prefillTokens += promptLength;
+          this.counters.prefillSeconds += (performance.now() - t0) / 1000;
+          this.maybeRevise(true);
+        } else {
+          this.takeStats(staging, offset, n);
+          this.maybeRevise(false);
+        }
+      },
+      onDecoded: (tokens, seconds) => {
+        this.counters.decodeTokens += tokens;
+        this.counters.decodeSeconds += seconds;
+      },
+    };
   }
 
   /** Streams generated tokens; requests are validated before they queue for the engine. */

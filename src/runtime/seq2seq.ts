@@ -475,22 +475,7 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
         this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
         await this.#run(model.decoder, 1, g, 1, sample, g);
       },
-      copyStats: (enc, staging, offset) => this.copyStats(enc, staging, offset),
-      onBatch: (staging, offset, start, n) => {
-        if (start === 0) {
-          this.takeStats(staging, offset, prompt.length + n);
-          this.counters.prefillTokens += prompt.length;
-          this.counters.prefillSeconds += (performance.now() - tp) / 1000;
-          this.maybeRevise(true);
-        } else {
-          this.takeStats(staging, offset, n);
-          this.maybeRevise(false);
-        }
-      },
-      onDecoded: (tokens, seconds) => {
-        this.counters.decodeTokens += tokens;
-        this.counters.decodeSeconds += seconds;
-      },
+      ...this.decodeHooks(prompt.length, prompt.length, tp),
     });
     this.gpu.assertAlive();
   }

@@ -138,6 +138,20 @@ Deno.test("info --json: the same as numbers", async () => {
   assert.deepEqual(Object.keys(info.policies), ["full", "static", "swapmoe", "lru"]);
 });
 
+Deno.test("info --json on Switch: experts hold two matrices (wi, wo), not three", async () => {
+  const r = await cli(["info", "--json", "--model", "tests/fixtures/tiny-switch"]);
+  assertOk(r);
+  const info = JSON.parse(r.stdout) as ModelInfo;
+  // tiny-switch: d_model 64, d_ff 128, one sparse block in the encoder and one in the decoder, 8 experts
+  assert.equal(info.bytes.expert, 2 * 64 * 128 * 2);
+  assert.equal(info.parameters.experts, 2 * 8 * 2 * 64 * 128);
+  assert.ok(info.parameters.experts < info.parameters.total);
+  assert.equal(
+    info.parameters.activePerToken,
+    info.parameters.total - info.parameters.experts + 2 * 2 * 64 * 128,
+  );
+});
+
 Deno.test("chat: replies to each line, keeps going through /stats and /reset, stops at /exit", async () => {
   const r = await cli(
     ["chat", "--policy", "full", "--max-tokens", "4", "--min-tokens", "4"],

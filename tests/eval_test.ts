@@ -10,7 +10,7 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { createEngine } from "../mod.ts";
+import { createEngine, OptionError } from "../mod.ts";
 import { loadCorpus, tokenizeCorpus } from "../src/eval/corpus.ts";
 import { perplexity } from "../src/eval/perplexity.ts";
 import type { EvalOutput, SweepOutput } from "../src/cli/eval.ts";
@@ -160,6 +160,14 @@ Deno.test("eval CLI: --sweep writes the table and the plot", async () => {
   }
 });
 
+Deno.test("perplexity: an encoder-decoder engine is refused with OptionError, not a shape error", async () => {
+  await using engine = await createEngine({ model: "tests/fixtures/tiny-switch", policy: "full" });
+  await assert.rejects(
+    () => perplexity(engine, Array.from({ length: 64 }, (_, i) => i + 2), { window: 16 }),
+    (e: Error) => e instanceof OptionError && /needs a causal model/.test(e.message),
+  );
+});
+
 Deno.test("eval CLI: bad corpus, flags and combinations are usage errors (exit 2, no GPU work)", async () => {
   for (
     const [args, pattern] of [
@@ -170,6 +178,8 @@ Deno.test("eval CLI: bad corpus, flags and combinations are usage errors (exit 2
       [["--sweep", "--calibration", "sotu-test"], /is the evaluation corpus/],
       [["--sweep", "--policies", "nope"], /Invalid --policies/],
       [["--importance-decay", "0"], /Invalid --importance-decay/],
+      [["--model", "tests/fixtures/tiny-switch"], /is an encoder-decoder \(switch_transformers\)/],
+      [["--sweep", "--model", "tests/fixtures/tiny-switch"], /is an encoder-decoder/],
     ] as [string[], RegExp][]
   ) {
     const r = await cli(["eval", ...args]);

@@ -106,6 +106,21 @@ export async function readConfigJson(dir: string): Promise<{ json: unknown; file
   }
 }
 
+/**
+ * Weight matrices per expert: gate, up and down for the causal families' gated (SwiGLU) experts; wi and
+ * wo for Switch Transformers' ReLU experts.
+ */
+export function expertMatrices(spec: Pick<ModelSpec, "modelType">): 2 | 3 {
+  return (SEQ2SEQ_MODEL_TYPES as readonly string[]).includes(spec.modelType) ? 2 : 3;
+}
+
+/** Bytes of one expert's weights in bf16, which is what one expert slot on the GPU holds. */
+export function expertSlotBytes(
+  spec: Pick<ModelSpec, "modelType" | "hiddenSize" | "moeIntermediateSize">,
+): number {
+  return expertMatrices(spec) * spec.moeIntermediateSize * spec.hiddenSize * 2;
+}
+
 /** Reads and parses `dir/config.json`; see {@link parseConfig}. */
 export async function loadConfig(dir: string): Promise<ModelSpec> {
   const { json, file } = await readConfigJson(dir);

@@ -7,11 +7,12 @@
  */
 import { fileURLToPath } from "node:url";
 import { type EngineOptions, formatBytes, type PlannerKind } from "../../mod.ts";
-import { loadConfig } from "../checkpoint/config.ts";
+import { expertSlotBytes, loadConfig } from "../checkpoint/config.ts";
 import { CorpusError, loadCorpus, tokenizeCorpus } from "../eval/corpus.ts";
 import { perplexity } from "../eval/perplexity.ts";
 import { markdownTable, svgPlot } from "../eval/report.ts";
 import { spacedWindows, sweep, SWEEP_POLICIES, type SweepPolicy, type SweepResult } from "../eval/sweep.ts";
+import { isSeq2SeqModel } from "../runtime/seq2seq.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { type Command, UsageError } from "./command.ts";
 import {
@@ -190,6 +191,11 @@ export const command: Command = {
     const options: EngineOptions = engineOptions(values);
     const modelDir = options.model ?? DEFAULT_MODEL;
     const corpusName = values.corpus ?? "sotu-test";
+    if (await isSeq2SeqModel(modelDir)) {
+      throw new UsageError(
+        `${modelDir} is an encoder-decoder (switch_transformers): eval measures a causal model's next-token perplexity over a corpus, which needs a causal model (mixtral, qwen2_moe, qwen3_moe, olmoe)`,
+      );
+    }
     if (values.sweep) return await runSweep();
 
     for (
@@ -220,7 +226,7 @@ export const command: Command = {
       throw new UsageError(`Invalid --context-length: ${options.contextLength}, a window needs ${window}`);
     }
     if (uploadExperts !== undefined) {
-      options.maxUploadBytesPerStep = uploadExperts * await expertSlotBytes(modelDir);
+      options.maxUploadBytesPerStep = uploadExperts * expertSlotBytes(await loadConfig(modelDir));
     }
     await using engine = await openEngine(options, !values.json);
     return await evaluateOn(engine);
@@ -323,7 +329,7 @@ export const command: Command = {
         window,
         calibrationWindows,
       );
-      const slot = await expertSlotBytes(modelDir);
+      const slot = expertSlotBytes(await loadConfig(modelDir));
       const result = await sweep({
         model: options.model,
         ids,
@@ -375,10 +381,4 @@ function tooFew(tokens: number, window: number, corpus: string): void {
   if (tokens < window) {
     throw new UsageError(`Too few tokens: ${corpus} has ${tokens}, one window needs ${window} (--window)`);
   }
-}
-
-/** GPU bytes of one expert slot, as the engine sizes it: gate, up and down in bf16. */
-async function expertSlotBytes(modelDir: string): Promise<number> {
-  const spec = await loadConfig(modelDir);
-  return 3 * spec.moeIntermediateSize * spec.hiddenSize * 2;
 }

@@ -5,6 +5,7 @@
  * @module
  */
 import { type Engine, type EngineStats, formatBytes, type GpuInfo, type ModelSpec } from "../../mod.ts";
+import { expertMatrices } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
 import type { Command } from "./command.ts";
 import {
@@ -70,8 +71,8 @@ function collect(engine: Engine, contextLength: number): ModelInfo {
   using checkpoint = Checkpoint.open(engine.modelDir);
   let total = 0;
   for (const t of checkpoint.tensors.values()) total += t.shape.reduce((a, b) => a * b, 1);
-  // gate, up and down projections: 3 × D × I per expert
-  const perExpert = 3 * spec.hiddenSize * spec.moeIntermediateSize;
+  // D × I per matrix: gate, up and down (causal), or wi and wo (Switch)
+  const perExpert = expertMatrices(spec) * spec.hiddenSize * spec.moeIntermediateSize;
   const experts = moeLayers * spec.numExperts * perExpert;
   const allExperts = moeLayers * spec.numExperts * stats.expertBytes;
   return {

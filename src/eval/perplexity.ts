@@ -9,6 +9,8 @@
  *
  * @module
  */
+import { SEQ2SEQ_MODEL_TYPES } from "../checkpoint/config.ts";
+import { OptionError } from "../errors.ts";
 import type { Engine } from "../runtime/engine.ts";
 
 /** Options of {@link perplexity}. */
@@ -77,6 +79,11 @@ export async function perplexity(
   ids: readonly number[],
   options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
+  if ((SEQ2SEQ_MODEL_TYPES as readonly string[]).includes(engine.spec.modelType)) {
+    throw new OptionError(
+      `perplexity needs a causal model; ${engine.spec.modelType} is an encoder-decoder, whose decoder logits depend on an encoder input`,
+    );
+  }
   const window = options.window ?? 256;
   const windows = windowsOf(ids, window, options.maxWindows ?? Infinity);
   if (windows.length === 0) {

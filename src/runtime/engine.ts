@@ -5,7 +5,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import { loadConfig } from "../checkpoint/config.ts";
+import { expertSlotBytes, loadConfig } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
 import { createGpu, type Gpu } from "../gpu/device.ts";
 import { type CallShape, type Dispatch, encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
@@ -143,7 +143,7 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
       const tokenizer = await Tokenizer.load(modelDir);
 
       // The footprint, known before any allocation.
-      const slotBytes = 3 * spec.moeIntermediateSize * spec.hiddenSize * 2;
+      const slotBytes = expertSlotBytes(spec);
       const uniformSlots = 32 + 24 * spec.numLayers;
       // readbacks carry the routing statistics behind their payload: one map per readback
       const statsBytes = moeLayers * spec.numExperts * 16;

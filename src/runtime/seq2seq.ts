@@ -15,6 +15,7 @@ import {
   type SwitchSpec,
 } from "../checkpoint/switch_config.ts";
 
+import { expertSlotBytes } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
 import { createGpu, type Gpu } from "../gpu/device.ts";
 import { type CallShape, type Dispatch, encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
@@ -139,7 +140,7 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
       const tokenizer = await Tokenizer.load(modelDir);
 
       // The footprint, known before any allocation.
-      const slotBytes = 2 * spec.dFf * spec.dModel * 2;
+      const slotBytes = expertSlotBytes(view);
       const uniformSlots = 32 + 24 * (spec.numEncoderLayers + spec.numDecoderLayers);
       const statsBytes = moeLayers * E * 16;
       const rows = Math.max(shape.encoderLength, shape.maxRows);

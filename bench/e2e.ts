@@ -5,8 +5,8 @@
  *   deno run -A bench/e2e.ts --model DIR --configs full,swapmoe@4GiB,swapmoe@8GiB,lru@4GiB \
  *     [--prompt 32] [--new 128] [--prefill 512] [--context 1024] [--out results.json]
  *
- * Decode tok/s counts the new tokens after the first (the first comes out of the prefill) over the
- * wall time from the first token to the last; prefill tok/s is a `--prefill`-token prompt over the
+ * Decode tok/s counts the new tokens that arrive after the first chunk (the first token comes out of
+ * the prefill; a chunk is one readback) over the wall time from the first chunk to the last; prefill tok/s is a `--prefill`-token prompt over the
  * time to its first token. Greedy decoding with end-of-sequence suppressed so every run decodes
  * exactly `--new` tokens.
  *
@@ -60,10 +60,12 @@ export async function measure(
     const _ of engine.generate({ ids: promptIds(o.prompt, vocab, 7), maxTokens: 4, minTokens: 4 })
   ) { /* */ }
   const before: EngineStats = engine.stats();
+  // Decode rate: the tokens that arrive after the first chunk over the time since the first chunk
+  // (tokens come in chunks of up to 16 per readback, so the first chunk's extra tokens are not timed).
   let first = 0;
   let last = 0;
   let n = 0;
-  const start = performance.now();
+  let timed = 0;
   for await (
     const c of engine.generate({
       ids: promptIds(o.prompt, vocab, 1),
@@ -71,11 +73,15 @@ export async function measure(
       minTokens: o.newTokens,
     })
   ) {
-    if (n === 0 && c.ids.length > 0) first = performance.now();
+    if (c.ids.length === 0) continue;
+    if (n === 0) first = performance.now();
+    else timed += c.ids.length;
     n += c.ids.length;
     last = performance.now();
   }
-  void start;
+  if (timed === 0) {
+    throw new RangeError(`--new ${o.newTokens}: every token came in the first chunk, nothing to time`);
+  }
   let prefill: number | null = null;
   if (o.prefill > 0) {
     const ids = promptIds(o.prefill, vocab, 3);
@@ -89,7 +95,7 @@ export async function measure(
     config,
     policy,
     budget: budget ?? null,
-    decodeTokensPerSecond: (n - 1) / ((last - first) / 1000),
+    decodeTokensPerSecond: timed / ((last - first) / 1000),
     prefillTokensPerSecond: prefill,
     newTokens: n,
     promptTokens: o.prompt,

@@ -159,3 +159,36 @@ Deno.test("sotu-moe-mini: swapmoe settles on a steady hit rate and swaps when th
   assert.notEqual(JSON.stringify(after.residentExperts), residentBefore);
   assert.ok(after.gpuBytes <= after.budgetBytes && after.peakGpuBytes <= after.budgetBytes);
 });
+
+Deno.test("swapmoe uploads at most maxUploadBytesPerStep per decode step, and the cap is what binds", async () => {
+  const sotu = "Mr. Speaker, Mr. Vice President, Members of Congress, my fellow Americans: Tonight we gather";
+  const moby =
+    "Call me Ishmael. Some years ago—never mind how long precisely—having little or no money in my purse";
+  const tokens = 8;
+  const swapsAfterTopicChange = async (experts: number) => {
+    await using probe = await createEngine({ contextLength: 256 });
+    const slot = probe.stats().expertBytes;
+    await probe.close();
+    await using engine = await createEngine({
+      policy: "swapmoe",
+      budget: "60%",
+      contextLength: 256,
+      updateInterval: 1,
+      maxUploadBytesPerStep: experts * slot,
+    });
+    await generateIds(engine, { prompt: sotu, maxTokens: 32, minTokens: 32 });
+    const before = engine.stats();
+    await generateIds(engine, { prompt: moby, maxTokens: tokens, minTokens: tokens });
+    const after = engine.stats();
+    assert.equal(after.bytesUploaded - before.bytesUploaded, (after.swaps - before.swaps) * slot);
+    return after.swaps - before.swaps;
+  };
+  // one expert per step: the prefill's allowance, then one per decode step
+  const capped = await swapsAfterTopicChange(1);
+  assert.ok(capped <= 1 + tokens, `${capped} swaps in ${tokens} steps with one expert per step`);
+  const free = await swapsAfterTopicChange(64);
+  console.log(
+    `  swaps in ${tokens} steps after a topic change: ${capped} capped at one per step, ${free} uncapped`,
+  );
+  assert.ok(free > capped, `without the cap ${free} swaps, with it ${capped}: the cap did not bind`);
+});

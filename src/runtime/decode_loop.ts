@@ -35,13 +35,6 @@ export interface DecodeLoopOptions {
   step(g: number): Promise<void>;
   /** Inside `enc`: copy the routing statistics since the last copy to `staging` at `offset`, and clear them. */
   copyStats(enc: GPUCommandEncoder, staging: GPUBuffer, offset: number): void;
-  /**
-   * A batch of `steps` steps was just submitted and the loop is about to wait for the oldest readback:
-   * the GPU has up to two batches queued, so CPU work done here (expert uploads) overlaps GPU work
-   * instead of delaying the next step's encoding. Queue order makes it safe: what is written here
-   * lands after every step already submitted and before every step submitted later.
-   */
-  afterSubmit(steps: number): void;
   /** A batch of tokens [start, start + n) was read; its statistics are mapped in `staging` at `offset`. */
   onBatch(staging: GPUBuffer, offset: number, start: number, n: number): void;
   /** Tokens handed out after the first batch (decode throughput). */
@@ -89,7 +82,6 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
     map.catch(() => {}); // awaited below: a lost device must not reject it unobserved meanwhile
     inflight.push({ staging, start, n: steps, map });
     batchNo++;
-    o.afterSubmit(steps);
   };
 
   try {

@@ -462,6 +462,7 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
       statsAt: this.#model.shape.maxGenerated * 4,
       step: async (g) => {
         if (g === 0) return;
+        this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
         await this.#call(1, prompt.length + g - 1, 0, 1, (enc) => this.#sampleInto(enc), g);
       },
       ...this.decodeHooks(prompt.length, prompt.length - 1, tp),

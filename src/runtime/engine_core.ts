@@ -312,19 +312,16 @@ export abstract class EngineCore<O extends PlanOptions = PlanOptions> implements
 
   /**
    * The decode loop's bookkeeping: routing statistics per batch (the first also covers the
-   * `promptTokens` the prefill or encoder routed), SwapMoE revisions and their uploads, and the
-   * throughput counters;
+   * `promptTokens` the prefill or encoder routed), SwapMoE revisions, and the throughput counters;
    * `t0` is when the request started.
    */
   protected decodeHooks(
     promptLength: number,
     promptTokens: number,
     t0: number,
-  ): Pick<DecodeLoopOptions, "copyStats" | "afterSubmit" | "onBatch" | "onDecoded"> {
+  ): Pick<DecodeLoopOptions, "copyStats" | "onBatch" | "onDecoded"> {
     return {
       copyStats: (enc, staging, offset) => this.copyStats(enc, staging, offset),
-      // swaps upload while the GPU runs the submitted batch, at most maxUploadBytesPerStep per step
-      afterSubmit: (steps) => this.swap?.pump(this.cache, steps * this.opts.maxUploadBytesPerStep),
       onBatch: (staging, offset, start, n) => {
         if (start === 0) {
           // the prompt is in: its statistics and the first tokens came back together

@@ -473,6 +473,7 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
             new Uint32Array([this.switchSpec.decoderStartTokenId]),
           );
         }
+        this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
         await this.#run(model.decoder, 1, g, 1, sample, g);
       },
       ...this.decodeHooks(prompt.length, prompt.length, tp),

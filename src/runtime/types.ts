@@ -40,10 +40,7 @@ export interface EngineOptions {
   profile?: number[][];
   /** `swapmoe`: tokens between revisions of the resident set; default 16. */
   updateInterval?: number;
-  /**
-   * `swapmoe`: most bytes uploaded per decode step; default one expert slot's worth × 2. Uploads run after
-   * each batch of steps is submitted (while the GPU works), up to this many bytes per step of the batch.
-   */
+  /** `swapmoe`: most bytes uploaded per decode step; default one expert slot's worth × 2. */
   maxUploadBytesPerStep?: number;
   /** `swapmoe`: per-token decay of the importance sums, in (0, 1]; default 0.97. */
   importanceDecay?: number;

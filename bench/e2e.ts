@@ -3,17 +3,18 @@
  * Writes JSON (one record per configuration) and prints a Markdown table.
  *
  *   deno run -A bench/e2e.ts --model DIR --configs full,swapmoe@4GiB,swapmoe@8GiB,lru@4GiB \
- *     [--prompt 32] [--new 128] [--prefill 512] [--context 1024] [--out results.json]
+ *     [--prompt 32] [--new 128] [--prefill 512] [--context 1024] [--max-upload-mib M] [--out results.json]
  *
  * Decode tok/s counts the new tokens that arrive after the first chunk (the first token comes out of
- * the prefill; a chunk is one readback) over the wall time from the first chunk to the last; prefill tok/s is a `--prefill`-token prompt over the
- * time to its first token. Greedy decoding with end-of-sequence suppressed so every run decodes
- * exactly `--new` tokens.
+ * the prefill; a chunk is one readback) over the wall time from the first chunk to the last; prefill
+ * tok/s is a `--prefill`-token prompt over the time to its first token. Greedy decoding with
+ * end-of-sequence suppressed so every run decodes exactly `--new` tokens. `--max-upload-mib` sets
+ * the engines' `maxUploadBytesPerStep` (default: two expert slots).
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { createEngine, type EngineStats, formatBytes, type PolicyName } from "../mod.ts";
+import { createEngine, type EngineOptions, type EngineStats, formatBytes, type PolicyName } from "../mod.ts";
 
 /** One measured configuration. */
 export interface E2eRecord {
@@ -48,11 +49,13 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
 export async function measure(
   model: string | undefined,
   config: string,
-  o: { prompt: number; newTokens: number; prefill: number; context: number },
+  o: { prompt: number; newTokens: number; prefill: number; context: number; uploadMiB?: number },
 ): Promise<E2eRecord> {
   const [policy, budget] = config.split("@") as [PolicyName, string | undefined];
   const t0 = performance.now();
-  await using engine = await createEngine({ model, policy, budget, contextLength: o.context });
+  const engineOptions: EngineOptions = { model, policy, budget, contextLength: o.context };
+  if (o.uploadMiB !== undefined) engineOptions.maxUploadBytesPerStep = Math.round(o.uploadMiB * 2 ** 20);
+  await using engine = await createEngine(engineOptions);
   const loadSeconds = (performance.now() - t0) / 1000;
   const vocab = engine.spec.vocabSize;
   // warm-up: compile pipelines, fill caches
@@ -140,6 +143,7 @@ if (import.meta.main) {
       prefill: { type: "string", default: "512" },
       context: { type: "string", default: "1024" },
       out: { type: "string" },
+      "max-upload-mib": { type: "string" },
     },
   });
   const rows: E2eRecord[] = [];
@@ -152,6 +156,7 @@ if (import.meta.main) {
         newTokens,
         prefill: Number(values.prefill),
         context: Number(values.context),
+        uploadMiB: values["max-upload-mib"] === undefined ? undefined : Number(values["max-upload-mib"]),
       });
       rows.push(r);
       console.error(JSON.stringify(r));

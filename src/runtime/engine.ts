@@ -8,23 +8,33 @@ import { fileURLToPath } from "node:url";
 import { expertSlotBytes, loadConfig } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
 import { createGpu, type Gpu } from "../gpu/device.ts";
-import { type CallShape, type Dispatch, encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
-import { GpuMemory } from "../gpu/memory.ts";
-import { PipelineCache } from "../gpu/pipelines.ts";
+import { type CallShape, type Dispatch, encode } from "../gpu/dispatch.ts";
+import type { GpuMemory } from "../gpu/memory.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
 import { packStep } from "../kernels/step.ts";
 import { CausalMoe, denseBytes, type RunShape, runStateBytes } from "../models/causal_moe.ts";
 import { checkTensors, type ModelNames, modelNames } from "../models/names.ts";
-import { formatBytes, parseBudget } from "../moe/budget.ts";
+import { formatBytes } from "../moe/budget.ts";
 import { checkpointExpertStore, ExpertCache } from "../moe/expert_cache.ts";
 import { expertNorms, Importance } from "../moe/importance.ts";
 
-import { BudgetError, OptionError, SwapMoeError } from "../errors.ts";
+import { OptionError } from "../errors.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { createSeq2SeqEngine, isSeq2SeqModel } from "./seq2seq.ts";
 import { decodeLoop } from "./decode_loop.ts";
 import { type CoreInit, EngineCore, planExpertSlots, type PlanOptions } from "./engine_core.ts";
-import { validateExpertSets, validateOptions } from "./requests.ts";
+import {
+  allocStaging,
+  auditFootprint,
+  checkExpertOptions,
+  kernelContext,
+  planOptions,
+  resolveBudget,
+  stagingBytes,
+  type StagingSizes,
+  tableBytes,
+} from "./engine_setup.ts";
+import { validateOptions } from "./requests.ts";
 import type { Engine, EngineOptions, GenerateChunk } from "./types.ts";
 
 export type {
@@ -101,28 +111,7 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
     progress({ stage: "config", done: 0, total: 1 });
     const spec = await loadConfig(modelDir);
     const moeLayers = spec.sparseLayers.filter((s) => s).length;
-    const staticSets = options.residentExperts
-      ? validateExpertSets("residentExperts", options.residentExperts, moeLayers, spec.numExperts, spec.topK)
-      : undefined;
-    if (options.profile) {
-      validateExpertSets(
-        "profile",
-        options.profile.map((r) => r.map((_, i) => i)),
-        moeLayers,
-        spec.numExperts,
-        0,
-      );
-    }
-    if (
-      options.profile &&
-      !options.profile.every((r) =>
-        r.length === spec.numExperts && r.every((v) => Number.isFinite(v) && v >= 0)
-      )
-    ) {
-      throw new OptionError(
-        `Invalid profile: expected ${moeLayers} rows of ${spec.numExperts} non-negative numbers`,
-      );
-    }
+    const staticSets = checkExpertOptions(options, moeLayers, spec.numExperts, spec.topK);
     const contextLength = options.contextLength ?? Math.min(spec.maxPositionEmbeddings, MAX_DEFAULT_CONTEXT);
     if (contextLength > spec.maxPositionEmbeddings) {
       throw new OptionError(
@@ -143,38 +132,27 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
       const tokenizer = await Tokenizer.load(modelDir);
 
       // The footprint, known before any allocation.
-      const slotBytes = expertSlotBytes(spec);
       const uniformSlots = 32 + 24 * spec.numLayers;
-      // readbacks carry the routing statistics behind their payload: one map per readback
-      const statsBytes = moeLayers * spec.numExperts * 16;
-      const stagingBytes = maxRows * spec.vocabSize * 4 + statsBytes +
-        2 * (shape.maxGenerated * 4 + statsBytes) +
-        maxRows * spec.topK * 4;
-      const fixedBytes = denseBytes(spec, names, (n) => ckpt.info(n).byteLength) +
-        runStateBytes(spec, shape, moeLayers) +
-        UniformArena.bytes(uniformSlots) + 32 + Math.max(4, moeLayers * spec.numExperts * 4) + stagingBytes;
-      const fullBytes = fixedBytes + moeLayers * spec.numExperts * slotBytes;
-      const minimumBytes = fixedBytes + moeLayers * spec.topK * slotBytes;
-      const staticNeed = staticSets
-        ? fixedBytes + staticSets.reduce((a, s) => a + s.length, 0) * slotBytes
-        : 0;
-      let budget: number;
-      if (options.budget !== undefined) budget = parseBudget(options.budget, fullBytes);
-      else if (policy === "full") budget = fullBytes;
-      else if (staticSets) budget = staticNeed;
-      else budget = Math.max(minimumBytes, Math.floor(fullBytes / 2));
-      const need = policy === "full" ? fullBytes : staticSets ? staticNeed : minimumBytes;
-      if (budget < need) {
-        throw new BudgetError(
-          `Budget too small: ${budget} bytes (${
-            formatBytes(budget)
-          }) given, policy "${policy}" needs at least ${need} bytes (${
-            formatBytes(need)
-          }): dense weights, KV cache for ${contextLength} positions and scratch take ${
-            formatBytes(fixedBytes)
-          }, one expert ${formatBytes(slotBytes)}`,
-        );
-      }
+      const staging: StagingSizes = {
+        logits: maxRows * spec.vocabSize * 4,
+        tokens: shape.maxGenerated * 4,
+        topk: maxRows * spec.topK * 4,
+        stats: moeLayers * spec.numExperts * 16,
+      };
+      const footprint = resolveBudget({
+        policy,
+        budget: options.budget,
+        fixedBytes: denseBytes(spec, names, (n) => ckpt.info(n).byteLength) +
+          runStateBytes(spec, shape, moeLayers) +
+          tableBytes(uniformSlots, moeLayers, spec.numExperts) + stagingBytes(staging),
+        slotBytes: expertSlotBytes(spec),
+        moeLayers,
+        experts: spec.numExperts,
+        topK: spec.topK,
+        staticSets,
+        contextLength,
+      });
+      const { fixedBytes, slotBytes, budget } = footprint;
 
       progress({ stage: "gpu", done: 0, total: 1 });
       gpu = await createGpu();
@@ -190,24 +168,9 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
           }: use contextLength <= ${Math.floor(limit / kvRowBytes)}`,
         );
       }
-      memory = new GpuMemory(gpu.device);
-      memory.limit = budget;
-      const stepBuffer = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
-      const ctx: KernelContext = {
-        device: gpu.device,
-        pipelines: new PipelineCache(gpu.device),
-        memory,
-        uniforms: new UniformArena(gpu.device, memory, uniformSlots),
-        step: stepBuffer.buffer,
-      };
-      const read = GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
-      const staging = {
-        logits: memory.alloc("staging.logits", maxRows * spec.vocabSize * 4 + statsBytes, read, "staging"),
-        tokens: [0, 1].map((i) =>
-          memory!.alloc(`staging.tokens${i}`, shape.maxGenerated * 4 + statsBytes, read, "staging")
-        ),
-        topk: memory.alloc("staging.topk", maxRows * spec.topK * 4, read, "staging"),
-      };
+      const setup = kernelContext(gpu, budget, uniformSlots);
+      memory = setup.memory;
+      const { stepBuffer, ctx } = setup;
       const store = checkpointExpertStore(
         (n) => ckpt.bytes(n),
         names.layers.filter((l) => l.experts).map((l) => l.experts!),
@@ -215,12 +178,7 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
       const cache = new ExpertCache(gpu.device, memory, spec, store);
 
       // Slots per layer.
-      const opts: ResolvedOptions = {
-        planner: options.planner ?? "uniform",
-        updateInterval: options.updateInterval ?? 16,
-        maxUploadBytesPerStep: options.maxUploadBytesPerStep ?? 2 * slotBytes,
-        profile: options.profile,
-      };
+      const opts: ResolvedOptions = planOptions(options, slotBytes);
       const slots = planExpertSlots(
         policy,
         moeLayers,
@@ -257,24 +215,12 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
         policy,
         importance,
         opts,
-        fixedBytes,
-        fullBytes,
-        minimumBytes,
-        budget,
+        ...footprint,
         staticSets,
-        staging,
+        staging: allocStaging(memory, staging),
       });
       engine.fillInitial((done, total) => progress({ stage: "experts", done, total }));
-      if (
-        memory.bytes !==
-          fullBytes - moeLayers * spec.numExperts * slotBytes +
-            cache.capacity.reduce((a, b) => a + b, 0) * slotBytes
-      ) {
-        // The footprint formula and the allocator must agree byte for byte: the budget is a promise.
-        throw new SwapMoeError(
-          `Internal: GPU bytes ${memory.bytes} disagree with the planned footprint ${fixedBytes} + slots`,
-        );
-      }
+      auditFootprint(memory, fixedBytes, cache.capacity, slotBytes);
       await gpu.device.queue.onSubmittedWorkDone();
       gpu.assertAlive();
       progress({ stage: "ready", done: 1, total: 1 });

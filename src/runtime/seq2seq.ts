@@ -14,13 +14,11 @@ import {
   switchModelSpec,
   type SwitchSpec,
 } from "../checkpoint/switch_config.ts";
-
 import { expertSlotBytes } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
 import { createGpu, type Gpu } from "../gpu/device.ts";
-import { type CallShape, type Dispatch, encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
-import { GpuMemory } from "../gpu/memory.ts";
-import { PipelineCache } from "../gpu/pipelines.ts";
+import { type CallShape, type Dispatch, encode } from "../gpu/dispatch.ts";
+import type { GpuMemory } from "../gpu/memory.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
 import { packStep } from "../kernels/step.ts";
 import {
@@ -32,16 +30,26 @@ import {
   switchStateBytes,
 } from "../models/switch.ts";
 import { checkSwitchTensors, switchExperts, type SwitchNames, switchNames } from "../models/switch_names.ts";
-import { formatBytes, parseBudget } from "../moe/budget.ts";
+import { formatBytes } from "../moe/budget.ts";
 import { checkpointExpertStore, ExpertCache } from "../moe/expert_cache.ts";
 import { Importance } from "../moe/importance.ts";
-
-import { BudgetError, OptionError, SwapMoeError } from "../errors.ts";
+import { OptionError } from "../errors.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import type { Engine, EngineOptions, GenerateChunk } from "./types.ts";
 import { decodeLoop } from "./decode_loop.ts";
+import {
+  allocStaging,
+  auditFootprint,
+  checkExpertOptions,
+  kernelContext,
+  planOptions,
+  resolveBudget,
+  stagingBytes,
+  type StagingSizes,
+  tableBytes,
+} from "./engine_setup.ts";
 import { type CoreInit, EngineCore, planExpertSlots, type PlanOptions } from "./engine_core.ts";
-import { validateExpertSets, validateOptions } from "./requests.ts";
+import { validateOptions } from "./requests.ts";
 
 const MAX_DEFAULT_CONTEXT = 4096;
 /** How the expert-set lists of this family are ordered. */
@@ -111,15 +119,7 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
     const view = switchModelSpec(spec);
     const moeLayers = view.sparseLayers.filter((s) => s).length;
     const E = spec.numExperts;
-    const staticSets = options.residentExperts
-      ? validateExpertSets("residentExperts", options.residentExperts, moeLayers, E, 1, ROUTERS)
-      : undefined;
-    if (options.profile) {
-      validateExpertSets("profile", options.profile.map((r) => r.map((_, i) => i)), moeLayers, E, 0, ROUTERS);
-      if (!options.profile.every((r) => r.length === E && r.every((v) => Number.isFinite(v) && v >= 0))) {
-        throw new OptionError(`Invalid profile: expected ${moeLayers} rows of ${E} non-negative numbers`);
-      }
-    }
+    const staticSets = checkExpertOptions(options, moeLayers, E, 1, ROUTERS);
     const contextLength = options.contextLength ?? Math.min(spec.maxPositions, MAX_DEFAULT_CONTEXT);
     const maxRows = Math.min(options.maxBatchTokens ?? 64, contextLength);
     const shape: SwitchShape = {
@@ -140,37 +140,28 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
       const tokenizer = await Tokenizer.load(modelDir);
 
       // The footprint, known before any allocation.
-      const slotBytes = expertSlotBytes(view);
       const uniformSlots = 32 + 24 * (spec.numEncoderLayers + spec.numDecoderLayers);
-      const statsBytes = moeLayers * E * 16;
       const rows = Math.max(shape.encoderLength, shape.maxRows);
-      const stagingBytes = maxRows * spec.vocabSize * 4 + statsBytes +
-        2 * (shape.maxGenerated * 4 + statsBytes) + rows * 4;
-      const fixedBytes = switchDenseBytes(names, (n) => ckpt.info(n).byteLength) +
-        switchStateBytes(spec, shape, moeLayers) +
-        UniformArena.bytes(uniformSlots) + 32 + Math.max(4, moeLayers * E * 4) + stagingBytes;
-      const fullBytes = fixedBytes + moeLayers * E * slotBytes;
-      const minimumBytes = fixedBytes + moeLayers * slotBytes;
-      const staticNeed = staticSets
-        ? fixedBytes + staticSets.reduce((a, s) => a + s.length, 0) * slotBytes
-        : 0;
-      let budget: number;
-      if (options.budget !== undefined) budget = parseBudget(options.budget, fullBytes);
-      else if (policy === "full") budget = fullBytes;
-      else if (staticSets) budget = staticNeed;
-      else budget = Math.max(minimumBytes, Math.floor(fullBytes / 2));
-      const need = policy === "full" ? fullBytes : staticSets ? staticNeed : minimumBytes;
-      if (budget < need) {
-        throw new BudgetError(
-          `Budget too small: ${budget} bytes (${
-            formatBytes(budget)
-          }) given, policy "${policy}" needs at least ${need} bytes (${
-            formatBytes(need)
-          }): dense weights, caches for ${contextLength} positions and scratch take ${
-            formatBytes(fixedBytes)
-          }, one expert ${formatBytes(slotBytes)}`,
-        );
-      }
+      const staging: StagingSizes = {
+        logits: maxRows * spec.vocabSize * 4,
+        tokens: shape.maxGenerated * 4,
+        topk: rows * 4,
+        stats: moeLayers * E * 16,
+      };
+      const footprint = resolveBudget({
+        policy,
+        budget: options.budget,
+        fixedBytes: switchDenseBytes(names, (n) => ckpt.info(n).byteLength) +
+          switchStateBytes(spec, shape, moeLayers) +
+          tableBytes(uniformSlots, moeLayers, E) + stagingBytes(staging),
+        slotBytes: expertSlotBytes(view),
+        moeLayers,
+        experts: E,
+        topK: 1,
+        staticSets,
+        contextLength,
+      });
+      const { fixedBytes, slotBytes, budget } = footprint;
 
       progress({ stage: "gpu", done: 0, total: 1 });
       gpu = await createGpu();
@@ -189,24 +180,9 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
           }: lower contextLength (${contextLength}) or maxBatchTokens (${maxRows})`,
         );
       }
-      memory = new GpuMemory(gpu.device);
-      memory.limit = budget;
-      const stepBuffer = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
-      const ctx: KernelContext = {
-        device: gpu.device,
-        pipelines: new PipelineCache(gpu.device),
-        memory,
-        uniforms: new UniformArena(gpu.device, memory, uniformSlots),
-        step: stepBuffer.buffer,
-      };
-      const read = GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
-      const staging = {
-        logits: memory.alloc("staging.logits", maxRows * spec.vocabSize * 4 + statsBytes, read, "staging"),
-        tokens: [0, 1].map((i) =>
-          memory!.alloc(`staging.tokens${i}`, shape.maxGenerated * 4 + statsBytes, read, "staging")
-        ),
-        topk: memory.alloc("staging.topk", rows * 4, read, "staging"),
-      };
+      const setup = kernelContext(gpu, budget, uniformSlots);
+      memory = setup.memory;
+      const { stepBuffer, ctx } = setup;
       const empty = new Uint8Array(0);
       const experts = switchExperts(names);
       const store = checkpointExpertStore(
@@ -215,10 +191,7 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
       );
       const cache = new ExpertCache(gpu.device, memory, view, store, { gated: false });
       const opts: ResolvedOptions = {
-        planner: options.planner ?? "uniform",
-        updateInterval: options.updateInterval ?? 16,
-        maxUploadBytesPerStep: options.maxUploadBytesPerStep ?? 2 * slotBytes,
-        profile: options.profile,
+        ...planOptions(options, slotBytes),
         capacity: options.expertCapacity === "drop",
       };
       cache.resize(
@@ -259,21 +232,12 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
         policy,
         importance,
         opts,
-        fixedBytes,
-        fullBytes,
-        minimumBytes,
-        budget,
+        ...footprint,
         staticSets,
-        staging,
+        staging: allocStaging(memory, staging),
       });
       engine.fillInitial((done, total) => progress({ stage: "experts", done, total }));
-      const planned = fixedBytes + cache.capacity.reduce((a, b) => a + b, 0) * slotBytes;
-      if (memory.bytes !== planned) {
-        // The footprint formula and the allocator must agree byte for byte: the budget is a promise.
-        throw new SwapMoeError(
-          `Internal: GPU bytes ${memory.bytes} disagree with the planned footprint ${planned}`,
-        );
-      }
+      auditFootprint(memory, fixedBytes, cache.capacity, slotBytes);
       await gpu.device.queue.onSubmittedWorkDone();
       gpu.assertAlive();
       progress({ stage: "ready", done: 1, total: 1 });

@@ -25,7 +25,6 @@ import { decodeLoop } from "./decode_loop.ts";
 import { type CoreInit, EngineCore, planExpertSlots, type PlanOptions } from "./engine_core.ts";
 import {
   allocStaging,
-  auditFootprint,
   checkExpertOptions,
   kernelContext,
   planOptions,
@@ -219,11 +218,7 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
         staticSets,
         staging: allocStaging(memory, staging),
       });
-      engine.fillInitial((done, total) => progress({ stage: "experts", done, total }));
-      auditFootprint(memory, fixedBytes, cache.capacity, slotBytes);
-      await gpu.device.queue.onSubmittedWorkDone();
-      gpu.assertAlive();
-      progress({ stage: "ready", done: 1, total: 1 });
+      await engine.finishLoad(progress);
       return engine;
     } catch (e) {
       memory?.freeAll();

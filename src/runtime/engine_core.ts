@@ -21,7 +21,8 @@ import type { Tokenizer } from "../text/tokenizer.ts";
 import type { SamplingParams } from "../kernels/sample.ts";
 import type { DecodeLoopOptions } from "./decode_loop.ts";
 import { parseGeneration, promptIds } from "./requests.ts";
-import type { Engine, EngineStats, GenerateChunk, GenerateRequest } from "./types.ts";
+import { auditFootprint } from "./engine_setup.ts";
+import type { Engine, EngineStats, GenerateChunk, GenerateRequest, Progress } from "./types.ts";
 
 /** Planner settings resolved from the options. */
 export interface PlanOptions {
@@ -193,6 +194,18 @@ export abstract class EngineCore<O extends PlanOptions = PlanOptions> implements
   protected get eos(): Set<number> {
     const t = this.tokenizer.eosTokenId;
     return new Set([...this.spec.eosTokenIds, ...(t !== undefined ? [t] : [])]);
+  }
+
+  /**
+   * The last steps of loading: fill the slots, check the allocator against the planned footprint byte
+   * for byte (the budget is a promise), and wait until the uploads are on the GPU.
+   */
+  protected async finishLoad(progress: (p: Progress) => void): Promise<void> {
+    this.fillInitial((done, total) => progress({ stage: "experts", done, total }));
+    auditFootprint(this.memory, this.fixedBytes, this.cache.capacity, this.cache.slotBytes);
+    await this.gpu.device.queue.onSubmittedWorkDone();
+    this.gpu.assertAlive();
+    progress({ stage: "ready", done: 1, total: 1 });
   }
 
   /** Fills the slots: everything (full), the given or profiled set (static), the best guess (swapmoe, lru). */

@@ -39,7 +39,6 @@ import type { Engine, EngineOptions, GenerateChunk } from "./types.ts";
 import { decodeLoop } from "./decode_loop.ts";
 import {
   allocStaging,
-  auditFootprint,
   checkExpertOptions,
   kernelContext,
   planOptions,
@@ -236,11 +235,7 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
         staticSets,
         staging: allocStaging(memory, staging),
       });
-      engine.fillInitial((done, total) => progress({ stage: "experts", done, total }));
-      auditFootprint(memory, fixedBytes, cache.capacity, slotBytes);
-      await gpu.device.queue.onSubmittedWorkDone();
-      gpu.assertAlive();
-      progress({ stage: "ready", done: 1, total: 1 });
+      await engine.finishLoad(progress);
       return engine;
     } catch (e) {
       memory?.freeAll();

@@ -1,9 +1,12 @@
-// SwiGLU experts reading their weights from GPU expert slots through the slot table.
+// Experts reading their weights from GPU expert slots through the slot table: SwiGLU (`gate_up`, the
+// causal families) or ReLU (`wi_relu`, Switch Transformers' DenseReluDense, whose wi sits in `gate`),
+// then the down projection, weighted by the router and summed into the residual (`down_sum`).
 //   x: [T, D] normalised hidden   topk_ids / topk_w: [T, K]   slots: [moe_layers, E] i32
 //   gate, up: [n_slots, I, D] bf16   down: [n_slots, D, I] bf16   h: [T·K, I] f32   y: [T, D] residual
 // torch: current_hidden_states = self.act_fn(gate) * up
 //        current_hidden_states = nn.functional.linear(current_hidden_states, self.down_proj[expert_idx])
 //        current_hidden_states = current_hidden_states * top_k_weights[token_idx, top_k_pos, None]
+//   Switch: hidden_states = self.wo(self.act(self.wi(hidden_states))), times the router probability
 override WG: u32 = 64u;
 
 struct Params { dim: u32, inter: u32, top_k: u32, experts: u32, layer: u32, _p0: u32, _p1: u32, _p2: u32 }
@@ -58,6 +61,34 @@ fn gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let g = red[0].x;
     h[tk * p.inter + i] = g / (1.0 + exp(-g)) * red[0].y;
   }
+}
+
+// h[tk, i] = relu(x[t] · gate_s[i]) (Switch's wi), one workgroup per (tk, i).
+@compute @workgroup_size(WG)
+fn wi_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) tid: u32) {
+  let lin = linear_wg(wg, nwg);
+  let i = lin % p.inter;
+  let tk = lin / p.inter;
+  if (tk >= step.t * p.top_k) { return; }
+  let t = tk / p.top_k;
+  let slot = slot_of(tk);
+  let half_d = p.dim / 2u;
+  var acc = 0.0;
+  if (slot >= 0) {
+    let row = (u32(slot) * p.inter + i) * half_d;
+    for (var j = tid; j < half_d; j += WG) {
+      let w = gate[row + j];
+      acc += bf16_lo(w) * x[t * p.dim + 2u * j] + bf16_hi(w) * x[t * p.dim + 2u * j + 1u];
+    }
+  }
+  red[tid] = vec2<f32>(acc, 0.0);
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { red[tid] += red[tid + s]; }
+    workgroupBarrier();
+  }
+  if (tid == 0u) { h[tk * p.inter + i] = max(red[0].x, 0.0); }
 }
 
 // y[t, d] += Σ_k w[t, k] · (h[t·K + k] · down_s[d]), one workgroup per (t, d).

@@ -1,6 +1,6 @@
 /**
- * `shaders/experts.wgsl`: SwiGLU experts read from GPU slots through the slot table, weighted and
- * added to the residual stream.
+ * `shaders/experts.wgsl`: experts read from GPU slots through the slot table — SwiGLU (gate, up,
+ * down) or, without `up`, ReLU (Switch's wi, wo) — weighted and added to the residual stream.
  *
  * @module
  */
@@ -18,9 +18,12 @@ export interface ExpertsOptions {
   topkW: GPUBuffer;
   slots: GPUBuffer;
   x: GPUBuffer;
-  /** gate, up: [slots, I, D] bf16; down: [slots, D, I] bf16. */
+  /**
+   * gate, up: [slots, I, D] bf16; down: [slots, D, I] bf16. Without `up` the experts are ReLU MLPs
+   * (T5's DenseReluDense): `gate` holds wi and `down` wo.
+   */
   gate: GPUBuffer;
-  up: GPUBuffer;
+  up?: GPUBuffer;
   down: GPUBuffer;
   /** h: [T·K, I] f32 scratch. */
   h: GPUBuffer;
@@ -28,7 +31,7 @@ export interface ExpertsOptions {
   y: GPUBuffer;
 }
 
-/** Records gate/up (+SiLU·mul) and down (+weighted sum +residual). */
+/** Records gate/up (+SiLU·mul) or wi (+ReLU), then down (+weighted sum +residual). */
 export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Dispatch[]> {
   if (o.dim % 2 || o.inter % 2) throw new RangeError(`experts ${o.label}: dimensions must be even`);
   const params = packParams({
@@ -40,11 +43,13 @@ export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Di
   });
   return [
     await record(ctx, {
-      label: `${o.label}.gate_up`,
+      label: `${o.label}.${o.up ? "gate_up" : "wi_relu"}`,
       file: "experts.wgsl",
-      entry: "gate_up",
+      entry: o.up ? "gate_up" : "wi_relu",
       params,
-      buffers: { 2: o.topkIds, 3: o.slots, 4: o.x, 5: o.gate, 6: o.up, 7: o.h },
+      buffers: o.up
+        ? { 2: o.topkIds, 3: o.slots, 4: o.x, 5: o.gate, 6: o.up, 7: o.h }
+        : { 2: o.topkIds, 3: o.slots, 4: o.x, 5: o.gate, 7: o.h },
       workgroups: (s) => s.t * o.topK * o.inter,
     }),
     await record(ctx, {

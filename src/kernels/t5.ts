@@ -1,7 +1,6 @@
 /**
  * Kernels of the T5 layout (Switch Transformers): attention with the relative position bias and no
- * scaling (`shaders/t5_attention.wgsl`), the decoder's KV-cache write, ReLU experts
- * (`shaders/experts_relu.wgsl` + `experts.wgsl`'s `down_sum`), the dense MLP's ReLU, the tied head's
+ * scaling (`shaders/t5_attention.wgsl`), the decoder's KV-cache write, the dense MLP's ReLU, the tied head's
  * scale and expert capacity (`shaders/t5_elementwise.wgsl`), and the bucket table of the bias.
  *
  * @module
@@ -84,57 +83,6 @@ export function kvWrite(
     buffers: { 3: o.k, 4: o.v, 9: o.kCache, 10: o.vCache },
     workgroups: (s) => Math.ceil((s.t * o.numHeads * o.headDim) / WG),
   });
-}
-
-/** Buffers and geometry of one sparse block's ReLU experts. */
-export interface ReluExpertsOptions {
-  label: string;
-  layer: number;
-  dim: number;
-  inter: number;
-  topK: number;
-  experts: number;
-  topkIds: GPUBuffer;
-  topkW: GPUBuffer;
-  slots: GPUBuffer;
-  x: GPUBuffer;
-  /** wi: [slots, I, D] bf16; wo: [slots, D, I] bf16. */
-  wi: GPUBuffer;
-  wo: GPUBuffer;
-  /** h: [T·K, I] f32 scratch. */
-  h: GPUBuffer;
-  /** y: [T, D] f32, added into. */
-  y: GPUBuffer;
-}
-
-/** Records relu(x·wiᵀ) and the weighted down projection added to y (experts.wgsl's `down_sum`). */
-export async function reluExperts(ctx: KernelContext, o: ReluExpertsOptions): Promise<Dispatch[]> {
-  if (o.dim % 2 || o.inter % 2) throw new RangeError(`reluExperts ${o.label}: dimensions must be even`);
-  const params = packParams({
-    dim: o.dim,
-    inter: o.inter,
-    top_k: o.topK,
-    experts: o.experts,
-    layer: o.layer,
-  });
-  return [
-    await record(ctx, {
-      label: `${o.label}.wi_relu`,
-      file: "experts_relu.wgsl",
-      entry: "wi_relu",
-      params,
-      buffers: { 2: o.topkIds, 3: o.slots, 4: o.x, 5: o.wi, 7: o.h },
-      workgroups: (s) => s.t * o.topK * o.inter,
-    }),
-    await record(ctx, {
-      label: `${o.label}.wo`,
-      file: "experts.wgsl",
-      entry: "down_sum",
-      params,
-      buffers: { 2: o.topkIds, 3: o.slots, 7: o.h, 8: o.topkW, 9: o.wo, 10: o.y },
-      workgroups: (s) => s.t * o.dim,
-    }),
-  ];
 }
 
 /** Records a[t, i] = relu(a[t, i]) over [T, n]. */

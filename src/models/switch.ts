@@ -17,6 +17,7 @@ import type { GpuMemory, MemoryCategory, TrackedBuffer } from "../gpu/memory.ts"
 import { embed } from "../kernels/embed.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { rmsNorm } from "../kernels/norm.ts";
+import { experts } from "../kernels/experts.ts";
 import { router } from "../kernels/router.ts";
 import { sampler, SAMPLING_PARAMS_BYTES } from "../kernels/sample.ts";
 import {
@@ -24,7 +25,6 @@ import {
   expertCapacity,
   kvWrite,
   relu,
-  reluExperts,
   scaleHeadRows,
   stackRouterStats,
   t5Attention,
@@ -437,7 +437,7 @@ export class SwitchMoe {
           }
           const slots = cache.buffers(moeLayer);
           routed.push(
-            ...await reluExperts(ctx, {
+            ...await experts(ctx, {
               label: `${p}.experts`,
               layer: moeLayer,
               dim: D,
@@ -448,8 +448,8 @@ export class SwitchMoe {
               topkW: b("topkW"),
               slots: cache.tableBuffer.buffer,
               x: b("xn"),
-              wi: slots.gate,
-              wo: slots.down,
+              gate: slots.gate,
+              down: slots.down,
               h: b("h"),
               y: b("x"),
             }),

@@ -151,11 +151,26 @@ export function checkTensors(
   tensors: ReadonlyMap<string, TensorInfo>,
   dir: string,
 ): void {
-  for (const [name, shape] of expectedShapes(spec, names)) {
+  checkTensorShapes(spec.modelType, expectedShapes(spec, names), tensors, dir);
+}
+
+/**
+ * Checks every expected tensor of a `modelType` checkpoint: present, of the expected shape, bf16 and
+ * 2-byte aligned. `dtypeHint(dtype)` may add a family's advice to the dtype error (e.g. how to convert).
+ * @throws {CheckpointError} naming the tensor and the file
+ */
+export function checkTensorShapes(
+  modelType: string,
+  expected: ReadonlyMap<string, readonly number[]>,
+  tensors: ReadonlyMap<string, TensorInfo>,
+  dir: string,
+  dtypeHint: (dtype: string) => string = () => "",
+): void {
+  for (const [name, shape] of expected) {
     const t = tensors.get(name);
     if (!t) {
       throw new CheckpointError(
-        `Missing tensor for ${spec.modelType}: "${name}" (expected shape [${shape}] from config.json)`,
+        `Missing tensor for ${modelType}: "${name}" (expected shape [${shape}] from config.json)`,
         dir,
       );
     }
@@ -166,7 +181,10 @@ export function checkTensors(
       );
     }
     if (t.dtype !== "BF16") {
-      throw new CheckpointError(`Unsupported dtype: "${name}" is ${t.dtype}, supported is BF16`, t.file);
+      throw new CheckpointError(
+        `Unsupported dtype: "${name}" is ${t.dtype}, supported is BF16${dtypeHint(t.dtype)}`,
+        t.file,
+      );
     }
     // the format allows any offset; safetensors' writers pad the header so that data is 8-aligned
     if (t.byteOffset % 2 !== 0) {

@@ -8,7 +8,7 @@
  */
 import type { SwitchSpec } from "../checkpoint/switch_config.ts";
 import type { TensorInfo } from "../checkpoint/safetensors.ts";
-import { CheckpointError } from "../errors.ts";
+import { checkTensorShapes } from "./names.ts";
 
 /** One attention sub-layer: its pre-norm and projections (q, k, v: [H·hd, D]; o: [D, H·hd]). */
 export interface T5AttentionNames {
@@ -179,35 +179,14 @@ export function checkSwitchTensors(
   tensors: ReadonlyMap<string, TensorInfo>,
   dir: string,
 ): void {
-  for (const [name, shape] of switchTensorShapes(spec, names)) {
-    const t = tensors.get(name);
-    if (!t) {
-      throw new CheckpointError(
-        `Missing tensor for ${spec.modelType}: "${name}" (expected shape [${shape}] from config.json)`,
-        dir,
-      );
-    }
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-      throw new CheckpointError(
-        `Tensor shape disagrees with config.json: "${name}" is [${t.shape}], expected [${shape}]`,
-        t.file,
-      );
-    }
-    if (t.dtype !== "BF16") {
-      throw new CheckpointError(
-        `Unsupported dtype: "${name}" is ${t.dtype}, supported is BF16${
-          t.dtype === "F32"
-            ? " (published Switch checkpoints are float32: convert them, e.g. model.to(torch.bfloat16).save_pretrained(dir))"
-            : ""
-        }`,
-        t.file,
-      );
-    }
-    if (t.byteOffset % 2 !== 0) {
-      throw new CheckpointError(
-        `Unaligned tensor: "${name}" starts at byte ${t.byteOffset}, not a multiple of 2 as bf16 needs; re-save the checkpoint with safetensors, which pads its header`,
-        t.file,
-      );
-    }
-  }
+  checkTensorShapes(
+    spec.modelType,
+    switchTensorShapes(spec, names),
+    tensors,
+    dir,
+    (dtype) =>
+      dtype === "F32"
+        ? " (published Switch checkpoints are float32: convert them, e.g. model.to(torch.bfloat16).save_pretrained(dir))"
+        : "",
+  );
 }

@@ -144,18 +144,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   if (tid == 0u) { xnorm[region + t] = sqrt(ss); }
 }
 
-// Statistics of a whole call, once after every layer routed: one thread per (MoE layer, expert),
-// no atomics needed:
+// Statistics of a call, once after its routers ran: one thread per (MoE layer, expert) over the
+// MoE layers p.layer … p.layer + n_layers − 1 (all of them for a causal model; one stack, encoder or
+// decoder, for Switch, whose other stack's regions hold another call's choices), no atomics needed:
 //   stats: [moe_layers, E, 4] f32 — (times chosen by the unmasked router, Σ ‖x‖·G(x)_e, hits, 0)
 //   a hit is an unmasked choice whose expert is resident.
 @group(0) @binding(10) var<storage, read_write> stats: array<f32>;
 
 @compute @workgroup_size(WG)
 fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let le = gid.x;
-  if (le >= p.n_layers * p.experts) { return; }
-  let layer = le / p.experts;
-  let e = le % p.experts;
+  if (gid.x >= p.n_layers * p.experts) { return; }
+  let layer = p.layer + gid.x / p.experts;
+  let e = gid.x % p.experts;
+  let le = layer * p.experts + e;
   let region = layer * p.rows_cap;
   var used = 0.0;
   var imp = 0.0;

@@ -85,6 +85,24 @@ Deno.test("switch: masked routing (static, encoder routers first) matches transf
   assert.ok(s.hitRate < 1, "some tokens preferred an expert outside the allowed half");
 });
 
+Deno.test("switch: routing statistics count each stack's tokens once, encoder then decoder", async () => {
+  await using engine = await createEngine({
+    model: DIR,
+    policy: "static",
+    residentExperts: ref.masked_routing.allowed,
+  });
+  const p = ref.prompts[1]!;
+  await engine.forward(p.ids, { decoderIds: p.decoder_input_ids });
+  const s = engine.stats();
+  // one sparse block per stack, top-1: one choice per encoder token at router 0 and one per decoder
+  // token at router 1 (the prompt's lengths differ, so a pass counted at the wrong router shows)
+  assert.notEqual(p.ids.length, p.decoder_input_ids.length);
+  const sum = (r: number[]) => r.reduce((a, b) => a + b, 0);
+  assert.deepEqual(s.expertUsage.map(sum), [p.ids.length, p.decoder_input_ids.length]);
+  assert.equal(s.routedChoices, p.ids.length + p.decoder_input_ids.length);
+  assert.ok(s.hitRate > 0 && s.hitRate < 1);
+});
+
 Deno.test("switch: lru under a budget of one expert per router is exact", async () => {
   await using engine = await createEngine({ model: DIR, policy: "lru" });
   // the smallest budget: one slot per router

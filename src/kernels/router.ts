@@ -77,11 +77,15 @@ export function router(ctx: KernelContext, o: RouterOptions): Promise<Dispatch> 
   });
 }
 
-/** Records the statistics pass over every MoE layer: stats [layers, E, 4] += this call's choices. */
+/**
+ * Records the statistics pass: stats [moeLayers, E, 4] += this call's choices at MoE layers
+ * `layer0` (default 0) … `layer0 + layers − 1`.
+ */
 export function routerStats(
   ctx: KernelContext,
   o: {
     label: string;
+    layer0?: number;
     layers: number;
     experts: number;
     topK: number;
@@ -97,7 +101,7 @@ export function routerStats(
     label: o.label,
     file: "router.wgsl",
     entry: "accumulate",
-    params: params({ ...o, layer: 0, normTopkProb: false, masked: false, dim: 0 }, o.layers),
+    params: params({ ...o, layer: o.layer0 ?? 0, normTopkProb: false, masked: false, dim: 0 }, o.layers),
     buffers: { 3: o.slots, 7: o.utopkIds, 8: o.utopkP, 9: o.xnorm, 10: o.stats },
     workgroups: () => Math.ceil((o.layers * o.experts) / WG),
   });

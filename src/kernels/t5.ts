@@ -182,38 +182,3 @@ export function bucketTable(span: number, numBuckets: number, maxDistance: numbe
   }
   return out;
 }
-
-/**
- * Records the routing statistics of one stack's pass (`shaders/t5_stats.wgsl`): stats [moeLayers, E, 4]
- * += the choices of MoE layers `layer0` … `layer0 + layers − 1` in this call.
- */
-export function stackRouterStats(
-  ctx: KernelContext,
-  o: {
-    label: string;
-    layer0: number;
-    layers: number;
-    experts: number;
-    topK: number;
-    rowsCap: number;
-    slots: GPUBuffer;
-    utopkIds: GPUBuffer;
-    utopkP: GPUBuffer;
-    xnorm: GPUBuffer;
-    stats: GPUBuffer;
-  },
-): Promise<Dispatch> {
-  return record(ctx, {
-    label: o.label,
-    file: "t5_stats.wgsl",
-    params: packParams({
-      experts: o.experts,
-      top_k: o.topK,
-      rows_cap: o.rowsCap,
-      layer0: o.layer0,
-      n_layers: o.layers,
-    }),
-    buffers: { 3: o.slots, 7: o.utopkIds, 8: o.utopkP, 9: o.xnorm, 10: o.stats },
-    workgroups: () => Math.ceil((o.layers * o.experts) / WG),
-  });
-}

@@ -18,7 +18,7 @@ import { embed } from "../kernels/embed.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { rmsNorm } from "../kernels/norm.ts";
 import { experts } from "../kernels/experts.ts";
-import { router } from "../kernels/router.ts";
+import { router, routerStats } from "../kernels/router.ts";
 import { sampler, SAMPLING_PARAMS_BYTES } from "../kernels/sample.ts";
 import {
   bucketTable,
@@ -26,7 +26,6 @@ import {
   kvWrite,
   relu,
   scaleHeadRows,
-  stackRouterStats,
   t5Attention,
   type T5AttentionMode,
 } from "../kernels/t5.ts";
@@ -494,7 +493,7 @@ export class SwitchMoe {
     // encoder: embed → blocks → final norm into xn → each decoder block's cross K, V of it
     const stats = async (which: string, layer0: number, layers: number): Promise<Dispatch[]> =>
       layers === 0 ? [] : [
-        await stackRouterStats(ctx, {
+        await routerStats(ctx, {
           label: `${which}.router_stats`,
           layer0,
           layers,

@@ -29,6 +29,18 @@ fn slot_of(tk: u32) -> i32 {
   return slots[p.layer * p.experts + topk_ids[tk]];
 }
 
+// The workgroup's sum of v, for every thread (the leading barrier lets `red` be reused).
+fn reduce2(tid: u32, v: vec2<f32>) -> vec2<f32> {
+  workgroupBarrier();
+  red[tid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { red[tid] += red[tid + s]; }
+    workgroupBarrier();
+  }
+  return red[0];
+}
+
 // h[tk, i] = silu(x[t] · gate_s[i]) * (x[t] · up_s[i]), one workgroup per (tk, i).
 @compute @workgroup_size(WG)
 fn gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -51,16 +63,8 @@ fn gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
       acc += vec2<f32>(bf16_lo(g) * x0 + bf16_hi(g) * x1, bf16_lo(u) * x0 + bf16_hi(u) * x1);
     }
   }
-  red[tid] = acc;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { red[tid] += red[tid + s]; }
-    workgroupBarrier();
-  }
-  if (tid == 0u) {
-    let g = red[0].x;
-    h[tk * p.inter + i] = g / (1.0 + exp(-g)) * red[0].y;
-  }
+  let sum = reduce2(tid, acc);
+  if (tid == 0u) { h[tk * p.inter + i] = sum.x / (1.0 + exp(-sum.x)) * sum.y; }
 }
 
 // h[tk, i] = relu(x[t] · gate_s[i]) (Switch's wi), one workgroup per (tk, i).
@@ -82,13 +86,8 @@ fn wi_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
       acc += bf16_lo(w) * x[t * p.dim + 2u * j] + bf16_hi(w) * x[t * p.dim + 2u * j + 1u];
     }
   }
-  red[tid] = vec2<f32>(acc, 0.0);
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { red[tid] += red[tid + s]; }
-    workgroupBarrier();
-  }
-  if (tid == 0u) { h[tk * p.inter + i] = max(red[0].x, 0.0); }
+  let sum = reduce2(tid, vec2<f32>(acc, 0.0));
+  if (tid == 0u) { h[tk * p.inter + i] = max(sum.x, 0.0); }
 }
 
 // y[t, d] += Σ_k w[t, k] · (h[t·K + k] · down_s[d]), one workgroup per (t, d).
@@ -113,11 +112,6 @@ fn down_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     acc += topk_w[tk] * part;
   }
-  red[tid] = vec2<f32>(acc, 0.0);
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { red[tid] += red[tid + s]; }
-    workgroupBarrier();
-  }
-  if (tid == 0u) { y[t * p.dim + d] += red[0].x; }
+  let sum = reduce2(tid, vec2<f32>(acc, 0.0));
+  if (tid == 0u) { y[t * p.dim + d] += sum.x; }
 }

@@ -29,7 +29,7 @@ import {
   t5Attention,
   type T5AttentionMode,
 } from "../kernels/t5.ts";
-import type { ExpertCache, ExpertStore } from "../moe/expert_cache.ts";
+import type { ExpertCache } from "../moe/expert_cache.ts";
 import type { LayerDispatches } from "./causal_moe.ts";
 import type { SwitchNames, T5AttentionNames } from "./switch_names.ts";
 
@@ -155,41 +155,6 @@ export function switchDenseNames(names: SwitchNames): string[] {
 /** Dense weight bytes on the GPU, rounded as allocated. */
 export function switchDenseBytes(names: SwitchNames, byteLength: (name: string) => number): number {
   return switchDenseNames(names).reduce((a, n) => a + round4(byteLength(n)), 0);
-}
-
-function bf16Norm2(bytes: Uint8Array, rowsN: number, cols: number, sampleRows: number): number {
-  const u16 = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
-  const f = new Float32Array(1);
-  const u = new Uint32Array(f.buffer);
-  const stride = Math.max(1, Math.floor(rowsN / sampleRows));
-  let sum = 0;
-  let seen = 0;
-  for (let r = 0; r < rowsN; r += stride) {
-    for (let c = 0; c < cols; c++) {
-      u[0] = u16[r * cols + c]! << 16;
-      sum += f[0]! * f[0]!;
-    }
-    seen++;
-  }
-  return (sum * rowsN) / seen;
-}
-
-/** ‖E_i‖ of ReLU experts (wi [I, D] in `gate`, wo [D, I] in `down`), estimated from up to 64 rows per matrix. */
-export function reluExpertNorms(
-  store: ExpertStore,
-  layers: number,
-  experts: number,
-  inter: number,
-  dim: number,
-): Float64Array[] {
-  return Array.from({ length: layers }, (_, l) => {
-    const out = new Float64Array(experts);
-    for (let e = 0; e < experts; e++) {
-      const w = store.expert(l, e);
-      out[e] = Math.sqrt(bf16Norm2(w.gate, inter, dim, 64) + bf16Norm2(w.down, dim, inter, 64));
-    }
-    return out;
-  });
 }
 
 /** Run-state buffers by name. */

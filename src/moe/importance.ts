@@ -94,9 +94,10 @@ function bf16Norm2(bytes: Uint8Array, rows: number, cols: number, sampleRows: nu
 }
 
 /**
- * ‖E_i‖: the Frobenius norm of each expert's three matrices, from the mapped bytes. Large experts
- * are estimated from up to `sampleRows` evenly spaced rows per matrix (exact for small ones), so
- * that loading a many-gigabyte checkpoint does not read every expert byte.
+ * ‖E_i‖: the Frobenius norm of each expert's matrices, from the mapped bytes: gate, up and down, or
+ * for ReLU experts (an empty `up`) wi in `gate` and wo in `down`. Large experts are estimated from up
+ * to `sampleRows` evenly spaced rows per matrix (exact for small ones), so that loading a
+ * many-gigabyte checkpoint does not read every expert byte.
  */
 export function expertNorms(
   store: ExpertStore,
@@ -111,7 +112,8 @@ export function expertNorms(
     for (let e = 0; e < experts; e++) {
       const w = store.expert(l, e);
       out[e] = Math.sqrt(
-        bf16Norm2(w.gate, inter, dim, sampleRows) + bf16Norm2(w.up, inter, dim, sampleRows) +
+        bf16Norm2(w.gate, inter, dim, sampleRows) +
+          (w.up.byteLength > 0 ? bf16Norm2(w.up, inter, dim, sampleRows) : 0) +
           bf16Norm2(w.down, dim, inter, sampleRows),
       );
     }

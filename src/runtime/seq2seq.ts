@@ -23,7 +23,6 @@ import { packSampling, type SamplingParams } from "../kernels/sample.ts";
 import { packStep } from "../kernels/step.ts";
 import {
   type Program,
-  reluExpertNorms,
   switchDenseBytes,
   SwitchMoe,
   type SwitchShape,
@@ -32,7 +31,7 @@ import {
 import { checkSwitchTensors, switchExperts, type SwitchNames, switchNames } from "../models/switch_names.ts";
 import { formatBytes } from "../moe/budget.ts";
 import { checkpointExpertStore, ExpertCache } from "../moe/expert_cache.ts";
-import { Importance } from "../moe/importance.ts";
+import { expertNorms, Importance } from "../moe/importance.ts";
 import { OptionError } from "../errors.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import type { Engine, EngineOptions, GenerateChunk } from "./types.ts";
@@ -213,7 +212,7 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
         moeLayers,
         E,
         options.importanceDecay ?? 0.97,
-        reluExpertNorms(store, moeLayers, E, spec.dFf, spec.dModel),
+        expertNorms(store, moeLayers, E, spec.dFf, spec.dModel),
       );
       const engine = new Seq2SeqEngine({
         spec: switchModelSpec(spec),

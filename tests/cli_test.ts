@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { COMMANDS } from "../src/cli/main.ts";
 import type { GenerateOutput } from "../src/cli/generate.ts";
 import type { ModelInfo } from "../src/cli/info.ts";
+import { engineOptions } from "../src/cli/options.ts";
 
 const ROOT = new URL("..", import.meta.url);
 
@@ -177,6 +178,21 @@ Deno.test("--help: main.ts lists the commands, each command shows its usage", as
   }
 });
 
+Deno.test("model flags become engine options: --max-upload is maxUploadBytesPerStep", () => {
+  const o = engineOptions({
+    policy: "swapmoe",
+    budget: "60%",
+    "max-upload": "12MiB",
+    "context-length": "256",
+  });
+  assert.deepEqual(o, {
+    policy: "swapmoe",
+    budget: "60%",
+    maxUploadBytesPerStep: 12 * 2 ** 20,
+    contextLength: 256,
+  });
+});
+
 Deno.test("bad flags and values: one-line error, usage, exit code 2", async (t) => {
   const cases: [string[], RegExp][] = [
     [
@@ -184,6 +200,7 @@ Deno.test("bad flags and values: one-line error, usage, exit code 2", async (t) 
       /Invalid --policy: "bogus", expected one of full, static, swapmoe, lru/,
     ],
     [["generate", "--budget", "lots", "x"], /Invalid --budget: "lots"/],
+    [["generate", "--max-upload", "12%", "x"], /Invalid --max-upload: "12%", expected bytes or a size/],
     [["generate", "--model", "no/such/folder", "x"], /Model folder not found: no\/such\/folder/],
     [["generate", "--max-tokens", "-5", "x"], /Invalid --max-tokens: "-5", expected an integer >= 1/],
     [["generate", "--max-tokens=0", "x"], /Invalid --max-tokens: "0"/],

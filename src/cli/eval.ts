@@ -184,6 +184,9 @@ export const command: Command = {
     );
     const interval = intFlag("update-interval", values["update-interval"], 1);
     const uploadExperts = intFlag("max-upload-experts", values["max-upload-experts"], 1);
+    if (uploadExperts !== undefined && values["max-upload"] !== undefined) {
+      throw new UsageError("Give --max-upload (bytes) or --max-upload-experts (experts), not both");
+    }
     if (values.planner !== undefined && values.planner !== "uniform" && values.planner !== "profile") {
       throw new UsageError(`Invalid --planner: "${values.planner}", expected uniform or profile`);
     }

@@ -23,6 +23,7 @@ import {
   type PolicyName,
   type Progress,
 } from "../../mod.ts";
+import { parseSize } from "../moe/budget.ts";
 import { UsageError } from "./command.ts";
 
 /** Parses `config.args` strictly; a bad flag becomes a {@link UsageError} with a one-line message. */
@@ -119,6 +120,7 @@ export const MODEL_OPTIONS = {
   policy: { type: "string" },
   "context-length": { type: "string" },
   profile: { type: "string" },
+  "max-upload": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -142,6 +144,8 @@ export function modelUsage(
                           top experts, swapmoe starts from them${
     defaults.profile ? `; default: ${defaults.profile}` : ""
   }
+  --max-upload <size>     swapmoe: most expert bytes uploaded per decode step, such as
+                          12MiB (info prints an expert's size); default: two experts
   -h, --help              Show this help`;
 }
 
@@ -152,6 +156,7 @@ export interface ModelFlags {
   policy?: string;
   "context-length"?: string;
   profile?: string;
+  "max-upload"?: string;
 }
 
 /** Reads an expert-usage profile: `{"usage": number[][]}` or the bare rows (the engine checks their shape). */
@@ -203,6 +208,14 @@ export function engineOptions(flags: ModelFlags, defaults: EngineOptions = {}): 
   const contextLength = intFlag("context-length", flags["context-length"], 1);
   if (contextLength !== undefined) options.contextLength = contextLength;
   if (flags.profile !== undefined) options.profile = readProfile(flags.profile);
+  if (flags["max-upload"] !== undefined) {
+    try {
+      options.maxUploadBytesPerStep = parseSize(flags["max-upload"], "--max-upload");
+    } catch (e) {
+      if (e instanceof OptionError) throw new UsageError(e.message);
+      throw e;
+    }
+  }
   return options;
 }
 

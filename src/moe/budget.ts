@@ -43,14 +43,34 @@ export function parseBudget(budget: Budget, fullBytes: number): number {
     }
     return Math.floor((fullBytes * p) / 100);
   }
-  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/.exec(s);
-  const unit = m ? UNITS[m[2] || "b"] : undefined;
-  if (!m || unit === undefined || !(Number(m[1]) > 0)) {
+  const bytes = sizeBytes(s);
+  if (bytes === undefined) {
     throw new OptionError(
       `Invalid budget: "${budget}", expected bytes, a size such as "512MiB", "2GiB" or "1.5GB", or a percentage such as "50%"`,
     );
   }
-  return Math.floor(Number(m[1]) * unit);
+  return bytes;
+}
+
+/** Bytes of a lower-case size such as "12mib" or "4096"; undefined when it is not one or under a byte. */
+function sizeBytes(s: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/.exec(s);
+  const unit = m ? UNITS[m[2] || "b"] : undefined;
+  if (!m || unit === undefined) return undefined;
+  const bytes = Math.floor(Number(m[1]) * unit);
+  return bytes >= 1 ? bytes : undefined;
+}
+
+/**
+ * Bytes in a size: a number of bytes or a size such as "512KiB", "12MiB" or "1.5GB".
+ * @throws {OptionError} naming `what` when the text is not a size of at least one byte
+ */
+export function parseSize(text: string, what = "size"): number {
+  const bytes = sizeBytes(text.trim().toLowerCase());
+  if (bytes === undefined) {
+    throw new OptionError(`Invalid ${what}: "${text}", expected bytes or a size such as "512KiB" or "12MiB"`);
+  }
+  return bytes;
 }
 
 /** Formats bytes for people: `1.50 GiB`, `12.0 MiB`, `512 B`. */

@@ -1,9 +1,11 @@
 /**
  * Where a decode step's time goes: GPU time per kernel family (timestamp queries around each
  * dispatch in its own pass), the sum of kernels when they run back to back in one pass, the CPU
- * time to encode a step, and the wall time per step when steps are submitted back to back.
+ * time to encode a step, and the wall time per step when steps are submitted back to back. With
+ * `--upload-mib N`: the same steps, each after N MiB of `writeBuffer` (the expert upload path), with
+ * the CPU time of the writes and the wall time they add per step.
  *
- *   deno run -A bench/profile.ts --model DIR [--pos 64] [--steps 64]
+ *   deno run -A bench/profile.ts --model DIR [--pos 64] [--steps 64] [--upload-mib 192]
  *
  * @module
  */
@@ -25,6 +27,7 @@ const { values } = parseArgs({
     model: { type: "string" },
     pos: { type: "string", default: "64" },
     steps: { type: "string", default: "64" },
+    "upload-mib": { type: "string", default: "0" },
   },
 });
 const dir = values.model ?? new URL("../models/sotu-moe-mini", import.meta.url).pathname;
@@ -146,5 +149,52 @@ console.log(
     (1e6 / wallPerStep).toFixed(0)
   } steps/s) |`,
 );
+
+// 4. uploads: the same back-to-back steps, each preceded by `--upload-mib` of writeBuffer (one expert
+// matrix per call, as the engine uploads). The CPU time of the writes is measured; the rise in wall time
+// per step over section 3, when the CPU still keeps ahead of the GPU, is the GPU's time for the copies,
+// which WebGPU's one queue runs between the steps' passes.
+const uploadMiB = Number(values["upload-mib"]);
+if (uploadMiB > 0) {
+  const source = ckpt.bytes(experts[0]![0]!.gate); // 4 MiB for OLMoE
+  const chunk = source.byteLength;
+  const chunks = Math.ceil((uploadMiB * 2 ** 20) / chunk);
+  const scratch = device.createBuffer({
+    size: chunks * chunk,
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+  });
+  console.log(`\nEach step preceded by ${chunks} writeBuffer calls of ${(chunk / 2 ** 20).toFixed(2)} MiB:`);
+  console.log(
+    "| run | CPU writes µs per step | CPU encode µs per step | wall µs per step | wall − without uploads |",
+  );
+  console.log("|---|---:|---:|---:|---:|");
+  for (let rep = 0; rep < 3; rep++) {
+    await device.queue.onSubmittedWorkDone();
+    let writeUs = 0;
+    let encUs = 0;
+    const t1 = performance.now();
+    for (let s = 0; s < steps; s++) {
+      const tw = performance.now();
+      for (let c = 0; c < chunks; c++) device.queue.writeBuffer(scratch, c * chunk, source);
+      const te = performance.now();
+      writeUs += (te - tw) * 1000;
+      device.queue.writeBuffer(step.buffer, 0, packStep({ t: 1, headRows: 1, pos0: pos + s }, 0, s));
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      encode(pass, all, { t: 1, headRows: 1, pos0: pos + s });
+      pass.end();
+      device.queue.submit([enc.finish()]);
+      encUs += (performance.now() - te) * 1000;
+    }
+    await device.queue.onSubmittedWorkDone();
+    const wall = ((performance.now() - t1) * 1000) / steps;
+    console.log(
+      `| ${rep + 1} | ${(writeUs / steps).toFixed(0)} | ${(encUs / steps).toFixed(0)} | ${
+        wall.toFixed(0)
+      } | ${(wall - wallPerStep).toFixed(0)} |`,
+    );
+  }
+  scratch.destroy();
+}
 memory.freeAll();
 device.destroy();

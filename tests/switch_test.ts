@@ -3,7 +3,7 @@
  * tiny-switch: decoder logits for every prompt within 1e-3 × max(1, max|reference|), greedy decoder ids
  * exactly, the same under masked routing (`static` with the reference's allowed experts; routers are
  * numbered encoder first, then decoder), and the budgeted policies (`lru` exact, `swapmoe` within its
- * budget).
+ * budget), and the tied head on tiny-switch-tied (made by tests/support/make_tied_switch.py).
  */
 import assert from "node:assert/strict";
 import { createEngine, type Engine, OptionError } from "../mod.ts";
@@ -83,6 +83,27 @@ Deno.test("switch: masked routing (static, encoder routers first) matches transf
   assert.deepEqual(s.residentExperts, ref.masked_routing.allowed);
   assert.ok(s.gpuBytes <= s.budgetBytes);
   assert.ok(s.hitRate < 1, "some tokens preferred an expert outside the allowed half");
+});
+
+Deno.test("switch: a tied head (shared.weight, output × d_model^-0.5) matches transformers", async () => {
+  // tests/support/make_tied_switch.py: tiny-switch with tie_word_embeddings, its references from transformers
+  const dir = new URL("./fixtures/tiny-switch-tied/", import.meta.url).pathname;
+  const tied: Reference = JSON.parse(await Deno.readTextFile(`${dir}reference.json`));
+  await using engine = await createEngine({ model: dir });
+  using logits = SafetensorsFile.open(`${dir}reference.safetensors`);
+  const errors: number[] = [];
+  for (const [i, p] of tied.prompts.entries()) {
+    const got = await engine.forward(p.ids, { decoderIds: p.decoder_input_ids });
+    const { err, tol } = logitError(got, expected(logits, `p${i}.logits`));
+    assert.ok(err <= tol, `prompt ${i}: max logit error ${err} > ${tol}`);
+    errors.push(err);
+    assert.deepEqual(
+      await greedy(engine, p.ids, p.greedy.length - 1),
+      p.greedy.slice(1),
+      `prompt ${i}: greedy ids`,
+    );
+  }
+  console.log(`  max logit error per prompt (tied): ${errors.map((e) => e.toExponential(2)).join(", ")}`);
 });
 
 Deno.test("switch: routing statistics count each stack's tokens once, encoder then decoder", async () => {

@@ -53,3 +53,38 @@ for (const name of MODELS) {
     });
   }
 }
+
+/**
+ * Configurations the four fixtures do not cover, made from them by tests/support/make_variant.py with
+ * transformers' outputs: a dense first layer (`mlp_only_layers: [0]`) with a tied head on Qwen2-MoE, and
+ * `decoder_sparse_step: 2` (layer 0 dense) on Qwen3-MoE.
+ */
+for (
+  const [name, what] of [
+    ["tiny-qwen2-moe-dense-tied", "mlp_only_layers [0] and a tied head"],
+    ["tiny-qwen3-moe-step2", "decoder_sparse_step 2"],
+  ] as const
+) {
+  Deno.test(`${name}: ${what} match transformers`, async () => {
+    const dir = new URL(`${name}/`, FIXTURES).pathname;
+    const ref: Reference = JSON.parse(await Deno.readTextFile(`${dir}reference.json`));
+    using logits = SafetensorsFile.open(`${dir}reference.safetensors`);
+    await using engine = await createEngine({ model: dir });
+    // one MoE layer of two: layer 0 is a dense MLP
+    assert.equal(engine.stats().expertSlots.length, 1);
+    const errors: number[] = [];
+    for (const [i, p] of ref.prompts.entries()) {
+      const want = logits.bytes(`p${i}.logits`);
+      const expected = new Float32Array(want.buffer, want.byteOffset, want.byteLength / 4);
+      const { err, tol } = logitError(await engine.forward(p.ids), expected);
+      assert.ok(err <= tol, `prompt ${i}: max logit error ${err} > ${tol}`);
+      errors.push(err);
+      assert.deepEqual(
+        await greedy(engine, p.ids, ref.greedy_new_tokens),
+        p.greedy,
+        `prompt ${i}: greedy ids`,
+      );
+    }
+    console.log(`  max logit error per prompt: ${errors.map((e) => e.toExponential(2)).join(", ")}`);
+  });
+}

@@ -9,9 +9,7 @@
  */
 import { parseArgs } from "node:util";
 import { createGpu } from "../src/gpu/device.ts";
-import { type Dispatch, grid, type KernelContext, UniformArena } from "../src/gpu/dispatch.ts";
-import { GpuMemory } from "../src/gpu/memory.ts";
-import { PipelineCache } from "../src/gpu/pipelines.ts";
+import { type Dispatch, grid, kernelContext } from "../src/gpu/dispatch.ts";
 import { experts } from "../src/kernels/experts.ts";
 import { matmul } from "../src/kernels/matmul.ts";
 
@@ -33,15 +31,7 @@ const iters = Number(values.iters);
 const gpu = await createGpu();
 const device = gpu.device;
 if (!gpu.info.features.includes("timestamp-query")) throw new Error("This benchmark needs timestamp-query");
-const memory = new GpuMemory(device);
-const step = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
-const ctx: KernelContext = {
-  device,
-  pipelines: new PipelineCache(device),
-  memory,
-  uniforms: new UniformArena(device, memory, 64),
-  step: step.buffer,
-};
+const { memory, stepBuffer: step, ctx } = kernelContext(device, 64);
 const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 const buf = (label: string, bytes: number) => memory.alloc(label, bytes, S, "activations").buffer;
 const queries = device.createQuerySet({ type: "timestamp", count: 2 });

@@ -10,24 +10,14 @@
  * @module
  */
 import { createGpu } from "../src/gpu/device.ts";
-import { type Dispatch, encode, type KernelContext, UniformArena } from "../src/gpu/dispatch.ts";
-import { GpuMemory } from "../src/gpu/memory.ts";
-import { PipelineCache } from "../src/gpu/pipelines.ts";
+import { type Dispatch, encode, kernelContext } from "../src/gpu/dispatch.ts";
 import { matmul } from "../src/kernels/matmul.ts";
 import { packStep } from "../src/kernels/step.ts";
 
 const REPS = 20;
 const gpu = await createGpu();
 const device = gpu.device;
-const memory = new GpuMemory(device);
-const step = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
-const ctx: KernelContext = {
-  device,
-  pipelines: new PipelineCache(device),
-  memory,
-  uniforms: new UniformArena(device, memory, 16),
-  step: step.buffer,
-};
+const { memory, stepBuffer: step, ctx } = kernelContext(device, 16);
 const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
 const [outDim, inDim] = [1024, 1024];
 const w = memory.alloc("w", outDim * inDim * 2, S, "dense").buffer;

@@ -13,9 +13,7 @@ import { parseArgs } from "node:util";
 import { loadConfig } from "../src/checkpoint/config.ts";
 import { Checkpoint } from "../src/checkpoint/shards.ts";
 import { createGpu } from "../src/gpu/device.ts";
-import { type Dispatch, encode, grid, type KernelContext, UniformArena } from "../src/gpu/dispatch.ts";
-import { GpuMemory } from "../src/gpu/memory.ts";
-import { PipelineCache } from "../src/gpu/pipelines.ts";
+import { type Dispatch, encode, grid, kernelContext } from "../src/gpu/dispatch.ts";
 import { packStep } from "../src/kernels/step.ts";
 import { CausalMoe } from "../src/models/causal_moe.ts";
 import { modelNames } from "../src/models/names.ts";
@@ -38,15 +36,7 @@ using ckpt = Checkpoint.open(dir);
 const names = modelNames(spec);
 const gpu = await createGpu();
 const device = gpu.device;
-const memory = new GpuMemory(device);
-const step = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
-const ctx: KernelContext = {
-  device,
-  pipelines: new PipelineCache(device),
-  memory,
-  uniforms: new UniformArena(device, memory, 32 + 24 * spec.numLayers),
-  step: step.buffer,
-};
+const { memory, stepBuffer: step, ctx } = kernelContext(device, 32 + 24 * spec.numLayers);
 const experts = names.layers.filter((l) => l.experts).map((l) => l.experts!);
 const cache = new ExpertCache(device, memory, spec, checkpointExpertStore((n) => ckpt.bytes(n), experts));
 cache.resize(Array(cache.moeLayers).fill(spec.numExperts));

@@ -5,9 +5,9 @@
  *
  * @module
  */
-import type { GpuMemory, TrackedBuffer } from "./memory.ts";
+import { GpuMemory, type TrackedBuffer } from "./memory.ts";
 import { GpuError } from "../errors.ts";
-import type { Constants, PipelineCache } from "./pipelines.ts";
+import { type Constants, PipelineCache } from "./pipelines.ts";
 
 /** The shape of one forward call: rows in the call, rows whose logits are wanted, position of row 0. */
 export interface CallShape {
@@ -108,6 +108,28 @@ export interface KernelContext {
   readonly uniforms: UniformArena;
   /** The per-call Step uniform (common.wgsl's `Step`). */
   readonly step: GPUBuffer;
+}
+
+/**
+ * A budgeted allocator on `device` (`limit` bytes, unlimited by default), its Step uniform and the
+ * kernels' context with `uniformSlots` parameter slots.
+ */
+export function kernelContext(
+  device: GPUDevice,
+  uniformSlots: number,
+  limit = Infinity,
+): { memory: GpuMemory; stepBuffer: TrackedBuffer; ctx: KernelContext } {
+  const memory = new GpuMemory(device);
+  memory.limit = limit;
+  const stepBuffer = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
+  const ctx: KernelContext = {
+    device,
+    pipelines: new PipelineCache(device),
+    memory,
+    uniforms: new UniformArena(device, memory, uniformSlots),
+    step: stepBuffer.buffer,
+  };
+  return { memory, stepBuffer, ctx };
 }
 
 /** Records one dispatch: compiles (cached) the pipeline, writes its params, binds `buffers` by index. */

@@ -1,9 +1,7 @@
 /** The split-key attention kernels against a plain CPU reference, on random shapes. */
 import assert from "node:assert/strict";
 import { createGpu } from "../gpu/device.ts";
-import { encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
-import { GpuMemory } from "../gpu/memory.ts";
-import { PipelineCache } from "../gpu/pipelines.ts";
+import { encode, kernelContext } from "../gpu/dispatch.ts";
 import { attention, attentionScratchBytes } from "./attention.ts";
 import { packStep } from "./step.ts";
 
@@ -50,16 +48,8 @@ function reference(
 Deno.test("attention: split-key partials and combine equal the reference", async () => {
   const gpu = await createGpu();
   const device = gpu.device;
-  const memory = new GpuMemory(device);
+  const { memory, stepBuffer: step, ctx } = kernelContext(device, 16);
   try {
-    const step = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
-    const ctx: KernelContext = {
-      device,
-      pipelines: new PipelineCache(device),
-      memory,
-      uniforms: new UniformArena(device, memory, 16),
-      step: step.buffer,
-    };
     const cases = [
       { t: 1, pos0: 300, H: 4, Hkv: 2, hd: 32, window: 0 }, // decode over 5 splits, grouped KV
       { t: 7, pos0: 130, H: 6, Hkv: 3, hd: 48, window: 0 }, // prefill chunk after a cache

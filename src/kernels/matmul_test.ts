@@ -1,9 +1,7 @@
 /** The matmul kernels (reference and vectorised) against a CPU reference, on random shapes. */
 import assert from "node:assert/strict";
 import { createGpu } from "../gpu/device.ts";
-import { encode, type KernelContext, UniformArena } from "../gpu/dispatch.ts";
-import { GpuMemory } from "../gpu/memory.ts";
-import { PipelineCache } from "../gpu/pipelines.ts";
+import { encode, kernelContext } from "../gpu/dispatch.ts";
 import { fastPathApplies, matmul } from "./matmul.ts";
 import { packStep } from "./step.ts";
 
@@ -27,16 +25,8 @@ function bf16(x: number): [number, number] {
 Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accumulate, logits rows)", async () => {
   const gpu = await createGpu();
   const device = gpu.device;
-  const memory = new GpuMemory(device);
+  const { memory, stepBuffer: step, ctx } = kernelContext(device, 64);
   try {
-    const step = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
-    const ctx: KernelContext = {
-      device,
-      pipelines: new PipelineCache(device),
-      memory,
-      uniforms: new UniformArena(device, memory, 64),
-      step: step.buffer,
-    };
     const rand = rng(3);
     const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     const cases = [

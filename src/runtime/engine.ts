@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { expertSlotBytes, loadConfig } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
 import { createGpu, type Gpu } from "../gpu/device.ts";
-import { type CallShape, type Dispatch, encode } from "../gpu/dispatch.ts";
+import { type CallShape, type Dispatch, encode, kernelContext } from "../gpu/dispatch.ts";
 import type { GpuMemory } from "../gpu/memory.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
 import { packStep } from "../kernels/step.ts";
@@ -26,7 +26,6 @@ import { type CoreInit, EngineCore, planExpertSlots, type PlanOptions } from "./
 import {
   allocStaging,
   checkExpertOptions,
-  kernelContext,
   planOptions,
   resolveBudget,
   stagingBytes,
@@ -167,7 +166,7 @@ class EngineImpl extends EngineCore<ResolvedOptions> {
           }: use contextLength <= ${Math.floor(limit / kvRowBytes)}`,
         );
       }
-      const setup = kernelContext(gpu, budget, uniformSlots);
+      const setup = kernelContext(gpu.device, uniformSlots, budget);
       memory = setup.memory;
       const { stepBuffer, ctx } = setup;
       const store = checkpointExpertStore(

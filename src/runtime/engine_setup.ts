@@ -1,16 +1,13 @@
 /**
  * The steps both engines' `create` take, whatever the model family: the residency options checked
- * against the model, the GPU footprint and the budget resolved before any allocation, the budgeted
- * allocator with its kernel context, the readback buffers, and the byte-for-byte audit of the
- * footprint once everything is allocated. The causal engine (engine.ts) and the encoder-decoder
+ * against the model, the GPU footprint and the budget resolved before any allocation, the readback
+ * buffers, and the byte-for-byte audit of the footprint once everything is allocated. The causal engine (engine.ts) and the encoder-decoder
  * (seq2seq.ts) differ only in what they feed these.
  *
  * @module
  */
-import type { Gpu } from "../gpu/device.ts";
-import { type KernelContext, UniformArena } from "../gpu/dispatch.ts";
-import { GpuMemory, type TrackedBuffer } from "../gpu/memory.ts";
-import { PipelineCache } from "../gpu/pipelines.ts";
+import { UniformArena } from "../gpu/dispatch.ts";
+import type { GpuMemory, TrackedBuffer } from "../gpu/memory.ts";
 import { type Budget, formatBytes, parseBudget } from "../moe/budget.ts";
 import type { PolicyName } from "../moe/policies.ts";
 import { BudgetError, OptionError, SwapMoeError } from "../errors.ts";
@@ -141,25 +138,6 @@ export function resolveBudget(o: {
     );
   }
   return { fixedBytes, slotBytes, fullBytes, minimumBytes, budget };
-}
-
-/** The allocator limited to `budget`, the step uniform and the kernels' context. */
-export function kernelContext(
-  gpu: Gpu,
-  budget: number,
-  uniformSlots: number,
-): { memory: GpuMemory; stepBuffer: TrackedBuffer; ctx: KernelContext } {
-  const memory = new GpuMemory(gpu.device);
-  memory.limit = budget;
-  const stepBuffer = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
-  const ctx: KernelContext = {
-    device: gpu.device,
-    pipelines: new PipelineCache(gpu.device),
-    memory,
-    uniforms: new UniformArena(gpu.device, memory, uniformSlots),
-    step: stepBuffer.buffer,
-  };
-  return { memory, stepBuffer, ctx };
 }
 
 /**

@@ -17,7 +17,7 @@ import {
 import { expertSlotBytes } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
 import { createGpu, type Gpu } from "../gpu/device.ts";
-import { type CallShape, type Dispatch, encode } from "../gpu/dispatch.ts";
+import { type CallShape, type Dispatch, encode, kernelContext } from "../gpu/dispatch.ts";
 import type { GpuMemory } from "../gpu/memory.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
 import { packStep } from "../kernels/step.ts";
@@ -39,7 +39,6 @@ import { decodeLoop } from "./decode_loop.ts";
 import {
   allocStaging,
   checkExpertOptions,
-  kernelContext,
   planOptions,
   resolveBudget,
   stagingBytes,
@@ -178,7 +177,7 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
           }: lower contextLength (${contextLength}) or maxBatchTokens (${maxRows})`,
         );
       }
-      const setup = kernelContext(gpu, budget, uniformSlots);
+      const setup = kernelContext(gpu.device, uniformSlots, budget);
       memory = setup.memory;
       const { stepBuffer, ctx } = setup;
       const empty = new Uint8Array(0);

@@ -84,6 +84,66 @@ export interface ModelSpec {
 
 type Json = Record<string, unknown>;
 
+/**
+ * Typed readers of `config.json` fields, shared by both families' parsers: `int` (a safe integer >= `min`),
+ * `num` (a finite number, positive unless told otherwise), `bool`, `optionalId` (a token id >= 0, or
+ * absent/null) and `tokenIds` (one id or a list, each below `below`; none when absent); a missing key takes
+ * `fallback`. Each throws a ConfigError naming the key and what was expected.
+ */
+export function configFields(c: Json, file: string): {
+  int: (key: string, min?: number, fallback?: number) => number;
+  num: (key: string, fallback?: number, positive?: boolean) => number;
+  bool: (key: string, fallback: boolean) => boolean;
+  optionalId: (key: string) => number | undefined;
+  tokenIds: (key: string, below?: number) => number[];
+} {
+  return {
+    int: (key, min = 1, fallback) => {
+      const v = c[key] ?? fallback;
+      if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min) {
+        throw new ConfigError(
+          `Invalid ${key}: expected an integer >= ${min}, got ${JSON.stringify(c[key])}`,
+          file,
+        );
+      }
+      return v;
+    },
+    num: (key, fallback, positive = true) => {
+      const v = c[key] ?? fallback;
+      if (typeof v !== "number" || !Number.isFinite(v) || (positive && v <= 0)) {
+        throw new ConfigError(
+          `Invalid ${key}: expected a positive number, got ${JSON.stringify(c[key])}`,
+          file,
+        );
+      }
+      return v;
+    },
+    bool: (key, fallback) => {
+      const v = c[key] ?? fallback;
+      if (typeof v !== "boolean") {
+        throw new ConfigError(`Invalid ${key}: expected true or false, got ${JSON.stringify(c[key])}`, file);
+      }
+      return v;
+    },
+    optionalId: (key) => {
+      const v = c[key];
+      if (v === undefined || v === null) return undefined;
+      if (!(typeof v === "number" && Number.isSafeInteger(v) && v >= 0)) {
+        throw new ConfigError(`Invalid ${key}: ${JSON.stringify(v)}`, file);
+      }
+      return v;
+    },
+    tokenIds: (key, below = Infinity) => {
+      const v = c[key];
+      const ids = v === undefined || v === null ? [] : Array.isArray(v) ? v : [v];
+      if (!ids.every((x) => Number.isSafeInteger(x) && x >= 0 && x < below)) {
+        throw new ConfigError(`Invalid ${key}: ${JSON.stringify(v)}`, file);
+      }
+      return ids as number[];
+    },
+  };
+}
+
 /** Reads `dir/config.json` as JSON (any shape), or a {@link ConfigError} naming the file. */
 export async function readConfigJson(dir: string): Promise<{ json: unknown; file: string }> {
   const file = `${dir}/config.json`;
@@ -151,33 +211,7 @@ export function parseConfig(json: unknown, file = "config.json"): ModelSpec {
     );
   }
   const mt = modelType as CausalModelType;
-  const int = (key: string, min = 1, fallback?: number): number => {
-    const v = c[key] ?? fallback;
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min) {
-      throw new ConfigError(
-        `Invalid ${key}: expected an integer >= ${min}, got ${JSON.stringify(c[key])}`,
-        file,
-      );
-    }
-    return v;
-  };
-  const num = (key: string, fallback?: number, positive = true): number => {
-    const v = c[key] ?? fallback;
-    if (typeof v !== "number" || !Number.isFinite(v) || (positive && v <= 0)) {
-      throw new ConfigError(
-        `Invalid ${key}: expected a positive number, got ${JSON.stringify(c[key])}`,
-        file,
-      );
-    }
-    return v;
-  };
-  const bool = (key: string, fallback: boolean): boolean => {
-    const v = c[key] ?? fallback;
-    if (typeof v !== "boolean") {
-      throw new ConfigError(`Invalid ${key}: expected true or false, got ${JSON.stringify(c[key])}`, file);
-    }
-    return v;
-  };
+  const { int, num, bool, optionalId, tokenIds } = configFields(c, file);
 
   const hiddenSize = int("hidden_size");
   const numLayers = int("num_hidden_layers");
@@ -275,15 +309,8 @@ export function parseConfig(json: unknown, file = "config.json"): ModelSpec {
     slidingWindow = int("sliding_window");
   }
 
-  const eos = c.eos_token_id;
-  const eosTokenIds = eos === undefined || eos === null ? [] : Array.isArray(eos) ? eos : [eos];
-  if (!eosTokenIds.every((x) => Number.isSafeInteger(x) && x >= 0)) {
-    throw new ConfigError(`Invalid eos_token_id: ${JSON.stringify(eos)}`, file);
-  }
-  const bos = c.bos_token_id;
-  if (bos !== undefined && bos !== null && !(Number.isSafeInteger(bos) && (bos as number) >= 0)) {
-    throw new ConfigError(`Invalid bos_token_id: ${JSON.stringify(bos)}`, file);
-  }
+  const eosTokenIds = tokenIds("eos_token_id");
+  const bosTokenId = optionalId("bos_token_id");
 
   return {
     modelType: mt,
@@ -307,7 +334,7 @@ export function parseConfig(json: unknown, file = "config.json"): ModelSpec {
     qkvBias: mt === "qwen2_moe" ? bool("qkv_bias", true) : bool("attention_bias", false),
     qkNorm: mt === "qwen3_moe" ? "per_head" : mt === "olmoe" ? "whole" : "none",
     tieWordEmbeddings: bool("tie_word_embeddings", false),
-    bosTokenId: (bos ?? undefined) as number | undefined,
-    eosTokenIds: eosTokenIds as number[],
+    bosTokenId,
+    eosTokenIds,
   };
 }

@@ -7,7 +7,7 @@
  * @module
  */
 import { ConfigError } from "../errors.ts";
-import { MAX_LAYERS, MAX_TOTAL_EXPERTS, type ModelSpec, readConfigJson } from "./config.ts";
+import { configFields, MAX_LAYERS, MAX_TOTAL_EXPERTS, type ModelSpec, readConfigJson } from "./config.ts";
 
 /** The model type this module parses. */
 export const SWITCH_MODEL_TYPE = "switch_transformers";
@@ -101,31 +101,7 @@ export function parseSwitchConfig(json: unknown, file = "config.json"): SwitchSp
       file,
     );
   }
-  const int = (key: string, min = 1, fallback?: number): number => {
-    const v = c[key] ?? fallback;
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min) {
-      throw new ConfigError(
-        `Invalid ${key}: expected an integer >= ${min}, got ${JSON.stringify(c[key])}`,
-        file,
-      );
-    }
-    return v;
-  };
-  const bool = (key: string, fallback: boolean): boolean => {
-    const v = c[key] ?? fallback;
-    if (typeof v !== "boolean") {
-      throw new ConfigError(`Invalid ${key}: expected true or false, got ${JSON.stringify(c[key])}`, file);
-    }
-    return v;
-  };
-  const optionalId = (key: string): number | undefined => {
-    const v = c[key];
-    if (v === undefined || v === null) return undefined;
-    if (!(typeof v === "number" && Number.isSafeInteger(v) && v >= 0)) {
-      throw new ConfigError(`Invalid ${key}: ${JSON.stringify(v)}`, file);
-    }
-    return v;
-  };
+  const { int, num, bool, optionalId, tokenIds } = configFields(c, file);
 
   const vocabSize = int("vocab_size");
   const dModel = int("d_model");
@@ -193,11 +169,7 @@ export function parseSwitchConfig(json: unknown, file = "config.json"): SwitchSp
     throw new ConfigError(`Invalid router_dtype: ${JSON.stringify(routerDtype)}`, file);
   }
 
-  const eos = c.eos_token_id;
-  const eosTokenIds = eos === undefined || eos === null ? [] : Array.isArray(eos) ? eos : [eos];
-  if (!eosTokenIds.every((x) => Number.isSafeInteger(x) && x >= 0 && x < vocabSize)) {
-    throw new ConfigError(`Invalid eos_token_id: ${JSON.stringify(eos)}`, file);
-  }
+  const eosTokenIds = tokenIds("eos_token_id", vocabSize);
   const padTokenId = optionalId("pad_token_id");
   const decoderStartTokenId = optionalId("decoder_start_token_id") ?? padTokenId;
   if (decoderStartTokenId === undefined || decoderStartTokenId >= vocabSize) {
@@ -208,10 +180,7 @@ export function parseSwitchConfig(json: unknown, file = "config.json"): SwitchSp
       file,
     );
   }
-  const eps = c.layer_norm_epsilon ?? 1e-6;
-  if (typeof eps !== "number" || !(eps > 0) || !Number.isFinite(eps)) {
-    throw new ConfigError(`Invalid layer_norm_epsilon: ${JSON.stringify(eps)}`, file);
-  }
+  const eps = num("layer_norm_epsilon", 1e-6);
   const numBuckets = int("relative_attention_num_buckets", 2, 32);
   const maxDistance = int("relative_attention_max_distance", 1, 128);
 
@@ -237,7 +206,7 @@ export function parseSwitchConfig(json: unknown, file = "config.json"): SwitchSp
     decoderStartTokenId,
     padTokenId,
     bosTokenId: optionalId("bos_token_id"),
-    eosTokenIds: eosTokenIds as number[],
+    eosTokenIds,
     maxPositions: int("n_positions", 1, SWITCH_DEFAULT_POSITIONS),
   };
 }

@@ -1,7 +1,9 @@
 /**
  * Kernels of the T5 layout (Switch Transformers): attention with the relative position bias and no
- * scaling (`shaders/t5_attention.wgsl`), the decoder's KV-cache write, the dense MLP's ReLU, the tied head's
- * scale and expert capacity (`shaders/t5_elementwise.wgsl`), and the bucket table of the bias.
+ * scaling (`shaders/t5_attention.wgsl`), the decoder's KV-cache write, the dense MLP's ReLU, the tied
+ * head's scale and expert capacity (`shaders/t5_elementwise.wgsl`), and the bucket table of the bias.
+ * The experts and the routing statistics are the causal kernels' (`experts()` without `up`,
+ * `routerStats()` from a first layer).
  *
  * @module
  */

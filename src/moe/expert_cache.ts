@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { ModelSpec } from "../checkpoint/config.ts";
+import { expertMatrices, expertSlotBytes, type ModelSpec } from "../checkpoint/config.ts";
 import type { GpuMemory, TrackedBuffer } from "../gpu/memory.ts";
 import type { MlpNames } from "../models/names.ts";
 
@@ -58,7 +58,7 @@ export class ExpertCache {
   readonly matrixBytes: number;
   readonly moeLayers: number;
   readonly numExperts: number;
-  /** Matrices per expert: 3 for SwiGLU (gate, up, down), 2 for ReLU experts (`gated: false`: wi as gate, wo as down). */
+  /** Matrices per expert ({@link expertMatrices}): 3 for SwiGLU (gate, up, down), 2 for ReLU experts (wi as gate, wo as down). */
   readonly matrices: 2 | 3;
   /** [moeLayers, E] i32 on the GPU; the CPU mirror is {@link table}. */
   readonly tableBuffer: TrackedBuffer;
@@ -69,23 +69,22 @@ export class ExpertCache {
   readonly stats: UploadStats = { uploads: 0, bytesUploaded: 0, uploadSeconds: 0 };
 
   /**
-   * Empty cache with no slots yet; call {@link resize}. `gated: false` holds two matrices per expert
-   * (Switch Transformers' wi and wo, in the gate and down buffers); the store's `up` is then ignored.
+   * Empty cache with no slots yet; call {@link resize}. An encoder-decoder spec (Switch Transformers)
+   * holds two matrices per expert, wi and wo, in the gate and down buffers; the store's `up` is then ignored.
    */
   constructor(
     device: GPUDevice,
     memory: GpuMemory,
     spec: ModelSpec,
     store: ExpertStore,
-    options: { gated?: boolean } = {},
   ) {
     this.#device = device;
     this.#memory = memory;
     this.#store = store;
-    this.matrices = options.gated === false ? 2 : 3;
+    this.matrices = expertMatrices(spec);
     this.moeLayers = spec.sparseLayers.filter((s) => s).length;
     this.numExperts = spec.numExperts;
-    this.matrixBytes = spec.moeIntermediateSize * spec.hiddenSize * 2;
+    this.matrixBytes = expertSlotBytes(spec) / this.matrices;
     this.table = new Int32Array(this.moeLayers * this.numExperts).fill(-1);
     this.tableBuffer = memory.alloc(
       "experts.slot_table",

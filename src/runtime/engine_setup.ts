@@ -1,8 +1,8 @@
 /**
  * The steps both engines' `create` take, whatever the model family: the residency options checked
  * against the model, the GPU footprint and the budget resolved before any allocation, the readback
- * buffers, and the byte-for-byte audit of the footprint once everything is allocated. The causal engine (engine.ts) and the encoder-decoder
- * (seq2seq.ts) differ only in what they feed these.
+ * buffers, and the byte-for-byte audit of the footprint once everything is allocated. The causal
+ * engine (engine.ts) and the encoder-decoder (seq2seq.ts) differ only in what they feed these.
  *
  * @module
  */

@@ -186,7 +186,7 @@ class Seq2SeqEngine extends EngineCore<ResolvedOptions> {
         (n) => (n === "" ? empty : ckpt.bytes(n)),
         experts.map((l) => l.map((e) => ({ gate: e.wi, up: "", down: e.wo }))),
       );
-      const cache = new ExpertCache(gpu.device, memory, view, store, { gated: false });
+      const cache = new ExpertCache(gpu.device, memory, view, store);
       const opts: ResolvedOptions = {
         ...planOptions(options, slotBytes),
         capacity: options.expertCapacity === "drop",

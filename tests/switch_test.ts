@@ -6,7 +6,7 @@
  * budget), and the tied head on tiny-switch-tied (made by tests/support/make_tied_switch.py).
  */
 import assert from "node:assert/strict";
-import { createEngine, type Engine, OptionError } from "../mod.ts";
+import { ConfigError, createEngine, type Engine, OptionError } from "../mod.ts";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.ts";
 import { parseSwitchConfig, sparseBlocks } from "../src/checkpoint/switch_config.ts";
 import { relativePositionBucket } from "../src/kernels/t5.ts";
@@ -220,6 +220,14 @@ Deno.test("switch: config, sparse blocks, bucket arithmetic and tensor list", ()
   assert.deepEqual(spec.decoderSparseLayers, [false, true]);
   assert.equal(spec.decoderStartTokenId, 0);
   assert.equal(spec.tieWordEmbeddings, false);
+  // routing runs in float32: another router_dtype is refused rather than silently computed in float32
+  const json = JSON.parse(Deno.readTextFileSync(`${DIR}config.json`));
+  for (const dtype of ["bfloat16", "float16", 32]) {
+    assert.throws(
+      () => parseSwitchConfig({ ...json, router_dtype: dtype }),
+      (e: Error) => e instanceof ConfigError && /Unsupported router_dtype/.test(e.message),
+    );
+  }
   // transformers: is_sparse = i % step == 1 or step == 1
   assert.deepEqual(sparseBlocks(12, 2), [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1].map(Boolean));
   assert.deepEqual(sparseBlocks(4, 1), [true, true, true, true]);

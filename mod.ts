@@ -17,6 +17,7 @@
  */
 export {
   createEngine,
+  type EncoderDecoderOptions,
   type Engine,
   type EngineOptions,
   type EngineStats,
@@ -25,8 +26,15 @@ export {
   type GenerateRequest,
   type Progress,
 } from "./src/runtime/engine.ts";
-export type { CausalModelType, ModelSpec, QkNorm, Seq2SeqModelType } from "./src/checkpoint/config.ts";
-export { CAUSAL_MODEL_TYPES, SEQ2SEQ_MODEL_TYPES, SUPPORTED_MODEL_TYPES } from "./src/checkpoint/config.ts";
+export { type ModelSpec, SUPPORTED_MODEL_TYPES } from "./src/models/registry.ts";
+export type { SpecBase } from "./src/models/family.ts";
+export {
+  CAUSAL_MODEL_TYPES,
+  type CausalModelType,
+  type CausalSpec,
+  type QkNorm,
+} from "./src/models/causal/config.ts";
+export { SWITCH_MODEL_TYPE, type SwitchSpec } from "./src/models/switch/config.ts";
 export type { Budget } from "./src/moe/budget.ts";
 export { formatBytes, parseBudget } from "./src/moe/budget.ts";
 export { POLICIES, type PolicyName } from "./src/moe/policies.ts";

@@ -10,14 +10,11 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { loadConfig } from "../src/checkpoint/config.ts";
-import { Checkpoint } from "../src/checkpoint/shards.ts";
-import { createGpu } from "../src/gpu/device.ts";
-import { type Dispatch, encode, grid, kernelContext } from "../src/gpu/dispatch.ts";
+import { type Dispatch, encode, grid } from "../src/gpu/dispatch.ts";
 import { packStep } from "../src/kernels/step.ts";
-import { CausalMoe } from "../src/models/causal_moe.ts";
-import { modelNames } from "../src/models/names.ts";
-import { checkpointExpertStore, ExpertCache } from "../src/moe/expert_cache.ts";
+import { passDispatches } from "../src/models/family.ts";
+import { loadGpuModel } from "../src/runtime/gpu_model.ts";
+import { planModel } from "../src/runtime/model_plan.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -31,24 +28,22 @@ const { values } = parseArgs({
 const dir = values.model ?? new URL("../models/sotu-moe-mini", import.meta.url).pathname;
 const pos = Number(values.pos);
 const steps = Number(values.steps);
-const spec = await loadConfig(dir);
-using ckpt = Checkpoint.open(dir);
-const names = modelNames(spec);
-const gpu = await createGpu();
+// the engine's own load path, every expert resident, routing masked as static and swapmoe route
+const planned = await planModel({ model: dir, contextLength: Math.max(1024, pos + steps + 1) });
+using ckpt = planned.ckpt;
+const { plan } = planned;
+const E = planned.arch.spec.numExperts;
+const { gpu, memory, cache, program, step } = await loadGpuModel(planned, {
+  budget: plan.fullBytes,
+  slots: plan.slots(plan.fullBytes),
+  masked: true,
+  options: {},
+});
 const device = gpu.device;
-const { memory, stepBuffer: step, ctx } = kernelContext(device, 32 + 24 * spec.numLayers);
-const experts = names.layers.filter((l) => l.experts).map((l) => l.experts!);
-const cache = new ExpertCache(device, memory, spec, checkpointExpertStore((n) => ckpt.bytes(n), experts));
-cache.resize(Array(cache.moeLayers).fill(spec.numExperts));
-for (let l = 0; l < cache.moeLayers; l++) for (let e = 0; e < spec.numExperts; e++) cache.load(l, e);
+for (let l = 0; l < cache.moeLayers; l++) for (let e = 0; e < E; e++) cache.load(l, e);
 cache.flush();
-const model = await CausalMoe.build(ctx, spec, names, (n) => ckpt.bytes(n), cache, {
-  maxRows: 64,
-  contextLength: Math.max(1024, pos + steps + 1),
-  maxGenerated: 1024,
-}, { masked: true });
-device.queue.writeBuffer(step.buffer, 0, packStep({ t: 1, headRows: 1, pos0: pos }));
-const all: Dispatch[] = [...model.forwardDispatches(), model.sample];
+device.queue.writeBuffer(step, 0, packStep({ t: 1, headRows: 1, pos0: pos }));
+const all: Dispatch[] = [...passDispatches(program.decoder), program.sample];
 await device.queue.onSubmittedWorkDone();
 
 // 1. per-dispatch GPU time
@@ -114,7 +109,7 @@ let encodeUs = 0;
 const t0 = performance.now();
 for (let s = 0; s < steps; s++) {
   const te = performance.now();
-  device.queue.writeBuffer(step.buffer, 0, packStep({ t: 1, headRows: 1, pos0: pos + s }, 0, s));
+  device.queue.writeBuffer(step, 0, packStep({ t: 1, headRows: 1, pos0: pos + s }, 0, s));
   const enc = device.createCommandEncoder();
   const pass = enc.beginComputePass();
   encode(pass, all, { t: 1, headRows: 1, pos0: pos + s });
@@ -146,7 +141,7 @@ console.log(
 // step is the GPU's time for the copies, which WebGPU's one queue runs between the steps' passes.
 const uploadMiB = Number(values["upload-mib"]);
 if (uploadMiB > 0) {
-  const source = ckpt.bytes(experts[0]![0]!.gate); // 4 MiB for OLMoE
+  const source = ckpt.bytes(planned.tensors.experts[0]![0]![0]!); // one expert matrix: 4 MiB for OLMoE
   const chunk = source.byteLength;
   const chunks = Math.ceil((uploadMiB * 2 ** 20) / chunk);
   const scratch = device.createBuffer({
@@ -163,7 +158,7 @@ if (uploadMiB > 0) {
       for (let c = 0; c < writes; c++) device.queue.writeBuffer(scratch, c * chunk, source);
       const te = performance.now();
       writeUs += (te - tw) * 1000;
-      device.queue.writeBuffer(step.buffer, 0, packStep({ t: 1, headRows: 1, pos0: pos + s }, 0, s));
+      device.queue.writeBuffer(step, 0, packStep({ t: 1, headRows: 1, pos0: pos + s }, 0, s));
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
       encode(pass, all, { t: 1, headRows: 1, pos0: pos + s });

@@ -18,7 +18,8 @@
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { loadConfig } from "../src/checkpoint/config.ts";
+import { expertBytes } from "../src/models/family.ts";
+import { loadModelConfig } from "../src/models/registry.ts";
 import { Tokenizer } from "../src/text/tokenizer.ts";
 import { loadCorpus, tokenizeCorpus } from "../src/eval/corpus.ts";
 import { markdownTable, svgPlot } from "../src/eval/report.ts";
@@ -67,8 +68,7 @@ if (positionals[0] === "prepare") {
   const evalIds = ids[values.corpus];
   if (!evalIds) throw new Error(`${values.ids} has no corpus ${values.corpus}`);
   const uploadExperts = num(values["max-upload-experts"]);
-  const spec = await loadConfig(model);
-  const slotBytes = 3 * spec.moeIntermediateSize * spec.hiddenSize * 2; // gate, up, down in bf16
+  const slotBytes = expertBytes((await loadModelConfig(model)).architecture.expertMatrices);
   const t0 = performance.now();
   const result = await sweep({
     model: values.model,

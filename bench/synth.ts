@@ -14,8 +14,8 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { parseSwitchConfig } from "../src/checkpoint/switch_config.ts";
-import { switchTensorShapes } from "../src/models/switch_names.ts";
+import { parseSwitchConfig } from "../src/models/switch/config.ts";
+import { switchTensorShapes } from "../src/models/switch/names.ts";
 
 /** A preset's `config.json`. */
 export const PRESETS: Record<string, Record<string, unknown>> = {

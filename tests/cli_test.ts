@@ -133,7 +133,7 @@ Deno.test("info --json: the same as numbers", async () => {
   assert.equal(info.bytes.expert, 3 * 128 * 256 * 2);
   assert.equal(info.bytes.allExperts, 4 * 16 * info.bytes.expert);
   assert.ok(info.bytes.minimumBudget < info.bytes.full);
-  assert.equal(info.bytes.full, info.policies.full!.minimum);
+  assert.equal(info.bytes.full, info.policies.full!.minimumBytes);
   assert.equal(info.parameters.experts, 4 * 16 * 3 * 128 * 256);
   assert.ok(info.parameters.total > info.parameters.activePerToken);
   assert.deepEqual(Object.keys(info.policies), ["full", "static", "swapmoe", "lru"]);
@@ -212,7 +212,7 @@ Deno.test("bad flags and values: one-line error, usage, exit code 2", async (t) 
     [["chat", "surplus"], /Unexpected argument: "surplus"/],
     // from the engine: a folder without config.json, a budget below what the policy needs
     [["info", "--model", "src"], /Missing config\.json/],
-    [["info", "--budget", "1KiB"], /Budget too small: 1024 bytes/],
+    [["generate", "--budget", "1KiB", "x"], /Budget too small: 1024 bytes/],
     [["generate", "--profile", "no/such.json", "x"], /Invalid --profile: cannot read no\/such\.json/],
     [["generate", "--profile", "deno.json", "x"], /Invalid --profile: deno\.json holds no "usage" rows/],
     // a profile of another model's shape is the engine's OptionError

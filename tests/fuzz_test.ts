@@ -16,9 +16,12 @@
 import assert from "node:assert/strict";
 import { isDeepStrictEqual } from "node:util";
 import { CheckpointError, createEngine, type Engine, SwapMoeError, TokenizerError } from "../mod.ts";
-import { type ModelSpec, parseConfig } from "../src/checkpoint/config.ts";
+import {
+  type CausalSpec as ModelSpec,
+  parseCausalConfig as parseConfig,
+} from "../src/models/causal/config.ts";
 import { Checkpoint } from "../src/checkpoint/shards.ts";
-import { expectedShapes, modelNames } from "../src/models/names.ts";
+import { expectedShapes, modelNames } from "../src/models/causal/names.ts";
 import {
   assertLogitsClose,
   copyFixture,

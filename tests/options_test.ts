@@ -21,7 +21,12 @@ const ALL = Array.from({ length: 16 }, (_, i) => i);
 /** Engine options refused by `validateOptions` alone: the model folder is never read. */
 const WITHOUT_MODEL: [string, Record<string, unknown>, ...string[]][] = [
   ["budget lots", { budget: "lots" }, 'Invalid budget: "lots"', '"512MiB"', '"50%"'],
-  ["budget -5", { budget: -5 }, "Invalid budget: -5, expected a positive number of bytes"],
+  ["budget -5", { budget: -5 }, "Invalid budget: -5, expected a whole positive number of bytes"],
+  ["budget 1.5", { budget: 1.5 }, "Invalid budget: 1.5, expected a whole positive number of bytes"],
+  ["budget 2^53 + 5", { budget: 2 ** 53 + 5 }, "Invalid budget: 9007199254740996"],
+  ["budget 1e300", { budget: 1e300 }, "Invalid budget: 1e+300"],
+  ['budget "1.5" bytes', { budget: "1.5" }, 'Invalid budget: "1.5"'],
+  ["budget 3/0 experts", { budget: "3/0" }, 'Invalid budget: "3/0", expected n/E'],
   ["budget 0", { budget: 0 }, "Invalid budget: 0"],
   ["budget NaN", { budget: NaN }, "Invalid budget: NaN"],
   ["budget Infinity", { budget: Infinity }, "Invalid budget: Infinity"],

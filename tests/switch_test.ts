@@ -8,10 +8,9 @@
 import assert from "node:assert/strict";
 import { ConfigError, createEngine, type Engine, OptionError } from "../mod.ts";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.ts";
-import { parseSwitchConfig, sparseBlocks } from "../src/checkpoint/switch_config.ts";
+import { parseSwitchConfig, sparseBlocks } from "../src/models/switch/config.ts";
 import { relativePositionBucket } from "../src/kernels/t5.ts";
-import { switchTensorShapes } from "../src/models/switch_names.ts";
-import { createSeq2SeqEngine } from "../src/runtime/seq2seq.ts";
+import { switchTensorShapes } from "../src/models/switch/names.ts";
 import { logitError } from "./support/logits.ts";
 
 interface Reference {
@@ -195,7 +194,7 @@ Deno.test("switch: expertCapacity drop changes nothing below capacity, drops abo
   const p = ref.prompts[1]!;
   const want = expected(logits, "p1.logits");
   {
-    await using engine = await createSeq2SeqEngine({ model: DIR, expertCapacity: "drop" });
+    await using engine = await createEngine({ model: DIR, expertCapacity: "drop" });
     const { err, tol } = logitError(await engine.forward(p.ids, { decoderIds: p.decoder_input_ids }), want);
     assert.ok(err <= tol, `capacity 64, nothing dropped: ${err} > ${tol}`);
   }
@@ -205,7 +204,7 @@ Deno.test("switch: expertCapacity drop changes nothing below capacity, drops abo
     const cfg = JSON.parse(await Deno.readTextFile(`${tmp}/config.json`));
     cfg.expert_capacity = 1;
     await Deno.writeTextFile(`${tmp}/config.json`, JSON.stringify(cfg));
-    await using engine = await createSeq2SeqEngine({ model: tmp, expertCapacity: "drop" });
+    await using engine = await createEngine({ model: tmp, expertCapacity: "drop" });
     const got = await engine.forward(p.ids, { decoderIds: p.decoder_input_ids });
     assert.ok(got.every(Number.isFinite));
     assert.ok(logitError(got, want).err > logitError(got, want).tol, "capacity 1 drops tokens");

@@ -7,12 +7,12 @@
  */
 import { fileURLToPath } from "node:url";
 import { type EngineOptions, formatBytes, type PlannerKind } from "../../mod.ts";
-import { expertSlotBytes, loadConfig } from "../checkpoint/config.ts";
+import { expertBytes } from "../models/family.ts";
+import { loadModelConfig } from "../models/registry.ts";
 import { CorpusError, loadCorpus, tokenizeCorpus } from "../eval/corpus.ts";
 import { perplexity } from "../eval/perplexity.ts";
 import { markdownTable, svgPlot } from "../eval/report.ts";
 import { spacedWindows, sweep, SWEEP_POLICIES, type SweepPolicy, type SweepResult } from "../eval/sweep.ts";
-import { isSeq2SeqModel } from "../runtime/seq2seq.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { type Command, UsageError } from "./command.ts";
 import {
@@ -194,7 +194,7 @@ export const command: Command = {
     const options: EngineOptions = engineOptions(values);
     const modelDir = options.model ?? DEFAULT_MODEL;
     const corpusName = values.corpus ?? "sotu-test";
-    if (await isSeq2SeqModel(modelDir)) {
+    if ((await loadModelConfig(modelDir)).architecture.decoderStartTokenId !== undefined) {
       throw new UsageError(
         `${modelDir} is an encoder-decoder (switch_transformers): eval measures a causal model's next-token perplexity over a corpus, which needs a causal model (mixtral, qwen2_moe, qwen3_moe, olmoe)`,
       );
@@ -229,7 +229,8 @@ export const command: Command = {
       throw new UsageError(`Invalid --context-length: ${options.contextLength}, a window needs ${window}`);
     }
     if (uploadExperts !== undefined) {
-      options.maxUploadBytesPerStep = uploadExperts * expertSlotBytes(await loadConfig(modelDir));
+      options.maxUploadBytesPerStep = uploadExperts *
+        expertBytes((await loadModelConfig(modelDir)).architecture.expertMatrices);
     }
     await using engine = await openEngine(options, !values.json);
     return await evaluateOn(engine);
@@ -332,7 +333,7 @@ export const command: Command = {
         window,
         calibrationWindows,
       );
-      const slot = expertSlotBytes(await loadConfig(modelDir));
+      const slot = expertBytes((await loadModelConfig(modelDir)).architecture.expertMatrices);
       const result = await sweep({
         model: options.model,
         ids,

@@ -23,6 +23,7 @@ import {
   type PolicyName,
   type Progress,
 } from "../../mod.ts";
+import { describeSpec } from "../models/registry.ts";
 import { parseSize } from "../moe/budget.ts";
 import { UsageError } from "./command.ts";
 
@@ -355,11 +356,9 @@ export function displayPath(dir: string): string {
 
 /** One line about the model and the adapter. */
 export function describeModel(engine: Engine): string {
-  const s = engine.spec;
-  const moe = s.sparseLayers.filter((x) => x).length;
-  return `${
-    displayPath(engine.modelDir)
-  } (${s.modelType}: ${s.numLayers} layers, ${moe} with ${s.numExperts} experts, top-${s.topK}) on ${engine.stats().gpu.description}`;
+  return `${displayPath(engine.modelDir)} (${
+    describeSpec(engine.spec)
+  }) on ${engine.stats().gpu.description}`;
 }
 
 const rate = (n: number): string => (n >= 100 ? n.toFixed(0) : n.toFixed(1));

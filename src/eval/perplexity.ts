@@ -9,7 +9,6 @@
  *
  * @module
  */
-import { SEQ2SEQ_MODEL_TYPES } from "../checkpoint/config.ts";
 import { OptionError } from "../errors.ts";
 import type { Engine } from "../runtime/engine.ts";
 
@@ -79,7 +78,7 @@ export async function perplexity(
   ids: readonly number[],
   options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
-  if ((SEQ2SEQ_MODEL_TYPES as readonly string[]).includes(engine.spec.modelType)) {
+  if (engine.encoderDecoder) {
     throw new OptionError(
       `perplexity needs a causal model; ${engine.spec.modelType} is an encoder-decoder, whose decoder logits depend on an encoder input`,
     );

@@ -22,7 +22,7 @@
  * @module
  */
 import { createEngine, type Engine, type EngineOptions, type EngineStats } from "../../mod.ts";
-import { planSlots, topExperts } from "../moe/planner.ts";
+import { spreadSlots, topExperts } from "../moe/planner.ts";
 import { perplexity, type PerplexityResult } from "./perplexity.ts";
 
 /** The policies a sweep compares. */
@@ -156,7 +156,7 @@ export function profileExperts(profile: readonly (readonly number[])[], n: numbe
 }
 
 /**
- * Experts per layer from a profile with slots spread by `planSlots("profile")` over `layers × n`
+ * Experts per layer from a profile with slots spread by `spreadSlots("profile")` over `layers × n`
  * slots: layers whose routing spreads wider get more.
  */
 export function plannedExperts(
@@ -165,7 +165,7 @@ export function plannedExperts(
   topK: number,
 ): number[][] {
   const E = profile[0]?.length ?? 0;
-  const slots = planSlots("profile", profile.length * n, profile.length, E, topK, profile);
+  const slots = spreadSlots("profile", profile.length * n, profile.length, E, topK, profile);
   return profile.map((row, l) => topExperts(row, slots[l]!));
 }
 

@@ -125,27 +125,3 @@ export async function createGpu(options: { powerPreference?: GPUPowerPreference 
   });
   return gpu;
 }
-
-/**
- * Runs `fn` inside validation and out-of-memory error scopes and throws a {@link GpuError} naming
- * `label` if either caught something. Use around creation (pipelines, buffers), not per token.
- */
-export async function withErrorScope<T>(device: GPUDevice, label: string, fn: () => T): Promise<T> {
-  device.pushErrorScope("out-of-memory");
-  device.pushErrorScope("validation");
-  let value: T;
-  try {
-    value = fn();
-  } finally {
-    const validation = await device.popErrorScope();
-    const oom = await device.popErrorScope();
-    const err = validation ?? oom;
-    if (err) {
-      // deno-lint-ignore no-unsafe-finally
-      throw new GpuError(
-        `${oom && !validation ? "Out of GPU memory" : "GPU validation failed"} in ${label}: ${err.message}`,
-      );
-    }
-  }
-  return value;
-}

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { GpuMemory, type TrackedBuffer } from "./memory.ts";
+import { type Allocation, GpuMemory, type TrackedBuffer } from "./memory.ts";
 import { GpuError } from "../errors.ts";
 import { type Constants, PipelineCache } from "./pipelines.ts";
 
@@ -35,18 +35,62 @@ export function grid(n: number): [number, number] {
   return [MAX_GRID, Math.ceil(n / MAX_GRID)];
 }
 
-/** Packs uniform structs of u32/f32 fields (`f:` prefix marks an f32) into 16-byte-padded bytes. */
-export function packParams(fields: Record<string, number>): ArrayBuffer {
-  const entries = Object.entries(fields);
-  const n = Math.max(4, Math.ceil(entries.length / 4) * 4);
-  const buf = new ArrayBuffer(n * 4);
-  const u = new Uint32Array(buf);
-  const f = new Float32Array(buf);
-  entries.forEach(([k, v], i) => {
-    if (k.startsWith("f:")) f[i] = v;
-    else u[i] = v >>> 0;
-  });
-  return buf;
+/** A field's name as a caller gives its value: `"f:eps"` is `eps` (an f32); `"_p0"` (padding) takes none. */
+type FieldValue<F> = F extends `f:${infer N}` ? N : F extends `_${string}` ? never : F;
+
+/**
+ * The layout of a WGSL uniform struct of 4-byte scalars, in the struct's order: `"f:name"` marks an
+ * f32, `"_name"` padding (written 0), anything else a u32. One per struct, shared by the kernel
+ * wrapper that packs it and by the test that checks it against the WGSL declaration.
+ */
+export interface ParamsLayout<F extends readonly string[] = readonly string[]> {
+  /** The shader file and the struct's name in it. */
+  readonly file: string;
+  readonly struct: string;
+  readonly fields: F;
+  /** Bytes {@link ParamsLayout.pack} returns: a field per 4 bytes, padded to 16. */
+  readonly bytes: number;
+  /** The struct's bytes: every field at 4·index, padded to 16 bytes. */
+  pack(values: Readonly<Record<FieldValue<F[number]>, number>>): ArrayBuffer;
+}
+
+const LAYOUTS: ParamsLayout[] = [];
+
+/** Every layout defined so far (the modules that define them must have been imported). */
+export function paramsLayouts(): readonly ParamsLayout[] {
+  return LAYOUTS;
+}
+
+/** Defines the layout of `struct` (default `Params`) in `shaders/<file>`; see {@link ParamsLayout}. */
+export function paramsLayout<const F extends readonly string[]>(
+  file: string,
+  fields: F,
+  struct = "Params",
+): ParamsLayout<F> {
+  const words = Math.max(4, Math.ceil(fields.length / 4) * 4);
+  const layout: ParamsLayout<F> = {
+    file,
+    struct,
+    fields,
+    bytes: words * 4,
+    pack(values) {
+      const buf = new ArrayBuffer(words * 4);
+      const u = new Uint32Array(buf);
+      const f = new Float32Array(buf);
+      const given = values as Readonly<Record<string, number>>;
+      fields.forEach((field, i) => {
+        if (field.startsWith("_")) return;
+        const name = field.replace(/^f:/, "");
+        const v = given[name];
+        if (v === undefined) throw new RangeError(`${file} ${struct}: no value for ${name}`);
+        if (field.startsWith("f:")) f[i] = v;
+        else u[i] = v >>> 0;
+      });
+      return buf;
+    },
+  };
+  LAYOUTS.push(layout as ParamsLayout);
+  return layout;
 }
 
 /** Uniform-offset alignment WebGPU guarantees to accept (`minUniformBufferOffsetAlignment` ≤ 256). */
@@ -58,22 +102,15 @@ export const UNIFORM_ALIGN = 256;
  */
 export class UniformArena {
   readonly #device: GPUDevice;
-  readonly #memory: GpuMemory;
   readonly slots: number;
-  #buffer: TrackedBuffer;
+  readonly #buffer: TrackedBuffer;
   #next = 0;
 
-  /** An arena of `slots` params blocks. */
-  constructor(device: GPUDevice, memory: GpuMemory, slots: number) {
+  /** An arena over `buffer`, a uniform buffer of {@link UniformArena.bytes} bytes. */
+  constructor(device: GPUDevice, buffer: TrackedBuffer) {
     this.#device = device;
-    this.#memory = memory;
-    this.slots = slots;
-    this.#buffer = memory.alloc(
-      "uniforms",
-      UniformArena.bytes(slots),
-      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-      "tables",
-    );
+    this.#buffer = buffer;
+    this.slots = Math.floor(buffer.size / UNIFORM_ALIGN);
   }
 
   /** Bytes of an arena of `slots` blocks. */
@@ -93,26 +130,45 @@ export class UniformArena {
     this.#device.queue.writeBuffer(this.#buffer.buffer, offset, params);
     return { buffer: this.#buffer.buffer, offset, size: params.byteLength };
   }
-
-  /** Frees the buffer. */
-  destroy(): void {
-    this.#memory.free(this.#buffer);
-  }
 }
 
 /** What a kernel wrapper needs to record dispatches. */
 export interface KernelContext {
   readonly device: GPUDevice;
   readonly pipelines: PipelineCache;
-  readonly memory: GpuMemory;
   readonly uniforms: UniformArena;
   /** The per-call Step uniform (common.wgsl's `Step`). */
   readonly step: GPUBuffer;
 }
 
+/** Bytes of common.wgsl's `Step` uniform (see src/kernels/step.ts). */
+export const STEP_BYTES = 32;
+
+/** The buffers a kernel context records over: the Step uniform and a uniform arena of `uniformSlots` blocks. */
+export function contextTables(uniformSlots: number): Allocation[] {
+  const usage = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
+  return [
+    { name: "step", bytes: STEP_BYTES, usage, category: "tables" },
+    { name: "uniforms", bytes: UniformArena.bytes(uniformSlots), usage, category: "tables" },
+  ];
+}
+
+/** The kernels' context over `tables`, allocated from {@link contextTables}. */
+export function contextOver(device: GPUDevice, tables: ReadonlyMap<string, TrackedBuffer>): KernelContext {
+  const step = tables.get("step");
+  const uniforms = tables.get("uniforms");
+  if (!step || !uniforms) throw new Error("Internal: a kernel context needs the step and uniforms tables");
+  return {
+    device,
+    pipelines: new PipelineCache(device),
+    uniforms: new UniformArena(device, uniforms),
+    step: step.buffer,
+  };
+}
+
 /**
- * A budgeted allocator on `device` (`limit` bytes, unlimited by default), its Step uniform and the
- * kernels' context with `uniformSlots` parameter slots.
+ * For kernel tests and benches: an allocator on `device` (`limit` bytes, unlimited by default), its
+ * Step uniform and a kernels' context with `uniformSlots` parameter slots.
  */
 export function kernelContext(
   device: GPUDevice,
@@ -121,15 +177,8 @@ export function kernelContext(
 ): { memory: GpuMemory; stepBuffer: TrackedBuffer; ctx: KernelContext } {
   const memory = new GpuMemory(device);
   memory.limit = limit;
-  const stepBuffer = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
-  const ctx: KernelContext = {
-    device,
-    pipelines: new PipelineCache(device),
-    memory,
-    uniforms: new UniformArena(device, memory, uniformSlots),
-    step: stepBuffer.buffer,
-  };
-  return { memory, stepBuffer, ctx };
+  const tables = memory.allocAll(contextTables(uniformSlots));
+  return { memory, stepBuffer: tables.get("step")!, ctx: contextOver(device, tables) };
 }
 
 /** Records one dispatch: compiles (cached) the pipeline, writes its params, binds `buffers` by index. */

@@ -9,6 +9,30 @@ import { BudgetError, GpuError } from "../errors.ts";
 /** What a buffer holds, for the statistics. */
 export type MemoryCategory = "dense" | "experts" | "kv" | "activations" | "staging" | "tables";
 
+/**
+ * A buffer to be allocated: the one description that both the footprint arithmetic (before any
+ * allocation, {@link allocationBytes}) and the allocation ({@link GpuMemory.allocAll}) read, so that
+ * the two cannot disagree.
+ */
+export interface Allocation {
+  /** Label, unique within its list (the key of {@link GpuMemory.allocAll}'s map). */
+  readonly name: string;
+  /** Bytes asked for; allocated rounded up to 4 ({@link allocatedSize}). */
+  readonly bytes: number;
+  readonly usage: GPUBufferUsageFlags;
+  readonly category: MemoryCategory;
+}
+
+/** Bytes a buffer of `size` takes: rounded up to a multiple of 4, at least 4 (WebGPU copies 4-byte units). */
+export function allocatedSize(size: number): number {
+  return Math.max(4, Math.ceil(size / 4) * 4);
+}
+
+/** Bytes that allocating every entry of `list` takes. */
+export function allocationBytes(list: readonly Allocation[]): number {
+  return list.reduce((a, b) => a + allocatedSize(b.bytes), 0);
+}
+
 /** A tracked GPU buffer. `destroy()` through {@link GpuMemory.free}. */
 export interface TrackedBuffer {
   readonly buffer: GPUBuffer;
@@ -66,7 +90,7 @@ export class GpuMemory {
     category: MemoryCategory,
     mappedAtCreation = false,
   ): TrackedBuffer {
-    const bytes = Math.max(4, Math.ceil(size / 4) * 4);
+    const bytes = allocatedSize(size);
     if (this.#bytes + bytes > this.limit) {
       throw new BudgetError(
         `Cannot allocate ${label}: ${bytes} bytes more would hold ${
@@ -87,6 +111,21 @@ export class GpuMemory {
     this.#bytes += bytes;
     this.#peak = Math.max(this.#peak, this.#bytes);
     return t;
+  }
+
+  /** Allocates every entry of `list`, by name; all or none (a failure frees what was allocated). */
+  allocAll(list: readonly Allocation[]): Map<string, TrackedBuffer> {
+    const out = new Map<string, TrackedBuffer>();
+    try {
+      for (const a of list) {
+        if (out.has(a.name)) throw new GpuError(`Internal: two allocations named ${a.name}`);
+        out.set(a.name, this.alloc(a.name, a.bytes, a.usage, a.category));
+      }
+    } catch (e) {
+      for (const t of out.values()) this.free(t);
+      throw e;
+    }
+    return out;
   }
 
   /** Destroys a buffer and stops counting it. Idempotent. */

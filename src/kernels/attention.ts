@@ -4,8 +4,26 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
 import { MAX_SPLITS, splitCount } from "./step.ts";
+
+const ROPE_PARAMS = paramsLayout(
+  "rope.wgsl",
+  [
+    "n_heads",
+    "n_kv",
+    "head_dim",
+    "ctx",
+    "norm_mode",
+    "_p0",
+    "_p1",
+    "f:eps",
+  ] as const,
+);
+const ATTENTION_PARAMS = paramsLayout(
+  "attention.wgsl",
+  ["n_heads", "n_kv", "head_dim", "window", "f:scale"] as const,
+);
 
 /** Attention geometry. */
 export interface AttentionShape {
@@ -47,15 +65,13 @@ export function ropeKv(
   return record(ctx, {
     label: o.label,
     file: "rope.wgsl",
-    params: packParams({
+    params: ROPE_PARAMS.pack({
       n_heads: o.numHeads,
       n_kv: o.numKvHeads,
       head_dim: o.headDim,
       ctx: o.contextLength,
       norm_mode: o.norm === "none" ? 0 : o.norm === "per_head" ? 1 : 2,
-      _p0: 0,
-      _p1: 0,
-      "f:eps": o.eps,
+      eps: o.eps,
     }),
     // without norms the weight bindings are unused by the math but still bound: any buffer does
     buffers: {
@@ -97,12 +113,12 @@ export async function attention(
   if (o.headDim > 256 || o.headDim % 4 !== 0) {
     throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} must be a multiple of 4 up to 256`);
   }
-  const params = packParams({
+  const params = ATTENTION_PARAMS.pack({
     n_heads: o.numHeads,
     n_kv: o.numKvHeads,
     head_dim: o.headDim,
     window: o.window ?? 0,
-    "f:scale": 1 / Math.sqrt(o.headDim),
+    scale: 1 / Math.sqrt(o.headDim),
   });
   const constants = { MAX_SPLITS };
   return [

@@ -4,7 +4,9 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
+
+const PARAMS = paramsLayout("elementwise.wgsl", ["n"] as const);
 
 const WG = 64;
 
@@ -17,7 +19,7 @@ export function siluMul(
     label: o.label,
     file: "elementwise.wgsl",
     entry: "silu_mul",
-    params: packParams({ n: o.n }),
+    params: PARAMS.pack({ n: o.n }),
     buffers: { 2: o.a, 3: o.b },
     workgroups: (s) => Math.ceil((s.t * o.n) / WG),
   });
@@ -32,7 +34,7 @@ export function sigmoidGatedAdd(
     label: o.label,
     file: "elementwise.wgsl",
     entry: "sigmoid_gated_add",
-    params: packParams({ n: o.n }),
+    params: PARAMS.pack({ n: o.n }),
     buffers: { 2: o.y, 3: o.s, 4: o.gate },
     workgroups: (s) => Math.ceil((s.t * o.n) / WG),
   });

@@ -3,7 +3,9 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
+
+const PARAMS = paramsLayout("embed.wgsl", ["dim", "vocab"] as const);
 
 /** Records the embedding lookup. table: [vocab, dim] bf16; ids: [rows] u32; x: [rows, dim] f32. */
 export function embed(
@@ -13,7 +15,7 @@ export function embed(
   return record(ctx, {
     label: o.label,
     file: "embed.wgsl",
-    params: packParams({ dim: o.dim, vocab: o.vocab }),
+    params: PARAMS.pack({ dim: o.dim, vocab: o.vocab }),
     buffers: { 2: o.table, 3: o.ids, 4: o.x },
     workgroups: (s) => s.t,
   });

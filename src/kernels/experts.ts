@@ -4,7 +4,9 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
+
+const PARAMS = paramsLayout("experts.wgsl", ["dim", "inter", "top_k", "experts", "layer"] as const);
 
 /** Buffers and geometry of one MoE layer's experts. */
 export interface ExpertsOptions {
@@ -34,7 +36,7 @@ export interface ExpertsOptions {
 /** Records gate/up (+SiLU·mul) or wi (+ReLU), then down (+weighted sum +residual). */
 export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Dispatch[]> {
   if (o.dim % 2 || o.inter % 2) throw new RangeError(`experts ${o.label}: dimensions must be even`);
-  const params = packParams({
+  const params = PARAMS.pack({
     dim: o.dim,
     inter: o.inter,
     top_k: o.topK,

@@ -3,7 +3,19 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
+
+const PARAMS = paramsLayout(
+  "matmul.wgsl",
+  [
+    "in_dim",
+    "out_dim",
+    "rows_mode",
+    "accumulate",
+    "has_bias",
+    "w_offset",
+  ] as const,
+);
 
 /** Rows of x per workgroup (the shader's `TT`). */
 const TT = 4;
@@ -40,7 +52,7 @@ export function fastPathApplies(o: Pick<MatmulOptions, "inDim" | "wOffset" | "re
 export function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch> {
   if (o.inDim % 2 !== 0) throw new RangeError(`matmul ${o.label}: in dimension ${o.inDim} must be even`);
   const rows = (s: { t: number; headRows: number }) => o.headRows ? s.headRows : s.t;
-  const params = packParams({
+  const params = PARAMS.pack({
     in_dim: o.inDim,
     out_dim: o.outDim,
     rows_mode: o.headRows ? 1 : 0,

@@ -3,7 +3,9 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
+
+const PARAMS = paramsLayout("norm.wgsl", ["cols", "rows_per_token", "rows_mode", "_pad", "f:eps"] as const);
 
 /** Options of one RMSNorm call site. */
 export interface RmsNormOptions {
@@ -29,13 +31,7 @@ export function rmsNorm(ctx: KernelContext, o: RmsNormOptions): Promise<Dispatch
     label: o.label,
     file: "norm.wgsl",
     entry: o.x ? "main" : "in_place",
-    params: packParams({
-      cols: o.cols,
-      rows_per_token: rpt,
-      rows_mode: o.headRows ? 1 : 0,
-      _pad: 0,
-      "f:eps": o.eps,
-    }),
+    params: PARAMS.pack({ cols: o.cols, rows_per_token: rpt, rows_mode: o.headRows ? 1 : 0, eps: o.eps }),
     buffers: o.x ? { 2: o.weight, 3: o.x, 4: o.y } : { 2: o.weight, 4: o.y },
     workgroups: (s) => (o.headRows ? s.headRows : s.t) * rpt,
   });

@@ -4,7 +4,21 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
+
+const PARAMS = paramsLayout(
+  "router.wgsl",
+  [
+    "experts",
+    "top_k",
+    "norm_topk",
+    "masked",
+    "layer",
+    "dim",
+    "rows_cap",
+    "n_layers",
+  ] as const,
+);
 
 const WG = 64;
 
@@ -43,7 +57,7 @@ function params(
   >,
   layers: number,
 ): ArrayBuffer {
-  return packParams({
+  return PARAMS.pack({
     experts: o.experts,
     top_k: o.topK,
     norm_topk: o.normTopkProb ? 1 : 0,

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Dispatch, KernelContext } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, paramsLayout } from "../gpu/dispatch.ts";
 
 /** Sampling settings of one request. temperature 0 is greedy; topK 0 and topP 1 are off. */
 export interface SamplingParams {
@@ -18,24 +18,44 @@ export interface SamplingParams {
   eos: readonly number[];
 }
 
+const PARAMS = paramsLayout(
+  "sample.wgsl",
+  [
+    "vocab",
+    "top_k",
+    "f:top_p",
+    "f:temperature",
+    "seed",
+    "min_tokens",
+    "n_eos",
+    "_p0",
+    "eos0",
+    "eos1",
+    "eos2",
+    "eos3",
+  ] as const,
+);
+
 /** Bytes of the sampler's `Params` uniform. */
 export const SAMPLING_PARAMS_BYTES = 48;
 
-/** Packs {@link SamplingParams} as the shader's `Params` (vocab first). */
+/** Packs {@link SamplingParams} as the shader's `Params`. */
 export function packSampling(vocab: number, s: SamplingParams): ArrayBuffer {
   if (s.eos.length > 4) throw new RangeError(`At most 4 end-of-sequence ids, got ${s.eos.length}`);
-  const buf = new ArrayBuffer(SAMPLING_PARAMS_BYTES);
-  const u = new Uint32Array(buf);
-  const f = new Float32Array(buf);
-  u[0] = vocab;
-  u[1] = s.topK;
-  f[2] = s.topP;
-  f[3] = s.temperature;
-  u[4] = s.seed >>> 0;
-  u[5] = s.minTokens;
-  u[6] = s.eos.length;
-  u.set(s.eos, 8);
-  return buf;
+  const [eos0 = 0, eos1 = 0, eos2 = 0, eos3 = 0] = s.eos;
+  return PARAMS.pack({
+    vocab,
+    top_k: s.topK,
+    top_p: s.topP,
+    temperature: s.temperature,
+    seed: s.seed,
+    min_tokens: s.minTokens,
+    n_eos: s.eos.length,
+    eos0,
+    eos1,
+    eos2,
+    eos3,
+  });
 }
 
 /**

@@ -4,7 +4,13 @@
  *
  * @module
  */
-import type { CallShape } from "../gpu/dispatch.ts";
+import { type CallShape, paramsLayout } from "../gpu/dispatch.ts";
+
+const STEP = paramsLayout(
+  "common.wgsl",
+  ["t", "pos0", "head_row0", "head_rows", "gen_index", "split_keys"] as const,
+  "Step",
+);
 
 /** Most key splits of the decode attention (flash-decoding partials per query and head). */
 export const MAX_SPLITS = 16;
@@ -24,5 +30,12 @@ export function splitCount(keys: number): number {
 /** Packs `Step` for a call of `shape`; `headRow0` is the first logits row, `genIndex` the sampler's slot. */
 export function packStep(shape: CallShape, headRow0 = 0, genIndex = 0): Uint32Array<ArrayBuffer> {
   const keys = shape.pos0 + shape.t;
-  return new Uint32Array([shape.t, shape.pos0, headRow0, shape.headRows, genIndex, splitKeys(keys), 0, 0]);
+  return new Uint32Array(STEP.pack({
+    t: shape.t,
+    pos0: shape.pos0,
+    head_row0: headRow0,
+    head_rows: shape.headRows,
+    gen_index: genIndex,
+    split_keys: splitKeys(keys),
+  }));
 }

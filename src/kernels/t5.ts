@@ -7,7 +7,30 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, packParams, record } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
+
+const ATTENTION_PARAMS = paramsLayout(
+  "t5_attention.wgsl",
+  [
+    "n_heads",
+    "head_dim",
+    "mode",
+    "has_bias",
+    "bucket_base",
+    "rel_offset",
+  ] as const,
+);
+const ELEMENTWISE_PARAMS = paramsLayout(
+  "t5_elementwise.wgsl",
+  [
+    "n",
+    "top_k",
+    "experts",
+    "layer",
+    "capacity",
+    "f:scale",
+  ] as const,
+);
 
 const WG = 64;
 
@@ -43,7 +66,7 @@ export function t5Attention(ctx: KernelContext, o: T5AttentionOptions): Promise<
   return record(ctx, {
     label: o.label,
     file: "t5_attention.wgsl",
-    params: packParams({
+    params: ATTENTION_PARAMS.pack({
       n_heads: o.numHeads,
       head_dim: o.headDim,
       mode: MODES[o.mode],
@@ -81,7 +104,14 @@ export function kvWrite(
     label: o.label,
     file: "t5_attention.wgsl",
     entry: "kv_write",
-    params: packParams({ n_heads: o.numHeads, head_dim: o.headDim, mode: 0, has_bias: 0, bucket_base: 0 }),
+    params: ATTENTION_PARAMS.pack({
+      n_heads: o.numHeads,
+      head_dim: o.headDim,
+      mode: 0,
+      has_bias: 0,
+      bucket_base: 0,
+      rel_offset: 0,
+    }),
     buffers: { 3: o.k, 4: o.v, 9: o.kCache, 10: o.vCache },
     workgroups: (s) => Math.ceil((s.t * o.numHeads * o.headDim) / WG),
   });
@@ -93,7 +123,7 @@ export function relu(ctx: KernelContext, o: { label: string; a: GPUBuffer; n: nu
     label: o.label,
     file: "t5_elementwise.wgsl",
     entry: "relu",
-    params: packParams({ n: o.n, top_k: 0, experts: 0, layer: 0, capacity: 0 }),
+    params: ELEMENTWISE_PARAMS.pack({ n: o.n, top_k: 0, experts: 0, layer: 0, capacity: 0, scale: 0 }),
     buffers: { 2: o.a },
     workgroups: (s) => Math.ceil((s.t * o.n) / WG),
   });
@@ -108,7 +138,7 @@ export function scaleHeadRows(
     label: o.label,
     file: "t5_elementwise.wgsl",
     entry: "scale_head",
-    params: packParams({ n: o.n, top_k: 0, experts: 0, layer: 0, capacity: 0, "f:scale": o.scale }),
+    params: ELEMENTWISE_PARAMS.pack({ n: o.n, top_k: 0, experts: 0, layer: 0, capacity: 0, scale: o.scale }),
     buffers: { 2: o.a },
     workgroups: (s) => Math.ceil((s.headRows * o.n) / WG),
   });
@@ -133,7 +163,14 @@ export function expertCapacity(
     label: o.label,
     file: "t5_elementwise.wgsl",
     entry: "capacity",
-    params: packParams({ n: 0, top_k: o.topK, experts: o.experts, layer: o.layer, capacity: o.capacity }),
+    params: ELEMENTWISE_PARAMS.pack({
+      n: 0,
+      top_k: o.topK,
+      experts: o.experts,
+      layer: o.layer,
+      capacity: o.capacity,
+      scale: 0,
+    }),
     buffers: { 2: o.topkW, 3: o.topkIds, 4: o.counts },
     workgroups: () => Math.ceil(o.experts / WG),
   });

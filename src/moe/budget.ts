@@ -1,12 +1,24 @@
 /**
- * Budget strings and the byte arithmetic of the footprint: what every policy needs, the minimum a
- * model can run with, and how many expert slots a budget buys.
+ * The budget's one home: budget strings, the footprint arithmetic (what every policy needs, the
+ * minimum a model runs with), resolving a budget against the footprint, how many expert slots a
+ * budget buys per MoE layer, the allocator's limit while slots change, and the audit that the
+ * allocator holds exactly what was planned. The engine's `createEngine` and `setBudget` both go
+ * through {@link BudgetPlan}.
+ *
+ * "Budget" means bytes of GPU memory everywhere in this code; a limit on tokens has its own name.
  *
  * @module
  */
-import { OptionError } from "../errors.ts";
+import { BudgetError, OptionError, SwapMoeError } from "../errors.ts";
+import type { GpuMemory } from "../gpu/memory.ts";
+import { type PlannerKind, spreadSlots } from "./planner.ts";
+import type { PolicyName } from "./policies.ts";
 
-/** A budget as the API accepts it: bytes, `"512MiB"`, `"2GiB"`, `"1.5GB"`, or `"50%"` of the all-resident footprint. */
+/**
+ * A budget as the API accepts it: bytes, a size (`"512MiB"`, `"2GiB"`, `"1.5GB"`), a share of the
+ * all-resident footprint (`"50%"`), or experts per MoE layer (`"8/16"`: the bytes that hold 8 of a
+ * model's 16 experts in every MoE layer, with everything else).
+ */
 export type Budget = number | string;
 
 const UNITS: Record<string, number> = {
@@ -21,18 +33,32 @@ const UNITS: Record<string, number> = {
   tib: 2 ** 40,
 };
 
-/** Resolves a {@link Budget} to bytes; `fullBytes` is the all-resident footprint that `"N%"` refers to. */
-export function parseBudget(budget: Budget, fullBytes: number): number {
+const FORMS =
+  `bytes, a size such as "512MiB", "2GiB" or "1.5GB", a percentage such as "50%", or experts per layer such as "8/16"`;
+
+/** What a budget's relative forms refer to. */
+export interface BudgetBasis {
+  /** The all-resident footprint, which `"N%"` is a share of. */
+  readonly fullBytes: number;
+  /** Experts per MoE layer and the bytes that `n` of them per layer take with everything else (`"n/E"`). */
+  readonly experts?: { readonly perLayer: number; readonly bytesFor: (n: number) => number };
+}
+
+/**
+ * Resolves a {@link Budget} to bytes. `basis` is a footprint's full size (or the whole
+ * {@link BudgetBasis}, which `"n/E"` needs). A number must be a whole number of bytes.
+ * @throws {OptionError} naming the accepted forms
+ */
+export function parseBudget(budget: Budget, basis: number | BudgetBasis): number {
+  const b: BudgetBasis = typeof basis === "number" ? { fullBytes: basis } : basis;
   if (typeof budget === "number") {
-    if (!Number.isFinite(budget) || budget <= 0) {
-      throw new OptionError(`Invalid budget: ${budget}, expected a positive number of bytes`);
+    if (!Number.isSafeInteger(budget) || budget <= 0) {
+      throw new OptionError(`Invalid budget: ${budget}, expected a whole positive number of bytes`);
     }
-    return Math.floor(budget);
+    return budget;
   }
   if (typeof budget !== "string") {
-    throw new OptionError(
-      `Invalid budget: ${JSON.stringify(budget)}, expected bytes, "2GiB", "512MiB" or "50%"`,
-    );
+    throw new OptionError(`Invalid budget: ${JSON.stringify(budget)}, expected ${FORMS}`);
   }
   const s = budget.trim().toLowerCase();
   const pct = /^(\d+(?:\.\d+)?)\s*%$/.exec(s);
@@ -41,24 +67,37 @@ export function parseBudget(budget: Budget, fullBytes: number): number {
     if (!(p > 0 && p <= 100)) {
       throw new OptionError(`Invalid budget: "${budget}", a percentage must be in (0, 100]`);
     }
-    return Math.floor((fullBytes * p) / 100);
+    return Math.floor((b.fullBytes * p) / 100);
+  }
+  const per = /^(\d+)\s*\/\s*(\d+)$/.exec(s);
+  if (per) {
+    const n = Number(per[1]);
+    const of = Number(per[2]);
+    if (b.experts && of !== b.experts.perLayer) {
+      throw new OptionError(
+        `Invalid budget: "${budget}", this model has ${b.experts.perLayer} experts per layer: use "n/${b.experts.perLayer}"`,
+      );
+    }
+    if (!(n >= 1 && n <= of)) {
+      throw new OptionError(`Invalid budget: "${budget}", expected n/E with 1 <= n <= E experts per layer`);
+    }
+    // the syntax alone is checked before a model is known
+    return b.experts ? b.experts.bytesFor(n) : 1;
   }
   const bytes = sizeBytes(s);
-  if (bytes === undefined) {
-    throw new OptionError(
-      `Invalid budget: "${budget}", expected bytes, a size such as "512MiB", "2GiB" or "1.5GB", or a percentage such as "50%"`,
-    );
-  }
+  if (bytes === undefined) throw new OptionError(`Invalid budget: "${budget}", expected ${FORMS}`);
   return bytes;
 }
 
-/** Bytes of a lower-case size such as "12mib" or "4096"; undefined when it is not one or under a byte. */
+/** Bytes of a lower-case size such as "12mib" or "4096"; undefined when it is not one, under a byte, or a fraction of a byte. */
 function sizeBytes(s: string): number | undefined {
   const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/.exec(s);
   const unit = m ? UNITS[m[2] || "b"] : undefined;
   if (!m || unit === undefined) return undefined;
-  const bytes = Math.floor(Number(m[1]) * unit);
-  return bytes >= 1 ? bytes : undefined;
+  const exact = Number(m[1]) * unit;
+  const bytes = Math.floor(exact);
+  if (unit === 1 && bytes !== exact) return undefined; // "1.5" bytes
+  return bytes >= 1 && Number.isSafeInteger(bytes) ? bytes : undefined;
 }
 
 /**
@@ -79,4 +118,158 @@ export function formatBytes(n: number): string {
   if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
   if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`;
   return `${n} B`;
+}
+
+/** The GPU footprint of a model and run shape, known before anything is allocated; all in bytes. */
+export interface Footprint {
+  /** Everything but the expert slots: dense weights, run state (KV caches included), tables, staging. */
+  readonly fixedBytes: number;
+  /** One expert slot. */
+  readonly slotBytes: number;
+  /** MoE layers (routers). */
+  readonly moeLayers: number;
+  /** Experts per MoE layer. */
+  readonly experts: number;
+  /** Experts per token: the fewest slots a MoE layer can run with. */
+  readonly topK: number;
+  /** Positions the KV caches hold (for messages). */
+  readonly contextLength: number;
+}
+
+/** How the slots a budget buys are spread over MoE layers. */
+export interface SlotPlanning {
+  readonly planner: PlannerKind;
+  /** Importance per [MoE layer][expert], for the `profile` planner. */
+  readonly profile?: readonly (readonly number[])[];
+}
+
+/**
+ * A footprint under a policy: what the policy needs at least, what a budget resolves to, and the
+ * slots per MoE layer a budget buys. Every budget decision goes through here.
+ */
+export class BudgetPlan {
+  readonly footprint: Footprint;
+  readonly policy: PolicyName;
+  /** `static` with given sets: the resident experts per MoE layer. */
+  readonly staticSets: readonly (readonly number[])[] | undefined;
+  readonly planning: SlotPlanning;
+
+  /** A plan of `footprint` under `policy`. */
+  constructor(
+    footprint: Footprint,
+    policy: PolicyName,
+    staticSets: readonly (readonly number[])[] | undefined,
+    planning: SlotPlanning,
+  ) {
+    this.footprint = footprint;
+    this.policy = policy;
+    this.staticSets = staticSets;
+    this.planning = planning;
+  }
+
+  /** Bytes with `n` experts resident in every MoE layer. */
+  bytesFor(n: number): number {
+    const f = this.footprint;
+    return f.fixedBytes + f.moeLayers * n * f.slotBytes;
+  }
+
+  /** Every expert resident: what `full` holds. */
+  get fullBytes(): number {
+    return this.bytesFor(this.footprint.experts);
+  }
+
+  /** The least any policy but `full` runs with: top-k experts per MoE layer. */
+  get floorBytes(): number {
+    return this.bytesFor(this.footprint.topK);
+  }
+
+  /** The smallest budget this policy runs with: all experts (`full`), the given sets (`static`), else the floor. */
+  get minimumBytes(): number {
+    if (this.policy === "full") return this.fullBytes;
+    if (this.staticSets) {
+      const f = this.footprint;
+      return f.fixedBytes + this.staticSets.reduce((a, s) => a + s.length, 0) * f.slotBytes;
+    }
+    return this.floorBytes;
+  }
+
+  /** What the relative budget forms refer to. */
+  get basis(): BudgetBasis {
+    return {
+      fullBytes: this.fullBytes,
+      experts: { perLayer: this.footprint.experts, bytesFor: (n) => this.bytesFor(n) },
+    };
+  }
+
+  /**
+   * The budget in bytes: `given` resolved against the footprint, else everything under `full`, the
+   * static sets' need when sets are given, or half of `full` (at least the minimum).
+   * @throws {BudgetError} when it is below what the policy needs, naming both figures and the parts
+   */
+  resolve(given: Budget | undefined): number {
+    let bytes: number;
+    if (given !== undefined) bytes = parseBudget(given, this.basis);
+    else if (this.policy === "full") bytes = this.fullBytes;
+    else if (this.staticSets) bytes = this.minimumBytes;
+    else bytes = Math.max(this.minimumBytes, Math.floor(this.fullBytes / 2));
+    const need = this.minimumBytes;
+    if (bytes < need) {
+      const f = this.footprint;
+      throw new BudgetError(
+        `Budget too small: ${bytes} bytes (${
+          formatBytes(bytes)
+        }) given, policy "${this.policy}" needs at least ${need} bytes (${
+          formatBytes(need)
+        }): dense weights, KV caches for ${f.contextLength} positions and scratch take ${
+          formatBytes(f.fixedBytes)
+        }, one expert ${formatBytes(f.slotBytes)}`,
+      );
+    }
+    return bytes;
+  }
+
+  /** Slots per MoE layer that `bytes` buy: every expert (`full`), the given sets (`static`), or the planner's spread. */
+  slots(bytes: number): number[] {
+    const f = this.footprint;
+    if (this.policy === "full") return Array(f.moeLayers).fill(f.experts);
+    if (this.staticSets) return this.staticSets.map((s) => s.length);
+    const total = Math.floor((bytes - f.fixedBytes) / f.slotBytes);
+    return spreadSlots(this.planning.planner, total, f.moeLayers, f.experts, f.topK, this.planning.profile);
+  }
+
+  /**
+   * The allocator must hold exactly what was planned, byte for byte: the budget is a promise.
+   * @throws {SwapMoeError} when it does not (a bug in the footprint arithmetic, not a user error)
+   */
+  audit(memory: GpuMemory, slots: readonly number[]): void {
+    const f = this.footprint;
+    const planned = f.fixedBytes + slots.reduce((a, b) => a + b, 0) * f.slotBytes;
+    if (memory.bytes !== planned) {
+      throw new SwapMoeError(
+        `Internal: GPU bytes ${memory.bytes} disagree with the planned footprint ${planned}`,
+      );
+    }
+    if (memory.bytes > memory.limit) {
+      throw new SwapMoeError(`Internal: GPU bytes ${memory.bytes} exceed the budget ${memory.limit}`);
+    }
+  }
+}
+
+/**
+ * Changes the allocator's limit to `bytes` around `change` (which frees and reallocates expert
+ * slots): during the change the limit is the larger of the old holding and the new budget, so usage
+ * never exceeds max(old budget, new budget) as long as `change` frees before it allocates; after it,
+ * the new budget.
+ */
+export function changeLimit<T>(memory: GpuMemory, bytes: number, change: () => T): T {
+  const before = memory.limit;
+  memory.limit = Math.max(bytes, memory.bytes);
+  try {
+    const out = change();
+    memory.limit = bytes;
+    return out;
+  } catch (e) {
+    memory.limit = before;
+    throw e;
+  }
 }

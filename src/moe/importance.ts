@@ -6,6 +6,7 @@
  *
  * @module
  */
+import type { ExpertMatrix } from "../models/family.ts";
 import type { ExpertStore } from "./expert_cache.ts";
 
 /** Decayed importance, usage counts and hits per [MoE layer][expert]. */
@@ -94,27 +95,24 @@ function bf16Norm2(bytes: Uint8Array, rows: number, cols: number, sampleRows: nu
 }
 
 /**
- * ‖E_i‖: the Frobenius norm of each expert's matrices, from the mapped bytes: gate, up and down, or
- * for ReLU experts (an empty `up`) wi in `gate` and wo in `down`. Large experts are estimated from up
- * to `sampleRows` evenly spaced rows per matrix (exact for small ones), so that loading a
- * many-gigabyte checkpoint does not read every expert byte.
+ * ‖E_i‖: the Frobenius norm of each expert's matrices, from the mapped bytes (`matrices` gives each
+ * one's [rows, cols], in the store's order). Large experts are estimated from up to `sampleRows`
+ * evenly spaced rows per matrix (exact for small ones), so that loading a many-gigabyte checkpoint
+ * does not read every expert byte.
  */
 export function expertNorms(
   store: ExpertStore,
   layers: number,
   experts: number,
-  inter: number,
-  dim: number,
+  matrices: readonly ExpertMatrix[],
   sampleRows = 64,
 ): Float64Array[] {
   return Array.from({ length: layers }, (_, l) => {
     const out = new Float64Array(experts);
     for (let e = 0; e < experts; e++) {
-      const w = store.expert(l, e);
+      const parts = store.expert(l, e);
       out[e] = Math.sqrt(
-        bf16Norm2(w.gate, inter, dim, sampleRows) +
-          (w.up.byteLength > 0 ? bf16Norm2(w.up, inter, dim, sampleRows) : 0) +
-          bf16Norm2(w.down, dim, inter, sampleRows),
+        matrices.reduce((a, m, i) => a + bf16Norm2(parts[i]!, m.rows, m.cols, sampleRows), 0),
       );
     }
     return out;

@@ -1,5 +1,5 @@
 /**
- * The planner: turns the expert share of a budget into a number of resident experts per MoE layer.
+ * The planner: spreads the expert slots a budget buys (src/moe/budget.ts) over the MoE layers.
  * `uniform` spreads slots evenly; `profile` gives layers slots in proportion to the importance mass
  * they spread over their non-top experts (a layer whose routing concentrates on few experts needs
  * fewer), so middle layers with flatter routing get more, as the paper found.
@@ -14,7 +14,7 @@ export type PlannerKind = "uniform" | "profile";
  * Slots per layer for `total` slots over `layers` layers of `experts` experts, at least `minPerLayer`
  * each and at most `experts`. `profile[l][e]` (any non-negative weights) drives the `profile` plan.
  */
-export function planSlots(
+export function spreadSlots(
   kind: PlannerKind,
   total: number,
   layers: number,

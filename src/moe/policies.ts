@@ -9,13 +9,45 @@
  *
  * @module
  */
-import type { ExpertCache } from "./expert_cache.ts";
 import { topExperts } from "./planner.ts";
 
 /** The policy names the API accepts. */
 export type PolicyName = "full" | "static" | "swapmoe" | "lru";
 /** Every policy name. */
 export const POLICIES: readonly PolicyName[] = ["full", "static", "swapmoe", "lru"];
+
+/** What a policy moves experts in and out of: the expert cache, or a stand-in in tests. */
+export interface Residency {
+  readonly moeLayers: number;
+  /** GPU bytes of one expert slot. */
+  readonly slotBytes: number;
+  /** Slots per MoE layer. */
+  readonly capacity: readonly number[];
+  resident(l: number): number[];
+  isResident(l: number, e: number): boolean;
+  /** A free slot of layer `l`, or −1. */
+  freeSlot(l: number): number;
+  evict(l: number, e: number): void;
+  /** Uploads expert `e` of layer `l` into free slot `slot` (default: a free one). */
+  load(l: number, e: number, slot?: number): void;
+}
+
+/** Whether a policy routes among resident experts only (masked gating) rather than exactly. */
+export function isMasked(policy: PolicyName): boolean {
+  return policy === "static" || policy === "swapmoe";
+}
+
+/**
+ * The experts a layer starts with, `capacity` of them: the given set (`static` with sets), the top
+ * of a profile, else the most important so far (nothing seen yet: the lowest ids).
+ */
+export function initialResidents(
+  capacity: number,
+  o: { set?: readonly number[]; profile?: readonly number[]; importance: ArrayLike<number> },
+): number[] {
+  if (o.set) return [...o.set];
+  return topExperts(o.profile ?? o.importance, capacity);
+}
 
 /** Swaps waiting to be uploaded: bring `expert` into `layer`, evicting `victim`. */
 interface PendingSwap {
@@ -30,7 +62,7 @@ export class SwapMoePolicy {
   swaps = 0;
 
   /** The desired resident set per layer: the top experts by `score` (importance × ‖E‖), as many as fit. */
-  revise(cache: ExpertCache, score: readonly Float64Array[]): void {
+  revise(cache: Residency, score: readonly Float64Array[]): void {
     this.#pending = [];
     const cap = cache.capacity;
     for (let l = 0; l < cache.moeLayers; l++) {
@@ -56,7 +88,7 @@ export class SwapMoePolicy {
   }
 
   /** Performs waiting swaps worth at most `maxBytes` (at least one). Returns bytes uploaded. */
-  pump(cache: ExpertCache, maxBytes: number): number {
+  pump(cache: Residency, maxBytes: number): number {
     let bytes = 0;
     while (this.#pending.length > 0 && (bytes === 0 || bytes + cache.slotBytes <= maxBytes)) {
       const s = this.#pending.shift()!;
@@ -92,7 +124,7 @@ export class LruPolicy {
    * Splits the experts a call needs in `layer` into groups that fit its slots, residents first
    * (so the first group needs the fewest loads). One group when they all fit.
    */
-  groups(cache: ExpertCache, layer: number, needed: Iterable<number>): number[][] {
+  groups(cache: Residency, layer: number, needed: Iterable<number>): number[][] {
     const cap = cache.capacity[layer]!;
     const all = [...new Set(needed)].sort((a, b) =>
       Number(cache.isResident(layer, b)) - Number(cache.isResident(layer, a)) || a - b
@@ -103,7 +135,7 @@ export class LruPolicy {
   }
 
   /** Makes every expert in `needed` (at most the layer's slots) resident in `layer`, evicting the least recently used others. */
-  ensure(cache: ExpertCache, layer: number, needed: Iterable<number>): void {
+  ensure(cache: Residency, layer: number, needed: Iterable<number>): void {
     const now = ++this.#tick;
     const need = new Set(needed);
     const last = this.#lastUse[layer]!;

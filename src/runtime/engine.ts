@@ -1,41 +1,53 @@
 /**
- * The engine: loads a checkpoint folder, holds the model on the GPU under a byte budget, and runs
- * forward calls and generation with a residency policy watching beside the token path.
+ * The engine, one for every model family: loads a checkpoint folder, holds the model on the GPU
+ * under a byte budget, and runs forward calls and generation with a residency policy watching beside
+ * the token path. What differs between families (config, tensor names, run state, the recorded
+ * passes) comes from the model's {@link Family} (`src/models/registry.ts`); the budget's arithmetic
+ * from {@link BudgetPlan} (`src/moe/budget.ts`).
+ *
+ * A request's path: prompt ids → (encoder-decoder: the encoder pass over them) → the decoder pass
+ * over the prompt (or the decoder start token) in chunks, the last of which samples token 0 on the
+ * GPU → the decode loop (`decode_loop.ts`) steps the decoder one token at a time and reads tokens
+ * and routing statistics back in batches → the policy revises the resident experts.
  *
  * @module
  */
-import { fileURLToPath } from "node:url";
-import { expertSlotBytes, loadConfig } from "../checkpoint/config.ts";
-import { Checkpoint } from "../checkpoint/shards.ts";
-import { createGpu, type Gpu } from "../gpu/device.ts";
-import { type CallShape, type Dispatch, encode, kernelContext } from "../gpu/dispatch.ts";
+import type { Checkpoint } from "../checkpoint/shards.ts";
+import type { Gpu } from "../gpu/device.ts";
+import { type CallShape, type Dispatch, encode, type KernelContext } from "../gpu/dispatch.ts";
 import type { GpuMemory } from "../gpu/memory.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
 import { packStep } from "../kernels/step.ts";
-import { CausalMoe, denseBytes, type RunShape, runStateBytes } from "../models/causal_moe.ts";
-import { checkTensors, type ModelNames, modelNames } from "../models/names.ts";
-import { formatBytes } from "../moe/budget.ts";
-import { checkpointExpertStore, ExpertCache } from "../moe/expert_cache.ts";
-import { expertNorms, Importance } from "../moe/importance.ts";
-
-import { OptionError } from "../errors.ts";
-import { Tokenizer } from "../text/tokenizer.ts";
-import { createSeq2SeqEngine, isSeq2SeqModel } from "./seq2seq.ts";
-import { decodeLoop } from "./decode_loop.ts";
-import { type CoreInit, EngineCore, planExpertSlots, type PlanOptions } from "./engine_core.ts";
 import {
-  allocStaging,
-  checkExpertOptions,
-  planOptions,
-  resolveBudget,
-  stagingBytes,
-  type StagingSizes,
-  tableBytes,
-} from "./engine_setup.ts";
-import { validateOptions } from "./requests.ts";
-import type { Engine, EngineOptions, GenerateChunk } from "./types.ts";
+  type Architecture,
+  type ModelProgram,
+  type Pass,
+  passDispatches,
+  type RunShape,
+} from "../models/family.ts";
+import type { ModelSpec } from "../models/registry.ts";
+import { type Budget, type BudgetPlan, changeLimit } from "../moe/budget.ts";
+import type { ExpertCache } from "../moe/expert_cache.ts";
+import { expertNorms, Importance } from "../moe/importance.ts";
+import { initialResidents, isMasked, LruPolicy, SwapMoePolicy } from "../moe/policies.ts";
+import { EngineClosedError, OptionError } from "../errors.ts";
+import { Tokenizer } from "../text/tokenizer.ts";
+import { decodeLoop, type DecodeLoopOptions } from "./decode_loop.ts";
+import { type GpuModel, loadGpuModel } from "./gpu_model.ts";
+import { stagingSizes } from "./layout.ts";
+import { planModel } from "./model_plan.ts";
+import { parseGeneration, promptIds, validateOptions } from "./requests.ts";
+import type {
+  EncoderDecoderOptions,
+  Engine,
+  EngineOptions,
+  EngineStats,
+  GenerateChunk,
+  GenerateRequest,
+} from "./types.ts";
 
 export type {
+  EncoderDecoderOptions,
   Engine,
   EngineOptions,
   EngineStats,
@@ -45,19 +57,6 @@ export type {
   Progress,
 } from "./types.ts";
 
-const DEFAULT_MODEL_URL = new URL("../../models/sotu-moe-mini", import.meta.url);
-
-/** The bundled model's folder; only a local checkout (or a `file:` import) has one. */
-function defaultModel(): string {
-  if (DEFAULT_MODEL_URL.protocol !== "file:") {
-    throw new OptionError(
-      `No bundled model when imported from ${DEFAULT_MODEL_URL.origin}: pass model: "path/to/checkpoint"`,
-    );
-  }
-  return fileURLToPath(DEFAULT_MODEL_URL);
-}
-const MAX_DEFAULT_CONTEXT = 4096;
-
 /**
  * Loads a model and returns an {@link Engine}. Options are validated before any GPU work.
  *
@@ -65,7 +64,7 @@ const MAX_DEFAULT_CONTEXT = 4096;
  * ```ts
  * import { createEngine } from "@swapmoe/swapmoe";
  *
- * await using engine = await createEngine({ policy: "swapmoe", budget: "60%" });
+ * await using engine = await createEngine({ model: "path/to/checkpoint", policy: "swapmoe", budget: "60%" });
  * let text = "";
  * for await (const chunk of engine.generate({ prompt: "The state of the Union is", maxTokens: 16 })) {
  *   text += chunk.text;
@@ -78,358 +77,593 @@ const MAX_DEFAULT_CONTEXT = 4096;
  * when no WebGPU adapter can be opened
  */
 export async function createEngine(options: EngineOptions = {}): Promise<Engine> {
-  // encoder-decoders (model_type "switch_transformers") run in src/runtime/seq2seq.ts
-  const model = typeof options === "object" && options !== null ? options.model : undefined;
-  if (typeof model === "string" && model !== "" && await isSeq2SeqModel(model)) {
-    return await createSeq2SeqEngine(options);
-  }
-  return await EngineImpl.create(options);
+  return await MoeEngine.load(options);
 }
 
-type ResolvedOptions = PlanOptions;
+/** Settings of the residency policies, resolved from the options. */
+interface PolicySettings {
+  updateInterval: number;
+  maxUploadBytesPerStep: number;
+  profile: number[][] | undefined;
+  staticSets: number[][] | undefined;
+}
 
-/** What the causal engine is built from. */
-type CausalInit = CoreInit<ResolvedOptions> & { names: ModelNames; model: CausalMoe };
+/** What a {@link MoeEngine} is made of once loaded. */
+interface Parts extends GpuModel {
+  arch: Architecture<ModelSpec>;
+  tokenizer: Tokenizer;
+  modelDir: string;
+  ckpt: Checkpoint;
+  plan: BudgetPlan;
+  budget: number;
+  shape: RunShape;
+  importance: Importance;
+  settings: PolicySettings;
+}
 
-class EngineImpl extends EngineCore<ResolvedOptions> {
-  readonly #names: ModelNames;
-  readonly #model: CausalMoe;
+class MoeEngine implements Engine {
+  readonly spec: ModelSpec;
+  readonly tokenizer: Tokenizer;
+  readonly modelDir: string;
+  readonly #arch: Architecture<ModelSpec>;
+  readonly #gpu: Gpu;
+  readonly #ckpt: Checkpoint;
+  readonly #memory: GpuMemory;
+  readonly #ctx: KernelContext;
+  readonly #step: GPUBuffer;
+  readonly #cache: ExpertCache;
+  readonly #program: ModelProgram;
+  readonly #plan: BudgetPlan;
+  readonly #shape: RunShape;
+  readonly #importance: Importance;
+  readonly #settings: PolicySettings;
+  readonly #swap: SwapMoePolicy | undefined;
+  readonly #lru: LruPolicy | undefined;
+  // readback buffers: logits of a forward call, the decode loop's two token batches, lru's routing
+  readonly #logitsStaging: GPUBuffer;
+  readonly #tokenStaging: GPUBuffer[];
+  readonly #topkStaging: GPUBuffer;
+  /** The budget in force, in bytes. */
+  #budget: number;
+  #closed = false;
+  #busy: Promise<unknown> = Promise.resolve();
+  /** Generations not finished yet: `close` ends them, as one left suspended holds the engine. */
+  readonly #generators = new Set<AsyncGenerator<GenerateChunk>>();
+  #tokensSinceRevision = 0;
+  readonly #counters = { prefillTokens: 0, decodeTokens: 0, prefillSeconds: 0, decodeSeconds: 0 };
 
-  private constructor(init: CausalInit) {
-    super(init);
-    this.#names = init.names;
-    this.#model = init.model;
+  private constructor(p: Parts) {
+    this.spec = p.arch.spec;
+    this.tokenizer = p.tokenizer;
+    this.modelDir = p.modelDir;
+    this.#arch = p.arch;
+    this.#gpu = p.gpu;
+    this.#ckpt = p.ckpt;
+    this.#memory = p.memory;
+    this.#ctx = p.ctx;
+    this.#step = p.step;
+    this.#cache = p.cache;
+    this.#program = p.program;
+    this.#plan = p.plan;
+    this.#budget = p.budget;
+    this.#shape = p.shape;
+    this.#importance = p.importance;
+    this.#settings = p.settings;
+    const staged = (n: string) => p.staging.get(n)!.buffer;
+    this.#logitsStaging = staged("staging.logits");
+    this.#tokenStaging = [staged("staging.tokens0"), staged("staging.tokens1")];
+    this.#topkStaging = staged("staging.topk");
+    if (p.plan.policy === "swapmoe") this.#swap = new SwapMoePolicy();
+    if (p.plan.policy === "lru") this.#lru = new LruPolicy(p.arch.moeLayers, p.arch.spec.numExperts);
   }
 
-  static async create(options: EngineOptions): Promise<EngineImpl> {
-    validateOptions(options);
+  /** Plans the model (everything that can be checked without a GPU), then loads it onto the GPU. */
+  static async load(options: EngineOptions): Promise<MoeEngine> {
+    validateOptions(options); // before reading any option (planModel checks the model's own)
     const progress = options.onProgress ?? (() => {});
-    const modelDir = options.model ?? defaultModel();
-    const policy = options.policy ?? "full";
-    progress({ stage: "config", done: 0, total: 1 });
-    const spec = await loadConfig(modelDir);
-    const moeLayers = spec.sparseLayers.filter((s) => s).length;
-    const staticSets = checkExpertOptions(options, moeLayers, spec.numExperts, spec.topK);
-    const contextLength = options.contextLength ?? Math.min(spec.maxPositionEmbeddings, MAX_DEFAULT_CONTEXT);
-    if (contextLength > spec.maxPositionEmbeddings) {
-      throw new OptionError(
-        `Invalid contextLength: ${contextLength} exceeds the model's max_position_embeddings ${spec.maxPositionEmbeddings}`,
-      );
-    }
-    const maxRows = Math.min(options.maxBatchTokens ?? 64, contextLength);
-    const shape: RunShape = { maxRows, contextLength, maxGenerated: contextLength };
-
-    progress({ stage: "checkpoint", done: 0, total: 1 });
-    const ckpt = Checkpoint.open(modelDir);
-    let gpu: Gpu | undefined;
-    let memory: GpuMemory | undefined;
+    const planned = await planModel(options, (stage) => progress({ stage, done: 0, total: 1 }));
+    const { modelDir, arch, ckpt, shape, plan, staticSets } = planned;
+    let loaded: GpuModel | undefined;
     try {
-      const names = modelNames(spec);
-      checkTensors(spec, names, ckpt.tensors, modelDir);
       progress({ stage: "tokenizer", done: 0, total: 1 });
       const tokenizer = await Tokenizer.load(modelDir);
-
-      // The footprint, known before any allocation.
-      const uniformSlots = 32 + 24 * spec.numLayers;
-      const staging: StagingSizes = {
-        logits: maxRows * spec.vocabSize * 4,
-        tokens: shape.maxGenerated * 4,
-        topk: maxRows * spec.topK * 4,
-        stats: moeLayers * spec.numExperts * 16,
-      };
-      const footprint = resolveBudget({
-        policy,
-        budget: options.budget,
-        fixedBytes: denseBytes(spec, names, (n) => ckpt.info(n).byteLength) +
-          runStateBytes(spec, shape, moeLayers) +
-          tableBytes(uniformSlots, moeLayers, spec.numExperts) + stagingBytes(staging),
-        slotBytes: expertSlotBytes(spec),
-        moeLayers,
-        experts: spec.numExperts,
-        topK: spec.topK,
-        staticSets,
-        contextLength,
+      const budget = plan.resolve(options.budget);
+      loaded = await loadGpuModel(planned, {
+        budget,
+        slots: plan.slots(budget),
+        masked: isMasked(plan.policy),
+        options: options as Record<string, unknown>,
+        progress,
       });
-      const { fixedBytes, slotBytes, budget } = footprint;
-
-      progress({ stage: "gpu", done: 0, total: 1 });
-      gpu = await createGpu();
-      // the KV cache is the one buffer an option can grow past what the device binds
-      const kvRowBytes = spec.numKvHeads * spec.headDim * 4;
-      if (contextLength * kvRowBytes > gpu.info.maxStorageBufferBindingSize) {
-        const limit = gpu.info.maxStorageBufferBindingSize;
-        throw new OptionError(
-          `Invalid contextLength: ${contextLength} positions need ${
-            formatBytes(contextLength * kvRowBytes)
-          } of KV cache per layer, above this GPU's maxStorageBufferBindingSize of ${
-            formatBytes(limit)
-          }: use contextLength <= ${Math.floor(limit / kvRowBytes)}`,
-        );
-      }
-      const setup = kernelContext(gpu.device, uniformSlots, budget);
-      memory = setup.memory;
-      const { stepBuffer, ctx } = setup;
-      const store = checkpointExpertStore(
-        (n) => ckpt.bytes(n),
-        names.layers.filter((l) => l.experts).map((l) => l.experts!),
-      );
-      const cache = new ExpertCache(gpu.device, memory, spec, store);
-
-      // Slots per layer.
-      const opts: ResolvedOptions = planOptions(options, slotBytes);
-      const slots = planExpertSlots(
-        policy,
-        moeLayers,
-        spec,
-        budget - fixedBytes,
-        slotBytes,
-        staticSets,
-        opts,
-      );
-      cache.resize(slots);
-
-      const model = await CausalMoe.build(ctx, spec, names, (n) => ckpt.bytes(n), cache, shape, {
-        masked: policy === "static" || policy === "swapmoe",
-        onWeight: (done, total) => progress({ stage: "weights", done, total }),
-      });
+      const { gpu, memory, cache, store } = loaded;
       const importance = new Importance(
-        moeLayers,
-        spec.numExperts,
+        arch.moeLayers,
+        arch.spec.numExperts,
         options.importanceDecay ?? 0.97,
-        expertNorms(store, moeLayers, spec.numExperts, spec.moeIntermediateSize, spec.hiddenSize),
+        expertNorms(store, arch.moeLayers, arch.spec.numExperts, arch.expertMatrices),
       );
-      const engine = new EngineImpl({
-        spec,
+      const engine = new MoeEngine({
+        ...loaded,
+        arch,
         tokenizer,
         modelDir,
-        gpu,
         ckpt,
-        names,
-        memory,
-        ctx,
-        stepBuffer,
-        cache,
-        model,
-        policy,
+        plan,
+        budget,
+        shape,
         importance,
-        opts,
-        ...footprint,
-        staticSets,
-        staging: allocStaging(memory, staging),
+        settings: {
+          updateInterval: options.updateInterval ?? 16,
+          maxUploadBytesPerStep: options.maxUploadBytesPerStep ?? 2 * cache.slotBytes,
+          profile: options.profile,
+          staticSets,
+        },
       });
-      await engine.finishLoad(progress);
+      engine.#fill((done, total) =>
+        progress({
+          stage: "experts",
+          done,
+          total,
+          bytes: done * cache.slotBytes,
+          totalBytes: total * cache.slotBytes,
+        })
+      );
+      plan.audit(memory, cache.capacity);
+      await gpu.device.queue.onSubmittedWorkDone();
+      gpu.assertAlive();
+      progress({ stage: "ready", done: 1, total: 1 });
       return engine;
     } catch (e) {
-      memory?.freeAll();
-      gpu?.device.destroy();
+      loaded?.memory.freeAll();
+      loaded?.gpu.device.destroy();
       ckpt.close();
       throw e;
     }
   }
 
-  #writeStep(shape: CallShape, headRow0: number, genIndex: number): void {
-    this.gpu.device.queue.writeBuffer(this.stepBuffer.buffer, 0, packStep(shape, headRow0, genIndex));
+  /** Throws when the engine was closed or its device lost. */
+  #assertOpen(): void {
+    if (this.#closed) {
+      throw new EngineClosedError("The engine is closed: create a new one with createEngine()");
+    }
+    this.#gpu.assertAlive();
   }
 
-  #checkIds(ids: readonly number[]): void {
+  /** Runs `fn` after every earlier call finished (calls never interleave on the GPU state). */
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#busy.then(fn, fn).catch(async (e) => {
+      throw await this.#gpu.explain(e);
+    });
+    this.#busy = run.catch(() => {});
+    return run;
+  }
+
+  /** Throws unless `ids` are 1 … `max` token ids of this model's vocabulary. */
+  #checkIds(name: string, ids: readonly number[], max: number): void {
     if (!Array.isArray(ids) || ids.length === 0) {
-      throw new OptionError("Invalid ids: expected a non-empty array of token ids");
+      throw new OptionError(`Invalid ${name}: expected a non-empty array of token ids`);
     }
     for (const id of ids) {
       if (!Number.isSafeInteger(id) || id < 0 || id >= this.spec.vocabSize) {
         throw new OptionError(`Invalid token id: ${id}, expected an integer in [0, ${this.spec.vocabSize})`);
       }
     }
-    if (ids.length > this.#model.shape.contextLength) {
+    if (ids.length > max) {
       throw new OptionError(
-        `Too many tokens: ${ids.length}, the context holds ${this.#model.shape.contextLength} (option contextLength)`,
+        `Too many tokens${
+          name === "ids" ? "" : ` in ${name}`
+        }: ${ids.length}, the context holds ${max} (option contextLength)`,
       );
     }
   }
 
+  /** Whether the model is an encoder-decoder: its prompt goes to the encoder. */
+  get encoderDecoder(): boolean {
+    return this.#program.encoder !== undefined;
+  }
+
+  /** SwapMoE: uploads waiting swaps, at most `maxUploadBytesPerStep` (at least one expert). */
+  #pump(): void {
+    this.#swap?.pump(this.#cache, this.#settings.maxUploadBytesPerStep);
+  }
+
   /**
-   * Encodes and submits one call of `t` rows from position `pos0`; with exact routing (lru) it
-   * reads the routing back per MoE layer and loads missing experts in between.
+   * Encodes and submits one call of `pass` over `shape`'s rows: the Step uniform, the family's
+   * per-pass setup when `newPass`, the dispatches, then `after` (copies, sampling). With exact routing
+   * (`lru`) it reads the routing back before each MoE layer's experts and loads the missing ones;
+   * when a call's tokens need more experts of a layer than it has slots, the experts run in passes
+   * over disjoint groups: each adds the contributions of the experts resident for it, and an expert
+   * counted in an earlier group is evicted before the next, so nothing is added twice.
    */
-  async #call(
-    t: number,
-    pos0: number,
-    headRow0: number,
-    headRows: number,
-    extra?: (e: GPUCommandEncoder) => void,
-    genIndex = 0,
+  async #run(
+    pass: Pass,
+    shape: CallShape,
+    o: { headRow0?: number; genIndex?: number; newPass: boolean; after?: (enc: GPUCommandEncoder) => void },
   ): Promise<void> {
-    const device = this.gpu.device;
-    const shape: CallShape = { t, headRows, pos0 };
-    this.#writeStep(shape, headRow0, genIndex);
-    const m = this.#model;
-    if (!this.lru) {
-      this.cache.flush();
+    const device = this.#gpu.device;
+    device.queue.writeBuffer(this.#step, 0, packStep(shape, o.headRow0 ?? 0, o.genIndex ?? 0));
+    if (o.newPass) this.#program.startPass?.(device.queue, pass, shape.t);
+    const submit = (dispatches: readonly Dispatch[], after?: (enc: GPUCommandEncoder) => void) => {
       const enc = device.createCommandEncoder({ label: "call" });
-      const pass = enc.beginComputePass({ label: "forward" });
-      encode(pass, m.forwardDispatches(), shape);
-      pass.end();
-      extra?.(enc);
-      device.queue.submit([enc.finish()]);
-      return;
-    }
-    // lru: exact routing needs the experts' ids before the experts run. When a call's tokens need
-    // more experts of a layer than it has slots, the experts run in passes over disjoint groups:
-    // each pass adds the contributions of the experts resident for it, and an expert counted in an
-    // earlier pass is evicted before the next, so nothing is added twice.
-    const submit = (dispatches: Dispatch[], after?: (e: GPUCommandEncoder) => void) => {
-      const enc = device.createCommandEncoder({ label: "call.lru" });
-      const pass = enc.beginComputePass();
-      encode(pass, dispatches, shape);
-      pass.end();
+      const cp = enc.beginComputePass({ label: "forward" });
+      encode(cp, dispatches, shape);
+      cp.end();
       after?.(enc);
       device.queue.submit([enc.finish()]);
     };
-    let pending = [m.embedDispatch];
+    const lru = this.#lru;
+    if (!lru) {
+      this.#cache.flush();
+      submit(passDispatches(pass), o.after);
+      return;
+    }
     const K = this.spec.topK;
-    const staging = this.topkStaging.buffer;
-    for (const layer of m.layers) {
+    const bytes = shape.t * K * 4;
+    const staging = this.#topkStaging;
+    let pending = [...pass.pre];
+    for (const layer of pass.layers) {
       pending.push(...layer.beforeExperts);
       if (layer.moeLayer < 0) {
         pending.push(...layer.experts, ...layer.afterExperts);
         continue;
       }
-      submit(pending, (enc) => enc.copyBufferToBuffer(m.state.topkIds.buffer, 0, staging, 0, t * K * 4));
-      await staging.mapAsync(GPUMapMode.READ, 0, t * K * 4);
-      const ids = new Uint32Array(staging.getMappedRange(0, t * K * 4).slice(0));
+      submit(pending, (enc) => enc.copyBufferToBuffer(this.#program.io.topkIds, 0, staging, 0, bytes));
+      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+      const ids = new Uint32Array(staging.getMappedRange(0, bytes).slice(0));
       staging.unmap();
-      const groups = this.lru.groups(this.cache, layer.moeLayer, ids);
+      const groups = lru.groups(this.#cache, layer.moeLayer, ids);
       for (const [g, group] of groups.entries()) {
-        if (g > 0) { for (const e of groups[g - 1]!) this.cache.evict(layer.moeLayer, e); }
-        this.lru.ensure(this.cache, layer.moeLayer, group);
-        this.cache.flush();
+        if (g > 0) { for (const e of groups[g - 1]!) this.#cache.evict(layer.moeLayer, e); }
+        lru.ensure(this.#cache, layer.moeLayer, group);
+        this.#cache.flush();
         if (g < groups.length - 1) submit(layer.experts);
       }
       pending = [...layer.experts, ...layer.afterExperts];
     }
-    pending.push(...m.head);
-    const enc = device.createCommandEncoder({ label: "call.lru.head" });
-    const pass = enc.beginComputePass();
-    encode(pass, pending, shape);
-    pass.end();
-    extra?.(enc);
-    device.queue.submit([enc.finish()]);
+    submit([...pending, ...pass.post], o.after);
   }
 
-  async forward(ids: readonly number[]): Promise<Float32Array> {
-    this.assertOpen();
-    this.#checkIds(ids);
-    return await this.serial(async () => {
-      this.assertOpen();
+  /** The encoder pass over the prompt (encoder-decoder models): the decoder then attends to its output. */
+  async #encode(ids: readonly number[]): Promise<void> {
+    this.#gpu.device.queue.writeBuffer(this.#program.io.ids, 0, new Uint32Array(ids));
+    this.#pump();
+    await this.#run(this.#program.encoder!, { t: ids.length, headRows: 0, pos0: 0 }, { newPass: true });
+  }
+
+  /**
+   * Logits [T × V] row-major for every position of `ids`, as one request from position 0; an
+   * encoder-decoder encodes `ids` and returns the decoder's logits for `options.decoderIds`.
+   */
+  async forward(ids: readonly number[], options: EncoderDecoderOptions = {}): Promise<Float32Array> {
+    this.#assertOpen();
+    if (typeof options !== "object" || options === null) {
+      throw new OptionError("Invalid forward options: expected { decoderIds }");
+    }
+    const ctxLen = this.#shape.contextLength;
+    this.#checkIds("ids", ids, ctxLen);
+    let rows: readonly number[] = ids;
+    if (this.encoderDecoder) {
+      rows = options.decoderIds ?? [this.#arch.decoderStartTokenId!];
+      this.#checkIds("decoderIds", rows, ctxLen);
+    } else if (options.decoderIds !== undefined) {
+      throw new OptionError(
+        `Invalid decoderIds: ${this.spec.modelType} is a decoder-only model, decoderIds is for encoder-decoder models`,
+      );
+    }
+    return await this.#serial(async () => {
+      this.#assertOpen();
       const t0 = performance.now();
       const V = this.spec.vocabSize;
-      const out = new Float32Array(ids.length * V);
-      const maxRows = this.#model.shape.maxRows;
-      for (let start = 0; start < ids.length; start += maxRows) {
-        const t = Math.min(maxRows, ids.length - start);
-        this.gpu.device.queue.writeBuffer(
-          this.#model.state.ids.buffer,
-          0,
-          new Uint32Array(ids.slice(start, start + t)),
-        );
-        this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
-        const staging = this.logitsStaging.buffer;
-        const statsAt = maxRows * V * 4;
-        await this.#call(t, start, 0, t, (enc) => {
-          enc.copyBufferToBuffer(this.#model.state.logits.buffer, 0, staging, 0, t * V * 4);
-          this.copyStats(enc, staging, statsAt);
+      const out = new Float32Array(rows.length * V);
+      const io = this.#program.io;
+      const queue = this.#gpu.device.queue;
+      // routing statistics of the encoder pass ride with the first chunk's
+      let encoded = 0;
+      if (this.encoderDecoder) {
+        await this.#encode(ids);
+        encoded = ids.length;
+      }
+      const maxRows = this.#shape.maxRows;
+      const staging = this.#logitsStaging;
+      const statsAt = maxRows * V * 4;
+      for (let start = 0; start < rows.length; start += maxRows) {
+        const t = Math.min(maxRows, rows.length - start);
+        queue.writeBuffer(io.ids, 0, new Uint32Array(rows.slice(start, start + t)));
+        this.#pump();
+        // one pass over all of `rows`: a family's per-pass state (e.g. expert capacity) spans its chunks
+        await this.#run(this.#program.decoder, { t, headRows: t, pos0: start }, {
+          newPass: start === 0,
+          after: (enc) => {
+            enc.copyBufferToBuffer(io.logits, 0, staging, 0, t * V * 4);
+            this.#copyStats(enc, staging, statsAt);
+          },
         });
         await staging.mapAsync(GPUMapMode.READ);
         out.set(new Float32Array(staging.getMappedRange(0, t * V * 4)), start * V);
-        this.takeStats(staging, statsAt, t);
+        this.#takeStats(staging, statsAt, t + encoded);
+        encoded = 0;
         staging.unmap();
       }
-      this.maybeRevise(true);
-      this.gpu.assertAlive();
-      this.counters.prefillTokens += ids.length;
-      this.counters.prefillSeconds += (performance.now() - t0) / 1000;
+      this.#maybeRevise(true);
+      this.#gpu.assertAlive();
+      this.#counters.prefillTokens += ids.length + (this.encoderDecoder ? rows.length : 0);
+      this.#counters.prefillSeconds += (performance.now() - t0) / 1000;
       return out;
     });
   }
 
-  protected checkPrompt(ids: readonly number[]): void {
-    this.#checkIds(ids);
+  /** Streams generated tokens; requests are validated before they queue for the engine. */
+  generate(request: GenerateRequest): AsyncGenerator<GenerateChunk> {
+    this.#assertOpen();
+    const ids = promptIds(this.tokenizer, request);
+    this.#checkIds("ids", ids, this.#shape.contextLength);
+    const { sampling, maxTokens, stop } = parseGeneration(request, this.spec.vocabSize, this.#eos);
+    const gen: AsyncGenerator<GenerateChunk> = this.#generate(
+      ids,
+      sampling,
+      maxTokens,
+      stop,
+      request.signal,
+      () => this.#generators.delete(gen),
+    );
+    this.#generators.add(gen);
+    return gen;
   }
 
-  protected async *decode(
+  /** Holds the engine for the whole generation, then releases it. */
+  async *#generate(
+    prompt: number[],
+    sampling: SamplingParams,
+    maxTokens: number,
+    stop: string[],
+    signal: AbortSignal | undefined,
+    done: () => void,
+  ): AsyncGenerator<GenerateChunk> {
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const prev = this.#busy;
+    this.#busy = prev.then(() => held);
+    await prev.catch(() => {});
+    try {
+      this.#assertOpen();
+      yield* this.#decode(prompt, sampling, maxTokens, stop, signal);
+    } catch (e) {
+      throw await this.#gpu.explain(e);
+    } finally {
+      release();
+      done();
+    }
+  }
+
+  /**
+   * One generation: the prompt through the encoder (encoder-decoder) or the decoder's prefill, whose
+   * last chunk samples token 0 on the GPU; then the decode loop, where step g feeds token g − 1 back
+   * from the GPU and samples token g.
+   */
+  async *#decode(
     prompt: number[],
     sampling: SamplingParams,
     maxTokens: number,
     stop: string[],
     signal: AbortSignal | undefined,
   ): AsyncGenerator<GenerateChunk> {
-    const device = this.gpu.device;
-    const st = this.#model.state;
-    const ctxLen = this.#model.shape.contextLength;
-    const budget = Math.min(maxTokens, ctxLen - prompt.length);
-    const eos = this.eos;
-    device.queue.writeBuffer(st.samplingParams.buffer, 0, packSampling(this.spec.vocabSize, sampling));
+    const queue = this.#gpu.device.queue;
+    const program = this.#program;
+    const io = program.io;
+    const ctxLen = this.#shape.contextLength;
+    queue.writeBuffer(io.samplingParams, 0, packSampling(this.spec.vocabSize, sampling));
+    const t0 = performance.now();
+    const sample = (enc: GPUCommandEncoder) => {
+      const cp = enc.beginComputePass({ label: "sample" });
+      encode(cp, [program.sample], { t: 1, headRows: 1, pos0: 0 });
+      cp.end();
+    };
 
-    // Prefill in chunks; the last chunk computes the last row's logits and samples token 0.
-    const tp = performance.now();
-    this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
-    const maxRows = this.#model.shape.maxRows;
-    for (let start = 0; start < prompt.length; start += maxRows) {
-      const t = Math.min(maxRows, prompt.length - start);
-      const last = start + t === prompt.length;
-      device.queue.writeBuffer(st.ids.buffer, 0, new Uint32Array(prompt.slice(start, start + t)));
+    // what the decoder's prefill reads: the prompt, or after an encoder the decoder start token
+    let rows = prompt;
+    if (this.encoderDecoder) {
+      await this.#encode(prompt);
+      rows = [this.#arch.decoderStartTokenId!];
+    }
+    // prompt and new tokens share a decoder-only model's context; a decoder's own holds ctxLen new tokens
+    const tokenAllowance = Math.min(maxTokens, this.encoderDecoder ? ctxLen : ctxLen - prompt.length);
+    this.#pump();
+    const maxRows = this.#shape.maxRows;
+    for (let start = 0; start < rows.length; start += maxRows) {
+      const t = Math.min(maxRows, rows.length - start);
+      const last = start + t === rows.length;
+      queue.writeBuffer(io.ids, 0, new Uint32Array(rows.slice(start, start + t)));
       // statistics keep summing on the GPU; the first token readback carries them
-      await this.#call(
-        t,
-        start,
-        last ? t - 1 : 0,
-        last ? 1 : 0,
-        last ? (enc) => this.#sampleInto(enc) : undefined,
-      );
+      await this.#run(program.decoder, { t, headRows: last ? 1 : 0, pos0: start }, {
+        headRow0: last ? t - 1 : 0,
+        newPass: start === 0,
+        after: last ? sample : undefined,
+      });
     }
 
-    // Decode: token 0 came out of the prefill; step g feeds token g − 1 back from the GPU.
     yield* decodeLoop({
-      device,
+      device: this.#gpu.device,
       tokenizer: this.tokenizer,
-      eos,
+      eos: this.#eos,
       minTokens: sampling.minTokens,
       stop,
       signal,
-      maxTokens: budget,
-      generated: st.generated.buffer,
-      staging: this.tokenStaging.map((t) => t.buffer),
-      statsAt: this.#model.shape.maxGenerated * 4,
+      maxTokens: tokenAllowance,
+      generated: io.generated,
+      staging: this.#tokenStaging,
+      statsAt: this.#shape.maxGenerated * 4,
       step: async (g) => {
         if (g === 0) return;
-        this.swap?.pump(this.cache, this.opts.maxUploadBytesPerStep);
-        await this.#call(1, prompt.length + g - 1, 0, 1, (enc) => this.#sampleInto(enc), g);
+        this.#pump();
+        await this.#run(program.decoder, { t: 1, headRows: 1, pos0: rows.length + g - 1 }, {
+          genIndex: g,
+          newPass: true,
+          after: sample,
+        });
       },
-      ...this.decodeHooks(prompt.length, prompt.length - 1, tp),
+      // the first batch's statistics cover the encoder's rows and all prefill rows but the last
+      ...this.#decodeHooks(prompt.length, (this.encoderDecoder ? prompt.length : 0) + rows.length - 1, t0),
     });
-    this.gpu.assertAlive();
+    this.#gpu.assertAlive();
   }
 
-  #sampleInto(enc: GPUCommandEncoder): void {
-    const pass = enc.beginComputePass({ label: "sample" });
-    encode(pass, [this.#model.sample], { t: 1, headRows: 1, pos0: 0 });
-    pass.end();
+  /** Bytes of the routing statistics, [moeLayers, E, 4] f32. */
+  get #statsBytes(): number {
+    return stagingSizes(this.#arch, this.#shape).stats;
   }
 
-  protected get statsBuffer(): GPUBuffer {
-    return this.#model.state.stats.buffer;
+  /** Inside `enc`: copies the statistics the GPU summed since the last copy to `staging` at `offset`, and clears them. */
+  #copyStats(enc: GPUCommandEncoder, staging: GPUBuffer, offset: number): void {
+    const stats = this.#program.io.stats;
+    enc.copyBufferToBuffer(stats, 0, staging, offset, this.#statsBytes);
+    enc.clearBuffer(stats, 0, this.#statsBytes);
   }
 
-  protected get contextLength(): number {
-    return this.#model.shape.contextLength;
+  /** Adds statistics from a mapped staging range covering `tokens` tokens. */
+  #takeStats(staging: GPUBuffer, offset: number, tokens: number): void {
+    const f = new Float32Array(staging.getMappedRange(offset, this.#statsBytes).slice(0));
+    this.#importance.add(f, tokens);
+    this.#tokensSinceRevision += tokens;
   }
 
-  protected async rerecord(): Promise<void> {
-    await this.#model.record(
-      this.ctx,
-      this.#names,
-      this.cache,
-      this.policy === "static" || this.policy === "swapmoe",
-    );
+  /** SwapMoE: revise the virtual experts when due (or when `force`, after a request). */
+  #maybeRevise(force: boolean): void {
+    if (!this.#swap) return;
+    if (!force && this.#tokensSinceRevision < this.#settings.updateInterval) return;
+    this.#tokensSinceRevision = 0;
+    this.#swap.revise(this.#cache, this.#importance.scores());
+  }
+
+  /**
+   * The decode loop's bookkeeping: routing statistics per batch (the first also covers the
+   * `promptTokens` the encoder and prefill routed), SwapMoE revisions, and the throughput counters;
+   * `t0` is when the request started.
+   */
+  #decodeHooks(
+    promptLength: number,
+    promptTokens: number,
+    t0: number,
+  ): Pick<DecodeLoopOptions, "copyStats" | "onBatch" | "onDecoded"> {
+    return {
+      copyStats: (enc, staging, offset) => this.#copyStats(enc, staging, offset),
+      onBatch: (staging, offset, start, n) => {
+        if (start === 0) {
+          // the prompt is in: its statistics and the first tokens came back together
+          this.#takeStats(staging, offset, promptTokens + n);
+          this.#counters.prefillTokens += promptLength;
+          this.#counters.prefillSeconds += (performance.now() - t0) / 1000;
+          this.#maybeRevise(true);
+        } else {
+          this.#takeStats(staging, offset, n);
+          this.#maybeRevise(false);
+        }
+      },
+      onDecoded: (tokens, seconds) => {
+        this.#counters.decodeTokens += tokens;
+        this.#counters.decodeSeconds += seconds;
+      },
+    };
+  }
+
+  /** Ids that end generation: config.json's and the tokenizer's. */
+  get #eos(): Set<number> {
+    const t = this.tokenizer.eosTokenId;
+    return new Set([...this.spec.eosTokenIds, ...(t !== undefined ? [t] : [])]);
+  }
+
+  /** Fills the slots: everything (full), the given or profiled set (static), the best guess (swapmoe, lru). */
+  #fill(progress: (done: number, total: number) => void): void {
+    const cache = this.#cache;
+    const cap = cache.capacity;
+    const total = cap.reduce((a, b) => a + b, 0);
+    const { staticSets, profile } = this.#settings;
+    let done = 0;
+    for (let l = 0; l < cache.moeLayers; l++) {
+      const set = initialResidents(cap[l]!, {
+        set: staticSets?.[l],
+        profile: profile?.[l],
+        importance: this.#importance.score(l),
+      });
+      for (const e of set) {
+        cache.load(l, e);
+        progress(++done, total);
+      }
+    }
+    cache.flush();
+  }
+
+  stats(): EngineStats {
+    const c = this.#counters;
+    const cache = this.#cache;
+    const imp = this.#importance;
+    return {
+      gpuBytes: this.#memory.bytes,
+      peakGpuBytes: this.#memory.peakBytes,
+      budgetBytes: this.#budget,
+      minimumBudgetBytes: this.#plan.minimumBytes,
+      fullBytes: this.#plan.fullBytes,
+      expertBytes: cache.slotBytes,
+      contextLength: this.#shape.contextLength,
+      gpuBytesByKind: this.#memory.byCategory(),
+      policy: this.#plan.policy,
+      expertSlots: cache.capacity,
+      residentExperts: Array.from({ length: cache.moeLayers }, (_, l) => cache.resident(l)),
+      expertUsage: imp.usage.map((r) => Array.from(r)),
+      hitRate: this.#lru ? 1 : imp.hitRate,
+      routedChoices: imp.choices,
+      cacheHitRate: imp.hitRate,
+      swaps: this.#swap?.swaps ?? this.#lru?.misses ?? 0,
+      bytesUploaded: cache.stats.bytesUploaded,
+      uploadSeconds: cache.stats.uploadSeconds,
+      tokens: c.prefillTokens + c.decodeTokens,
+      prefillTokens: c.prefillTokens,
+      decodeTokens: c.decodeTokens,
+      prefillTokensPerSecond: c.prefillSeconds > 0 ? c.prefillTokens / c.prefillSeconds : 0,
+      decodeTokensPerSecond: c.decodeSeconds > 0 ? c.decodeTokens / c.decodeSeconds : 0,
+      gpu: this.#gpu.info,
+    };
+  }
+
+  async setBudget(budget: Budget): Promise<EngineStats> {
+    this.#assertOpen();
+    if (budget === undefined) {
+      throw new OptionError("Invalid budget: undefined, expected a budget to change to");
+    }
+    const bytes = this.#plan.resolve(budget);
+    return await this.#serial(async () => {
+      this.#assertOpen();
+      await this.#gpu.device.queue.onSubmittedWorkDone();
+      const slots = this.#plan.slots(bytes);
+      this.#swap?.clear();
+      // frees the old slots first, then allocates under the new limit
+      changeLimit(this.#memory, bytes, () => this.#cache.resize(slots));
+      this.#budget = bytes;
+      this.#ctx.uniforms.reset();
+      await this.#program.record(this.#cache, isMasked(this.#plan.policy));
+      this.#fill(() => {});
+      this.#plan.audit(this.#memory, this.#cache.capacity);
+      await this.#gpu.device.queue.onSubmittedWorkDone();
+      return this.stats();
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await Promise.all([...this.#generators].map((g) => g.return(undefined).catch(() => {})));
+    this.#generators.clear();
+    await this.#busy.catch(() => {});
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      if (!this.#gpu.lost) await this.#gpu.device.queue.onSubmittedWorkDone();
+    } finally {
+      this.#memory.freeAll();
+      this.#gpu.device.destroy();
+      this.#ckpt.close();
+    }
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
 }

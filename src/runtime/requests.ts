@@ -6,6 +6,7 @@
  */
 import { OptionError } from "../errors.ts";
 import type { SamplingParams } from "../kernels/sample.ts";
+import { FAMILY_OPTION_KEYS } from "../models/registry.ts";
 import { parseBudget } from "../moe/budget.ts";
 import { POLICIES } from "../moe/policies.ts";
 import type { Tokenizer } from "../text/tokenizer.ts";
@@ -19,7 +20,7 @@ export function positiveInt(name: string, v: unknown, max = Number.MAX_SAFE_INTE
   return v;
 }
 
-/** The options every engine takes; a family's engine may add its own keys. */
+/** The options every model takes; a family may add its own ({@link FAMILY_OPTION_KEYS}). */
 export const OPTION_KEYS = [
   "model",
   "policy",
@@ -35,12 +36,12 @@ export const OPTION_KEYS = [
   "onProgress",
 ] as const;
 
-/** Validates engine options before any work; `extraKeys` are a family's own options. */
-export function validateOptions(o: EngineOptions, extraKeys: readonly string[] = []): void {
+/** Validates engine options before any work (a family checks its own once the model is known). */
+export function validateOptions(o: EngineOptions): void {
   if (typeof o !== "object" || o === null || Array.isArray(o)) {
     throw new OptionError(`Invalid options: expected an object, got ${JSON.stringify(o)}`);
   }
-  const known = new Set<string>([...OPTION_KEYS, ...extraKeys]);
+  const known = new Set<string>([...OPTION_KEYS, ...FAMILY_OPTION_KEYS]);
   for (const k of Object.keys(o)) {
     if (!known.has(k)) throw new OptionError(`Unknown option: "${k}", known are ${[...known].join(", ")}`);
   }
@@ -117,6 +118,31 @@ export function validateRequest(r: GenerateRequest): void {
   if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) {
     throw new OptionError("Invalid signal: expected an AbortSignal");
   }
+}
+
+/**
+ * Checks `residentExperts` (each MoE layer's set, at least `topK` experts) and `profile` (`layers`
+ * rows of `experts` non-negative numbers) against the model; returns the resident sets, deduplicated
+ * and sorted.
+ */
+export function checkExpertOptions(
+  options: Pick<EngineOptions, "residentExperts" | "profile">,
+  layers: number,
+  experts: number,
+  topK: number,
+  routers = "one per MoE layer",
+): number[][] | undefined {
+  const sets = options.residentExperts
+    ? validateExpertSets("residentExperts", options.residentExperts, layers, experts, topK, routers)
+    : undefined;
+  const profile = options.profile;
+  if (profile) {
+    validateExpertSets("profile", profile.map((r) => r.map((_, i) => i)), layers, experts, 0, routers);
+    if (!profile.every((r) => r.length === experts && r.every((v) => Number.isFinite(v) && v >= 0))) {
+      throw new OptionError(`Invalid profile: expected ${layers} rows of ${experts} non-negative numbers`);
+    }
+  }
+  return sets;
 }
 
 /**

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import type { ModelSpec } from "../checkpoint/config.ts";
+import type { ModelSpec } from "../models/registry.ts";
 import type { GpuInfo } from "../gpu/device.ts";
 import type { Budget } from "../moe/budget.ts";
 import type { PlannerKind } from "../moe/planner.ts";
@@ -14,21 +14,28 @@ import type { ChatMessage, Tokenizer } from "../text/tokenizer.ts";
 export interface Progress {
   /** What is happening now. */
   stage: "config" | "checkpoint" | "tokenizer" | "gpu" | "weights" | "experts" | "ready";
-  /** Units done and in all for this stage (e.g. tensors uploaded). */
+  /** Units done for this stage (e.g. weight buffers or experts uploaded). */
   done: number;
   /** Units in all for this stage. */
   total: number;
+  /** Bytes done, for the stages that move bytes (`weights`, `experts`). */
+  bytes?: number;
+  /** Bytes in all for this stage, when `bytes` is given. */
+  totalBytes?: number;
 }
 
 /** Options of {@link createEngine}. */
 export interface EngineOptions {
   /** A Hugging Face checkpoint folder as published; default: the bundled `sotu-moe-mini`. */
   model?: string;
-  /** Residency policy; default `"full"`. */
+  /** Residency policy; default `"swapmoe"` when a `budget` is given, else `"full"`. */
   policy?: PolicyName;
   /** `static`: the allowed experts per MoE layer (router order). */
   residentExperts?: number[][];
-  /** GPU byte budget: bytes, `"512MiB"`, `"2GiB"` or `"50%"` of the all-resident footprint. */
+  /**
+   * GPU byte budget: bytes, `"512MiB"`, `"2GiB"`, `"50%"` of the all-resident footprint, or experts per
+   * MoE layer (`"8/16"`: what holds 8 of the 16 experts of every MoE layer, with everything else).
+   */
   budget?: Budget;
   /** Positions the KV cache holds; default the model's `max_position_embeddings`, at most 4096. */
   contextLength?: number;
@@ -46,6 +53,22 @@ export interface EngineOptions {
   importanceDecay?: number;
   /** Loading progress. */
   onProgress?: (p: Progress) => void;
+  /**
+   * Switch Transformers only: `"ignore"` (default) routes every token as transformers 5.x does (its
+   * capacity mask sums over a single-token axis and never drops); `"drop"` gives the tokens past
+   * `expert_capacity` per expert, counted in order within one pass of a stack (a whole encoder prompt,
+   * a `forward` call's decoder ids, or one generation step), no expert output, as transformers 4.x does.
+   */
+  expertCapacity?: "ignore" | "drop";
+}
+
+/** Options of {@link Engine.forward} that only encoder-decoder models (Switch Transformers) take. */
+export interface EncoderDecoderOptions {
+  /**
+   * The decoder's input ids, teacher-forced: the logits are the decoder's for these rows (default:
+   * the decoder start token alone). A decoder-only model refuses them.
+   */
+  decoderIds?: number[];
 }
 
 /** A generation request. Give exactly one of `ids`, `prompt`, `messages`. */
@@ -95,7 +118,7 @@ export interface EngineStats {
   peakGpuBytes: number;
   /** The budget in force, in bytes. */
   budgetBytes: number;
-  /** The smallest budget the policy runs with: dense part and top-k experts per MoE layer (all experts under `full`). */
+  /** The smallest budget the policy runs with: every expert under `full`, the sets under `static` with `residentExperts`, else top-k experts per MoE layer. */
   minimumBudgetBytes: number;
   /** The all-resident footprint (`gpuBytes` under `full` with the same options). */
   fullBytes: number;
@@ -145,18 +168,20 @@ export interface EngineStats {
 
 /** The public engine interface. */
 export interface Engine extends AsyncDisposable {
-  /** The model's constants, from its `config.json`. */
+  /** The model's constants, from its `config.json`: each family's own, told apart by `modelType`. */
   readonly spec: ModelSpec;
   /** The model's tokenizer and chat template. */
   readonly tokenizer: Tokenizer;
   /** The model folder. */
   readonly modelDir: string;
+  /** Whether the model is an encoder-decoder: its prompt goes to an encoder, and `forward` takes `decoderIds`. */
+  readonly encoderDecoder: boolean;
   /**
    * Logits [T × V] row-major for every position of `ids`, as one request from position 0. An
    * encoder-decoder (Switch) encodes `ids` and returns the decoder's logits [T_dec × V] for
-   * `decoderIds` (default: the decoder start token alone).
+   * `options.decoderIds` (default: the decoder start token alone).
    */
-  forward(ids: readonly number[], options?: { decoderIds?: number[] }): Promise<Float32Array>;
+  forward(ids: readonly number[], options?: EncoderDecoderOptions): Promise<Float32Array>;
   /** Streams generated tokens. */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
   /** Memory, residency, routing and speed figures as of now. */

@@ -11,15 +11,14 @@
  *
  * @module
  */
-import type { SwitchSpec } from "../checkpoint/switch_config.ts";
-import type { CallShape, Dispatch, KernelContext } from "../gpu/dispatch.ts";
-import type { GpuMemory, MemoryCategory, TrackedBuffer } from "../gpu/memory.ts";
-import { embed } from "../kernels/embed.ts";
-import { matmul } from "../kernels/matmul.ts";
-import { rmsNorm } from "../kernels/norm.ts";
-import { experts } from "../kernels/experts.ts";
-import { router, routerStats } from "../kernels/router.ts";
-import { sampler, SAMPLING_PARAMS_BYTES } from "../kernels/sample.ts";
+import type { Dispatch } from "../../gpu/dispatch.ts";
+import type { Allocation } from "../../gpu/memory.ts";
+import { embed } from "../../kernels/embed.ts";
+import { matmul } from "../../kernels/matmul.ts";
+import { rmsNorm } from "../../kernels/norm.ts";
+import { experts } from "../../kernels/experts.ts";
+import { router, routerStats } from "../../kernels/router.ts";
+import { sampler, SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
 import {
   bucketTable,
   expertCapacity,
@@ -28,63 +27,48 @@ import {
   scaleHeadRows,
   t5Attention,
   type T5AttentionMode,
-} from "../kernels/t5.ts";
-import type { ExpertCache } from "../moe/expert_cache.ts";
-import type { LayerDispatches } from "./causal_moe.ts";
-import type { SwitchNames, T5AttentionNames } from "./switch_names.ts";
+} from "../../kernels/t5.ts";
+import type { ExpertCache } from "../../moe/expert_cache.ts";
+import {
+  activation,
+  bufferNamed,
+  type BuildInit,
+  type DenseWeight,
+  type LayerDispatches,
+  type ModelProgram,
+  type Pass,
+  type ProgramIo,
+  type RunShape,
+} from "../family.ts";
+import type { SwitchSpec } from "./config.ts";
+import type { SwitchNames, T5AttentionNames } from "./names.ts";
 
 const STORAGE = GPUBufferUsage.STORAGE;
 const COPY_DST = GPUBufferUsage.COPY_DST;
-const COPY_SRC = GPUBufferUsage.COPY_SRC;
 
-/** Sizes of the run state. */
-export interface SwitchShape {
-  /** Most encoder positions (the encoder runs a prompt in one call). */
-  encoderLength: number;
-  /** Most decoder positions (the decoder's self-attention cache). */
-  contextLength: number;
-  /** Most decoder rows per call, and rows of the logits buffer. */
-  maxRows: number;
-  /** Most tokens one generate call writes on the GPU before a readback. */
-  maxGenerated: number;
+/**
+ * Rows of the activation buffers: a whole encoder input (the encoder runs a prompt of up to
+ * `contextLength` tokens in one call) or a decoder call, whichever is larger.
+ */
+export function switchPassRows(shape: RunShape): number {
+  return Math.max(shape.contextLength, shape.maxRows);
 }
 
-/** One program (encoder or decoder pass): what precedes the blocks, the blocks, what follows. */
-export interface Program {
-  pre: Dispatch[];
-  layers: LayerDispatches[];
-  post: Dispatch[];
+/** Span of relative positions the bucket table covers: encoder inputs and decoder caches both hold `contextLength`. */
+function span(shape: RunShape): number {
+  return shape.contextLength;
 }
 
-interface Allocation {
-  name: string;
-  bytes: number;
-  usage: GPUBufferUsageFlags;
-  category: MemoryCategory;
-}
-
-/** Rows of the activation buffers: the encoder's length or a decoder call, whichever is larger. */
-function rows(shape: SwitchShape): number {
-  return Math.max(shape.encoderLength, shape.maxRows);
-}
-
-/** Span of relative positions the bucket table covers. */
-function span(shape: SwitchShape): number {
-  return Math.max(shape.encoderLength, shape.contextLength);
-}
-
-/** Every run-state buffer, for the budget (before allocating) and for allocating: one list, so they agree. */
-function stateLayout(spec: SwitchSpec, shape: SwitchShape, moeLayers: number): Allocation[] {
+/**
+ * Every run-state buffer for `shape`: the one list that the footprint counts and the engine allocates.
+ * The encoder's input and the decoder's cache both hold up to `contextLength` positions.
+ */
+export function switchRunState(spec: SwitchSpec, shape: RunShape, moeLayers: number): Allocation[] {
   const { dModel: D, numHeads: H, dKv: hd, numExperts: E, dFf: I, vocabSize: V } = spec;
-  const T = rows(shape);
+  const T = switchPassRows(shape);
   const HD = H * hd;
-  const rw = STORAGE | COPY_DST | COPY_SRC;
-  const act = (name: string, words: number): Allocation => ({
-    name,
-    bytes: words * 4,
-    usage: rw,
-    category: "activations",
-  });
+  const act = activation;
+  const rw = GPUBufferUsage.STORAGE | COPY_DST | GPUBufferUsage.COPY_SRC;
   const out: Allocation[] = [
     act("ids", T),
     act("x", T * D),
@@ -119,22 +103,15 @@ function stateLayout(spec: SwitchSpec, shape: SwitchShape, moeLayers: number): A
     out.push(
       { name: `kv.${l}.k`, bytes: shape.contextLength * HD * 4, usage: STORAGE, category: "kv" },
       { name: `kv.${l}.v`, bytes: shape.contextLength * HD * 4, usage: STORAGE, category: "kv" },
-      { name: `cross.${l}.k`, bytes: shape.encoderLength * HD * 4, usage: rw, category: "kv" },
-      { name: `cross.${l}.v`, bytes: shape.encoderLength * HD * 4, usage: rw, category: "kv" },
+      { name: `cross.${l}.k`, bytes: shape.contextLength * HD * 4, usage: rw, category: "kv" },
+      { name: `cross.${l}.v`, bytes: shape.contextLength * HD * 4, usage: rw, category: "kv" },
     );
   }
   return out;
 }
 
-const round4 = (n: number) => Math.max(4, Math.ceil(n / 4) * 4);
-
-/** Bytes of the run state for `spec` and `shape`, as allocated. */
-export function switchStateBytes(spec: SwitchSpec, shape: SwitchShape, moeLayers: number): number {
-  return stateLayout(spec, shape, moeLayers).reduce((a, b) => a + round4(b.bytes), 0);
-}
-
-/** The dense (non-expert) tensors the model uploads, each once. */
-export function switchDenseNames(names: SwitchNames): string[] {
+/** The dense (non-expert) weights, each tensor once, uploaded as stored. */
+export function switchDense(names: SwitchNames): DenseWeight[] {
   const all = new Set<string>([names.encoderEmbed, names.decoderEmbed, names.lmHead]);
   const attn = (a: T5AttentionNames) => [a.norm, a.q, a.k, a.v, a.o].forEach((n) => all.add(n));
   for (const stack of [names.encoder, names.decoder]) {
@@ -149,109 +126,76 @@ export function switchDenseNames(names: SwitchNames): string[] {
       if (b.routerBias) all.add(b.routerBias);
     }
   }
-  return [...all];
+  return [...all].map((n) => ({ name: n, parts: [n] }));
 }
 
-/** Dense weight bytes on the GPU, rounded as allocated. */
-export function switchDenseBytes(names: SwitchNames, byteLength: (name: string) => number): number {
-  return switchDenseNames(names).reduce((a, n) => a + round4(byteLength(n)), 0);
-}
-
-/** Run-state buffers by name. */
-type State = Record<string, TrackedBuffer>;
-
-/** The model on the GPU: dense weights, run state, and the two recorded programs. */
-export class SwitchMoe {
+/** The encoder-decoder on the GPU: the two recorded passes over the buffers the engine allocated. */
+export class SwitchProgram implements ModelProgram {
   readonly spec: SwitchSpec;
-  readonly shape: SwitchShape;
-  readonly #memory: GpuMemory;
-  readonly #state: State;
-  readonly #weights = new Map<string, TrackedBuffer>();
-  readonly moeLayers: number;
-  encoder!: Program;
-  decoder!: Program;
+  readonly names: SwitchNames;
+  readonly shape: RunShape;
+  readonly io: ProgramIo;
+  /** Expert capacity `"drop"` (transformers 4.x): tokens past `expert_capacity` per expert get no expert output. */
+  readonly capacity: boolean;
+  readonly #init: BuildInit;
+  encoder: Pass = { pre: [], layers: [], post: [] };
+  decoder: Pass = { pre: [], layers: [], post: [] };
   sample!: Dispatch;
 
-  private constructor(
-    spec: SwitchSpec,
-    shape: SwitchShape,
-    memory: GpuMemory,
-    state: State,
-    moeLayers: number,
-  ) {
+  private constructor(spec: SwitchSpec, names: SwitchNames, init: BuildInit) {
     this.spec = spec;
-    this.shape = shape;
-    this.#memory = memory;
-    this.#state = state;
-    this.moeLayers = moeLayers;
+    this.names = names;
+    this.shape = init.shape;
+    this.capacity = init.options.expertCapacity === "drop";
+    this.#init = init;
+    const b = (n: string) => bufferNamed(init.state, n);
+    this.io = {
+      ids: b("ids"),
+      logits: b("logits"),
+      generated: b("generated"),
+      samplingParams: b("samplingParams"),
+      stats: b("stats"),
+      topkIds: b("topkIds"),
+    };
   }
 
-  /** A run-state buffer (`ids`, `logits`, `generated`, `samplingParams`, `stats`, `counts`, `meta`, `topkIds`…). */
-  buffer(name: string): GPUBuffer {
-    const t = this.#state[name];
-    if (!t) throw new Error(`Internal: no run-state buffer ${name}`);
-    return t.buffer;
-  }
-
-  /** Uploads dense weights, allocates the run state and records both programs. */
-  static async build(
-    ctx: KernelContext,
-    spec: SwitchSpec,
-    names: SwitchNames,
-    bytes: (name: string) => Uint8Array<ArrayBuffer>,
-    cache: ExpertCache,
-    shape: SwitchShape,
-    options: { masked: boolean; capacity: boolean; onWeight?: (done: number, total: number) => void },
-  ): Promise<SwitchMoe> {
-    const { memory, device } = ctx;
-    const state: State = {};
-    for (const a of stateLayout(spec, shape, cache.moeLayers)) {
-      state[a.name] = memory.alloc(`state.${a.name}`, a.bytes, a.usage, a.category);
-    }
-    const s = span(shape);
-    device.queue.writeBuffer(
-      state.buckets!.buffer,
+  /** Fills the bucket table of the relative position bias and records both passes. */
+  static async build(spec: SwitchSpec, names: SwitchNames, init: BuildInit): Promise<SwitchProgram> {
+    const program = new SwitchProgram(spec, names, init);
+    init.ctx.device.queue.writeBuffer(
+      bufferNamed(init.state, "buckets"),
       0,
-      bucketTable(s, spec.relativeAttentionNumBuckets, spec.relativeAttentionMaxDistance),
+      bucketTable(span(init.shape), spec.relativeAttentionNumBuckets, spec.relativeAttentionMaxDistance),
     );
-    const model = new SwitchMoe(spec, shape, memory, state, cache.moeLayers);
-    const dense = switchDenseNames(names);
-    let done = 0;
-    for (const n of dense) {
-      const b = bytes(n);
-      const t = memory.alloc(n, b.byteLength, STORAGE | COPY_DST, "dense");
-      if (b.byteLength % 4 === 0) device.queue.writeBuffer(t.buffer, 0, b);
-      else {
-        const padded = new Uint8Array(t.size);
-        padded.set(b);
-        device.queue.writeBuffer(t.buffer, 0, padded);
-      }
-      model.#weights.set(n, t);
-      options.onWeight?.(++done, dense.length);
-    }
-    await model.record(ctx, names, cache, options);
-    return model;
+    await program.record(init.cache, init.masked);
+    return program;
   }
 
-  #w(name: string): GPUBuffer {
-    const t = this.#weights.get(name);
-    if (!t) throw new Error(`Internal: weight ${name} was not uploaded`);
-    return t.buffer;
+  /**
+   * Before each pass: the encoder's length goes to `meta` (cross-attention's key count), and with
+   * expert capacity `"drop"` the per-expert counts restart (capacity counts from the start of each
+   * pass of a stack: a whole encoder prompt, a `forward` call's decoder ids, one generation step).
+   */
+  startPass(queue: GPUQueue, pass: Pass, rows: number): void {
+    if (pass === this.encoder) {
+      queue.writeBuffer(bufferNamed(this.#init.state, "meta"), 0, new Uint32Array([rows, 0, 0, 0]));
+    }
+    if (this.capacity) {
+      const counts = new Uint32Array(this.#init.cache.moeLayers * this.spec.numExperts);
+      queue.writeBuffer(bufferNamed(this.#init.state, "counts"), 0, counts);
+    }
   }
 
   /** (Re-)records every dispatch; needed again after the expert cache is resized. */
-  async record(
-    ctx: KernelContext,
-    names: SwitchNames,
-    cache: ExpertCache,
-    options: { masked: boolean; capacity: boolean },
-  ): Promise<void> {
+  async record(cache: ExpertCache, masked: boolean): Promise<void> {
+    const { ctx } = this.#init;
+    const names = this.names;
     const spec = this.spec;
     const { dModel: D, numHeads: H, dKv: hd, numExperts: E, dFf: I } = spec;
     const HD = H * hd;
     const eps = spec.layerNormEps;
-    const w = (n: string) => this.#w(n);
-    const b = (n: string) => this.buffer(n);
+    const w = (n: string) => bufferNamed(this.#init.weights, n);
+    const b = (n: string) => bufferNamed(this.#init.state, n);
     const relOffset = span(this.shape) - 1;
     let moe = 0;
 
@@ -372,9 +316,9 @@ export class SwitchMoe {
               experts: E,
               topK: 1,
               normTopkProb: false,
-              masked: options.masked,
+              masked,
               dim: D,
-              rowsCap: rows(this.shape),
+              rowsCap: switchPassRows(this.shape),
               logits: b("routerLogits"),
               slots: cache.tableBuffer.buffer,
               x: b("xn"),
@@ -385,7 +329,7 @@ export class SwitchMoe {
               xnorm: b("xnorm"),
             }),
           );
-          if (options.capacity) {
+          if (this.capacity) {
             before.push(
               await expertCapacity(ctx, {
                 label: `${p}.capacity`,
@@ -399,7 +343,7 @@ export class SwitchMoe {
               }),
             );
           }
-          const slots = cache.buffers(moeLayer);
+          const [wi, wo] = cache.buffers(moeLayer); // slot buffers in SWITCH_EXPERT order
           routed.push(
             ...await experts(ctx, {
               label: `${p}.experts`,
@@ -412,8 +356,8 @@ export class SwitchMoe {
               topkW: b("topkW"),
               slots: cache.tableBuffer.buffer,
               x: b("xn"),
-              gate: slots.gate,
-              down: slots.down,
+              gate: wi!,
+              down: wo!,
               h: b("h"),
               y: b("x"),
             }),
@@ -464,7 +408,7 @@ export class SwitchMoe {
           layers,
           experts: E,
           topK: 1,
-          rowsCap: rows(this.shape),
+          rowsCap: switchPassRows(this.shape),
           slots: cache.tableBuffer.buffer,
           utopkIds: b("utopkIds"),
           utopkP: b("utopkP"),
@@ -553,26 +497,5 @@ export class SwitchMoe {
       ids: b("ids"),
       generated: b("generated"),
     });
-  }
-
-  /** Every dispatch of one pass of `program`, in order. */
-  static dispatches(program: Program): Dispatch[] {
-    return [
-      ...program.pre,
-      ...program.layers.flatMap((l) => [...l.beforeExperts, ...l.experts, ...l.afterExperts]),
-      ...program.post,
-    ];
-  }
-
-  /** Workgroups launched per call of this shape (dispatch-count statistics). */
-  dispatchCount(program: Program, shape: CallShape): number {
-    return SwitchMoe.dispatches(program).filter((d) => d.workgroups(shape) > 0).length;
-  }
-
-  /** Frees the run state and dense weights. */
-  destroy(): void {
-    for (const t of this.#weights.values()) this.#memory.free(t);
-    this.#weights.clear();
-    for (const t of Object.values(this.#state)) this.#memory.free(t);
   }
 }

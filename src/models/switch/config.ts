@@ -6,8 +6,9 @@
  *
  * @module
  */
-import { ConfigError } from "../errors.ts";
-import { configFields, MAX_LAYERS, MAX_TOTAL_EXPERTS, type ModelSpec, readConfigJson } from "./config.ts";
+import { configFields, type Json, MAX_LAYERS, MAX_TOTAL_EXPERTS } from "../../checkpoint/config.ts";
+import { ConfigError } from "../../errors.ts";
+import type { SpecBase } from "../family.ts";
 
 /** The model type this module parses. */
 export const SWITCH_MODEL_TYPE = "switch_transformers";
@@ -15,12 +16,13 @@ export const SWITCH_MODEL_TYPE = "switch_transformers";
 /** Positions the engine holds when nothing says otherwise (T5's `n_positions`). */
 export const SWITCH_DEFAULT_POSITIONS = 512;
 
-/** The constants of a Switch Transformers model. Names follow `config.json` in camelCase. */
-export interface SwitchSpec {
+/**
+ * The constants of a Switch Transformers model. Names follow `config.json` in camelCase;
+ * `maxPositionEmbeddings` is `n_positions` when given, else 512 (T5's relative bias has no hard limit).
+ */
+export interface SwitchSpec extends SpecBase {
   /** Always `"switch_transformers"`. */
   readonly modelType: typeof SWITCH_MODEL_TYPE;
-  /** V: the vocabulary size (`vocab_size`). */
-  readonly vocabSize: number;
   /** D: the residual stream width (`d_model`). */
   readonly dModel: number;
   /** hd: the width of one attention head (`d_kv`); q/k/v project to H · hd. */
@@ -33,8 +35,8 @@ export interface SwitchSpec {
   readonly numEncoderLayers: number;
   /** Decoder blocks (`num_decoder_layers`, else `num_layers`). */
   readonly numDecoderLayers: number;
-  /** E: experts per sparse block (`num_experts`). */
-  readonly numExperts: number;
+  /** Always 1: Switch routes each token to one expert, weighted by its router probability. */
+  readonly topK: 1;
   /** Tokens one expert takes per sequence in training (`expert_capacity`); see the engine's `expertCapacity` option. */
   readonly expertCapacity: number;
   /** Per encoder block, whether its MLP is sparse: transformers' `i % step == 1 or step == 1`. */
@@ -55,30 +57,6 @@ export interface SwitchSpec {
   readonly decoderStartTokenId: number;
   /** The pad id (`pad_token_id`). */
   readonly padTokenId: number | undefined;
-  /** The beginning-of-sequence id, when the config names one. */
-  readonly bosTokenId: number | undefined;
-  /** Every id that ends generation. */
-  readonly eosTokenIds: readonly number[];
-  /** Positions by default: `n_positions` when given, else 512 (T5's relative bias has no hard limit). */
-  readonly maxPositions: number;
-}
-
-type Json = Record<string, unknown>;
-
-/** Reads `dir/config.json`'s `model_type`, or undefined when it cannot be read (the caller reports that). */
-export async function readModelType(dir: string): Promise<string | undefined> {
-  try {
-    const json = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
-    return typeof json?.model_type === "string" ? json.model_type : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Reads and parses `dir/config.json`; see {@link parseSwitchConfig}. */
-export async function loadSwitchConfig(dir: string): Promise<SwitchSpec> {
-  const { json, file } = await readConfigJson(dir);
-  return parseSwitchConfig(json, file);
 }
 
 /**
@@ -214,44 +192,12 @@ export function parseSwitchConfig(json: unknown, file = "config.json"): SwitchSp
     padTokenId,
     bosTokenId: optionalId("bos_token_id"),
     eosTokenIds,
-    maxPositions: int("n_positions", 1, SWITCH_DEFAULT_POSITIONS),
+    maxPositionEmbeddings: int("n_positions", 1, SWITCH_DEFAULT_POSITIONS),
+    topK: 1,
   };
 }
 
 /** Every MoE router of the model in router order: encoder blocks first, then decoder blocks. */
 export function switchSparseLayers(spec: SwitchSpec): boolean[] {
   return [...spec.encoderSparseLayers, ...spec.decoderSparseLayers];
-}
-
-/**
- * The {@link ModelSpec} summary of a Switch model, for what reads `engine.spec` (the CLI, the server):
- * layers are the encoder blocks then the decoder blocks, one expert is a ReLU MLP of width `d_ff`
- * (two matrices, not three), top-1 without renormalisation, no rotary embedding (`ropeTheta` 0).
- */
-export function switchModelSpec(spec: SwitchSpec): ModelSpec {
-  return {
-    modelType: spec.modelType,
-    vocabSize: spec.vocabSize,
-    hiddenSize: spec.dModel,
-    numLayers: spec.numEncoderLayers + spec.numDecoderLayers,
-    numHeads: spec.numHeads,
-    numKvHeads: spec.numHeads,
-    headDim: spec.dKv,
-    intermediateSize: spec.dFf,
-    moeIntermediateSize: spec.dFf,
-    numExperts: spec.numExperts,
-    topK: 1,
-    normTopkProb: false,
-    sharedExpertIntermediateSize: 0,
-    sparseLayers: switchSparseLayers(spec),
-    rmsNormEps: spec.layerNormEps,
-    ropeTheta: 0,
-    maxPositionEmbeddings: spec.maxPositions,
-    slidingWindow: null,
-    qkvBias: false,
-    qkNorm: "none",
-    tieWordEmbeddings: spec.tieWordEmbeddings,
-    bosTokenId: spec.bosTokenId,
-    eosTokenIds: spec.eosTokenIds,
-  };
 }

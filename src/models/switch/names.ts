@@ -6,9 +6,9 @@
  *
  * @module
  */
-import type { SwitchSpec } from "../checkpoint/switch_config.ts";
-import type { TensorInfo } from "../checkpoint/safetensors.ts";
-import { checkTensorShapes } from "./names.ts";
+import type { TensorInfo } from "../../checkpoint/safetensors.ts";
+import { checkTensorShapes } from "../family.ts";
+import type { SwitchSpec } from "./config.ts";
 
 /** One attention sub-layer: its pre-norm and projections (q, k, v: [H·hd, D]; o: [D, H·hd]). */
 export interface T5AttentionNames {

@@ -4,9 +4,9 @@
  *
  * @module
  */
-import type { ModelSpec } from "../checkpoint/config.ts";
-import type { TensorInfo } from "../checkpoint/safetensors.ts";
-import { CheckpointError } from "../errors.ts";
+import type { TensorInfo } from "../../checkpoint/safetensors.ts";
+import { checkTensorShapes } from "../family.ts";
+import type { CausalSpec } from "./config.ts";
 
 /** A SwiGLU block's three projections: gate/up [inter, D], down [D, inter]. */
 export interface MlpNames {
@@ -48,7 +48,7 @@ export interface ModelNames {
 }
 
 /** The checkpoint names of `spec`'s family. */
-export function modelNames(spec: ModelSpec): ModelNames {
+export function modelNames(spec: CausalSpec): ModelNames {
   const mixtral = spec.modelType === "mixtral";
   const layers = spec.sparseLayers.map((sparse, i): LayerNames => {
     const p = `model.layers.${i}`;
@@ -107,7 +107,7 @@ export function modelNames(spec: ModelSpec): ModelNames {
 }
 
 /** The shape every tensor must have according to `config.json`. */
-export function expectedShapes(spec: ModelSpec, names: ModelNames): Map<string, number[]> {
+export function expectedShapes(spec: CausalSpec, names: ModelNames): Map<string, number[]> {
   const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd, vocabSize: V } = spec;
   const s = new Map<string, number[]>();
   s.set(names.embed, [V, D]);
@@ -146,52 +146,10 @@ export function expectedShapes(spec: ModelSpec, names: ModelNames): Map<string, 
  * shape, not bf16, or at an odd byte offset. Extra tensors (rotary caches and the like) are ignored.
  */
 export function checkTensors(
-  spec: ModelSpec,
+  spec: CausalSpec,
   names: ModelNames,
   tensors: ReadonlyMap<string, TensorInfo>,
   dir: string,
 ): void {
   checkTensorShapes(spec.modelType, expectedShapes(spec, names), tensors, dir);
-}
-
-/**
- * Checks every expected tensor of a `modelType` checkpoint: present, of the expected shape, bf16 and
- * 2-byte aligned. `dtypeHint(dtype)` may add a family's advice to the dtype error (e.g. how to convert).
- * @throws {CheckpointError} naming the tensor and the file
- */
-export function checkTensorShapes(
-  modelType: string,
-  expected: ReadonlyMap<string, readonly number[]>,
-  tensors: ReadonlyMap<string, TensorInfo>,
-  dir: string,
-  dtypeHint: (dtype: string) => string = () => "",
-): void {
-  for (const [name, shape] of expected) {
-    const t = tensors.get(name);
-    if (!t) {
-      throw new CheckpointError(
-        `Missing tensor for ${modelType}: "${name}" (expected shape [${shape}] from config.json)`,
-        dir,
-      );
-    }
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-      throw new CheckpointError(
-        `Tensor shape disagrees with config.json: "${name}" is [${t.shape}], expected [${shape}]`,
-        t.file,
-      );
-    }
-    if (t.dtype !== "BF16") {
-      throw new CheckpointError(
-        `Unsupported dtype: "${name}" is ${t.dtype}, supported is BF16${dtypeHint(t.dtype)}`,
-        t.file,
-      );
-    }
-    // the format allows any offset; safetensors' writers pad the header so that data is 8-aligned
-    if (t.byteOffset % 2 !== 0) {
-      throw new CheckpointError(
-        `Unaligned tensor: "${name}" starts at byte ${t.byteOffset}, not a multiple of 2 as bf16 needs; re-save the checkpoint with safetensors, which pads its header`,
-        t.file,
-      );
-    }
-  }
 }

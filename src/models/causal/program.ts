@@ -1,0 +1,410 @@
+/**
+ * The causal MoE decoder (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) on WebGPU: its run-state buffers (one
+ * list for the footprint and the allocation), its dense weights, and the dispatches of one pass,
+ * recorded once and replayed for every call.
+ *
+ * Axes: T = rows in a call (≤ maxRows), D = hidden, H / Hkv = query / key-value heads, hd = head
+ * width, E = experts, K = experts per token, I = expert width, V = vocabulary, ctx = context length.
+ *
+ * @module
+ */
+import type { Dispatch } from "../../gpu/dispatch.ts";
+import type { Allocation } from "../../gpu/memory.ts";
+import { attention, attentionScratchBytes, ropeKv, ropeTable } from "../../kernels/attention.ts";
+import { sigmoidGatedAdd, siluMul } from "../../kernels/elementwise.ts";
+import { embed } from "../../kernels/embed.ts";
+import { experts } from "../../kernels/experts.ts";
+import { matmul } from "../../kernels/matmul.ts";
+import { rmsNorm } from "../../kernels/norm.ts";
+import { router, routerStats } from "../../kernels/router.ts";
+import { sampler, SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
+import type { ExpertCache } from "../../moe/expert_cache.ts";
+import {
+  activation,
+  bufferNamed,
+  type BuildInit,
+  type DenseWeight,
+  type LayerDispatches,
+  type ModelProgram,
+  type Pass,
+  type ProgramIo,
+  type RunShape,
+} from "../family.ts";
+import type { CausalSpec } from "./config.ts";
+import type { ModelNames } from "./names.ts";
+
+/** Width of the dense-MLP scratch: the dense MLP's or the shared expert's, whichever is wider. */
+function mlpWidth(spec: CausalSpec): number {
+  return Math.max(
+    spec.sparseLayers.every((s) => s) ? 0 : spec.intermediateSize,
+    spec.sharedExpertIntermediateSize,
+    2,
+  );
+}
+
+/**
+ * Every run-state buffer (llama2.c's `RunState`) for `shape`: the one list that the footprint counts
+ * and the engine allocates. Shapes per call of T ≤ maxRows rows.
+ */
+export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: number): Allocation[] {
+  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd, numExperts: E, topK: K } = spec;
+  const T = shape.maxRows;
+  const mlp = mlpWidth(spec);
+  const list: Allocation[] = [
+    activation("ids", T), //                               [T] u32
+    activation("x", T * D), //                             [T, D] residual stream
+    activation("xn", T * D), //                            [T, D] normalised
+    activation("qkv", T * (H + 2 * Hkv) * hd), //          [T, H·hd + 2·Hkv·hd] (q | k | v)
+    activation("q", T * H * hd), //                        [T, H·hd] normalised and rotated
+    activation("attn", T * H * hd), //                     [T, H·hd]
+    activation("attn_partials", attentionScratchBytes(T, H, hd) / 4), // [T, H, MAX_SPLITS, hd + 2]
+    activation("router_logits", T * E), //                 [T, E]
+    activation("topk_ids", T * K), //                      [T, K] u32 (masked routing)
+    activation("topk_w", T * K), //                        [T, K]
+    activation("utopk_ids", moeLayers * T * K), //         [moeLayers, T, K] u32 (unmasked routing)
+    activation("utopk_p", moeLayers * T * K), //           [moeLayers, T, K]
+    activation("xnorm", moeLayers * T), //                 [moeLayers, T] ‖x‖
+    activation("h", T * K * spec.moeIntermediateSize), //  [T·K, I]
+    activation("mlp_a", T * mlp), //                       [T, max(I_dense, I_shared)]
+    activation("mlp_b", T * mlp), //                       [T, max(I_dense, I_shared)]
+    activation("shared", T * D), //                        [T, D]
+    activation("shared_gate", T), //                       [T]
+    activation("xf", T * D), //                            [T, D] final-normed logits rows
+    activation("logits", T * spec.vocabSize), //           [T, V]
+    activation("generated", shape.maxGenerated), //        [maxGenerated] u32
+    {
+      name: "sampling", // sample.wgsl Params
+      bytes: SAMPLING_PARAMS_BYTES,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      category: "activations",
+    },
+    activation("stats", moeLayers * E * 4), //             [moeLayers, E, 4] f32
+    {
+      name: "rope", //                                     [2, ctx, hd/2] cos, sin
+      bytes: 2 * shape.contextLength * (hd / 2) * 4,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      category: "activations",
+    },
+  ];
+  for (let i = 0; i < spec.numLayers; i++) {
+    for (const kv of ["k", "v"]) {
+      list.push({
+        name: `kv.${i}.${kv}`, //                          [ctx, Hkv, hd] f32
+        bytes: shape.contextLength * Hkv * hd * 4,
+        usage: GPUBufferUsage.STORAGE,
+        category: "kv",
+      });
+    }
+  }
+  return list;
+}
+
+/**
+ * The dense weights, each buffer once: the tensors as stored, except q, k and v (and their biases),
+ * whose rows are concatenated into one buffer per layer so that one GEMV computes all three.
+ */
+export function causalDense(names: ModelNames): DenseWeight[] {
+  const single = new Set<string>();
+  const want = (n: string | undefined) => n && single.add(n);
+  [names.embed, names.norm, names.lmHead].forEach(want);
+  for (const l of names.layers) {
+    [l.inputNorm, l.postNorm, l.o, l.qNorm, l.kNorm, l.router, l.sharedGate].forEach(want);
+    for (const m of [l.shared, l.mlp]) if (m) [m.gate, m.up, m.down].forEach(want);
+  }
+  const fused = names.layers.flatMap((l, i) => [
+    { name: `layer${i}.qkv`, parts: [l.q, l.k, l.v] },
+    ...(l.qBias && l.kBias && l.vBias
+      ? [{ name: `layer${i}.qkv_bias`, parts: [l.qBias, l.kBias, l.vBias] }]
+      : []),
+  ]);
+  return [...[...single].map((n) => ({ name: n, parts: [n] })), ...fused];
+}
+
+/** The causal decoder on the GPU: recorded dispatches over the buffers the engine allocated. */
+export class CausalProgram implements ModelProgram {
+  readonly spec: CausalSpec;
+  readonly names: ModelNames;
+  readonly shape: RunShape;
+  readonly io: ProgramIo;
+  readonly #init: BuildInit;
+  decoder: Pass = { pre: [], layers: [], post: [] };
+  sample!: Dispatch;
+
+  private constructor(spec: CausalSpec, names: ModelNames, init: BuildInit) {
+    this.spec = spec;
+    this.names = names;
+    this.shape = init.shape;
+    this.#init = init;
+    const b = (n: string) => bufferNamed(init.state, n);
+    this.io = {
+      ids: b("ids"),
+      logits: b("logits"),
+      generated: b("generated"),
+      samplingParams: b("sampling"),
+      stats: b("stats"),
+      topkIds: b("topk_ids"),
+    };
+  }
+
+  /** Fills the rotary table and records every dispatch. */
+  static async build(spec: CausalSpec, names: ModelNames, init: BuildInit): Promise<CausalProgram> {
+    const program = new CausalProgram(spec, names, init);
+    init.ctx.device.queue.writeBuffer(
+      bufferNamed(init.state, "rope"),
+      0,
+      ropeTable(spec.headDim, spec.ropeTheta, init.shape.contextLength),
+    );
+    await program.record(init.cache, init.masked);
+    return program;
+  }
+
+  /** (Re-)records every dispatch; needed again after the expert cache is resized. */
+  async record(cache: ExpertCache, masked: boolean): Promise<void> {
+    const { ctx } = this.#init;
+    const names = this.names;
+    const spec = this.spec;
+    const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd, numExperts: E, topK: K } = spec;
+    const eps = spec.rmsNormEps;
+    const geo = { numHeads: H, numKvHeads: Hkv, headDim: hd, contextLength: this.shape.contextLength };
+    const w = (n: string) => bufferNamed(this.#init.weights, n);
+    const b = (n: string) => bufferNamed(this.#init.state, n);
+
+    const pre = [
+      await embed(ctx, {
+        label: "embed",
+        table: w(names.embed),
+        ids: b("ids"),
+        x: b("x"),
+        dim: D,
+        vocab: spec.vocabSize,
+      }),
+    ];
+    const layers: LayerDispatches[] = [];
+    let moe = 0;
+    for (let i = 0; i < spec.numLayers; i++) {
+      const l = names.layers[i]!;
+      const p = `layer${i}`;
+      const before: Dispatch[] = [
+        await rmsNorm(ctx, {
+          label: `${p}.input_norm`,
+          weight: w(l.inputNorm),
+          x: b("x"),
+          y: b("xn"),
+          cols: D,
+          eps,
+        }),
+        await matmul(ctx, {
+          label: `${p}.qkv_proj`,
+          weight: w(`layer${i}.qkv`),
+          bias: l.qBias ? w(`layer${i}.qkv_bias`) : undefined,
+          x: b("xn"),
+          y: b("qkv"),
+          inDim: D,
+          outDim: (H + 2 * Hkv) * hd,
+        }),
+      ];
+      before.push(
+        // Qwen3: q/k RMSNorm over each head (hd); OLMoE: over the whole projection
+        await ropeKv(ctx, {
+          ...geo,
+          label: `${p}.rope`,
+          rope: b("rope"),
+          qkv: b("qkv"),
+          q: b("q"),
+          kCache: b(`kv.${i}.k`),
+          vCache: b(`kv.${i}.v`),
+          norm: spec.qkNorm,
+          qNorm: l.qNorm ? w(l.qNorm) : undefined,
+          kNorm: l.kNorm ? w(l.kNorm) : undefined,
+          eps,
+        }),
+        ...await attention(ctx, {
+          ...geo,
+          label: `${p}.attention`,
+          q: b("q"),
+          kCache: b(`kv.${i}.k`),
+          vCache: b(`kv.${i}.v`),
+          partials: b("attn_partials"),
+          out: b("attn"),
+          window: spec.slidingWindow,
+        }),
+        await matmul(ctx, {
+          label: `${p}.o_proj`,
+          weight: w(l.o),
+          x: b("attn"),
+          y: b("x"),
+          inDim: H * hd,
+          outDim: D,
+          accumulate: true,
+        }),
+        await rmsNorm(ctx, {
+          label: `${p}.post_norm`,
+          weight: w(l.postNorm),
+          x: b("x"),
+          y: b("xn"),
+          cols: D,
+          eps,
+        }),
+      );
+      const routed: Dispatch[] = [];
+      const after: Dispatch[] = [];
+      const swiglu = async (
+        m: { gate: string; up: string; down: string },
+        inter: number,
+        out: string,
+        acc: boolean,
+        tag: string,
+      ) => [
+        await matmul(ctx, {
+          label: `${tag}.gate_proj`,
+          weight: w(m.gate),
+          x: b("xn"),
+          y: b("mlp_a"),
+          inDim: D,
+          outDim: inter,
+        }),
+        await matmul(ctx, {
+          label: `${tag}.up_proj`,
+          weight: w(m.up),
+          x: b("xn"),
+          y: b("mlp_b"),
+          inDim: D,
+          outDim: inter,
+        }),
+        await siluMul(ctx, { label: `${tag}.silu_mul`, a: b("mlp_a"), b: b("mlp_b"), n: inter }),
+        await matmul(ctx, {
+          label: `${tag}.down_proj`,
+          weight: w(m.down),
+          x: b("mlp_a"),
+          y: b(out),
+          inDim: inter,
+          outDim: D,
+          accumulate: acc,
+        }),
+      ];
+      let moeLayer = -1;
+      if (l.router) {
+        moeLayer = moe++;
+        before.push(
+          await matmul(ctx, {
+            label: `${p}.router`,
+            weight: w(l.router),
+            x: b("xn"),
+            y: b("router_logits"),
+            inDim: D,
+            outDim: E,
+          }),
+          await router(ctx, {
+            label: `${p}.route`,
+            layer: moeLayer,
+            experts: E,
+            topK: K,
+            normTopkProb: spec.normTopkProb,
+            masked,
+            dim: D,
+            rowsCap: this.shape.maxRows,
+            logits: b("router_logits"),
+            slots: cache.tableBuffer.buffer,
+            x: b("xn"),
+            topkIds: b("topk_ids"),
+            topkW: b("topk_w"),
+            utopkIds: b("utopk_ids"),
+            utopkP: b("utopk_p"),
+            xnorm: b("xnorm"),
+          }),
+        );
+        const [gate, up, down] = cache.buffers(moeLayer); // slot buffers in CAUSAL_EXPERT order
+        routed.push(
+          ...await experts(ctx, {
+            label: `${p}.experts`,
+            layer: moeLayer,
+            dim: D,
+            inter: spec.moeIntermediateSize,
+            topK: K,
+            experts: E,
+            topkIds: b("topk_ids"),
+            topkW: b("topk_w"),
+            slots: cache.tableBuffer.buffer,
+            x: b("xn"),
+            gate: gate!,
+            up: up!,
+            down: down!,
+            h: b("h"),
+            y: b("x"),
+          }),
+        );
+        if (l.shared && l.sharedGate) {
+          // torch: shared_expert_output = F.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+          after.push(
+            ...await swiglu(
+              l.shared,
+              spec.sharedExpertIntermediateSize,
+              "shared",
+              false,
+              `${p}.shared_expert`,
+            ),
+            await matmul(ctx, {
+              label: `${p}.shared_expert_gate`,
+              weight: w(l.sharedGate),
+              x: b("xn"),
+              y: b("shared_gate"),
+              inDim: D,
+              outDim: 1,
+            }),
+            await sigmoidGatedAdd(ctx, {
+              label: `${p}.shared_add`,
+              y: b("x"),
+              s: b("shared"),
+              gate: b("shared_gate"),
+              n: D,
+            }),
+          );
+        }
+      } else if (l.mlp) {
+        after.push(...await swiglu(l.mlp, spec.intermediateSize, "x", true, `${p}.mlp`));
+      }
+      layers.push({ beforeExperts: before, experts: routed, afterExperts: after, moeLayer });
+    }
+    const post = [
+      await rmsNorm(ctx, {
+        label: "final_norm",
+        weight: w(names.norm),
+        x: b("x"),
+        y: b("xf"),
+        cols: D,
+        eps,
+        headRows: true,
+      }),
+      await matmul(ctx, {
+        label: "lm_head",
+        weight: w(names.lmHead),
+        x: b("xf"),
+        y: b("logits"),
+        inDim: D,
+        outDim: spec.vocabSize,
+        headRows: true,
+      }),
+      // routing statistics of every MoE layer, once per call
+      await routerStats(ctx, {
+        label: "router_stats",
+        layers: cache.moeLayers,
+        experts: E,
+        topK: K,
+        rowsCap: this.shape.maxRows,
+        slots: cache.tableBuffer.buffer,
+        utopkIds: b("utopk_ids"),
+        utopkP: b("utopk_p"),
+        xnorm: b("xnorm"),
+        stats: b("stats"),
+      }),
+    ];
+    this.decoder = { pre, layers, post };
+    this.sample = await sampler(ctx, {
+      label: "sample",
+      params: b("sampling"),
+      logits: b("logits"),
+      ids: b("ids"),
+      generated: b("generated"),
+    });
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * The engine's GPU memory outside the expert slots, as lists of {@link Allocation}s: the model's
+ * dense weights and run state (from its family), the kernels' tables, the slot table and the
+ * readback buffers. The same lists give the footprint before anything is allocated (so a budget can
+ * be checked, and `info` can answer without a GPU) and are what the engine allocates.
+ *
+ * @module
+ */
+import type { TensorInfo } from "../checkpoint/safetensors.ts";
+import { contextTables } from "../gpu/dispatch.ts";
+import { type Allocation, allocationBytes } from "../gpu/memory.ts";
+import { type Architecture, expertBytes, type ModelTensors, type RunShape } from "../models/family.ts";
+import type { Footprint } from "../moe/budget.ts";
+
+/** Name of the slot table in {@link EngineLayout.tables}: [moeLayers, E] i32. */
+export const SLOT_TABLE = "experts.slot_table";
+
+/** Every buffer outside the expert slots, by owner. */
+export interface EngineLayout {
+  /** Dense weights, uploaded once: one buffer per {@link ModelTensors.dense} entry. */
+  readonly dense: Allocation[];
+  /** The model's run state (activations, KV caches). */
+  readonly state: Allocation[];
+  /** The Step uniform, the uniform arena and the slot table. */
+  readonly tables: Allocation[];
+  /** Readback (MAP_READ) buffers. */
+  readonly staging: Allocation[];
+}
+
+/** Sizes of the readback buffers; the routing statistics ride behind each payload. */
+export interface StagingSizes {
+  /** `maxRows × V` f32 logits of a forward call. */
+  readonly logits: number;
+  /** One of the two decode readbacks: `maxGenerated` u32 token ids. */
+  readonly tokens: number;
+  /** The expert choices of one pass's rows, [rows, K] u32 (exact `lru` routing reads them back). */
+  readonly topk: number;
+  /** Routing statistics: `moeLayers × E` × 4 f32. */
+  readonly stats: number;
+}
+
+/** Readback buffer sizes for `arch` at `shape`. */
+export function stagingSizes(arch: Architecture, shape: RunShape): StagingSizes {
+  const { vocabSize: V, numExperts: E, topK: K } = arch.spec;
+  return {
+    logits: shape.maxRows * V * 4,
+    tokens: shape.maxGenerated * 4,
+    topk: arch.passRows(shape) * K * 4,
+    stats: arch.moeLayers * E * 16,
+  };
+}
+
+/** The layout of `arch` at `shape`, its dense weights sized from the checkpoint's tensor table. */
+export function engineLayout(
+  arch: Architecture,
+  tensors: ModelTensors,
+  table: ReadonlyMap<string, TensorInfo>,
+  shape: RunShape,
+): EngineLayout {
+  const dense: Allocation[] = tensors.dense.map((d) => ({
+    name: d.name,
+    bytes: d.parts.reduce((a, n) => a + (table.get(n)?.byteLength ?? 0), 0),
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+    category: "dense",
+  }));
+  const s = stagingSizes(arch, shape);
+  const read = GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
+  return {
+    dense,
+    state: arch.runState(shape),
+    tables: [
+      ...contextTables(arch.uniformSlots),
+      {
+        name: SLOT_TABLE,
+        bytes: arch.moeLayers * arch.spec.numExperts * 4,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+        category: "tables",
+      },
+    ],
+    staging: [
+      { name: "staging.logits", bytes: s.logits + s.stats, usage: read, category: "staging" },
+      { name: "staging.tokens0", bytes: s.tokens + s.stats, usage: read, category: "staging" },
+      { name: "staging.tokens1", bytes: s.tokens + s.stats, usage: read, category: "staging" },
+      { name: "staging.topk", bytes: s.topk, usage: read, category: "staging" },
+    ],
+  };
+}
+
+/** The footprint of a layout: its buffers' bytes, and one expert slot's. */
+export function footprintOf(arch: Architecture, layout: EngineLayout, shape: RunShape): Footprint {
+  return {
+    fixedBytes: allocationBytes([...layout.dense, ...layout.state, ...layout.tables, ...layout.staging]),
+    slotBytes: expertBytes(arch.expertMatrices),
+    moeLayers: arch.moeLayers,
+    experts: arch.spec.numExperts,
+    topK: arch.spec.topK,
+    contextLength: shape.contextLength,
+  };
+}

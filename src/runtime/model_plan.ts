@@ -1,0 +1,108 @@
+/**
+ * Everything decided before a GPU is touched: the options validated, the model's `config.json` read
+ * by its family, its checkpoint mapped and its tensors checked (headers only: no weight byte is
+ * read), the run shape, the memory layout and the budget plan. The engine loads from a
+ * {@link ModelPlan}; `info` reports one without a GPU.
+ *
+ * @module
+ */
+import { fileURLToPath } from "node:url";
+import { Checkpoint } from "../checkpoint/shards.ts";
+import type { Architecture, Family, ModelTensors, RunShape } from "../models/family.ts";
+import { FAMILY_OPTION_KEYS, loadModelConfig, type ModelSpec } from "../models/registry.ts";
+import { BudgetPlan } from "../moe/budget.ts";
+import type { PolicyName } from "../moe/policies.ts";
+import { OptionError } from "../errors.ts";
+import { type EngineLayout, engineLayout, footprintOf } from "./layout.ts";
+import { checkExpertOptions, validateOptions } from "./requests.ts";
+import type { EngineOptions } from "./types.ts";
+
+const DEFAULT_MODEL_URL = new URL("../../models/sotu-moe-mini", import.meta.url);
+/** Positions the KV caches hold when `contextLength` is not given: the model's own, at most this. */
+export const MAX_DEFAULT_CONTEXT = 4096;
+/** Prompt rows per pass when `maxBatchTokens` is not given. */
+const DEFAULT_MAX_ROWS = 64;
+
+/** The bundled model's folder; only a local checkout (or a `file:` import) has one. */
+export function defaultModel(): string {
+  if (DEFAULT_MODEL_URL.protocol !== "file:") {
+    throw new OptionError(
+      `No bundled model when imported from ${DEFAULT_MODEL_URL.origin}: pass model: "path/to/checkpoint"`,
+    );
+  }
+  return fileURLToPath(DEFAULT_MODEL_URL);
+}
+
+/** The policy an engine runs: the option, else `swapmoe` when a budget is given, else `full`. */
+export function policyOf(options: Pick<EngineOptions, "policy" | "budget">): PolicyName {
+  return options.policy ?? (options.budget !== undefined ? "swapmoe" : "full");
+}
+
+/** A model planned for an engine, before any GPU work. */
+export interface ModelPlan {
+  readonly modelDir: string;
+  readonly family: Family<ModelSpec>;
+  readonly arch: Architecture<ModelSpec>;
+  /** The mapped checkpoint: the caller closes it (or hands it to the engine). */
+  readonly ckpt: Checkpoint;
+  readonly tensors: ModelTensors;
+  readonly shape: RunShape;
+  readonly layout: EngineLayout;
+  readonly plan: BudgetPlan;
+  /** `static` with `residentExperts`: the sets, deduplicated and sorted. */
+  readonly staticSets: number[][] | undefined;
+}
+
+/**
+ * Validates `options`, reads the model's config and checkpoint headers, and plans the footprint.
+ * `onStage` hears each step begin.
+ * @throws {OptionError}, `ConfigError`, `CheckpointError` for what is wrong, before any GPU work
+ */
+export async function planModel(
+  options: EngineOptions,
+  onStage: (stage: "config" | "checkpoint") => void = () => {},
+): Promise<ModelPlan> {
+  validateOptions(options);
+  const modelDir = options.model ?? defaultModel();
+  onStage("config");
+  const { family, architecture: arch } = await loadModelConfig(modelDir);
+  for (const k of FAMILY_OPTION_KEYS) {
+    if (k in options && !family.optionKeys.includes(k)) {
+      throw new OptionError(`Invalid ${k}: ${arch.spec.modelType} takes no such option`);
+    }
+  }
+  family.checkOptions(options as Record<string, unknown>);
+  const spec = arch.spec;
+  const staticSets = checkExpertOptions(
+    options,
+    arch.moeLayers,
+    spec.numExperts,
+    spec.topK,
+    arch.routerOrder,
+  );
+  const contextLength = options.contextLength ?? Math.min(spec.maxPositionEmbeddings, MAX_DEFAULT_CONTEXT);
+  if (arch.maxContext !== undefined && contextLength > arch.maxContext) {
+    throw new OptionError(
+      `Invalid contextLength: ${contextLength} exceeds the model's max_position_embeddings ${arch.maxContext}`,
+    );
+  }
+  const shape: RunShape = {
+    maxRows: Math.min(options.maxBatchTokens ?? DEFAULT_MAX_ROWS, contextLength),
+    contextLength,
+    maxGenerated: contextLength,
+  };
+  onStage("checkpoint");
+  const ckpt = Checkpoint.open(modelDir);
+  try {
+    const tensors = arch.tensors(ckpt.tensors, modelDir);
+    const layout = engineLayout(arch, tensors, ckpt.tensors, shape);
+    const plan = new BudgetPlan(footprintOf(arch, layout, shape), policyOf(options), staticSets, {
+      planner: options.planner ?? "uniform",
+      profile: options.profile,
+    });
+    return { modelDir, family, arch, ckpt, tensors, shape, layout, plan, staticSets };
+  } catch (e) {
+    ckpt.close();
+    throw e;
+  }
+}

@@ -23,31 +23,7 @@ struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32,
 var<workgroup> qs: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
 var<workgroup> acc: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
-var<workgroup> red: array<f32, WG>;
-
-fn reduce_max(tid: u32, v: f32) -> f32 {
-  red[tid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { red[tid] = max(red[tid], red[tid + s]); }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
-
-fn reduce_sum(tid: u32, v: f32) -> f32 {
-  red[tid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { red[tid] += red[tid + s]; }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
+//!include reduce.wgsl
 
 fn part_base(t: u32, h: u32, s: u32) -> u32 {
   return ((t * p.n_heads + h) * MAX_SPLITS + s) * (p.head_dim + 2u);
@@ -85,12 +61,12 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
       for (var d = 0u; d < hd4; d++) { dot += qs[d] * kcache[kb + d]; }
       sc = (dot.x + dot.y + dot.z + dot.w) * p.scale;
     }
-    let m_new = max(m, reduce_max(tid, sc));
+    let m_new = max(m, wg_max(tid, sc));
     let alpha = exp(m - m_new);
     var pj = 0.0;
     if (j < hi) { pj = exp(sc - m_new); }
     probs[tid] = pj;
-    l = l * alpha + reduce_sum(tid, pj);
+    l = l * alpha + wg_sum(tid, pj);
     let n = min(WG, hi - c0);
     for (var d = tid; d < hd; d += WG) {
       var a = acc[d] * alpha;

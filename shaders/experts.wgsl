@@ -23,23 +23,12 @@ struct Params { dim: u32, inter: u32, top_k: u32, experts: u32, layer: u32, _p0:
 @group(0) @binding(9) var<storage, read> down: array<u32>;
 @group(0) @binding(10) var<storage, read_write> y: array<f32>;
 
-var<workgroup> red: array<vec2<f32>, WG>;
+//!include reduce.wgsl
 
 fn slot_of(tk: u32) -> i32 {
   return slots[p.layer * p.experts + topk_ids[tk]];
 }
 
-// The workgroup's sum of v, for every thread (the leading barrier lets `red` be reused).
-fn reduce2(tid: u32, v: vec2<f32>) -> vec2<f32> {
-  workgroupBarrier();
-  red[tid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { red[tid] += red[tid + s]; }
-    workgroupBarrier();
-  }
-  return red[0];
-}
 
 // h[tk, i] = silu(x[t] · gate_s[i]) * (x[t] · up_s[i]), one workgroup per (tk, i).
 @compute @workgroup_size(WG)
@@ -63,7 +52,7 @@ fn gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
       acc += vec2<f32>(bf16_lo(g) * x0 + bf16_hi(g) * x1, bf16_lo(u) * x0 + bf16_hi(u) * x1);
     }
   }
-  let sum = reduce2(tid, acc);
+  let sum = wg_sum2(tid, acc);
   if (tid == 0u) { h[tk * p.inter + i] = sum.x / (1.0 + exp(-sum.x)) * sum.y; }
 }
 
@@ -86,7 +75,7 @@ fn wi_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
       acc += bf16_lo(w) * x[t * p.dim + 2u * j] + bf16_hi(w) * x[t * p.dim + 2u * j + 1u];
     }
   }
-  let sum = reduce2(tid, vec2<f32>(acc, 0.0));
+  let sum = wg_sum2(tid, vec2<f32>(acc, 0.0));
   if (tid == 0u) { h[tk * p.inter + i] = max(sum.x, 0.0); }
 }
 
@@ -112,6 +101,6 @@ fn down_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     acc += topk_w[tk] * part;
   }
-  let sum = reduce2(tid, vec2<f32>(acc, 0.0));
+  let sum = wg_sum2(tid, vec2<f32>(acc, 0.0));
   if (tid == 0u) { y[t * p.dim + d] += sum.x; }
 }

@@ -20,17 +20,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-var<workgroup> red: array<f32, WG>;
-
-fn reduce_sum(tid: u32, v: f32) -> f32 {
-  red[tid] = v;
-  workgroupBarrier();
-  for (var k = WG / 2u; k > 0u; k >>= 1u) {
-    if (tid < k) { red[tid] += red[tid + k]; }
-    workgroupBarrier();
-  }
-  return red[0];
-}
+//!include reduce.wgsl
 
 fn wgt(c: u32) -> f32 {
   let ww = weight[c / 2u];
@@ -47,7 +37,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let base = src_row * p.cols;
   var ss = 0.0;
   for (var c = tid; c < p.cols; c += WG) { let v = x[base + c]; ss += v * v; }
-  let inv = inverseSqrt(reduce_sum(tid, ss) / f32(p.cols) + p.eps);
+  let inv = inverseSqrt(wg_sum(tid, ss) / f32(p.cols) + p.eps);
   let out = row * p.cols;
   for (var c = tid; c < p.cols; c += WG) { y[out + c] = x[base + c] * inv * wgt(c); }
 }
@@ -60,6 +50,6 @@ fn in_place(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
   let base = row * p.cols;
   var ss = 0.0;
   for (var c = tid; c < p.cols; c += WG) { let v = y[base + c]; ss += v * v; }
-  let inv = inverseSqrt(reduce_sum(tid, ss) / f32(p.cols) + p.eps);
+  let inv = inverseSqrt(wg_sum(tid, ss) / f32(p.cols) + p.eps);
   for (var c = tid; c < p.cols; c += WG) { y[base + c] = y[base + c] * inv * wgt(c); }
 }

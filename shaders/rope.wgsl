@@ -29,22 +29,11 @@ struct Params {
 @group(0) @binding(7) var<storage, read> q_norm: array<u32>;
 @group(0) @binding(8) var<storage, read> k_norm: array<u32>;
 
-var<workgroup> red: array<f32, WG>;
 var<workgroup> xs: array<f32, MAX_HEAD_DIM>;
+//!include reduce.wgsl
 
 fn bf16_pick(v: u32, i: u32) -> f32 { return select(bf16_lo(v), bf16_hi(v), (i & 1u) == 1u); }
 
-fn reduce_sum(tid: u32, v: f32) -> f32 {
-  red[tid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { red[tid] += red[tid + s]; }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -72,7 +61,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let n = select(width, hd, p.norm_mode == 1u);
     var ss = 0.0;
     for (var i = tid; i < n; i += WG) { let x = qkv[lo + i]; ss += x * x; }
-    inv = inverseSqrt(reduce_sum(tid, ss) / f32(n) + p.eps);
+    inv = inverseSqrt(wg_sum(tid, ss) / f32(n) + p.eps);
   }
   for (var i = tid; i < hd; i += WG) {
     var x = qkv[src + i];

@@ -26,46 +26,13 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> generated: array<u32>;
 
-var<workgroup> fred: array<f32, WG>;
-var<workgroup> ured: array<u32, WG>;
+//!include reduce.wgsl
 
 fn key(f: f32) -> u32 {
   let b = bitcast<u32>(f);
   return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
 
-fn sum_f(tid: u32, v: f32) -> f32 {
-  workgroupBarrier();
-  fred[tid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { fred[tid] += fred[tid + s]; }
-    workgroupBarrier();
-  }
-  return fred[0];
-}
-
-fn sum_u(tid: u32, v: u32) -> u32 {
-  workgroupBarrier();
-  ured[tid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { ured[tid] += ured[tid + s]; }
-    workgroupBarrier();
-  }
-  return ured[0];
-}
-
-fn max_f(tid: u32, v: f32) -> f32 {
-  workgroupBarrier();
-  fred[tid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { fred[tid] = max(fred[tid], fred[tid + s]); }
-    workgroupBarrier();
-  }
-  return fred[0];
-}
 
 fn pcg(v: u32) -> u32 {
   let state = v * 747796405u + 2891336453u;
@@ -101,15 +68,8 @@ fn main(@builtin(local_invocation_index) tid: u32) {
     let v = lg(base, i);
     if (bi == 0xffffffffu || v > bv) { bv = v; bi = i; }
   }
-  let m = max_f(tid, bv);
-  workgroupBarrier();
-  ured[tid] = select(0xffffffffu, bi, bv == m && bi != 0xffffffffu);
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { ured[tid] = min(ured[tid], ured[tid + s]); }
-    workgroupBarrier();
-  }
-  let best = ured[0];
+  let m = wg_max(tid, bv);
+  let best = wg_min_u32(tid, select(0xffffffffu, bi, bv == m && bi != 0xffffffffu));
   if (p.temperature <= 0.0) {
     if (tid == 0u) { emit(best); }
     return;
@@ -122,7 +82,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
       let cand = tk | (1u << u32(bit));
       var c = 0u;
       for (var i = lo; i < hi; i++) { if (key(lg(base, i)) >= cand) { c += 1u; } }
-      if (sum_u(tid, c) >= p.top_k) { tk = cand; }
+      if (wg_sum_u32(tid, c) >= p.top_k) { tk = cand; }
     }
   }
   let inv_t = 1.0 / p.temperature;
@@ -131,7 +91,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
     let l = lg(base, i);
     if (key(l) >= tk) { part += exp((l - m) * inv_t); }
   }
-  let total = sum_f(tid, part);
+  let total = wg_sum(tid, part);
 
   // τ_p over what top-k kept
   var tau = tk;
@@ -146,7 +106,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
         let l = lg(base, i);
         if (key(l) >= thr) { mass += exp((l - m) * inv_t); }
       }
-      if (sum_f(tid, mass) >= want) { c = cand; }
+      if (wg_sum(tid, mass) >= want) { c = cand; }
     }
     tau = max(c, tk);
   }
@@ -157,19 +117,20 @@ fn main(@builtin(local_invocation_index) tid: u32) {
     let l = lg(base, i);
     if (key(l) >= tau) { mine += exp((l - m) * inv_t); }
   }
+  // each thread's kept mass, side by side in the reductions' scratch
   workgroupBarrier();
-  fred[tid] = mine;
+  wg_f32[tid] = mine;
   workgroupBarrier();
   if (tid == 0u) {
     var kept = 0.0;
-    for (var j = 0u; j < WG; j++) { kept += fred[j]; }
+    for (var j = 0u; j < WG; j++) { kept += wg_f32[j]; }
     let r = pcg(pcg(p.seed) ^ pcg(step.gen_index + 0x9e3779b9u));
     let u = (f32(r >> 8u) / 16777216.0) * kept;
     var acc = 0.0;
     var tok = best;
     var found = false;
     for (var j = 0u; j < WG && !found; j++) {
-      if (acc + fred[j] > u) {
+      if (acc + wg_f32[j] > u) {
         let jlo = min(j * chunk, V);
         let jhi = min(jlo + chunk, V);
         for (var i = jlo; i < jhi; i++) {
@@ -181,7 +142,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
         }
         found = true;
       } else {
-        acc += fred[j];
+        acc += wg_f32[j];
       }
     }
     emit(tok);

@@ -1,6 +1,7 @@
 /**
  * Shader loading and the pipeline cache, keyed by (shader file, entry point, override constants).
- * Every shader is `shaders/common.wgsl` followed by its own file. Compilation errors surface at
+ * Every shader is `shaders/common.wgsl` followed by its own file, with the shared libraries it
+ * includes (`//!include reduce.wgsl` → `shaders/lib/reduce.wgsl`). Compilation errors surface at
  * creation as {@link ShaderCompileError} naming the shader.
  *
  * @module
@@ -24,11 +25,31 @@ async function readShader(name: string): Promise<string> {
   return await res.text();
 }
 
-/** The WGSL source of `shaders/<name>` with the common prelude. Cached per process. */
+/** A line `//!include <file>` is replaced by `shaders/lib/<file>` (each library once per shader). */
+const INCLUDE = /^\/\/!include ([\w.-]+)$/gm;
+
+/**
+ * The WGSL source of `shaders/<name>`: the common prelude, then the file with its `//!include`
+ * lines replaced by the libraries they name (shared helpers such as the workgroup reductions of
+ * `lib/reduce.wgsl`). Cached per process.
+ */
 export function shaderSource(name: string): Promise<string> {
   let s = sources.get(name);
   if (!s) {
-    s = Promise.all([readShader("common.wgsl"), readShader(name)]).then(([a, b]) => `${a}\n${b}`);
+    s = (async () => {
+      const [prelude, body] = await Promise.all([readShader("common.wgsl"), readShader(name)]);
+      const libs = [...new Set([...body.matchAll(INCLUDE)].map((m) => m[1]!))];
+      const text = new Map(
+        await Promise.all(libs.map(async (l) => [l, await readShader(`lib/${l}`)] as const)),
+      );
+      const seen = new Set<string>();
+      const expanded = body.replace(INCLUDE, (_, lib: string) => {
+        if (seen.has(lib)) return "";
+        seen.add(lib);
+        return text.get(lib)!;
+      });
+      return `${prelude}\n${expanded}`;
+    })();
     sources.set(name, s);
   }
   return s;

@@ -35,7 +35,7 @@ export function grid(n: number): [number, number] {
   return [MAX_GRID, Math.ceil(n / MAX_GRID)];
 }
 
-/** Packs uniform structs of u32/f32 fields (`f:` prefix marks an f32) into 16-byte-padded bytes. */
+/** Packs params structs of u32/f32 fields (`f:` prefix marks an f32) into 16-byte-padded bytes. */
 export function packParams(fields: Record<string, number>): ArrayBuffer {
   const entries = Object.entries(fields);
   const n = Math.max(4, Math.ceil(entries.length / 4) * 4);
@@ -49,12 +49,14 @@ export function packParams(fields: Record<string, number>): ArrayBuffer {
   return buf;
 }
 
-/** Uniform-offset alignment WebGPU guarantees to accept (`minUniformBufferOffsetAlignment` ≤ 256). */
+/** Offset alignment WebGPU always accepts for a binding (`min*BufferOffsetAlignment` ≤ 256). */
 export const UNIFORM_ALIGN = 256;
 
 /**
- * One uniform buffer holding the params of every dispatch at 256-byte offsets, sized up front so
- * that its bytes are known before anything is allocated.
+ * One buffer holding the params of every dispatch at 256-byte offsets, sized up front so that its
+ * bytes are known before anything is allocated. Kernels bind it as a read-only storage buffer, not a
+ * uniform buffer: Mesa's lavapipe 22.x recompiles, and leaks, a shader at every dispatch that branches
+ * on uniform-buffer values (see shaders/common.wgsl).
  */
 export class UniformArena {
   readonly #device: GPUDevice;
@@ -71,7 +73,7 @@ export class UniformArena {
     this.#buffer = memory.alloc(
       "uniforms",
       UniformArena.bytes(slots),
-      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
       "tables",
     );
   }
@@ -106,12 +108,12 @@ export interface KernelContext {
   readonly pipelines: PipelineCache;
   readonly memory: GpuMemory;
   readonly uniforms: UniformArena;
-  /** The per-call Step uniform (common.wgsl's `Step`). */
+  /** The per-call Step (common.wgsl's `Step`), a read-only storage buffer in the shaders. */
   readonly step: GPUBuffer;
 }
 
 /**
- * A budgeted allocator on `device` (`limit` bytes, unlimited by default), its Step uniform and the
+ * A budgeted allocator on `device` (`limit` bytes, unlimited by default), its Step buffer and the
  * kernels' context with `uniformSlots` parameter slots.
  */
 export function kernelContext(
@@ -121,7 +123,7 @@ export function kernelContext(
 ): { memory: GpuMemory; stepBuffer: TrackedBuffer; ctx: KernelContext } {
   const memory = new GpuMemory(device);
   memory.limit = limit;
-  const stepBuffer = memory.alloc("step", 32, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, "tables");
+  const stepBuffer = memory.alloc("step", 32, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, "tables");
   const ctx: KernelContext = {
     device,
     pipelines: new PipelineCache(device),

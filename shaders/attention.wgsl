@@ -12,8 +12,8 @@ const MAX_HEAD_DIM: u32 = 256u;
 
 struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32, _p0: u32, _p1: u32, _p2: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(0) var<storage, read> step: Step;
+@group(0) @binding(1) var<storage, read> p: Params;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> kcache: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> vcache: array<f32>;

@@ -1,5 +1,10 @@
 // Shared declarations, prepended to every shader by src/gpu/pipelines.ts.
 //
+// Step and each kernel's Params are bound as read-only storage buffers (`var<storage, read>`), not
+// uniform buffers: Mesa's lavapipe 22.x inlines uniform-buffer values that decide a branch or a loop
+// bound, compiling the shader again at every dispatch and never freeing the old code (13 MiB per
+// token, issue 17; tests/support/lavapipe_uniform_inlining.ts). It never inlines storage loads.
+//
 // Step: what changes from one forward call to the next (written once per call).
 //   t          rows (tokens) in this call
 //   pos0       absolute position of row 0 (the KV-cache length before this call)

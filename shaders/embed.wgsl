@@ -3,8 +3,8 @@ override WG: u32 = 64u;
 
 struct Params { dim: u32, vocab: u32, _pad0: u32, _pad1: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(0) var<storage, read> step: Step;
+@group(0) @binding(1) var<storage, read> p: Params;
 @group(0) @binding(2) var<storage, read> table: array<u32>;
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> x: array<f32>;

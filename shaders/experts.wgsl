@@ -11,8 +11,8 @@ override WG: u32 = 64u;
 
 struct Params { dim: u32, inter: u32, top_k: u32, experts: u32, layer: u32, _p0: u32, _p1: u32, _p2: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(0) var<storage, read> step: Step;
+@group(0) @binding(1) var<storage, read> p: Params;
 @group(0) @binding(2) var<storage, read> topk_ids: array<u32>;
 @group(0) @binding(3) var<storage, read> slots: array<i32>;
 @group(0) @binding(4) var<storage, read> x: array<f32>;

@@ -24,8 +24,8 @@ struct Params {
   n_layers: u32,  // MoE layers (the statistics pass covers them all)
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(0) var<storage, read> step: Step;
+@group(0) @binding(1) var<storage, read> p: Params;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read> slots: array<i32>;
 @group(0) @binding(4) var<storage, read> x: array<f32>;

@@ -20,8 +20,10 @@ struct Params {
   eos: vec4<u32>,   // up to 4 end-of-sequence ids
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(0) var<storage, read> step: Step;
+// The one uniform buffer left (the model allocates it): lavapipe does not recompile this kernel per
+// dispatch (tests/host_memory_test.ts samples with temperature and top-p; see common.wgsl).
+@group(0) @binding(1) var<storage, read> p: Params;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> generated: array<u32>;

@@ -4,8 +4,8 @@ override WG: u32 = 64u;
 
 struct Params { n: u32, top_k: u32, experts: u32, layer: u32, capacity: u32, scale: f32, _p0: u32, _p1: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(0) var<storage, read> step: Step;
+@group(0) @binding(1) var<storage, read> p: Params;
 @group(0) @binding(2) var<storage, read_write> a: array<f32>;
 
 // a[t, i] = relu(a[t, i]) over [T, n]      torch: hidden_states = self.act(self.wi(hidden_states))

@@ -66,6 +66,7 @@ export async function createGpu(options: { powerPreference?: GPUPowerPreference 
   const requiredLimits: Record<string, number> = {
     maxBufferSize: l.maxBufferSize,
     maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+    // router.wgsl's main binds 10, Step and Params included (read-only storage, see common.wgsl)
     maxStorageBuffersPerShaderStage: Math.min(l.maxStorageBuffersPerShaderStage, 10),
     maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
     maxComputeInvocationsPerWorkgroup: Math.min(l.maxComputeInvocationsPerWorkgroup, 256),

@@ -39,7 +39,7 @@ export function grid(n: number): [number, number] {
 type FieldValue<F> = F extends `f:${infer N}` ? N : F extends `_${string}` ? never : F;
 
 /**
- * The layout of a WGSL uniform struct of 4-byte scalars, in the struct's order: `"f:name"` marks an
+ * The layout of a kernel's params struct (or `Step`) of 4-byte scalars, in the struct's order: `"f:name"` marks an
  * f32, `"_name"` padding (written 0), anything else a u32. One per struct, shared by the kernel
  * wrapper that packs it and by the test that checks it against the WGSL declaration.
  */
@@ -93,29 +93,31 @@ export function paramsLayout<const F extends readonly string[]>(
   return layout;
 }
 
-/** Uniform-offset alignment WebGPU guarantees to accept (`minUniformBufferOffsetAlignment` ≤ 256). */
-export const UNIFORM_ALIGN = 256;
+/** Offset alignment WebGPU always accepts for a binding (`min*BufferOffsetAlignment` ≤ 256). */
+export const PARAMS_ALIGN = 256;
 
 /**
- * One uniform buffer holding the params of every dispatch at 256-byte offsets, sized up front so
- * that its bytes are known before anything is allocated.
+ * One buffer holding the params of every dispatch at 256-byte offsets, sized up front so that its
+ * bytes are known before anything is allocated. Kernels bind it as a read-only storage buffer, not a
+ * uniform buffer: Mesa's lavapipe 22.x recompiles, and leaks, a shader at every dispatch that branches
+ * on uniform-buffer values (see shaders/common.wgsl).
  */
-export class UniformArena {
+export class ParamsArena {
   readonly #device: GPUDevice;
   readonly slots: number;
   readonly #buffer: TrackedBuffer;
   #next = 0;
 
-  /** An arena over `buffer`, a uniform buffer of {@link UniformArena.bytes} bytes. */
+  /** An arena over `buffer`, a storage buffer of {@link ParamsArena.bytes} bytes. */
   constructor(device: GPUDevice, buffer: TrackedBuffer) {
     this.#device = device;
     this.#buffer = buffer;
-    this.slots = Math.floor(buffer.size / UNIFORM_ALIGN);
+    this.slots = Math.floor(buffer.size / PARAMS_ALIGN);
   }
 
   /** Bytes of an arena of `slots` blocks. */
   static bytes(slots: number): number {
-    return slots * UNIFORM_ALIGN;
+    return slots * PARAMS_ALIGN;
   }
 
   /** Forgets every block (before re-recording); the buffer stays. */
@@ -126,7 +128,7 @@ export class UniformArena {
   /** Stores `params` (≤ 256 bytes) and returns where to bind it. */
   push(params: ArrayBuffer): GPUBufferBinding {
     if (this.#next >= this.slots) throw new GpuError(`Uniform arena full: ${this.slots} blocks`);
-    const offset = this.#next++ * UNIFORM_ALIGN;
+    const offset = this.#next++ * PARAMS_ALIGN;
     this.#device.queue.writeBuffer(this.#buffer.buffer, offset, params);
     return { buffer: this.#buffer.buffer, offset, size: params.byteLength };
   }
@@ -136,48 +138,48 @@ export class UniformArena {
 export interface KernelContext {
   readonly device: GPUDevice;
   readonly pipelines: PipelineCache;
-  readonly uniforms: UniformArena;
-  /** The per-call Step uniform (common.wgsl's `Step`). */
+  readonly params: ParamsArena;
+  /** The per-call Step (common.wgsl's `Step`), a read-only storage buffer in the shaders. */
   readonly step: GPUBuffer;
 }
 
-/** Bytes of common.wgsl's `Step` uniform (see src/kernels/step.ts). */
+/** Bytes of common.wgsl's `Step` (see src/kernels/step.ts). */
 export const STEP_BYTES = 32;
 
-/** The buffers a kernel context records over: the Step uniform and a uniform arena of `uniformSlots` blocks. */
-export function contextTables(uniformSlots: number): Allocation[] {
-  const usage = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
+/** The buffers a kernel context records over: the Step and a params arena of `paramSlots` blocks. */
+export function contextTables(paramSlots: number): Allocation[] {
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
   return [
     { name: "step", bytes: STEP_BYTES, usage, category: "tables" },
-    { name: "uniforms", bytes: UniformArena.bytes(uniformSlots), usage, category: "tables" },
+    { name: "params", bytes: ParamsArena.bytes(paramSlots), usage, category: "tables" },
   ];
 }
 
 /** The kernels' context over `tables`, allocated from {@link contextTables}. */
 export function contextOver(device: GPUDevice, tables: ReadonlyMap<string, TrackedBuffer>): KernelContext {
   const step = tables.get("step");
-  const uniforms = tables.get("uniforms");
-  if (!step || !uniforms) throw new Error("Internal: a kernel context needs the step and uniforms tables");
+  const params = tables.get("params");
+  if (!step || !params) throw new Error("Internal: a kernel context needs the step and params tables");
   return {
     device,
     pipelines: new PipelineCache(device),
-    uniforms: new UniformArena(device, uniforms),
+    params: new ParamsArena(device, params),
     step: step.buffer,
   };
 }
 
 /**
  * For kernel tests and benches: an allocator on `device` (`limit` bytes, unlimited by default), its
- * Step uniform and a kernels' context with `uniformSlots` parameter slots.
+ * Step buffer and a kernels' context with `paramSlots` parameter slots.
  */
 export function kernelContext(
   device: GPUDevice,
-  uniformSlots: number,
+  paramSlots: number,
   limit = Infinity,
 ): { memory: GpuMemory; stepBuffer: TrackedBuffer; ctx: KernelContext } {
   const memory = new GpuMemory(device);
   memory.limit = limit;
-  const tables = memory.allocAll(contextTables(uniformSlots));
+  const tables = memory.allocAll(contextTables(paramSlots));
   return { memory, stepBuffer: tables.get("step")!, ctx: contextOver(device, tables) };
 }
 
@@ -197,7 +199,7 @@ export async function record(
   const pipeline = await ctx.pipelines.get(spec.file, spec.entry ?? "main", spec.constants ?? {});
   const entries: GPUBindGroupEntry[] = [
     { binding: 0, resource: { buffer: ctx.step } },
-    { binding: 1, resource: ctx.uniforms.push(spec.params) },
+    { binding: 1, resource: ctx.params.push(spec.params) },
   ];
   for (const [b, buffer] of Object.entries(spec.buffers)) {
     entries.push({ binding: Number(b), resource: { buffer } });

@@ -75,7 +75,7 @@ Deno.test("attention: split-key partials and combine equal the reference", async
         size: out.size,
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       });
-      ctx.uniforms.reset();
+      ctx.params.reset();
       const ds = await attention(ctx, {
         label: "attention",
         numHeads: c.H,

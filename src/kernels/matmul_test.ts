@@ -63,7 +63,7 @@ Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accu
           return b;
         };
         const [w, b, xb, yb] = [put(wBits), put(bBits), put(x), put(new Float32Array(y0))];
-        ctx.uniforms.reset();
+        ctx.params.reset();
         const o = { inDim: c.inDim, outDim: c.outDim, reference };
         const d = await matmul(ctx, {
           label: "mm",

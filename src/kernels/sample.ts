@@ -36,7 +36,7 @@ const PARAMS = paramsLayout(
   ] as const,
 );
 
-/** Bytes of the sampler's `Params` uniform. */
+/** Bytes of the sampler's `Params`. */
 export const SAMPLING_PARAMS_BYTES = 48;
 
 /** Packs {@link SamplingParams} as the shader's `Params`. */
@@ -59,7 +59,7 @@ export function packSampling(vocab: number, s: SamplingParams): ArrayBuffer {
 }
 
 /**
- * Records the sampler. `params` is a {@link SAMPLING_PARAMS_BYTES}-byte uniform the caller rewrites per request (see
+ * Records the sampler. `params` is a {@link SAMPLING_PARAMS_BYTES}-byte buffer the caller rewrites per request (see
  * {@link packSampling}); logits: [headRows, V]; ids: [rows] u32; generated: [maxNew] u32.
  */
 export async function sampler(

@@ -1,5 +1,5 @@
 /**
- * The per-call `Step` uniform of `shaders/common.wgsl`: what changes from one forward call to the
+ * The per-call `Step` of `shaders/common.wgsl`: what changes from one forward call to the
  * next, written once per call before it is submitted.
  *
  * @module

@@ -106,7 +106,7 @@ export interface ProgramIo {
   readonly logits: GPUBuffer;
   /** [maxGenerated] u32: where the sampler writes token g. */
   readonly generated: GPUBuffer;
-  /** The sampler's `Params` uniform (`packSampling`). */
+  /** The sampler's `Params` (`packSampling`), read-only storage in the shader. */
   readonly samplingParams: GPUBuffer;
   /** [moeLayers, E, 4] f32: routing statistics summed since the last copy (router.wgsl `accumulate`). */
   readonly stats: GPUBuffer;
@@ -161,8 +161,8 @@ export interface Architecture<S extends SpecBase = SpecBase> {
   readonly maxContext: number | undefined;
   /** Encoder-decoder models: the first decoder input (`decoder_start_token_id`); undefined otherwise. */
   readonly decoderStartTokenId: number | undefined;
-  /** Parameter slots every recorded dispatch takes in the uniform arena, at most. */
-  readonly uniformSlots: number;
+  /** Params blocks the recorded dispatches take in the params arena, at most. */
+  readonly paramSlots: number;
   /**
    * The checkpoint's tensors for this model, checked: present, of the shape the config implies, bf16.
    * @throws {CheckpointError} naming the tensor and the file

@@ -268,7 +268,7 @@ class MoeEngine implements Engine {
   }
 
   /**
-   * Encodes and submits one call of `pass` over `shape`'s rows: the Step uniform, the family's
+   * Encodes and submits one call of `pass` over `shape`'s rows: the Step, the family's
    * per-pass setup when `newPass`, the dispatches, then `after` (copies, sampling). With exact routing
    * (`lru`) it reads the routing back before each MoE layer's experts and loads the missing ones;
    * when a call's tokens need more experts of a layer than it has slots, the experts run in passes
@@ -638,7 +638,7 @@ class MoeEngine implements Engine {
       // frees the old slots first, then allocates under the new limit
       changeLimit(this.#memory, bytes, () => this.#cache.resize(slots));
       this.#budget = bytes;
-      this.#ctx.uniforms.reset();
+      this.#ctx.params.reset();
       await this.#program.record(this.#cache, isMasked(this.#plan.policy));
       this.#fill(() => {});
       this.#plan.audit(this.#memory, this.#cache.capacity);

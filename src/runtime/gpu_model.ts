@@ -21,7 +21,7 @@ export interface GpuModel {
   readonly gpu: Gpu;
   readonly memory: GpuMemory;
   readonly ctx: KernelContext;
-  /** The Step uniform every dispatch reads (src/kernels/step.ts). */
+  /** The Step every dispatch reads (src/kernels/step.ts). */
   readonly step: GPUBuffer;
   /** The readback buffers of the layout, by name. */
   readonly staging: ReadonlyMap<string, TrackedBuffer>;

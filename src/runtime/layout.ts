@@ -21,7 +21,7 @@ export interface EngineLayout {
   readonly dense: Allocation[];
   /** The model's run state (activations, KV caches). */
   readonly state: Allocation[];
-  /** The Step uniform, the uniform arena and the slot table. */
+  /** The Step, the params arena and the slot table. */
   readonly tables: Allocation[];
   /** Readback (MAP_READ) buffers. */
   readonly staging: Allocation[];
@@ -69,7 +69,7 @@ export function engineLayout(
     dense,
     state: arch.runState(shape),
     tables: [
-      ...contextTables(arch.uniformSlots),
+      ...contextTables(arch.paramSlots),
       {
         name: SLOT_TABLE,
         bytes: arch.moeLayers * arch.spec.numExperts * 4,

@@ -31,7 +31,7 @@ export function causalArchitecture(spec: CausalSpec): Architecture<CausalSpec> {
     expertMatrices: expertMatrices(spec),
     maxContext: spec.maxPositionEmbeddings,
     decoderStartTokenId: undefined,
-    uniformSlots: 32 + 24 * spec.numLayers,
+    paramSlots: 32 + 24 * spec.numLayers,
     tensors(table, dir) {
       checkTensors(spec, names, table, dir);
       return {

@@ -75,7 +75,7 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
     {
       name: "sampling", // sample.wgsl Params
       bytes: SAMPLING_PARAMS_BYTES,
-      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
       category: "activations",
     },
     activation("stats", moeLayers * E * 4), //             [moeLayers, E, 4] f32

@@ -32,7 +32,7 @@ export function switchArchitecture(spec: SwitchSpec): Architecture<SwitchSpec> {
     expertMatrices: expertMatrices(spec),
     maxContext: undefined,
     decoderStartTokenId: spec.decoderStartTokenId,
-    uniformSlots: 32 + 24 * blocks,
+    paramSlots: 32 + 24 * blocks,
     tensors(table, dir) {
       // untied checkpoints written by transformers 4.x lack the stacks' own embeddings: fall back to shared
       const n = switchNames(spec, (t) => table.has(t));

@@ -91,7 +91,7 @@ export function switchRunState(spec: SwitchSpec, shape: RunShape, moeLayers: num
     {
       name: "samplingParams",
       bytes: SAMPLING_PARAMS_BYTES,
-      usage: GPUBufferUsage.UNIFORM | COPY_DST,
+      usage: GPUBufferUsage.STORAGE | COPY_DST,
       category: "activations",
     },
     act("stats", moeLayers * E * 4),

@@ -33,6 +33,18 @@ export { POLICIES, type PolicyName } from "./src/moe/policies.ts";
 export type { PlannerKind } from "./src/moe/planner.ts";
 export type { GpuInfo } from "./src/gpu/device.ts";
 export {
+  type CachedModel,
+  type CachedSnapshot,
+  type DownloadProgress,
+  type HubSettings,
+  listCachedModels,
+  pullModel,
+  removeCachedModel,
+  type ResolvedModel,
+  resolveModel,
+  type ResolveOptions,
+} from "./src/hub/mod.ts";
+export {
   type ChatMessage,
   type ChatTemplateOptions,
   type DecodeOptions,
@@ -47,6 +59,7 @@ export {
   DeviceLostError,
   EngineClosedError,
   GpuError,
+  HubError,
   OptionError,
   ShaderCompileError,
   SwapMoeError,

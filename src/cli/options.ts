@@ -24,6 +24,8 @@ import {
   type Progress,
 } from "../../mod.ts";
 import { parseSize } from "../moe/budget.ts";
+import { parseModelName } from "../hub/mod.ts";
+import { resolveWithProgress } from "./hub_progress.ts";
 import { UsageError } from "./command.ts";
 
 /** Parses `config.args` strictly; a bad flag becomes a {@link UsageError} with a one-line message. */
@@ -130,7 +132,9 @@ export function modelUsage(
 ): string {
   return `Model options:
   --model <dir>           A Hugging Face checkpoint folder (config.json, *.safetensors,
-                          tokenizer.json); default: the bundled models/sotu-moe-mini
+                          tokenizer.json), or org/name[@revision] on the hub, downloaded
+                          once into its cache (see pull); default: the bundled
+                          models/sotu-moe-mini
   --budget <size>         GPU memory budget: bytes, 512MiB, 2GiB or a share of the
                           all-resident footprint such as 60%; default: ${
     defaults.budget ?? "all of it under full,\n                          else 50% (at least the minimum)"
@@ -178,13 +182,20 @@ export function readProfile(file: string): number[][] {
 export function engineOptions(flags: ModelFlags, defaults: EngineOptions = {}): EngineOptions {
   const options: EngineOptions = { ...defaults };
   if (flags.model !== undefined) {
-    let info: Deno.FileInfo;
+    let info: Deno.FileInfo | undefined;
     try {
       info = Deno.statSync(flags.model);
     } catch {
-      throw new UsageError(`Model folder not found: ${flags.model}`);
+      // no such folder: a name on the hub (org/name[@revision]), fetched by openEngine
+      if (parseModelName(flags.model) === undefined) {
+        throw new UsageError(
+          `Model folder not found: ${flags.model}; a model on the Hugging Face hub is named org/name[@revision]`,
+        );
+      }
     }
-    if (!info.isDirectory) throw new UsageError(`Invalid --model: ${flags.model} is not a folder`);
+    if (info !== undefined && !info.isDirectory) {
+      throw new UsageError(`Invalid --model: ${flags.model} is not a folder`);
+    }
     options.model = flags.model;
   }
   if (flags.policy !== undefined) {
@@ -303,10 +314,16 @@ const STAGE_LABELS: Record<Progress["stage"], string> = {
 
 /**
  * Creates an engine, drawing a progress bar on stderr while it loads when `progress` is set (and
- * stdout and stderr are terminals).
+ * stdout and stderr are terminals). A model named `org/name[@revision]` is first fetched from the
+ * Hugging Face hub, or found in its cache, with a byte progress bar.
  */
 export async function openEngine(options: EngineOptions, progress: boolean): Promise<Engine> {
   quietVulkanLoader();
+  if (options.model !== undefined) {
+    // org/name on the hub → its folder in the cache, downloaded first when missing
+    const { dir } = await resolveWithProgress(options.model, { interactive: progress && isInteractive() });
+    options = { ...options, model: dir };
+  }
   if (!progress || !isInteractive()) return await createEngine(options);
   const bar = new cliProgress.SingleBar({
     format: "{stage} |{bar}| {value}/{total}",

@@ -313,17 +313,24 @@ const STAGE_LABELS: Record<Progress["stage"], string> = {
 };
 
 /**
+ * `options` with a model named `org/name[@revision]` replaced by its folder in the hub cache, downloaded
+ * first when missing (a byte progress bar on stderr when `progress` and interactive); a folder stays as is.
+ * For commands that read the model folder themselves before {@link openEngine}.
+ */
+export async function resolveModelOption(options: EngineOptions, progress: boolean): Promise<EngineOptions> {
+  if (options.model === undefined) return options;
+  const { dir } = await resolveWithProgress(options.model, { interactive: progress && isInteractive() });
+  return { ...options, model: dir };
+}
+
+/**
  * Creates an engine, drawing a progress bar on stderr while it loads when `progress` is set (and
  * stdout and stderr are terminals). A model named `org/name[@revision]` is first fetched from the
  * Hugging Face hub, or found in its cache, with a byte progress bar.
  */
 export async function openEngine(options: EngineOptions, progress: boolean): Promise<Engine> {
   quietVulkanLoader();
-  if (options.model !== undefined) {
-    // org/name on the hub → its folder in the cache, downloaded first when missing
-    const { dir } = await resolveWithProgress(options.model, { interactive: progress && isInteractive() });
-    options = { ...options, model: dir };
-  }
+  options = await resolveModelOption(options, progress);
   if (!progress || !isInteractive()) return await createEngine(options);
   const bar = new cliProgress.SingleBar({
     format: "{stage} |{bar}| {value}/{total}",

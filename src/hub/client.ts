@@ -196,7 +196,7 @@ export class HubClient {
     let hub: Headers | undefined;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
       const h = new Headers(headers);
-      h.set("user-agent", "swapmoe/0.1; huggingface_hub-compatible");
+      h.set("user-agent", `swapmoe/0.1.0; deno/${Deno.version.deno}`);
       if (this.#o.token !== undefined && current.origin === this.#origin) {
         h.set("authorization", `Bearer ${this.#o.token}`);
       }

@@ -71,6 +71,8 @@ export interface FakeFile {
   sha256: string;
   /** The git blob id: of the content, or of the LFS pointer for an LFS file (as the hub lists it). */
   blobId: string;
+  /** The CDN's ETag, an md5 as S3 gives. */
+  md5: string;
 }
 
 const hex = (algo: string, ...parts: (string | Uint8Array)[]): string => {
@@ -98,7 +100,7 @@ function loadFiles(repo: FakeRepo): Map<string, FakeFile> {
     const pointer =
       `version https://git-lfs.github.com/spec/v1\noid sha256:${sha256}\nsize ${bytes.length}\n`;
     const blobId = gitBlobId(lfs ? new TextEncoder().encode(pointer) : bytes);
-    files.set(path, { path, bytes, lfs, sha256, blobId });
+    files.set(path, { path, bytes, lfs, sha256, blobId, md5: hex("md5", bytes) });
   };
   for (const p of walk(repo.dir)) add(relative(repo.dir, p), Deno.readFileSync(p));
   for (const [p, text] of Object.entries(repo.extra ?? {})) add(p, new TextEncoder().encode(text));
@@ -266,7 +268,7 @@ export function startFakeHub(repos: Record<string, FakeRepo>): FakeHub {
     for (const [repoId, repoFiles] of files) {
       for (const f of repoFiles.values()) {
         if (m !== null && f.lfs && f.sha256 === m[1]) {
-          return content(req, repoId, f, { etag: `"${hex("md5", f.bytes)}"` });
+          return content(req, repoId, f, { etag: `"${f.md5}"` });
         }
       }
     }

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { CheckpointError, HubError } from "../src/errors.ts";
+import { CheckpointError, HubError, OptionError } from "../src/errors.ts";
 import { listCachedModels, pullModel, removeCachedModel, resolveModel } from "../src/hub/mod.ts";
 import type { ModelInfo } from "../src/cli/info.ts";
 import { type FakeHub, type FakeRepo, startFakeHub } from "./support/fake_hub.ts";
@@ -321,6 +321,11 @@ Deno.test("hub: a missing file, repository or revision is a HubError that names 
       /^Revision not found: "v9" of test-org\/tiny-mixtral/,
     );
     await rejectsWith(pullModel(REPO, { revision: "v9" }), HubError, /^Revision not found: "v9"/);
+    await rejectsWith(
+      pullModel(REPO, { revision: "../../x" }),
+      OptionError,
+      /^Invalid revision: "..\/..\/x"/,
+    );
   });
 });
 

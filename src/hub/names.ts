@@ -45,6 +45,12 @@ function revisionProblem(revision: string): string | undefined {
   return undefined;
 }
 
+/** Throws an `OptionError` when `revision` cannot name a branch, tag or commit (for `--revision`). */
+export function checkRevision(revision: string): void {
+  const problem = revisionProblem(revision);
+  if (problem !== undefined) throw new OptionError(`Invalid revision: "${revision}": ${problem}`);
+}
+
 /**
  * Parses `org/name[@revision]`; `undefined` when `name` does not have that form (a path such as
  * `./models/x` or `a/b/c`). A name of that form with a bad revision throws an `OptionError`.

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { OptionError } from "../errors.ts";
-import { isCommitHash, isSafeRepoPath, parseModelName } from "./names.ts";
+import { checkRevision, isCommitHash, isSafeRepoPath, parseModelName } from "./names.ts";
 
 Deno.test("parseModelName: org/name with an optional @revision; main by default", () => {
   assert.deepEqual(parseModelName("allenai/OLMoE-1B-7B-0924"), {
@@ -41,6 +41,8 @@ Deno.test("parseModelName: a hub name with an unusable revision is an OptionErro
   for (const name of ["a/b@", "a/b@../x", "a/b@x y", "a/b@refs//pr"]) {
     assert.throws(() => parseModelName(name), OptionError, name);
   }
+  assert.throws(() => checkRevision("../../x"), OptionError);
+  checkRevision("refs/pr/1");
 });
 
 Deno.test("isCommitHash and isSafeRepoPath", () => {

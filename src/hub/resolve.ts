@@ -10,7 +10,7 @@ import { type CachedModel, HubCache } from "./cache.ts";
 import { HubClient, type HubFile, type RepoListing } from "./client.ts";
 import { blobIdOf, fetchFile } from "./download.ts";
 import { INDEX_FILE, missingCheckpointFiles, shardsOfIndex, SINGLE_FILE, WANTED_FILES } from "./files.ts";
-import { isCommitHash, type ModelRef, parseModelName } from "./names.ts";
+import { checkRevision, isCommitHash, type ModelRef, parseModelName } from "./names.ts";
 import { type HubSettings, hubSettings } from "./settings.ts";
 
 /** Progress of a download, in bytes. */
@@ -111,6 +111,7 @@ export async function pullModel(name: string, options: ResolveOptions = {}): Pro
   if (parsed === undefined) {
     throw new OptionError(`Invalid model name: "${name}", expected org/name or org/name@revision`);
   }
+  if (options.revision !== undefined) checkRevision(options.revision);
   const ref: ModelRef = { repo: parsed.repo, revision: options.revision ?? parsed.revision };
   const settings = { ...hubSettings(), ...options.settings };
   const cache = new HubCache(settings.cacheDir);

@@ -5,6 +5,7 @@
  * @module
  */
 import { join } from "node:path";
+import { HubError } from "../errors.ts";
 
 /** The hub's address when `$HF_ENDPOINT` is not set. */
 export const DEFAULT_ENDPOINT = "https://huggingface.co";
@@ -52,7 +53,10 @@ function seconds(value: string | undefined, fallback: number): number {
   return value !== undefined && Number.isFinite(n) && n > 0 ? n : fallback;
 }
 
-/** The hub settings from the environment (`env` reads a variable; default `Deno.env`). */
+/**
+ * The hub settings from the environment (`env` reads a variable; default `Deno.env`). Throws `HubError`
+ * when no cache folder can be named (no `HF_HUB_CACHE`, `HF_HOME` nor `HOME`).
+ */
 export function hubSettings(env: EnvReader = denoEnv): HubSettings {
   const home = expandHome(
     env("HF_HOME") ?? join(env("XDG_CACHE_HOME") ?? join(env("HOME") ?? "~", ".cache"), "huggingface"),
@@ -60,6 +64,12 @@ export function hubSettings(env: EnvReader = denoEnv): HubSettings {
   );
   // HUGGINGFACE_HUB_CACHE: the older name of HF_HUB_CACHE, still read by huggingface_hub
   const cacheDir = expandHome(env("HF_HUB_CACHE") ?? env("HUGGINGFACE_HUB_CACHE") ?? join(home, "hub"), env);
+  if (cacheDir === "~" || cacheDir.startsWith("~/")) {
+    // a folder literally named "~" in the working directory would be a surprise
+    throw new HubError(
+      "Cannot place the hub cache: HOME is not set or not readable; set HF_HUB_CACHE, or allow reading the environment (--allow-env)",
+    );
+  }
   return {
     endpoint: (env("HF_ENDPOINT") ?? DEFAULT_ENDPOINT).replace(/\/+$/, ""),
     token: env("HF_TOKEN") ?? readTokenFile(expandHome(env("HF_TOKEN_PATH") ?? join(home, "token"), env)),

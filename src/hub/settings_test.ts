@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { HubError } from "../errors.ts";
 import { hubSettings } from "./settings.ts";
 
 const envOf = (vars: Record<string, string>) => (name: string) => vars[name];
@@ -40,4 +41,9 @@ Deno.test("hubSettings: HF_TOKEN, else the token file that `hf auth login` write
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+Deno.test("hubSettings: without HOME (or the permission to read it), HF_HUB_CACHE is needed", () => {
+  assert.throws(() => hubSettings(envOf({})), HubError, "set HF_HUB_CACHE");
+  assert.equal(hubSettings(envOf({ HF_HUB_CACHE: "/c" })).cacheDir, "/c");
 });

@@ -29,8 +29,10 @@ export interface HubSettings {
 /** Reads one variable; `undefined` when unset, empty, or not readable under the granted permissions. */
 export type EnvReader = (name: string) => string | undefined;
 
+// a variable or file not granted reads as absent: asked first, so that a terminal gets no permission prompt
 function denoEnv(name: string): string | undefined {
   try {
+    if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") return undefined;
     const v = Deno.env.get(name);
     return v === "" ? undefined : v;
   } catch {
@@ -82,6 +84,7 @@ export function hubSettings(env: EnvReader = denoEnv): HubSettings {
 
 function readTokenFile(path: string): string | undefined {
   try {
+    if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return undefined;
     const token = Deno.readTextFileSync(path).trim();
     return token === "" ? undefined : token;
   } catch {

@@ -41,6 +41,18 @@ export { POLICIES, type PolicyName } from "./src/moe/policies.ts";
 export type { PlannerKind } from "./src/moe/planner.ts";
 export type { GpuInfo } from "./src/gpu/device.ts";
 export {
+  type CachedModel,
+  type CachedSnapshot,
+  type DownloadProgress,
+  type HubSettings,
+  listCachedModels,
+  pullModel,
+  removeCachedModel,
+  type ResolvedModel,
+  resolveModel,
+  type ResolveOptions,
+} from "./src/hub/mod.ts";
+export {
   type ChatMessage,
   type ChatTemplateOptions,
   type DecodeOptions,
@@ -55,6 +67,7 @@ export {
   DeviceLostError,
   EngineClosedError,
   GpuError,
+  HubError,
   OptionError,
   ShaderCompileError,
   SwapMoeError,

@@ -52,3 +52,24 @@ export class EngineClosedError extends SwapMoeError {}
 
 /** The tokenizer files are missing or malformed, or a chat template failed to render. */
 export class TokenizerError extends SwapMoeError {}
+
+/**
+ * A model named `org/name` could not be fetched from the Hugging Face hub or found in its cache: the hub
+ * refused (`status` holds its HTTP status), could not be reached (`unreachable`), or a download failed
+ * verification.
+ */
+export class HubError extends SwapMoeError {
+  /** The hub's HTTP status, when it answered with an error. */
+  readonly status: number | undefined;
+  /** The hub could not be reached, or answered with a server error: a cached copy may stand in. */
+  readonly unreachable: boolean;
+  /** Creates a hub error; `status` is the HTTP status that refused, if any. */
+  constructor(
+    message: string,
+    options: ErrorOptions & { status?: number; unreachable?: boolean } = {},
+  ) {
+    super(message, options);
+    this.status = options.status;
+    this.unreachable = options.unreachable ?? false;
+  }
+}

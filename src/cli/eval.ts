@@ -25,6 +25,7 @@ import {
   numberFlag,
   openEngine,
   parseFlags,
+  resolveModelOption,
 } from "./options.ts";
 
 const usage = `Usage: deno run -A main.ts eval [options]
@@ -191,7 +192,7 @@ export const command: Command = {
       throw new UsageError(`Invalid --planner: "${values.planner}", expected uniform or profile`);
     }
     const planner = values.planner as PlannerKind | undefined;
-    const options: EngineOptions = engineOptions(values);
+    const options: EngineOptions = await resolveModelOption(engineOptions(values), !values.json);
     const modelDir = options.model ?? DEFAULT_MODEL;
     const corpusName = values.corpus ?? "sotu-test";
     if ((await loadModelConfig(modelDir)).architecture.decoderStartTokenId !== undefined) {

@@ -7,7 +7,14 @@
 import { formatBytes, POLICIES } from "../../mod.ts";
 import { inspectModel, type ModelReport } from "../runtime/inspect.ts";
 import type { Command } from "./command.ts";
-import { displayPath, engineOptions, MODEL_OPTIONS, modelUsage, parseFlags } from "./options.ts";
+import {
+  displayPath,
+  engineOptions,
+  MODEL_OPTIONS,
+  modelUsage,
+  parseFlags,
+  resolveModelOption,
+} from "./options.ts";
 
 const usage = `Usage: deno run -A main.ts info [options]
 
@@ -118,7 +125,7 @@ export const command: Command = {
       console.log(usage);
       return 0;
     }
-    const options = engineOptions(values);
+    const options = await resolveModelOption(engineOptions(values), !values.json);
     const gpu = options.budget === undefined ? await detectGpuMemory() : undefined;
     const report = await inspectModel(options, options.budget ?? gpu?.bytes);
     const info: ModelInfo = {

@@ -24,6 +24,9 @@ import { command as chat } from "./chat.ts";
 import { command as info } from "./info.ts";
 import { command as serve } from "./serve.ts";
 import { command as evaluate } from "./eval.ts";
+import { command as pull } from "./pull.ts";
+import { command as list } from "./list.ts";
+import { command as rm } from "./rm.ts";
 
 /** Registered subcommands, in help order. */
 export const COMMANDS: Command[] = [
@@ -33,6 +36,9 @@ export const COMMANDS: Command[] = [
   info,
   serve,
   evaluate,
+  pull,
+  list,
+  rm,
 ];
 
 function topUsage(): string {

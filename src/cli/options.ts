@@ -25,6 +25,8 @@ import {
 } from "../../mod.ts";
 import { describeSpec } from "../models/registry.ts";
 import { parseSize } from "../moe/budget.ts";
+import { parseModelName } from "../hub/mod.ts";
+import { resolveWithProgress } from "./hub_progress.ts";
 import { UsageError } from "./command.ts";
 
 /** Parses `config.args` strictly; a bad flag becomes a {@link UsageError} with a one-line message. */
@@ -131,7 +133,9 @@ export function modelUsage(
 ): string {
   return `Model options:
   --model <dir>           A Hugging Face checkpoint folder (config.json, *.safetensors,
-                          tokenizer.json); default: the bundled models/sotu-moe-mini
+                          tokenizer.json), or org/name[@revision] on the hub, downloaded
+                          once into its cache (see pull); default: the bundled
+                          models/sotu-moe-mini
   --budget <size>         GPU memory budget: bytes, 512MiB, 2GiB or a share of the
                           all-resident footprint such as 60%; default: ${
     defaults.budget ?? "all of it under full,\n                          else 50% (at least the minimum)"
@@ -179,13 +183,20 @@ export function readProfile(file: string): number[][] {
 export function engineOptions(flags: ModelFlags, defaults: EngineOptions = {}): EngineOptions {
   const options: EngineOptions = { ...defaults };
   if (flags.model !== undefined) {
-    let info: Deno.FileInfo;
+    let info: Deno.FileInfo | undefined;
     try {
       info = Deno.statSync(flags.model);
     } catch {
-      throw new UsageError(`Model folder not found: ${flags.model}`);
+      // no such folder: a name on the hub (org/name[@revision]), fetched by openEngine
+      if (parseModelName(flags.model) === undefined) {
+        throw new UsageError(
+          `Model folder not found: ${flags.model}; a model on the Hugging Face hub is named org/name[@revision]`,
+        );
+      }
     }
-    if (!info.isDirectory) throw new UsageError(`Invalid --model: ${flags.model} is not a folder`);
+    if (info !== undefined && !info.isDirectory) {
+      throw new UsageError(`Invalid --model: ${flags.model} is not a folder`);
+    }
     options.model = flags.model;
   }
   if (flags.policy !== undefined) {
@@ -293,6 +304,7 @@ export function isInteractive(): boolean {
 }
 
 const STAGE_LABELS: Record<Progress["stage"], string> = {
+  download: "Downloading",
   config: "Reading config",
   checkpoint: "Mapping weights",
   tokenizer: "Loading tokenizer",
@@ -303,11 +315,24 @@ const STAGE_LABELS: Record<Progress["stage"], string> = {
 };
 
 /**
+ * `options` with a model named `org/name[@revision]` replaced by its folder in the hub cache, downloaded
+ * first when missing (a byte progress bar on stderr when `progress` and interactive); a folder stays as is.
+ * For commands that read the model folder themselves before {@link openEngine}.
+ */
+export async function resolveModelOption(options: EngineOptions, progress: boolean): Promise<EngineOptions> {
+  if (options.model === undefined) return options;
+  const { dir } = await resolveWithProgress(options.model, { interactive: progress && isInteractive() });
+  return { ...options, model: dir };
+}
+
+/**
  * Creates an engine, drawing a progress bar on stderr while it loads when `progress` is set (and
- * stdout and stderr are terminals).
+ * stdout and stderr are terminals). A model named `org/name[@revision]` is first fetched from the
+ * Hugging Face hub, or found in its cache, with a byte progress bar.
  */
 export async function openEngine(options: EngineOptions, progress: boolean): Promise<Engine> {
   quietVulkanLoader();
+  options = await resolveModelOption(options, progress);
   if (!progress || !isInteractive()) return await createEngine(options);
   const bar = new cliProgress.SingleBar({
     format: "{stage} |{bar}| {value}/{total}",

@@ -31,6 +31,7 @@ import type { ExpertCache } from "../moe/expert_cache.ts";
 import { expertNorms, Importance } from "../moe/importance.ts";
 import { initialResidents, isMasked, LruPolicy, SwapMoePolicy } from "../moe/policies.ts";
 import { EngineClosedError, OptionError } from "../errors.ts";
+import { resolveModel } from "../hub/mod.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { decodeLoop, type DecodeLoopOptions } from "./decode_loop.ts";
 import { type GpuModel, loadGpuModel } from "./gpu_model.ts";
@@ -161,6 +162,21 @@ class MoeEngine implements Engine {
   static async load(options: EngineOptions): Promise<MoeEngine> {
     validateOptions(options); // before reading any option (planModel checks the model's own)
     const progress = options.onProgress ?? (() => {});
+    if (options.model !== undefined) {
+      // a model named org/name[@revision] comes from the Hugging Face hub, or its cache
+      const resolved = await resolveModel(options.model, {
+        onProgress: (p) =>
+          progress({
+            stage: "download",
+            done: p.fileIndex,
+            total: p.fileCount,
+            bytes: p.bytes,
+            totalBytes: p.totalBytes,
+          }),
+      });
+      if (resolved.message) progress({ stage: "download", done: 0, total: 0, message: resolved.message });
+      options = { ...options, model: resolved.dir };
+    }
     const planned = await planModel(options, (stage) => progress({ stage, done: 0, total: 1 }));
     const { modelDir, arch, ckpt, shape, plan, staticSets } = planned;
     let loaded: GpuModel | undefined;

@@ -13,7 +13,7 @@ import type { ChatMessage, Tokenizer } from "../text/tokenizer.ts";
 /** Loading progress, for a progress bar. */
 export interface Progress {
   /** What is happening now. */
-  stage: "config" | "checkpoint" | "tokenizer" | "gpu" | "weights" | "experts" | "ready";
+  stage: "download" | "config" | "checkpoint" | "tokenizer" | "gpu" | "weights" | "experts" | "ready";
   /** Units done for this stage (e.g. weight buffers or experts uploaded). */
   done: number;
   /** Units in all for this stage. */
@@ -22,11 +22,16 @@ export interface Progress {
   bytes?: number;
   /** Bytes in all for this stage, when `bytes` is given. */
   totalBytes?: number;
+  /** A line for the user, e.g. that the hub could not be reached and a cached copy stands in. */
+  message?: string;
 }
 
 /** Options of {@link createEngine}. */
 export interface EngineOptions {
-  /** A Hugging Face checkpoint folder as published; default: the bundled `sotu-moe-mini`. */
+  /**
+   * A Hugging Face checkpoint folder as published, or a model on the hub named `org/name[@revision]`
+   * (downloaded into the hub cache once: see the README); default: the bundled `sotu-moe-mini`.
+   */
   model?: string;
   /** Residency policy; default `"swapmoe"` when a `budget` is given, else `"full"`. */
   policy?: PolicyName;

@@ -68,8 +68,9 @@ type Json = Record<string, unknown>;
 /** Reads `dir/config.json`'s `model_type`, or undefined when it cannot be read (the caller reports that). */
 export async function readModelType(dir: string): Promise<string | undefined> {
   try {
-    const json = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
-    return typeof json?.model_type === "string" ? json.model_type : undefined;
+    const { json } = await readConfigJson(dir);
+    const type = (json as { model_type?: unknown } | null)?.model_type;
+    return typeof type === "string" ? type : undefined;
   } catch {
     return undefined;
   }

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import { TokenizerError } from "../errors.ts";
+import { readTextFileLimited, TEXT_FILE_LIMITS } from "../checkpoint/text_file.ts";
 
 /** One turn of a conversation, as chat templates expect it. */
 export interface ChatMessage {
@@ -65,28 +66,23 @@ function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-async function readText(path: string): Promise<string> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) {
-      throw new TokenizerError(`Missing tokenizer file: ${path}`, { cause: err });
-    }
-    throw new TokenizerError(`Cannot read tokenizer file: ${path}: ${describe(err)}`, { cause: err });
-  }
+/** Reads a tokenizer file with its kind's size limit; undefined when it does not exist. */
+function readLimited(path: string, limit: number): Promise<string | undefined> {
+  return readTextFileLimited(
+    path,
+    limit,
+    (detail, cause) => new TokenizerError(`Cannot read tokenizer file: ${path}: ${detail}`, { cause }),
+  );
 }
 
-async function readOptionalText(path: string): Promise<string | undefined> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return undefined;
-    throw new TokenizerError(`Cannot read tokenizer file: ${path}: ${describe(err)}`, { cause: err });
-  }
+async function readText(path: string, limit: number): Promise<string> {
+  const text = await readLimited(path, limit);
+  if (text === undefined) throw new TokenizerError(`Missing tokenizer file: ${path}`);
+  return text;
 }
 
-async function readJsonObject(path: string): Promise<JsonObject> {
-  const text = await readText(path);
+async function readJsonObject(path: string, limit: number): Promise<JsonObject> {
+  const text = await readText(path, limit);
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -245,9 +241,9 @@ export class Tokenizer {
     const configPath = join(dir, "tokenizer_config.json");
     const jinjaPath = join(dir, "chat_template.jinja");
     const [tokenizerJson, config, jinja] = await Promise.all([
-      readJsonObject(tokenizerPath),
-      readJsonObject(configPath),
-      readOptionalText(jinjaPath),
+      readJsonObject(tokenizerPath, TEXT_FILE_LIMITS.tokenizer),
+      readJsonObject(configPath, TEXT_FILE_LIMITS.tokenizerConfig),
+      readLimited(jinjaPath, TEXT_FILE_LIMITS.chatTemplate),
     ]);
     for (const key of ["model", "added_tokens"] as const) {
       if (!(key in tokenizerJson)) {

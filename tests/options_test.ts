@@ -230,6 +230,21 @@ Deno.test("options: requests, sampling values, ids and budgets on a live engine 
     await bad({ ids: Array(513).fill(1) }, "Too many tokens: 513, the context holds 512");
     await bad({ prompt: 42 }, "Invalid prompt: expected a string");
     await bad({ messages: "hello" }, "Invalid messages");
+    await bad(
+      { messages: [{ role: "evil", content: "hi" }] },
+      'Invalid messages[0].role: "evil", expected one of system, developer, user, assistant, tool',
+    );
+    await bad(
+      { messages: [{ role: "user", content: "hi" }, { role: "user", content: 5 }] },
+      "Invalid messages[1].content: 5, expected a string",
+    );
+    await bad({ messages: ["hi"] }, "Invalid messages[0]: expected an object {role, content}");
+    await bad({ messages: [{ content: "hi" }] }, "Invalid messages[0].role: undefined");
+  });
+  await t.step("generate: an already aborted signal ends with one chunk, finishReason abort", async () => {
+    const chunks = [];
+    for await (const c of engine.generate({ ids, maxTokens: 4, signal: AbortSignal.abort() })) chunks.push(c);
+    assert.deepEqual(chunks, [{ ids: [], text: "", finishReason: "abort" }]);
   });
   await t.step("forward: bad ids", async () => {
     for (

@@ -8,7 +8,7 @@ import { OptionError } from "../errors.ts";
 import type { SamplingParams } from "../kernels/sample.ts";
 import { parseBudget } from "../moe/budget.ts";
 import { POLICIES } from "../moe/policies.ts";
-import type { Tokenizer } from "../text/tokenizer.ts";
+import { chatMessageFault, type Tokenizer } from "../text/tokenizer.ts";
 import type { EngineOptions, GenerateRequest } from "./types.ts";
 
 /** An integer in [1, max], or an OptionError naming the option. */
@@ -114,6 +114,10 @@ export function validateRequest(r: GenerateRequest): void {
   if (r.messages !== undefined && !Array.isArray(r.messages)) {
     throw new OptionError("Invalid messages: expected a list of {role, content} messages");
   }
+  r.messages?.forEach((m, i) => {
+    const fault = chatMessageFault(m, i);
+    if (fault) throw new OptionError(fault.message);
+  });
   if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) {
     throw new OptionError("Invalid signal: expected an AbortSignal");
   }

@@ -13,10 +13,41 @@ import { readTextFileLimited, TEXT_FILE_LIMITS } from "../checkpoint/text_file.t
 
 /** One turn of a conversation, as chat templates expect it. */
 export interface ChatMessage {
-  /** Who speaks: `system`, `user`, `assistant`, or whatever the template knows. */
+  /** Who speaks: one of {@link CHAT_ROLES}. */
   role: string;
-  /** What they say. */
+  /** What they say: plain text, whatever special tokens it spells (see {@link Tokenizer.encodeChat}). */
   content: string;
+}
+
+/** The roles of OpenAI's chat API; `developer` is its newer name for `system`. */
+export const CHAT_ROLES: readonly string[] = ["system", "developer", "user", "assistant", "tool"];
+
+/**
+ * What is wrong with `m` as message `i` of a conversation, or undefined when nothing is: a message is
+ * an object with a role of {@link CHAT_ROLES} and string content. `param` names the field at fault.
+ */
+export function chatMessageFault(m: unknown, i: number): { param: string; message: string } | undefined {
+  if (typeof m !== "object" || m === null || Array.isArray(m)) {
+    return { param: `messages[${i}]`, message: `Invalid messages[${i}]: expected an object {role, content}` };
+  }
+  const { role, content } = m as Record<string, unknown>;
+  if (typeof role !== "string" || !CHAT_ROLES.includes(role)) {
+    return {
+      param: `messages[${i}].role`,
+      message: `Invalid messages[${i}].role: ${
+        JSON.stringify(role)?.slice(0, 40) ?? String(role)
+      }, expected one of ${CHAT_ROLES.join(", ")}`,
+    };
+  }
+  if (typeof content !== "string") {
+    return {
+      param: `messages[${i}].content`,
+      message: `Invalid messages[${i}].content: ${
+        JSON.stringify(content)?.slice(0, 40) ?? String(content)
+      }, expected a string`,
+    };
+  }
+  return undefined;
 }
 
 /** Options of {@link Tokenizer.encode}. */

@@ -7,7 +7,9 @@
  */
 import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { Template } from "@huggingface/jinja";
+import { ChatTemplate, TemplateLimitError, type TemplateLimits } from "./chat_template.ts";
+
+export { TEMPLATE_LIMITS, type TemplateLimits } from "./chat_template.ts";
 import { TokenizerError } from "../errors.ts";
 import { readTextFileLimited, TEXT_FILE_LIMITS } from "../checkpoint/text_file.ts";
 
@@ -66,6 +68,8 @@ export interface DecodeOptions {
 export interface ChatTemplateOptions {
   /** Append the prompt that opens the assistant's turn; default false. */
   addGenerationPrompt?: boolean;
+  /** Bounds of the render (time, sizes); default {@link TEMPLATE_LIMITS}. */
+  limits?: TemplateLimits;
 }
 
 /** An incremental detokenizer: feed generated ids, get back the text they complete. */
@@ -91,6 +95,21 @@ type JsonObject = Record<string, unknown>;
 
 function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** UTF-8 bytes of `text`, without encoding it. */
+export function utf8Length(text: string): number {
+  let n = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c < 0xdc00 && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      n += 4; // a surrogate pair: one code point of four bytes
+      i++;
+    } else n += 3; // the rest of the BMP, and a lone surrogate (written as U+FFFD)
+  }
+  return n;
 }
 
 function describe(err: unknown): string {
@@ -188,11 +207,12 @@ export class Tokenizer {
   readonly eosTokenId: number | undefined;
 
   readonly #hf: HfTokenizer;
+  #maxTokenBytes: number | undefined;
   readonly #cleanUpSpaces: boolean;
   /** Special tokens handed to chat templates (`bos_token`, `eos_token`, …). */
   readonly #specialTokens: Record<string, string>;
   readonly #templateSource: TemplateSource | undefined;
-  #template: Template | undefined;
+  #template: ChatTemplate | undefined;
 
   private constructor(
     hf: HfTokenizer,
@@ -304,6 +324,21 @@ export class Tokenizer {
     return new Tokenizer(hf, config, configPath, templateSource);
   }
 
+  /**
+   * The longest token of the vocabulary in UTF-8 bytes of its vocabulary form (`Ġadministrative`: 16).
+   * That form is never shorter than the text the token stands for (a byte-level character or `▁` for
+   * one byte, `<0x41>` for one byte), so text of `n` bytes needs at least `n / maxTokenBytes` tokens,
+   * unless a normalizer shrinks it or an unknown token stands for a run of characters.
+   */
+  get maxTokenBytes(): number {
+    if (this.#maxTokenBytes === undefined) {
+      let max = 1;
+      for (const token of this.#hf.get_vocab(true).keys()) max = Math.max(max, utf8Length(token));
+      this.#maxTokenBytes = max;
+    }
+    return this.#maxTokenBytes;
+  }
+
   /** Whether a chat template was found. */
   get hasChatTemplate(): boolean {
     return this.#templateSource !== undefined;
@@ -355,7 +390,10 @@ export class Tokenizer {
    * Renders the chat template as transformers does: with `messages`, `add_generation_prompt` and the special
    * tokens of `tokenizer_config.json` (`bos_token`, `eos_token`, …).
    *
-   * @throws {TokenizerError} when there is no chat template, or it fails to parse or render
+   * The render is bounded in time and size ({@link TEMPLATE_LIMITS}): a template from an untrusted
+   * checkpoint cannot hang or exhaust memory.
+   *
+   * @throws {TokenizerError} when there is no chat template, or it fails to parse or render, or stops at a limit
    */
   applyChatTemplate(messages: ChatMessage[], options: ChatTemplateOptions = {}): string {
     const source = this.#templateSource;
@@ -366,7 +404,7 @@ export class Tokenizer {
     }
     if (this.#template === undefined) {
       try {
-        this.#template = new Template(source.source);
+        this.#template = new ChatTemplate(source.source);
       } catch (err) {
         throw new TokenizerError(`Malformed chat template: ${source.origin}: ${describe(err)}`, {
           cause: err,
@@ -378,8 +416,11 @@ export class Tokenizer {
         ...this.#specialTokens,
         messages: messages.map((m) => ({ ...m })),
         add_generation_prompt: options.addGenerationPrompt ?? false,
-      });
+      }, options.limits);
     } catch (err) {
+      if (err instanceof TemplateLimitError) {
+        throw new TokenizerError(`Chat template stopped: ${source.origin}: ${err.message}`, { cause: err });
+      }
       throw new TokenizerError(`Chat template failed to render: ${source.origin}: ${describe(err)}`, {
         cause: err,
       });

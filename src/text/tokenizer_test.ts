@@ -265,3 +265,61 @@ Deno.test("chat template: render errors are TokenizerErrors", async () => {
     });
   });
 });
+
+/** Templates that would hang or take gigabytes without the render's limits, and the limit each meets. */
+const HOSTILE_TEMPLATES: [string, string, RegExp][] = [
+  ["range(10**9)", "{% for i in range(1000000000) %}x{% endfor %}", /a number argument of 1000000000/],
+  [
+    "nested loops of 10^5 × 10^5",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    /rendering took longer than 1000 ms/,
+  ],
+  [
+    "a string doubled 64 times",
+    "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    /a string of 16777216 characters, the limit is 8388608/,
+  ],
+  [
+    "a list doubled 64 times",
+    "{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+    /a collection of 524288 items, the limit is 262144/,
+  ],
+  ["indent(10**9)", "{{ messages[0].content | indent(1000000000) }}", /a number argument of 1000000000/],
+  ["tojson(indent=10**9)", "{{ messages | tojson(indent=1000000000) }}", /a number argument of 1000000000/],
+];
+
+Deno.test("chat template: hostile templates stop at the render's limits, in bounded time", async () => {
+  const src = join(FIXTURES, "tokenizer-512");
+  const base = {
+    "tokenizer.json": await Deno.readTextFile(join(src, "tokenizer.json")),
+    "tokenizer_config.json": await Deno.readTextFile(join(src, "tokenizer_config.json")),
+  };
+  for (const [name, template, limit] of HOSTILE_TEMPLATES) {
+    await withFolder({ ...base, "chat_template.jinja": template }, async (dir) => {
+      const tok = await Tokenizer.load(dir);
+      const t0 = performance.now();
+      assert.throws(() => tok.applyChatTemplate([{ role: "user", content: "a\nb" }]), (err: unknown) => {
+        assert.ok(err instanceof TokenizerError, `${name}: ${err}`);
+        assert.match(err.message, /^Chat template stopped: .*chat_template\.jinja: /, name);
+        assert.match(err.message, limit, name);
+        return true;
+      });
+      // the deadline is 1 s; a loop's setup runs between two looks at the clock
+      const ms = performance.now() - t0;
+      assert.ok(ms < 5000, `${name}: ${ms} ms`);
+    });
+  }
+  // the limits are options; a real template fits far within them
+  await withFolder(
+    { ...base, "chat_template.jinja": "{% for m in messages %}{{ m.content }}{% endfor %}" },
+    async (dir) => {
+      const tok = await Tokenizer.load(dir);
+      const messages = [{ role: "user", content: "x".repeat(100) }];
+      assert.equal(tok.applyChatTemplate(messages), "x".repeat(100));
+      assert.throws(
+        () => tok.applyChatTemplate(messages, { limits: { milliseconds: 1000, characters: 99, items: 10 } }),
+        /Chat template stopped: .*a string of 100 characters, the limit is 99/,
+      );
+    },
+  );
+});

@@ -446,6 +446,26 @@ export const BAD_REQUESTS: BadRequest[] = [
     raw: JSON.stringify(chat({ pad: "x".repeat(2 << 20) })),
     status: 413,
   },
+  // CONTEXT 256 tokens × 72 bytes (4 × the longest token, 18 bytes): refused before it is tokenized
+  {
+    name: "prompt of more bytes than the context can hold",
+    path: COMPLETIONS,
+    body: completion({ prompt: "x ".repeat(10_000) }),
+    status: 400,
+    param: "prompt",
+    message:
+      /^Prompt too long: 20000 bytes of text, more than the 18432 that the context of 256 tokens can hold/,
+  },
+  {
+    name: "messages of more bytes than the context can hold",
+    path: CHAT,
+    body: chat({
+      messages: [{ role: "user", content: "x ".repeat(5000) }, { role: "user", content: "y".repeat(9000) }],
+    }),
+    status: 400,
+    param: "messages",
+    message: /^Prompt too long: 19000 bytes of text, more than the 18432/,
+  },
   { name: "GET on a POST route", method: "GET", path: CHAT, status: 405 },
   { name: "DELETE /v1/models", method: "DELETE", path: "/v1/models", status: 405 },
   { name: "POST /health", method: "POST", path: "/health", body: {}, status: 405 },

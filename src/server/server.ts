@@ -32,9 +32,11 @@
  * @module
  */
 import { basename } from "node:path";
-import type { Engine, EngineStats, FinishReason, GenerateChunk, GenerateRequest } from "../runtime/engine.ts";
+import type { Engine, EngineStats, FinishReason, GenerateChunk } from "../runtime/engine.ts";
 import { BudgetError, OptionError } from "../errors.ts";
-import { fromEngineError, HttpError, internal, unavailable } from "./errors.ts";
+import { badParam, fromEngineError, HttpError, internal, unavailable } from "./errors.ts";
+import { promptIds } from "../runtime/requests.ts";
+import { utf8Length } from "../text/tokenizer.ts";
 import { Metrics } from "./metrics.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
 import type {
@@ -120,6 +122,8 @@ export interface Server extends AsyncDisposable {
 const DEFAULT_MAX_QUEUE = 16;
 const DEFAULT_MAX_BODY = 1 << 20;
 const DEFAULT_MAX_TOKENS = 256;
+/** The least bytes of text a token is allowed to stand for when prompts are measured before tokenizing. */
+const MIN_BYTES_PER_TOKEN = 64;
 /** The engine's own cap on the default context length. */
 const ENGINE_DEFAULT_CONTEXT = 4096;
 
@@ -155,6 +159,8 @@ class ServerImpl implements Server {
   readonly #apiKey: Uint8Array | undefined;
   readonly #maxBody: number;
   readonly #defaultMaxTokens: number;
+  /** Longest prompt text, in UTF-8 bytes, checked before tokenizing. */
+  readonly #maxPromptBytes: number;
   readonly #onLog: ((entry: AccessLog) => void) | undefined;
   readonly #limits: Limits;
   readonly #created = Math.floor(Date.now() / 1000);
@@ -182,6 +188,10 @@ class ServerImpl implements Server {
     this.#queue = new RequestQueue(positive("maxQueue", o.maxQueue, 0) ?? DEFAULT_MAX_QUEUE);
     this.#maxBody = positive("maxBodyBytes", o.maxBodyBytes) ?? DEFAULT_MAX_BODY;
     this.#defaultMaxTokens = positive("defaultMaxTokens", o.defaultMaxTokens) ?? DEFAULT_MAX_TOKENS;
+    // Text of more bytes than this cannot fit the context: a token stands for at most maxTokenBytes
+    // bytes of text; four times that leaves room for a normalizer that shrinks text (NFKC: 3 to 1).
+    this.#maxPromptBytes = this.contextLength *
+      Math.max(MIN_BYTES_PER_TOKEN, 4 * engine.tokenizer.maxTokenBytes);
     if (o.apiKey !== undefined && o.apiKey === "") throw new OptionError("Invalid apiKey: empty");
     this.#apiKey = o.apiKey !== undefined ? new TextEncoder().encode(o.apiKey) : undefined;
     this.#onLog = o.onLog;
@@ -364,14 +374,27 @@ class ServerImpl implements Server {
     }
   }
 
-  /** Tokens of the prompt as the engine will see it (usage and the context check). */
-  #promptTokens(r: GenerateRequest): number {
-    const tok = this.#engine.tokenizer;
-    if (r.ids) return r.ids.length;
-    if (r.prompt !== undefined) return tok.encode(r.prompt).length;
-    // as the engine renders `messages`: the template writes its own special tokens
-    const text = tok.applyChatTemplate(r.messages!, { addGenerationPrompt: true });
-    return tok.encode(text, { addSpecialTokens: false }).length;
+  /**
+   * The prompt's token ids, as the engine would make them, made once here for the context check and
+   * usage. Text that cannot fit the context is refused by its length before it is tokenized: that
+   * takes ~1.4 s a MB on the event loop, during which every other request and stream waits.
+   */
+  #promptIds(job: Job): number[] {
+    const r = job.request;
+    if (r.ids) return [...r.ids];
+    const bytes = r.prompt !== undefined
+      ? utf8Length(r.prompt)
+      : r.messages!.reduce((n, m) => n + utf8Length(m.content), 0);
+    if (bytes > this.#maxPromptBytes) {
+      throw badParam(
+        job.kind === "chat" ? "messages" : "prompt",
+        `Prompt too long: ${bytes} bytes of text, more than the ${this.#maxPromptBytes} that the context of ${this.contextLength} tokens can hold (at most ${
+          this.#maxPromptBytes / this.contextLength
+        } bytes a token for this tokenizer)`,
+        "context_length_exceeded",
+      );
+    }
+    return promptIds(this.#engine.tokenizer, r);
   }
 
   async #generate(request: Request, arrived: number, path: string, kind: Job["kind"]): Promise<Response> {
@@ -382,11 +405,15 @@ class ServerImpl implements Server {
     const ac = new AbortController();
     let chunks: AsyncGenerator<GenerateChunk>;
     let promptTokens: number;
+    // a macrotask boundary: requests that arrived together tokenize one at a time with I/O between them
+    await new Promise((r) => setTimeout(r, 0));
     try {
-      promptTokens = this.#promptTokens(job.request);
+      const ids = this.#promptIds(job);
+      promptTokens = ids.length;
       const maxTokens = fitContext(job, promptTokens, this.contextLength, this.#defaultMaxTokens);
+      const { prompt: _, messages: __, ...rest } = job.request;
       // checks the request now; the engine is taken only when the generator first runs
-      chunks = this.#engine.generate({ ...job.request, maxTokens, signal: ac.signal });
+      chunks = this.#engine.generate({ ...rest, ids, maxTokens, signal: ac.signal });
     } catch (e) {
       throw fromEngineError(e);
     }

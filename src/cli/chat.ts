@@ -62,8 +62,7 @@ async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string
 
 /** Tokens of the conversation as the engine will see it (template with the generation prompt). */
 function promptTokens(engine: Engine, messages: ChatMessage[]): number {
-  const text = engine.tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
-  return engine.tokenizer.encode(text, { addSpecialTokens: false }).length;
+  return engine.tokenizer.encodeChat(messages, { addGenerationPrompt: true }).length;
 }
 
 /** Drops the oldest turns after the system messages until the prompt leaves `room` tokens free. */

@@ -166,9 +166,8 @@ export function promptIds(tokenizer: Tokenizer, r: GenerateRequest): number[] {
     if (typeof r.prompt !== "string") throw new OptionError("Invalid prompt: expected a string");
     return tokenizer.encode(r.prompt);
   }
-  const text = tokenizer.applyChatTemplate(r.messages!, { addGenerationPrompt: true });
-  // the template writes its own special tokens
-  return tokenizer.encode(text, { addSpecialTokens: false });
+  // the template writes its own special tokens; those typed into messages are text
+  return tokenizer.encodeChat(r.messages!, { addGenerationPrompt: true });
 }
 
 /** A request's sampler settings, token limit and stop strings, validated; `eos` end generation. */

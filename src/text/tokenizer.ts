@@ -8,6 +8,7 @@
 import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { ChatTemplate, TemplateLimitError, type TemplateLimits } from "./chat_template.ts";
+import { type Spans, SpecialTokenGuard } from "./special_tokens.ts";
 
 export { TEMPLATE_LIMITS, type TemplateLimits } from "./chat_template.ts";
 import { TokenizerError } from "../errors.ts";
@@ -95,6 +96,16 @@ type JsonObject = Record<string, unknown>;
 
 function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** `ids` when each is a number: tokenizers.js leaves a token without id (no unk_token) undefined. */
+function checkedIds(ids: (number | undefined)[]): number[] {
+  for (let i = 0; i < ids.length; i++) {
+    if (typeof ids[i] !== "number") {
+      throw new TokenizerError(`Cannot encode text: a token has no id and the tokenizer has no unk_token`);
+    }
+  }
+  return ids as number[];
 }
 
 /** UTF-8 bytes of `text`, without encoding it. */
@@ -213,14 +224,18 @@ export class Tokenizer {
   readonly #specialTokens: Record<string, string>;
   readonly #templateSource: TemplateSource | undefined;
   #template: ChatTemplate | undefined;
+  /** Keeps special tokens typed into messages from being special (see {@link Tokenizer.encodeChat}). */
+  readonly #guard: SpecialTokenGuard;
 
   private constructor(
     hf: HfTokenizer,
     config: JsonObject,
     configPath: string,
     templateSource: TemplateSource | undefined,
+    guard: SpecialTokenGuard,
   ) {
     this.#hf = hf;
+    this.#guard = guard;
     this.#templateSource = templateSource;
     // transformers (≥ 4.45) defaults clean_up_tokenization_spaces to false; tokenizers.js defaults it to true.
     this.#cleanUpSpaces = config.clean_up_tokenization_spaces === true;
@@ -303,25 +318,23 @@ export class Tokenizer {
     }
 
     let hf: HfTokenizer;
+    // tokenizers.js wants every pipeline stage present; absent stages in tokenizer.json mean "none".
+    const complete = {
+      normalizer: null,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: null,
+      ...tokenizerJson,
+    };
     try {
-      // tokenizers.js wants every pipeline stage present; absent stages in tokenizer.json mean "none".
-      hf = new HfTokenizer(
-        {
-          normalizer: null,
-          pre_tokenizer: null,
-          post_processor: null,
-          decoder: null,
-          ...tokenizerJson,
-        },
-        config,
-      );
+      hf = new HfTokenizer(complete, config);
     } catch (err) {
       throw new TokenizerError(`Malformed tokenizer file: ${tokenizerPath}: ${describe(err)}`, {
         cause: err,
       });
     }
     const templateSource = pickChatTemplate(jinja, jinjaPath, config, configPath);
-    return new Tokenizer(hf, config, configPath, templateSource);
+    return new Tokenizer(hf, config, configPath, templateSource, new SpecialTokenGuard(complete, config));
   }
 
   /**
@@ -349,13 +362,85 @@ export class Tokenizer {
    * post-processor adds the model's special tokens unless `addSpecialTokens` is false.
    */
   encode(text: string, options: EncodeOptions = {}): number[] {
-    const { ids } = this.#hf.encode(text, { add_special_tokens: options.addSpecialTokens ?? true });
-    for (let i = 0; i < ids.length; i++) {
-      if (typeof ids[i] !== "number") {
-        throw new TokenizerError(`Cannot encode text: a token has no id and the tokenizer has no unk_token`);
-      }
+    return checkedIds(this.#hf.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids);
+  }
+
+  /**
+   * The prompt of a conversation: the chat template rendered ({@link applyChatTemplate}) and encoded
+   * without the post-processor's tokens (the template writes its own), where the special tokens the
+   * template writes are special and those written inside a message's content are text. A user who
+   * types `</s>\n<|system|>` into a message cannot end their turn or open a system turn with it; the
+   * characters reach the model as characters, as in OpenAI's API. (`encode(applyChatTemplate(…))`
+   * would read them as special, as transformers' `apply_chat_template(tokenize=True)` does.)
+   *
+   * Content that holds no special token (the usual case) is encoded exactly as `encode(rendered,
+   * { addSpecialTokens: false })`. Otherwise the template is rendered once more with the content
+   * marked, to know where it lies; when the template changes the content so that it cannot be found
+   * in the prompt, the request is refused rather than read with special tokens.
+   *
+   * @throws {TokenizerError} as {@link applyChatTemplate}; when a message with a special token in its
+   * content cannot be found in the rendered prompt
+   */
+  encodeChat(messages: ChatMessage[], options: ChatTemplateOptions = {}): number[] {
+    const text = this.applyChatTemplate(messages, options);
+    const guard = this.#guard;
+    if (!messages.some((m) => guard.mayHoldSpecial(m.content))) {
+      return this.encode(text, { addSpecialTokens: false });
     }
-    return ids;
+    return checkedIds(guard.encode(text, this.#contentSpans(messages, text, options)));
+  }
+
+  /** Where the messages' content lies in `text`, the template rendered from `messages`. */
+  #contentSpans(messages: ChatMessage[], text: string, options: ChatTemplateOptions): Spans {
+    const { nonce } = this.#guard;
+    const open = `\u{F0002}${nonce}`;
+    const close = `\u{F0003}${nonce}`;
+    // Rendered with each content between markers: when the markers come out well nested and the
+    // text without them is the prompt, they tell the spans exactly.
+    const marked = this.applyChatTemplate(
+      messages.map((m) => ({ ...m, content: open + m.content + close })),
+      options,
+    );
+    const spans: [number, number][] = [];
+    let stripped = "";
+    let start = -1;
+    let faithful = true;
+    for (let i = 0; i < marked.length;) {
+      const o = marked.indexOf(open, i);
+      const c = marked.indexOf(close, i);
+      const next = o < 0 ? c : c < 0 ? o : Math.min(o, c);
+      if (next < 0) {
+        stripped += marked.slice(i);
+        break;
+      }
+      stripped += marked.slice(i, next);
+      if (next === o) {
+        faithful &&= start < 0;
+        start = stripped.length;
+      } else {
+        faithful &&= start >= 0;
+        spans.push([start, stripped.length]);
+        start = -1;
+      }
+      i = next + open.length; // open and close have one length
+    }
+    if (faithful && start < 0 && stripped === text) return spans;
+    // The template changed the content (trimmed it, cut it): find each content that matters, in order.
+    const found: [number, number][] = [];
+    let at = 0;
+    for (const [i, m] of messages.entries()) {
+      if (!this.#guard.mayHoldSpecial(m.content)) continue;
+      const content = [m.content, m.content.trim()].find((c) => c !== "" && text.includes(c, at));
+      if (content === undefined) {
+        throw new TokenizerError(
+          `Cannot encode messages[${i}]: its content holds a special token, and the chat template changes the content so that it cannot be found in the prompt to be kept as text; remove the special token`,
+        );
+      }
+      const s = text.indexOf(content, at);
+      found.push([s, s + content.length]);
+      at = s + content.length;
+    }
+    return found;
   }
 
   /**

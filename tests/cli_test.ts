@@ -166,6 +166,30 @@ Deno.test("chat: replies to each line, keeps going through /stats and /reset, st
   assert.equal(lines.filter((l) => l.startsWith("prefill")).length, 1);
 });
 
+Deno.test("chat: a chat template that fails or stops at its limits ends the chat with exit code 2", async () => {
+  const from = new URL("../models/sotu-moe-mini/", import.meta.url).pathname;
+  for (
+    const [template, message] of [
+      ["{{ raise_exception('No chat here') }}", /^error: Chat template failed to render: .*No chat here/],
+      ["{% for i in range(1000000000) %}x{% endfor %}", /^error: Chat template stopped: .*a number argument/],
+    ]
+  ) {
+    const dir = await Deno.makeTempDir({ prefix: "swapmoe-chat-" });
+    try {
+      for await (const e of Deno.readDir(from)) {
+        if (e.isFile) await Deno.copyFile(from + e.name, `${dir}/${e.name}`);
+      }
+      await Deno.writeTextFile(`${dir}/chat_template.jinja`, template as string);
+      const r = await cli(["chat", "--model", dir, "--max-tokens", "2"], "Hello\nAgain\n");
+      assert.equal(r.code, 2, `exit code 2 expected; stderr:\n${r.stderr}`);
+      assert.match(r.stderr.trim(), message as RegExp);
+      assert.doesNotMatch(r.stderr, /^\s+at /m, "no stack frames");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+});
+
 Deno.test("--help: main.ts lists the commands, each command shows its usage", async () => {
   const top = await cli(["--help"]);
   assertOk(top);

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { type ChatMessage, type Engine, OptionError, TokenizerError } from "../../mod.ts";
+import { type ChatMessage, type Engine, OptionError } from "../../mod.ts";
 import { type Command, UsageError } from "./command.ts";
 import {
   contextLengthOf,
@@ -62,8 +62,7 @@ async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string
 
 /** Tokens of the conversation as the engine will see it (template with the generation prompt). */
 function promptTokens(engine: Engine, messages: ChatMessage[]): number {
-  const text = engine.tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
-  return engine.tokenizer.encode(text, { addSpecialTokens: false }).length;
+  return engine.tokenizer.encodeChat(messages, { addGenerationPrompt: true }).length;
 }
 
 /** Drops the oldest turns after the system messages until the prompt leaves `room` tokens free. */
@@ -144,7 +143,8 @@ export const command: Command = {
 
 /**
  * Streams the reply to `messages`; returns the history with the reply, or `undefined` (history
- * unchanged) when the request failed on its input. Ctrl-C stops the reply where it is.
+ * unchanged) when the turn does not fit the context. A template error ends the chat (exit code 2).
+ * Ctrl-C stops the reply where it is.
  */
 async function answer(
   engine: Engine,
@@ -161,8 +161,9 @@ async function answer(
       reply += chunk.text;
     }
   } catch (e) {
-    // a turn too long for the context, a template that fails on it: say so and carry on
-    if (!(e instanceof OptionError || e instanceof TokenizerError)) throw e;
+    // a turn too long for the context: say so and carry on; a template that fails (or stops at its
+    // limits) fails every turn after it too, and ends the chat with an error
+    if (!(e instanceof OptionError)) throw e;
     console.error(`\nerror: ${e.message}`);
     return undefined;
   } finally {

@@ -33,8 +33,9 @@ const UNITS: Record<string, number> = {
   tib: 2 ** 40,
 };
 
-const FORMS =
-  `bytes, a size such as "512MiB", "2GiB" or "1.5GB", a percentage such as "50%", or experts per layer such as "8/16"`;
+/** The forms a budget takes, for messages. */
+export const BUDGET_FORMS =
+  `a whole number of bytes (at most 2^53 - 1), a size such as "512MiB", "2GiB" or "1.5GB", a percentage such as "50%", or experts per layer such as "8/16"`;
 
 /** What a budget's relative forms refer to. */
 export interface BudgetBasis {
@@ -53,12 +54,12 @@ export function parseBudget(budget: Budget, basis: number | BudgetBasis): number
   const b: BudgetBasis = typeof basis === "number" ? { fullBytes: basis } : basis;
   if (typeof budget === "number") {
     if (!Number.isSafeInteger(budget) || budget <= 0) {
-      throw new OptionError(`Invalid budget: ${budget}, expected a whole positive number of bytes`);
+      throw new OptionError(`Invalid budget: ${budget}, expected ${BUDGET_FORMS}`);
     }
     return budget;
   }
   if (typeof budget !== "string") {
-    throw new OptionError(`Invalid budget: ${JSON.stringify(budget)}, expected ${FORMS}`);
+    throw new OptionError(`Invalid budget: ${JSON.stringify(budget)}, expected ${BUDGET_FORMS}`);
   }
   const s = budget.trim().toLowerCase();
   const pct = /^(\d+(?:\.\d+)?)\s*%$/.exec(s);
@@ -85,7 +86,7 @@ export function parseBudget(budget: Budget, basis: number | BudgetBasis): number
     return b.experts ? b.experts.bytesFor(n) : 1;
   }
   const bytes = sizeBytes(s);
-  if (bytes === undefined) throw new OptionError(`Invalid budget: "${budget}", expected ${FORMS}`);
+  if (bytes === undefined) throw new OptionError(`Invalid budget: "${budget}", expected ${BUDGET_FORMS}`);
   return bytes;
 }
 

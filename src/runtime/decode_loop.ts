@@ -41,7 +41,10 @@ export interface DecodeLoopOptions {
   onDecoded(tokens: number, seconds: number): void;
 }
 
-/** Streams the generated tokens as chunks; the last chunk carries `finishReason`. */
+/**
+ * Streams the generated tokens as chunks; the last chunk carries `finishReason`, also when `signal`
+ * was aborted before anything was generated (one empty chunk with `"abort"`).
+ */
 export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<GenerateChunk> {
   const { device } = o;
   const decoder = o.tokenizer.createStreamDecoder();
@@ -123,6 +126,8 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
       if (finish) chunk.finishReason = finish;
       yield chunk;
     }
+    // nothing was left to read because the signal stopped the encoding (before the first batch, too)
+    if (!finish) yield { ids: [], text: text.slice(emitted), finishReason: "abort" };
   } finally {
     // a consumer that stops early leaves readbacks in flight: settle them before the next request
     for (const b of inflight) {

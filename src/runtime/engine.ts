@@ -478,14 +478,15 @@ class MoeEngine implements Engine {
     // what the decoder's prefill reads: the prompt, or after an encoder the decoder start token
     let rows = prompt;
     if (this.encoderDecoder) {
-      await this.#encode(prompt);
+      if (!signal?.aborted) await this.#encode(prompt);
       rows = [this.#arch.decoderStartTokenId!];
     }
     // prompt and new tokens share a decoder-only model's context; a decoder's own holds ctxLen new tokens
     const tokenAllowance = Math.min(maxTokens, this.encoderDecoder ? ctxLen : ctxLen - prompt.length);
     this.#pump();
     const maxRows = this.#shape.maxRows;
-    for (let start = 0; start < rows.length; start += maxRows) {
+    // a request cancelled before or during its prefill stops between chunks: the loop then ends it
+    for (let start = 0; start < rows.length && !signal?.aborted; start += maxRows) {
       const t = Math.min(maxRows, rows.length - start);
       const last = start + t === rows.length;
       queue.writeBuffer(io.ids, 0, new Uint32Array(rows.slice(start, start + t)));

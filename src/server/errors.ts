@@ -80,10 +80,10 @@ export function unavailable(message = "The server is shutting down"): HttpError 
 export function fromEngineError(e: unknown): HttpError {
   if (e instanceof HttpError) return e;
   if (e instanceof OptionError || e instanceof TokenizerError) {
-    return new HttpError(400, e.message, { code: "invalid_value", cause: e });
+    return new HttpError(400, withoutPaths(e.message), { code: "invalid_value", cause: e });
   }
   if (e instanceof BudgetError) {
-    return new HttpError(400, e.message, { param: "budget", code: "budget_too_small" });
+    return new HttpError(400, withoutPaths(e.message), { param: "budget", code: "budget_too_small" });
   }
   if (e instanceof EngineClosedError) return unavailable(e.message);
   return internal(e);
@@ -96,5 +96,14 @@ export function internal(e: unknown): HttpError {
   const message = e instanceof SwapMoeError
     ? `${e.name}: ${e.message}`
     : `Internal server error: ${e instanceof Error ? e.message : String(e)}`;
-  return new HttpError(500, message, { code: "internal_error", cause: e });
+  return new HttpError(500, withoutPaths(message), { code: "internal_error", cause: e });
+}
+
+/**
+ * `message` with every absolute path cut to its last component: an engine error names the file at
+ * fault (`/srv/models/x/chat_template.jinja`), and a client may learn the file, not where the server
+ * keeps its models (`chat_template.jinja`).
+ */
+export function withoutPaths(message: string): string {
+  return message.replace(/(^|[\s("'`=:])\/(?:[^\s/"'`()]+\/)+([^\s/"'`()]*)/g, "$1$2");
 }

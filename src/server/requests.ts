@@ -8,7 +8,8 @@
  * @module
  */
 import type { GenerateRequest } from "../runtime/engine.ts";
-import type { ChatMessage } from "../text/tokenizer.ts";
+import { BUDGET_FORMS, parseBudget } from "../moe/budget.ts";
+import { type ChatMessage, chatMessageFault } from "../text/tokenizer.ts";
 import { badParam, HttpError } from "./errors.ts";
 
 /** A checked generation request: what the engine is asked, and how to answer. */
@@ -36,8 +37,6 @@ export interface Limits {
 
 type Body = Record<string, unknown>;
 
-/** OpenAI's roles that a plain chat template renders; `developer` is OpenAI's newer name for `system`. */
-const ROLES = new Set(["system", "developer", "user", "assistant"]);
 /** Most stop sequences per request, as OpenAI's API. */
 const MAX_STOPS = 4;
 
@@ -223,13 +222,9 @@ function parseMessages(v: unknown): ChatMessage[] {
     if (!isObject(m)) throw wrongType(`messages[${i}]`, m, "an object {role, content}");
     const role = m.role;
     if (typeof role !== "string") throw wrongType(`messages[${i}].role`, role, "a role string");
-    if (!ROLES.has(role)) {
-      throw badParam(
-        `messages[${i}].role`,
-        `Unsupported role: ${show(role)}, expected one of ${[...ROLES].join(", ")}`,
-        "unsupported_value",
-      );
-    }
+    // the library's rule for roles (content parts become its string content below)
+    const fault = chatMessageFault({ role, content: "" }, i);
+    if (fault) throw badParam(fault.param, fault.message, "unsupported_value");
     return { role: role === "developer" ? "system" : role, content: messageContent(m.content, role, i) };
   });
 }
@@ -324,4 +319,26 @@ export function fitContext(
     );
   }
   return job.maxTokens;
+}
+
+/**
+ * Checks the `budget` of `PUT /v1/engine/budget` before it reaches the engine: a number or a string
+ * the engine's budget parser accepts (whole bytes up to 2^53 − 1, a size, a share, experts per layer);
+ * `fullBytes` is the all-resident footprint a percentage refers to.
+ */
+export function checkBudget(budget: unknown, fullBytes: number): asserts budget is number | string {
+  if (typeof budget !== "string" && typeof budget !== "number") {
+    throw badParam(
+      "budget",
+      budget === undefined
+        ? `Missing budget: expected {"budget": ...} with ${BUDGET_FORMS}`
+        : `Invalid budget: ${show(budget)}, expected ${BUDGET_FORMS}`,
+      budget === undefined ? "missing_required_parameter" : "invalid_type",
+    );
+  }
+  try {
+    parseBudget(budget, fullBytes);
+  } catch (e) {
+    throw badParam("budget", (e as Error).message);
+  }
 }

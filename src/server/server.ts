@@ -32,9 +32,11 @@
  * @module
  */
 import { basename } from "node:path";
-import type { Engine, EngineStats, FinishReason, GenerateChunk, GenerateRequest } from "../runtime/engine.ts";
+import type { Engine, EngineStats, FinishReason, GenerateChunk } from "../runtime/engine.ts";
 import { BudgetError, OptionError } from "../errors.ts";
-import { fromEngineError, HttpError, internal, unavailable } from "./errors.ts";
+import { badParam, fromEngineError, HttpError, internal, unavailable } from "./errors.ts";
+import { promptIds } from "../runtime/requests.ts";
+import { utf8Length } from "../text/tokenizer.ts";
 import { Metrics } from "./metrics.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
 import type {
@@ -47,7 +49,14 @@ import type {
   OpenAiFinishReason,
   Usage,
 } from "./openai_types.ts";
-import { fitContext, type Job, type Limits, parseChatRequest, parseCompletionRequest } from "./requests.ts";
+import {
+  checkBudget,
+  fitContext,
+  type Job,
+  type Limits,
+  parseChatRequest,
+  parseCompletionRequest,
+} from "./requests.ts";
 import { type Release, RequestQueue } from "./queue.ts";
 
 /** Options of {@link createServer}. */
@@ -113,6 +122,8 @@ export interface Server extends AsyncDisposable {
 const DEFAULT_MAX_QUEUE = 16;
 const DEFAULT_MAX_BODY = 1 << 20;
 const DEFAULT_MAX_TOKENS = 256;
+/** The least bytes of text a token is allowed to stand for when prompts are measured before tokenizing. */
+const MIN_BYTES_PER_TOKEN = 64;
 /** The engine's own cap on the default context length. */
 const ENGINE_DEFAULT_CONTEXT = 4096;
 
@@ -148,6 +159,8 @@ class ServerImpl implements Server {
   readonly #apiKey: Uint8Array | undefined;
   readonly #maxBody: number;
   readonly #defaultMaxTokens: number;
+  /** Longest prompt text, in UTF-8 bytes, checked before tokenizing. */
+  readonly #maxPromptBytes: number;
   readonly #onLog: ((entry: AccessLog) => void) | undefined;
   readonly #limits: Limits;
   readonly #created = Math.floor(Date.now() / 1000);
@@ -175,6 +188,10 @@ class ServerImpl implements Server {
     this.#queue = new RequestQueue(positive("maxQueue", o.maxQueue, 0) ?? DEFAULT_MAX_QUEUE);
     this.#maxBody = positive("maxBodyBytes", o.maxBodyBytes) ?? DEFAULT_MAX_BODY;
     this.#defaultMaxTokens = positive("defaultMaxTokens", o.defaultMaxTokens) ?? DEFAULT_MAX_TOKENS;
+    // Text of more bytes than this cannot fit the context: a token stands for at most maxTokenBytes
+    // bytes of text; four times that leaves room for a normalizer that shrinks text (NFKC: 3 to 1).
+    this.#maxPromptBytes = this.contextLength *
+      Math.max(MIN_BYTES_PER_TOKEN, 4 * engine.tokenizer.maxTokenBytes);
     if (o.apiKey !== undefined && o.apiKey === "") throw new OptionError("Invalid apiKey: empty");
     this.#apiKey = o.apiKey !== undefined ? new TextEncoder().encode(o.apiKey) : undefined;
     this.#onLog = o.onLog;
@@ -221,6 +238,8 @@ class ServerImpl implements Server {
         ? "/v1/models/*"
         : "other";
       route = this.#routes[key];
+      // the key before anything else: without it a client learns nothing, not even which routes exist
+      if (!route?.open) this.#authorise(request);
       if (!route) throw new HttpError(404, `Unknown route: ${request.method} ${path}`, { code: "not_found" });
       // own keys only: a method named "constructor" must not find Object's
       const method = request.method === "HEAD" ? "GET" : request.method; // Deno.serve drops HEAD bodies
@@ -232,7 +251,6 @@ class ServerImpl implements Server {
           headers: { allow },
         });
       }
-      if (!route.open) this.#authorise(request);
       if (this.#closing) throw unavailable();
       response = await handle(request, arrived, path);
       if (route.countsItself) return response;
@@ -344,17 +362,8 @@ class ServerImpl implements Server {
     const budget = typeof json === "object" && json !== null
       ? (json as Record<string, unknown>).budget
       : undefined;
-    if (typeof budget !== "string" && typeof budget !== "number") {
-      throw new HttpError(
-        400,
-        'Invalid budget: expected {"budget": bytes} or {"budget": "50%" | "512MiB" | "2GiB"}',
-        {
-          param: "budget",
-          code: budget === undefined ? "missing_required_parameter" : "invalid_type",
-        },
-      );
-    }
     try {
+      checkBudget(budget, this.#engine.stats().fullBytes);
       return Response.json(budgetReport(await this.#engine.setBudget(budget)));
     } catch (e) {
       if (e instanceof OptionError) {
@@ -365,14 +374,27 @@ class ServerImpl implements Server {
     }
   }
 
-  /** Tokens of the prompt as the engine will see it (usage and the context check). */
-  #promptTokens(r: GenerateRequest): number {
-    const tok = this.#engine.tokenizer;
-    if (r.ids) return r.ids.length;
-    if (r.prompt !== undefined) return tok.encode(r.prompt).length;
-    // as the engine renders `messages`: the template writes its own special tokens
-    const text = tok.applyChatTemplate(r.messages!, { addGenerationPrompt: true });
-    return tok.encode(text, { addSpecialTokens: false }).length;
+  /**
+   * The prompt's token ids, as the engine would make them, made once here for the context check and
+   * usage. Text that cannot fit the context is refused by its length before it is tokenized: that
+   * takes ~1.4 s a MB on the event loop, during which every other request and stream waits.
+   */
+  #promptIds(job: Job): number[] {
+    const r = job.request;
+    if (r.ids) return [...r.ids];
+    const bytes = r.prompt !== undefined
+      ? utf8Length(r.prompt)
+      : r.messages!.reduce((n, m) => n + utf8Length(m.content), 0);
+    if (bytes > this.#maxPromptBytes) {
+      throw badParam(
+        job.kind === "chat" ? "messages" : "prompt",
+        `Prompt too long: ${bytes} bytes of text, more than the ${this.#maxPromptBytes} that the context of ${this.contextLength} tokens can hold (at most ${
+          this.#maxPromptBytes / this.contextLength
+        } bytes a token for this tokenizer)`,
+        "context_length_exceeded",
+      );
+    }
+    return promptIds(this.#engine.tokenizer, r);
   }
 
   async #generate(request: Request, arrived: number, path: string, kind: Job["kind"]): Promise<Response> {
@@ -383,11 +405,15 @@ class ServerImpl implements Server {
     const ac = new AbortController();
     let chunks: AsyncGenerator<GenerateChunk>;
     let promptTokens: number;
+    // a macrotask boundary: requests that arrived together tokenize one at a time with I/O between them
+    await new Promise((r) => setTimeout(r, 0));
     try {
-      promptTokens = this.#promptTokens(job.request);
+      const ids = this.#promptIds(job);
+      promptTokens = ids.length;
       const maxTokens = fitContext(job, promptTokens, this.contextLength, this.#defaultMaxTokens);
+      const { prompt: _, messages: __, ...rest } = job.request;
       // checks the request now; the engine is taken only when the generator first runs
-      chunks = this.#engine.generate({ ...job.request, maxTokens, signal: ac.signal });
+      chunks = this.#engine.generate({ ...rest, ids, maxTokens, signal: ac.signal });
     } catch (e) {
       throw fromEngineError(e);
     }
@@ -427,50 +453,111 @@ class ServerImpl implements Server {
       });
       finished();
     };
-    if (job.stream) return this.#streamed(gen, done);
-    let text = "";
-    try {
-      const out = await this.#run(gen, (t) => text += t);
-      if (out.finish === "abort") {
-        const response = abortedResponse(ac.signal.reason);
-        done(response.status, out.tokens);
-        return response;
-      }
-      const usage = usageOf(promptTokens, out.tokens);
-      const body: ChatCompletion | Completion = kind === "chat"
-        ? {
-          id: gen.id,
-          object: "chat.completion",
-          created: gen.created,
-          model: this.modelId,
-          choices: [{
-            index: 0,
-            message: { role: "assistant", content: text, refusal: null },
-            logprobs: null,
-            finish_reason: out.finish,
-          }],
-          usage,
-        }
-        : {
-          id: gen.id,
-          object: "text_completion",
-          created: gen.created,
-          model: this.modelId,
-          choices: [{ index: 0, text, logprobs: null, finish_reason: out.finish }],
-          usage,
+    return job.stream ? this.#streamed(gen, done) : this.#whole(gen, done);
+  }
+
+  /**
+   * The answer to an admitted generation: status 200 and the headers at once, the body as `produce`
+   * writes it; `produce` resolves to the status and token count for the log and metrics.
+   *
+   * The head goes out before the generation runs, also for a non-streamed answer, because only then
+   * does Deno's HTTP server (hyper) notice a client that closes its connection: while no response
+   * has begun, it sees the close only if the whole request arrived in the same read as its headers,
+   * which a body of more than a few hundred bytes (Deno's fetch writes the body apart from the head;
+   * a large body spans TCP segments anyway) does not. A client that leaves cancels the body stream,
+   * which aborts the generation, waiting or running. The cost: an error after this point (the server
+   * closing, a GPU failure) reaches the client in the body with status 200, as in a stream.
+   */
+  #respond(
+    gen: Generation,
+    done: (status: number, completionTokens: number) => void,
+    contentType: string,
+    produce: (write: (text: string) => void) => Promise<{ status: number; tokens: number }>,
+  ): Response {
+    const encoder = new TextEncoder();
+    let open = true;
+    const body = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        const write = (text: string) => {
+          if (!open) return;
+          try {
+            controller.enqueue(encoder.encode(text));
+          } catch {
+            open = false; // the client went away between our check and the write
+          }
         };
-      done(200, out.tokens);
-      return Response.json(body);
-    } catch (e) {
-      const err = internal(e);
-      done(err.status, 0);
-      return err.response();
-    }
+        (async () => {
+          let status = 200;
+          let tokens = 0;
+          try {
+            ({ status, tokens } = await produce(write));
+          } finally {
+            if (open) {
+              open = false;
+              try {
+                controller.close();
+              } catch { /* cancelled meanwhile */ }
+            }
+            done(status, tokens);
+          }
+        })();
+      },
+      cancel: () => {
+        open = false;
+        gen.ac.abort(new ClientGone());
+      },
+    });
+    return new Response(body, { headers: { "content-type": contentType, "cache-control": "no-cache" } });
+  }
+
+  /** The whole answer as one JSON object (a completion, or an error object when it failed). */
+  #whole(gen: Generation, done: (status: number, completionTokens: number) => void): Response {
+    const { job } = gen;
+    return this.#respond(gen, done, "application/json", async (write) => {
+      let text = "";
+      try {
+        const out = await this.#run(gen, (t) => text += t);
+        if (out.finish === "abort") {
+          const reason = gen.ac.signal.reason;
+          if (!(reason instanceof HttpError)) return { status: 499, tokens: out.tokens };
+          write(JSON.stringify(reason.body()));
+          return { status: reason.status, tokens: out.tokens };
+        }
+        const usage = usageOf(gen.promptTokens, out.tokens);
+        const body: ChatCompletion | Completion = job.kind === "chat"
+          ? {
+            id: gen.id,
+            object: "chat.completion",
+            created: gen.created,
+            model: this.modelId,
+            choices: [{
+              index: 0,
+              message: { role: "assistant", content: text, refusal: null },
+              logprobs: null,
+              finish_reason: out.finish,
+            }],
+            usage,
+          }
+          : {
+            id: gen.id,
+            object: "text_completion",
+            created: gen.created,
+            model: this.modelId,
+            choices: [{ index: 0, text, logprobs: null, finish_reason: out.finish }],
+            usage,
+          };
+        write(JSON.stringify(body));
+        return { status: 200, tokens: out.tokens };
+      } catch (e) {
+        const err = internal(e);
+        write(JSON.stringify(err.body()));
+        return { status: err.status, tokens: 0 };
+      }
+    });
   }
 
   /** Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. */
   #streamed(gen: Generation, done: (status: number, completionTokens: number) => void): Response {
-    const encoder = new TextEncoder();
     const { job, id, created } = gen;
     const model = this.modelId;
     const withUsage = job.includeUsage ? { usage: null } : {};
@@ -497,65 +584,31 @@ class ServerImpl implements Server {
           choices: [{ index: 0, text: text ?? "", logprobs: null, finish_reason: finish }],
           ...withUsage,
         } satisfies Completion;
-    let open = true;
-    const body = new ReadableStream<Uint8Array>({
-      start: (controller) => {
-        const send = (data: unknown) => {
-          if (!open) return;
-          try {
-            controller.enqueue(
-              encoder.encode(`data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`),
-            );
-          } catch {
-            open = false; // the client went away between our check and the write
-          }
-        };
-        (async () => {
-          let status = 200;
-          let tokens = 0;
-          try {
-            const out = await this.#run(gen, (text) => send(chunk(text, null)), () => {
-              if (job.kind === "chat") send(chunk("", null, true));
-            });
-            tokens = out.tokens;
-            if (out.finish === "abort") {
-              const reason = gen.ac.signal.reason;
-              status = reason instanceof HttpError ? reason.status : 499;
-              if (reason instanceof HttpError) send(reason.body());
-            } else {
-              send(chunk(undefined, out.finish));
-              if (job.includeUsage) {
-                send({
-                  ...chunk(undefined, null),
-                  choices: [],
-                  usage: usageOf(gen.promptTokens, out.tokens),
-                });
-              }
-              send("[DONE]");
-            }
-          } catch (e) {
-            const err = internal(e);
-            status = err.status;
-            send(err.body());
-            send("[DONE]");
-          } finally {
-            if (open) {
-              open = false;
-              try {
-                controller.close();
-              } catch { /* cancelled meanwhile */ }
-            }
-            done(status, tokens);
-          }
-        })();
-      },
-      cancel: () => {
-        open = false;
-        gen.ac.abort(new ClientGone());
-      },
-    });
-    return new Response(body, {
-      headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" },
+    return this.#respond(gen, done, "text/event-stream; charset=utf-8", async (write) => {
+      const send = (data: unknown) =>
+        write(`data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`);
+      try {
+        const out = await this.#run(gen, (text) => send(chunk(text, null)), () => {
+          if (job.kind === "chat") send(chunk("", null, true));
+        });
+        if (out.finish === "abort") {
+          const reason = gen.ac.signal.reason;
+          if (!(reason instanceof HttpError)) return { status: 499, tokens: out.tokens };
+          send(reason.body());
+          return { status: reason.status, tokens: out.tokens };
+        }
+        send(chunk(undefined, out.finish));
+        if (job.includeUsage) {
+          send({ ...chunk(undefined, null), choices: [], usage: usageOf(gen.promptTokens, out.tokens) });
+        }
+        send("[DONE]");
+        return { status: 200, tokens: out.tokens };
+      } catch (e) {
+        const err = internal(e);
+        send(err.body());
+        send("[DONE]");
+        return { status: err.status, tokens: 0 };
+      }
     });
   }
 
@@ -633,11 +686,6 @@ function usageOf(prompt: number, completion: number): Usage {
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
 }
 
-/** The answer nobody may read: 499 when the client left, the close() error when the server stopped. */
-function abortedResponse(reason: unknown): Response {
-  return reason instanceof HttpError ? reason.response() : new Response(null, { status: 499 });
-}
-
 function budgetReport(s: EngineStats): BudgetReport {
   return {
     object: "engine.budget",
@@ -671,7 +719,16 @@ async function readJson(request: Request, limit: number): Promise<unknown> {
   if (request.body) {
     const reader = request.body.getReader();
     for (;;) {
-      const { done, value } = await reader.read();
+      let read: ReadableStreamReadResult<Uint8Array>;
+      try {
+        read = await reader.read();
+      } catch (e) {
+        throw new HttpError(499, "The client closed the connection before sending the whole body", {
+          code: "client_closed_request",
+          cause: e,
+        });
+      }
+      const { done, value } = read;
       if (done) break;
       size += value.byteLength;
       if (size > limit) {

@@ -18,7 +18,7 @@
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { expertBytes } from "../src/models/family.ts";
+import { expertCopyBytes } from "../src/models/family.ts";
 import { loadModelConfig } from "../src/models/registry.ts";
 import { Tokenizer } from "../src/text/tokenizer.ts";
 import { loadCorpus, tokenizeCorpus } from "../src/eval/corpus.ts";
@@ -68,7 +68,8 @@ if (positionals[0] === "prepare") {
   const evalIds = ids[values.corpus];
   if (!evalIds) throw new Error(`${values.ids} has no corpus ${values.corpus}`);
   const uploadExperts = num(values["max-upload-experts"]);
-  const slotBytes = expertBytes((await loadModelConfig(model)).architecture.expertMatrices);
+  const { architecture } = await loadModelConfig(model);
+  const slotBytes = expertCopyBytes(architecture.expertMatrices, architecture.nativePrecision);
   const t0 = performance.now();
   const result = await sweep({
     model: values.model,

@@ -7,7 +7,8 @@
  */
 import { fileURLToPath } from "node:url";
 import { type EngineOptions, formatBytes, type PlannerKind } from "../../mod.ts";
-import { expertBytes } from "../models/family.ts";
+import { expertCopyBytes, type ExpertMatrix } from "../models/family.ts";
+import type { Precision } from "../quant/formats.ts";
 import { loadModelConfig } from "../models/registry.ts";
 import { CorpusError, loadCorpus, tokenizeCorpus } from "../eval/corpus.ts";
 import { perplexity } from "../eval/perplexity.ts";
@@ -231,7 +232,7 @@ export const command: Command = {
     }
     if (uploadExperts !== undefined) {
       options.maxUploadBytesPerStep = uploadExperts *
-        expertBytes((await loadModelConfig(modelDir)).architecture.expertMatrices);
+        nativeCopyBytes((await loadModelConfig(modelDir)).architecture);
     }
     await using engine = await openEngine(options, !values.json);
     return await evaluateOn(engine);
@@ -334,7 +335,7 @@ export const command: Command = {
         window,
         calibrationWindows,
       );
-      const slot = expertBytes((await loadModelConfig(modelDir)).architecture.expertMatrices);
+      const slot = nativeCopyBytes((await loadModelConfig(modelDir)).architecture);
       const result = await sweep({
         model: options.model,
         ids,
@@ -386,4 +387,11 @@ function tooFew(tokens: number, window: number, corpus: string): void {
   if (tokens < window) {
     throw new UsageError(`Too few tokens: ${corpus} has ${tokens}, one window needs ${window} (--window)`);
   }
+}
+
+/** Bytes of one expert at the checkpoint's precision. */
+function nativeCopyBytes(
+  arch: { expertMatrices: readonly ExpertMatrix[]; nativePrecision: Precision },
+): number {
+  return expertCopyBytes(arch.expertMatrices, arch.nativePrecision);
 }

@@ -307,6 +307,7 @@ const STAGE_LABELS: Record<Progress["stage"], string> = {
   download: "Downloading",
   config: "Reading config",
   checkpoint: "Mapping weights",
+  quantize: "Quantizing experts",
   tokenizer: "Loading tokenizer",
   gpu: "Opening GPU",
   weights: "Uploading weights",

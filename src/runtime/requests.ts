@@ -9,6 +9,7 @@ import type { SamplingParams } from "../kernels/sample.ts";
 import { FAMILY_OPTION_KEYS } from "../models/registry.ts";
 import { parseBudget } from "../moe/budget.ts";
 import { POLICIES } from "../moe/policies.ts";
+import { parsePrecision } from "../quant/formats.ts";
 import { chatMessageFault, type Tokenizer } from "../text/tokenizer.ts";
 import type { EngineOptions, GenerateRequest } from "./types.ts";
 
@@ -33,6 +34,7 @@ export const OPTION_KEYS = [
   "updateInterval",
   "maxUploadBytesPerStep",
   "importanceDecay",
+  "expertPrecision",
   "onProgress",
 ] as const;
 
@@ -77,6 +79,8 @@ export function validateOptions(o: EngineOptions): void {
   if (o.profile !== undefined && (!Array.isArray(o.profile) || !o.profile.every((r) => Array.isArray(r)))) {
     throw new OptionError("Invalid profile: expected one list of importance numbers per MoE layer");
   }
+  // one precision or a pair; which this model's experts take is checked once its config is read
+  if (o.expertPrecision !== undefined) parsePrecision(o.expertPrecision);
   if (o.onProgress !== undefined && typeof o.onProgress !== "function") {
     throw new OptionError("Invalid onProgress: expected a function");
   }

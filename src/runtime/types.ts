@@ -13,7 +13,16 @@ import type { ChatMessage, Tokenizer } from "../text/tokenizer.ts";
 /** Loading progress, for a progress bar. */
 export interface Progress {
   /** What is happening now. */
-  stage: "download" | "config" | "checkpoint" | "tokenizer" | "gpu" | "weights" | "experts" | "ready";
+  stage:
+    | "download"
+    | "config"
+    | "checkpoint"
+    | "quantize"
+    | "tokenizer"
+    | "gpu"
+    | "weights"
+    | "experts"
+    | "ready";
   /** Units done for this stage (e.g. weight buffers or experts uploaded). */
   done: number;
   /** Units in all for this stage. */
@@ -56,6 +65,14 @@ export interface EngineOptions {
   maxUploadBytesPerStep?: number;
   /** `swapmoe`: per-token decay of the importance sums, in (0, 1]; default 0.97. */
   importanceDecay?: number;
+  /**
+   * The precision the routed experts are held at on the GPU: `"bf16"` (as the checkpoint stores them,
+   * the default), `"int8"` or `"int4"` (quantized from it once, kept in a cache: see the README), or a
+   * high+low pair such as `"bf16+int4"` or `"int8+int4"`: every expert the budget allows gets a low
+   * copy, and the most important also a high one (swapmoe and static only). A checkpoint that stores
+   * its experts in mxfp4 (gpt-oss) holds them as `"mxfp4"`.
+   */
+  expertPrecision?: string;
   /** Loading progress. */
   onProgress?: (p: Progress) => void;
   /**
@@ -125,24 +142,36 @@ export interface EngineStats {
   budgetBytes: number;
   /** The smallest budget the policy runs with: every expert under `full`, the sets under `static` with `residentExperts`, else top-k experts per MoE layer. */
   minimumBudgetBytes: number;
-  /** The all-resident footprint (`gpuBytes` under `full` with the same options). */
+  /** The all-resident footprint at the checkpoint's precision: what a `"50%"` budget is a share of. */
   fullBytes: number;
-  /** GPU bytes of one expert slot. */
+  /** GPU bytes of one expert copy at the high (or only) precision tier. */
   expertBytes: number;
+  /** The precision tiers the experts are held at: `"bf16"`, `"int4"`, `"bf16+int4"`, … */
+  expertPrecision: string;
+  /** GPU bytes of one expert copy at each tier's precision. */
+  expertBytesByPrecision: Record<string, number>;
+  /** GPU bytes of the expert slots at each precision (part of `gpuBytesByKind.experts`). */
+  gpuBytesByPrecision: Record<string, number>;
   /** Positions the KV cache holds (prompt plus generated tokens of one request). */
   contextLength: number;
   /** GPU bytes by what they hold. */
   gpuBytesByKind: Record<string, number>;
   /** The residency policy. */
   policy: PolicyName;
-  /** Slots per MoE layer. */
+  /** Slots per MoE layer (all tiers). */
   expertSlots: number[];
-  /** Per MoE layer, the experts usable now. */
+  /** Slots per MoE layer at each precision. */
+  expertSlotsByPrecision: Record<string, number[]>;
+  /** Per MoE layer, the experts usable now (a copy at some precision). */
   residentExperts: number[][];
+  /** Per precision and MoE layer, the experts with a copy at that precision. */
+  residentByPrecision: Record<string, number[][]>;
   /** Per MoE layer and expert, how often the unmasked router chose it since the engine started. */
   expertUsage: number[][];
-  /** Share of (token, top-k choice) pairs served by the expert the unmasked router chose. */
+  /** Share of (token, top-k choice) pairs served by the expert the unmasked router chose (at any precision). */
   hitRate: number;
+  /** Share of (token, top-k choice) pairs served by the chosen expert at the high precision tier. */
+  highPrecisionHitRate: number;
   /** (token, top-k choice) pairs routed since the engine started (the denominator of `hitRate`). */
   routedChoices: number;
   /**

@@ -8,6 +8,7 @@ import { type Engine, type EngineStats, formatBytes, type GpuInfo, type ModelSpe
 import { expertMatrices } from "../checkpoint/config.ts";
 import { Checkpoint } from "../checkpoint/shards.ts";
 import type { Command } from "./command.ts";
+import { PROGRAM } from "./program.ts";
 import {
   contextLengthOf,
   displayPath,
@@ -18,7 +19,7 @@ import {
   parseFlags,
 } from "./options.ts";
 
-const usage = `Usage: deno run -A main.ts info [options]
+const usage = `Usage: ${PROGRAM} info [options]
 
 Loads the model and prints its architecture, parameter count, the bytes of one expert and of the
 dense weights, the minimum budget and the GPU footprint at each policy.

@@ -190,7 +190,7 @@ const CHECKS: Check[] = [
     match: /generate (?!.*--json)/,
     check: (r) => (r.stdout.trim() === "" ? "no text on stdout" : undefined),
   },
-  { match: /\bchat\b/, stdin: "Hello\n/stats\n/exit\n", check: (r) => has(r, /hit rate/) },
+  { match: /(^|\s)chat(\s|$)/, stdin: "Hello\n/stats\n/exit\n", check: (r) => has(r, /hit rate/) },
   {
     match: /\binfo --json/,
     check: (r) => fields(r, ["model", "spec", "parameters", "bytes", "policies", "gpu"]),
@@ -235,7 +235,7 @@ export function outputMismatches(shown: string, printed: string): string[] {
       /^(?!Loaded in).*$/,
       (l) => l.replace(number, "#"),
     );
-  const key = (line: string) => line.split(/\s+/).slice(0, 2).join(" ");
+  const key = (line: string) => line.split(/\s+/).slice(0, 2).join(" ").replace(number, "#");
   const out: string[] = [];
   const printedLines = printed.split("\n");
   // the lines of the summary and the header; the generated text differs from run to run

@@ -65,7 +65,11 @@ const MAX_DEFAULT_CONTEXT = 4096;
  * ```ts
  * import { createEngine } from "@swapmoe/swapmoe";
  *
- * await using engine = await createEngine({ policy: "swapmoe", budget: "60%" });
+ * await using engine = await createEngine({
+ *   model: "./models/OLMoE-1B-7B-0924", // a Hugging Face checkpoint folder
+ *   policy: "swapmoe",
+ *   budget: "60%",
+ * });
  * let text = "";
  * for await (const chunk of engine.generate({ prompt: "The state of the Union is", maxTokens: 16 })) {
  *   text += chunk.text;

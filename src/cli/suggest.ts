@@ -47,9 +47,3 @@ export function closest(word: string, known: readonly string[]): string | undefi
   }
   return bestDistance <= limit && !tie ? best : undefined;
 }
-
-/** ` (did you mean X?)` when {@link closest} finds one, else the empty string. */
-export function didYouMean(word: string, known: readonly string[]): string {
-  const hit = closest(word, known);
-  return hit === undefined ? "" : ` (did you mean ${hit}?)`;
-}

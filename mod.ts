@@ -2,11 +2,21 @@
  * swapmoe: a Deno-native inference engine for Mixture-of-Experts language models under a tunable
  * GPU memory budget, after SwapMoE (Kong et al., ACL 2024).
  *
- * @example Generate text with the bundled model
+ * `model` is a Hugging Face checkpoint folder as published (`config.json`, bf16 safetensors,
+ * `tokenizer.json`); the package does not carry the bundled model of the repository. Permissions:
+ * `--allow-read` of the model folder, `--allow-ffi` (the weights are memory-mapped through libc),
+ * `--allow-net` to fetch the WGSL shaders when imported from a URL such as JSR, and optionally
+ * `--allow-env` (without it, Mesa's Vulkan drivers may print an `XDG_RUNTIME_DIR` line).
+ *
+ * @example Generate text under 60% of the all-resident footprint
  * ```ts
  * import { createEngine } from "@swapmoe/swapmoe";
  *
- * await using engine = await createEngine({ policy: "swapmoe", budget: "60%" });
+ * await using engine = await createEngine({
+ *   model: "./models/OLMoE-1B-7B-0924", // a checkpoint folder
+ *   policy: "swapmoe",
+ *   budget: "60%",
+ * });
  * for await (const chunk of engine.generate({ prompt: "The state of the Union is", maxTokens: 32 })) {
  *   console.log(chunk.text);
  * }

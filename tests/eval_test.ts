@@ -168,6 +168,25 @@ Deno.test("perplexity: an encoder-decoder engine is refused with OptionError, no
   );
 });
 
+Deno.test("eval CLI: --budget alone selects swapmoe; --profile reads the bundled profile as the other commands do", async () => {
+  const file = await Deno.makeTempFile({ suffix: ".txt" });
+  try {
+    await Deno.writeTextFile(file, TEXT.repeat(2));
+    const common = ["eval", "--corpus", file, "--window", "32", "--max-windows", "2", "--json"];
+    const budget = await cli([...common, "--budget", "70%"]);
+    assert.equal(budget.code, 0, budget.stderr);
+    assert.equal((JSON.parse(budget.stdout) as EvalOutput).policy, "swapmoe");
+    const profile = "models/sotu-moe-mini/expert_profile.json";
+    const r = await cli([...common, "--policy", "static", "--budget", "60%", "--profile", profile]);
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as EvalOutput;
+    assert.equal(out.policy, "static");
+    assert.equal(out.swaps, 0);
+  } finally {
+    await Deno.remove(file);
+  }
+});
+
 Deno.test("eval CLI: bad corpus, flags and combinations are usage errors (exit 2, no GPU work)", async () => {
   for (
     const [args, pattern] of [
@@ -180,6 +199,9 @@ Deno.test("eval CLI: bad corpus, flags and combinations are usage errors (exit 2
       [["--importance-decay", "0"], /Invalid --importance-decay/],
       [["--model", "tests/fixtures/tiny-switch"], /is an encoder-decoder \(switch_transformers\)/],
       [["--sweep", "--model", "tests/fixtures/tiny-switch"], /is an encoder-decoder/],
+      // one spelling per flag: the upload cap is --max-upload <size>, as for every command
+      [["--max-upload-experts", "2"], /^error: Unknown option: --max-upload-experts$/],
+      [["--sweep", "--experts", "1"], /^error: Invalid --experts: 1, expected an integer in \[2, 16\]$/],
     ] as [string[], RegExp][]
   ) {
     const r = await cli(["eval", ...args]);

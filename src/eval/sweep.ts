@@ -233,6 +233,33 @@ async function decodeSpeed(engine: Engine, tokens: number): Promise<number | und
   return engine.stats().decodeTokensPerSecond;
 }
 
+/** What a sweep measures: budgets as experts per layer (ascending), the policies, and the runs in all. */
+export interface SweepPlan {
+  experts: number[];
+  policies: readonly (typeof SWEEP_POLICIES[number])[];
+  /** The full model's run, then each policy at each budget below all experts. */
+  runs: number;
+}
+
+/** The plan of a sweep over a model with `numExperts` experts per layer, top-`topK`, defaults filled in. */
+export function sweepPlan(
+  o: Pick<SweepOptions, "experts" | "policies" | "swapmoe">,
+  numExperts: number,
+  topK: number,
+): SweepPlan {
+  const E = numExperts;
+  const experts = (o.experts ?? [topK, E / 4, E / 2, (3 * E) / 4, E].map(Math.round))
+    .filter((n, i, a) => a.indexOf(n) === i).sort((a, b) => a - b);
+  for (const n of experts) {
+    if (!Number.isSafeInteger(n) || n < topK || n > E) {
+      throw new RangeError(`Invalid experts per layer: ${n}, expected an integer in [${topK}, ${E}]`);
+    }
+  }
+  const policies = o.policies ??
+    SWEEP_POLICIES.filter((p) => p !== "static-planned" || o.swapmoe?.planner === "profile");
+  return { experts, policies, runs: 1 + policies.length * experts.filter((n) => n !== E).length };
+}
+
 /** Runs the sweep: the full model first (calibration profile, oracle profile, reference), then each budget and policy. */
 export async function sweep(o: SweepOptions): Promise<SweepResult> {
   const window = o.window ?? 256;
@@ -288,15 +315,7 @@ export async function sweep(o: SweepOptions): Promise<SweepResult> {
   }
   const { numExperts: E, moeLayers: L, topK, fullBytes, expertBytes } = result;
   const fullPpl = rows[0]!.perplexity;
-  const experts = (o.experts ?? [topK, E / 4, E / 2, (3 * E) / 4, E].map(Math.round))
-    .filter((n, i, a) => a.indexOf(n) === i).sort((a, b) => a - b);
-  for (const n of experts) {
-    if (!Number.isSafeInteger(n) || n < topK || n > E) {
-      throw new RangeError(`Invalid experts per layer: ${n}, expected an integer in [${topK}, ${E}]`);
-    }
-  }
-  const policies = o.policies ??
-    SWEEP_POLICIES.filter((p) => p !== "static-planned" || o.swapmoe?.planner === "profile");
+  const { experts, policies } = sweepPlan(o, E, topK);
   for (const n of experts) {
     if (n === E) continue; // the full row
     const budget = budgetFor(fullBytes, expertBytes, L, E, n);

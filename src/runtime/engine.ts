@@ -66,7 +66,11 @@ export type {
  * ```ts
  * import { createEngine } from "@swapmoe/swapmoe";
  *
- * await using engine = await createEngine({ model: "path/to/checkpoint", policy: "swapmoe", budget: "60%" });
+ * await using engine = await createEngine({
+ *   model: "./models/OLMoE-1B-7B-0924", // a Hugging Face checkpoint folder
+ *   policy: "swapmoe",
+ *   budget: "60%",
+ * });
  * let text = "";
  * for await (const chunk of engine.generate({ prompt: "The state of the Union is", maxTokens: 16 })) {
  *   text += chunk.text;

@@ -20,6 +20,7 @@ import {
   type SweepPolicy,
   type SweepResult,
 } from "../eval/sweep.ts";
+import { parsePrecision } from "../quant/formats.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { type Command, UsageError } from "./command.ts";
 import { PROGRAM } from "./program.ts";
@@ -59,10 +60,13 @@ SwapMoE options (policy swapmoe; --max-upload and --profile are among the model 
   --planner <name>        uniform or profile (slots per layer from --profile); default uniform
 
 Sweep (--sweep): every policy at budgets holding n of E experts per MoE layer, i.e.
-fullBytes − (E − n) × layers × expertBytes; the static profile comes from the unmasked router
-on a calibration corpus that is not the evaluation corpus.
+fullBytes − (E − n) × layers × expertBytes (bf16 experts, the checkpoint's), at each expert
+precision; the static profile comes from the unmasked router on a calibration corpus that is
+not the evaluation corpus.
   --sweep                 Run the sweep instead of one evaluation
-  --experts <list>        n per layer, comma-separated; default top-k, E/4, E/2, 3E/4, E
+  --per-layer <list>      n per layer, comma-separated; default top-k, E/4, E/2, 3E/4, E
+  --experts <list>        Expert precisions to compare, comma-separated (bf16, int8, int4,
+                          bf16+int4, int8+int4, …); default bf16
   --policies <list>       ${
   SWEEP_POLICIES.join(", ")
 }; default all (static-planned only with --planner profile)
@@ -147,7 +151,7 @@ export const command: Command = {
         "update-interval": { type: "string" },
         planner: { type: "string" },
         sweep: { type: "boolean" },
-        experts: { type: "string" },
+        "per-layer": { type: "string" },
         policies: { type: "string" },
         calibration: { type: "string" },
         "calibration-windows": { type: "string" },
@@ -175,7 +179,9 @@ export const command: Command = {
       throw new UsageError(`Invalid --planner: "${values.planner}", expected uniform or profile`);
     }
     const planner = values.planner as PlannerKind | undefined;
-    const options: EngineOptions = await resolveModelOption(engineOptions(values), !values.json);
+    // with --sweep, --experts lists the precisions to compare, read by runSweep
+    const flags = values.sweep ? { ...values, experts: undefined } : values;
+    const options: EngineOptions = await resolveModelOption(engineOptions(flags), !values.json);
     const modelDir = options.model ?? DEFAULT_MODEL;
     const corpusName = values.corpus ?? "sotu-test";
     if ((await loadModelConfig(modelDir)).architecture.decoderStartTokenId !== undefined) {
@@ -187,7 +193,7 @@ export const command: Command = {
 
     for (
       const flag of [
-        "experts",
+        "per-layer",
         "policies",
         "calibration",
         "calibration-windows",
@@ -269,14 +275,22 @@ export const command: Command = {
 
     async function runSweep(): Promise<number> {
       if (values.policy !== undefined) throw new UsageError("Option --policy does not apply to --sweep");
+      // --experts is the sweep's list of precisions here, read below
       if (values.budget !== undefined) throw new UsageError("Option --budget does not apply to --sweep");
       if (values.profile !== undefined) throw new UsageError("Option --profile does not apply to --sweep");
       if (values["context-length"] !== undefined) {
         throw new UsageError("Option --context-length does not apply to --sweep (the window sets it)");
       }
-      const experts = parseList("experts", values.experts)?.map((s) => {
-        const n = intFlag("experts", s, 1);
+      const experts = parseList("per-layer", values["per-layer"])?.map((s) => {
+        const n = intFlag("per-layer", s, 1);
         return n!;
+      });
+      const precisions = parseList("experts", values.experts)?.map((p) => {
+        try {
+          return parsePrecision(p, "bf16").join("+");
+        } catch (e) {
+          throw new UsageError((e as Error).message.replace(/^Invalid expertPrecision/, "Invalid --experts"));
+        }
       });
       const policies = parseList("policies", values.policies)?.map((p) => {
         if (!(SWEEP_POLICIES as readonly string[]).includes(p)) {
@@ -292,10 +306,10 @@ export const command: Command = {
       const { spec } = (await loadModelConfig(modelDir)).architecture;
       let plan: SweepPlan;
       try {
-        plan = sweepPlan({ experts, policies, swapmoe: { planner } }, spec.numExperts, spec.topK);
+        plan = sweepPlan({ experts, policies, precisions, swapmoe: { planner } }, spec.numExperts, spec.topK);
       } catch (e) {
         if (e instanceof RangeError) {
-          throw new UsageError(e.message.replace(/^Invalid experts per layer/, "Invalid --experts"));
+          throw new UsageError(e.message.replace(/^Invalid experts per layer/, "Invalid --per-layer"));
         }
         throw e;
       }
@@ -330,6 +344,7 @@ export const command: Command = {
         calibrationWindows,
         experts,
         policies,
+        precisions,
         seed,
         maxBatchTokens: maxBatch,
         decodeTokens,
@@ -345,9 +360,11 @@ export const command: Command = {
           const elapsed = (performance.now() - start) / 1000;
           const left = timeLeft(rows, plan.runs, elapsed);
           log(
-            `  ${r.policy} ${r.experts}/${r.ofExperts}: perplexity ${r.perplexity.toFixed(2)} (×${
-              r.ratio.toFixed(3)
-            }), ${formatBytes(r.gpuBytes)}, hit rate ${(100 * r.hitRate).toFixed(1)}%, ${r.swaps} swaps` +
+            `  ${r.policy} ${r.precision} ${r.experts}/${r.ofExperts}: perplexity ${
+              r.perplexity.toFixed(2)
+            } (×${r.ratio.toFixed(3)}), ${formatBytes(r.gpuBytes)}, hit rate ${
+              (100 * r.hitRate).toFixed(1)
+            }%, ${r.swaps} swaps` +
               ` · run ${rows}/${plan.runs}, ${formatDuration(elapsed)}` +
               (rows < plan.runs && left !== undefined ? `, about ${formatDuration(left)} left` : ""),
           );

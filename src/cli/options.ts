@@ -22,6 +22,7 @@ import {
 } from "../../mod.ts";
 import { describeSpec } from "../models/registry.ts";
 import { parseSize } from "../moe/budget.ts";
+import { parsePrecision } from "../quant/formats.ts";
 import { parseModelName } from "../hub/mod.ts";
 import { resolveWithProgress } from "./hub_progress.ts";
 import { UsageError } from "./command.ts";
@@ -125,6 +126,7 @@ export const MODEL_OPTIONS = {
   "context-length": { type: "string" },
   profile: { type: "string" },
   "max-upload": { type: "string" },
+  experts: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -154,6 +156,9 @@ export function modelUsage(
   }
   --max-upload <size>     swapmoe: most expert bytes uploaded per decode step, such as
                           12MiB (info prints an expert's size); default: two experts
+  --experts <precision>   The experts' precision on the GPU: bf16 (as stored), int8, int4,
+                          or a high+low pair (swapmoe, static) such as bf16+int4 or
+                          int8+int4; quantized once into $SWAPMOE_CACHE; default: bf16
   -h, --help              Show this help`;
 }
 
@@ -165,6 +170,7 @@ export interface ModelFlags {
   "context-length"?: string;
   profile?: string;
   "max-upload"?: string;
+  experts?: string;
 }
 
 /** Reads an expert-usage profile: `{"usage": number[][]}` or the bare rows (the engine checks their shape). */
@@ -225,6 +231,18 @@ export function engineOptions(flags: ModelFlags, defaults: EngineOptions = {}): 
   const contextLength = intFlag("context-length", flags["context-length"], 1);
   if (contextLength !== undefined) options.contextLength = contextLength;
   if (flags.profile !== undefined) options.profile = readProfile(flags.profile);
+  if (flags.experts !== undefined) {
+    try {
+      // the syntax only: which precisions a model's experts take is known once its config is read
+      parsePrecision(flags.experts);
+    } catch (e) {
+      if (e instanceof OptionError) {
+        throw new UsageError(e.message.replace(/^Invalid expertPrecision/, "Invalid --experts"));
+      }
+      throw e;
+    }
+    options.expertPrecision = flags.experts;
+  }
   if (flags["max-upload"] !== undefined) {
     try {
       options.maxUploadBytesPerStep = parseSize(flags["max-upload"], "--max-upload");

@@ -55,6 +55,7 @@ export type {
   FinishReason,
   GenerateChunk,
   GenerateRequest,
+  GenerateUsage,
   Progress,
 } from "./types.ts";
 
@@ -435,6 +436,7 @@ class MoeEngine implements Engine {
     signal: AbortSignal | undefined,
     done: () => void,
   ): AsyncGenerator<GenerateChunk> {
+    const askedAt = performance.now();
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
     const prev = this.#busy;
@@ -442,7 +444,7 @@ class MoeEngine implements Engine {
     await prev.catch(() => {});
     try {
       this.#assertOpen();
-      yield* this.#decode(prompt, sampling, maxTokens, stop, signal);
+      yield* this.#decode(prompt, sampling, maxTokens, stop, signal, askedAt);
     } catch (e) {
       throw await this.#gpu.explain(e);
     } finally {
@@ -454,7 +456,7 @@ class MoeEngine implements Engine {
   /**
    * One generation: the prompt through the encoder (encoder-decoder) or the decoder's prefill, whose
    * last chunk samples token 0 on the GPU; then the decode loop, where step g feeds token g − 1 back
-   * from the GPU and samples token g.
+   * from the GPU and samples token g. `askedAt` is when the request asked for the engine (its usage).
    */
   async *#decode(
     prompt: number[],
@@ -462,6 +464,7 @@ class MoeEngine implements Engine {
     maxTokens: number,
     stop: string[],
     signal: AbortSignal | undefined,
+    askedAt: number,
   ): AsyncGenerator<GenerateChunk> {
     const queue = this.#gpu.device.queue;
     const program = this.#program;
@@ -506,6 +509,7 @@ class MoeEngine implements Engine {
       stop,
       signal,
       maxTokens: tokenAllowance,
+      request: { promptTokens: prompt.length, askedAt, startedAt: t0 },
       generated: io.generated,
       staging: this.#tokenStaging,
       statsAt: this.#shape.maxGenerated * 4,

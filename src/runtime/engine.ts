@@ -33,6 +33,8 @@ import { initialResidents, isMasked, LruPolicy, SwapMoePolicy } from "../moe/pol
 import { EngineClosedError, OptionError } from "../errors.ts";
 import { resolveModel } from "../hub/mod.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
+import { chatApi, completionsApi } from "../server/openai.ts";
+import type { ChatApi, Completions } from "../server/openai_types.ts";
 import { decodeLoop, type DecodeLoopOptions } from "./decode_loop.ts";
 import { type GpuModel, loadGpuModel } from "./gpu_model.ts";
 import { stagingSizes } from "./layout.ts";
@@ -107,6 +109,8 @@ class MoeEngine implements Engine {
   readonly spec: ModelSpec;
   readonly tokenizer: Tokenizer;
   readonly modelDir: string;
+  readonly chat: ChatApi = chatApi(this);
+  readonly completions: Completions = completionsApi(this);
   readonly #arch: Architecture<ModelSpec>;
   readonly #gpu: Gpu;
   readonly #ckpt: Checkpoint;

@@ -9,6 +9,7 @@ import type { Budget } from "../moe/budget.ts";
 import type { PlannerKind } from "../moe/planner.ts";
 import type { PolicyName } from "../moe/policies.ts";
 import type { ChatMessage, Tokenizer } from "../text/tokenizer.ts";
+import type { ChatApi, Completions } from "../server/openai_types.ts";
 
 /** Loading progress, for a progress bar. */
 export interface Progress {
@@ -221,6 +222,14 @@ export interface Engine extends AsyncDisposable {
   forward(ids: readonly number[], options?: EncoderDecoderOptions): Promise<Float32Array>;
   /** Streams generated tokens; the last chunk carries the request's `usage`. */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
+  /**
+   * OpenAI's chat completions in-process: `engine.chat.completions.create({ messages, stream })`
+   * answers with the objects and stream chunks the server's `POST /v1/chat/completions` sends, usage
+   * included, after the same checks (a bad field is a `RequestError`, an `OptionError`).
+   */
+  readonly chat: ChatApi;
+  /** OpenAI's (legacy) text completions in-process: `engine.completions.create({ prompt })`, as `chat`. */
+  readonly completions: Completions;
   /** Memory, residency, routing and speed figures as of now. */
   stats(): EngineStats;
   /** Changes the budget while the engine lives: shrinking evicts, growing adds slots. */

@@ -34,8 +34,38 @@ export {
   type FinishReason,
   type GenerateChunk,
   type GenerateRequest,
+  type GenerateUsage,
   type Progress,
 } from "./src/runtime/engine.ts";
+export { type AccessLog, createHandler, type ServeHandler, type ServerOptions } from "./src/server/server.ts";
+export type {
+  ChatApi,
+  ChatCompletion,
+  ChatCompletionChoice,
+  ChatCompletionChunk,
+  ChatCompletionChunkChoice,
+  ChatCompletionContentPartText,
+  ChatCompletionCreateParams,
+  ChatCompletionCreateParamsBase,
+  ChatCompletionCreateParamsNonStreaming,
+  ChatCompletionCreateParamsStreaming,
+  ChatCompletionMessageParam,
+  ChatCompletions,
+  ChatCompletionStream,
+  Completion,
+  CompletionChoice,
+  CompletionCreateParams,
+  CompletionCreateParamsBase,
+  CompletionCreateParamsNonStreaming,
+  CompletionCreateParamsStreaming,
+  Completions,
+  CompletionStream,
+  CreateParamsBase,
+  OpenAiFinishReason,
+  RequestOptions,
+  StreamOptions,
+  Usage,
+} from "./src/server/openai_types.ts";
 export { type ModelSpec, SUPPORTED_MODEL_TYPES } from "./src/models/registry.ts";
 export type { SpecBase } from "./src/models/family.ts";
 export {
@@ -45,7 +75,7 @@ export {
   type QkNorm,
 } from "./src/models/causal/config.ts";
 export { SWITCH_MODEL_TYPE, type SwitchSpec } from "./src/models/switch/config.ts";
-export type { Budget } from "./src/moe/budget.ts";
+export type { Budget, BudgetBasis } from "./src/moe/budget.ts";
 export { formatBytes, parseBudget } from "./src/moe/budget.ts";
 export { POLICIES, type PolicyName } from "./src/moe/policies.ts";
 export type { PlannerKind } from "./src/moe/planner.ts";
@@ -68,6 +98,7 @@ export {
   type DecodeOptions,
   type EncodeOptions,
   type StreamDecoder,
+  type TemplateLimits,
   Tokenizer,
 } from "./src/text/tokenizer.ts";
 export {
@@ -79,6 +110,7 @@ export {
   GpuError,
   HubError,
   OptionError,
+  RequestError,
   ShaderCompileError,
   SwapMoeError,
   TokenizerError,

@@ -887,10 +887,14 @@ for (const c of CASES) {
   });
 }
 
-Deno.test("hostile: a model folder that does not exist, or is a file → ConfigError", async () => {
+Deno.test("hostile: a model folder that does not exist (and is no hub name) → CheckpointError; a file → ConfigError", async () => {
   using adapters = spyOnAdapters();
   const missing = `${FIXTURES}no-such-model`;
-  await assertRejects(() => createEngine({ model: missing }), ConfigError, "Missing config.json", missing);
+  await assertRejects(
+    () => createEngine({ model: missing }),
+    CheckpointError,
+    `Model folder not found: ${missing}; a model on the Hugging Face hub is named org/name[@revision]`,
+  );
   const file = `${FIXTURES}tiny-olmoe/config.json`;
   await assertRejects(() => createEngine({ model: file }), ConfigError, "Cannot read config.json", file);
   assert.equal(adapters.calls, 0);

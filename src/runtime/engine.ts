@@ -34,6 +34,8 @@ import { initialResidents, isMasked, LruPolicy, SwapMoePolicy } from "../moe/pol
 import { EngineClosedError, OptionError } from "../errors.ts";
 import { resolveModel } from "../hub/mod.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
+import { chatApi, completionsApi } from "../server/openai.ts";
+import type { ChatApi, Completions } from "../server/openai_types.ts";
 import { decodeLoop, type DecodeLoopOptions } from "./decode_loop.ts";
 import { type GpuModel, loadGpuModel } from "./gpu_model.ts";
 import { stagingSizes } from "./layout.ts";
@@ -56,6 +58,7 @@ export type {
   FinishReason,
   GenerateChunk,
   GenerateRequest,
+  GenerateUsage,
   Progress,
 } from "./types.ts";
 
@@ -113,6 +116,8 @@ class MoeEngine implements Engine {
   readonly spec: ModelSpec;
   readonly tokenizer: Tokenizer;
   readonly modelDir: string;
+  readonly chat: ChatApi = chatApi(this);
+  readonly completions: Completions = completionsApi(this);
   readonly #arch: Architecture<ModelSpec>;
   readonly #gpu: Gpu;
   readonly #ckpt: Checkpoint;
@@ -460,6 +465,7 @@ class MoeEngine implements Engine {
     signal: AbortSignal | undefined,
     done: () => void,
   ): AsyncGenerator<GenerateChunk> {
+    const askedAt = performance.now();
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
     const prev = this.#busy;
@@ -467,7 +473,7 @@ class MoeEngine implements Engine {
     await prev.catch(() => {});
     try {
       this.#assertOpen();
-      yield* this.#decode(prompt, sampling, maxTokens, stop, signal);
+      yield* this.#decode(prompt, sampling, maxTokens, stop, signal, askedAt);
     } catch (e) {
       throw await this.#gpu.explain(e);
     } finally {
@@ -479,7 +485,7 @@ class MoeEngine implements Engine {
   /**
    * One generation: the prompt through the encoder (encoder-decoder) or the decoder's prefill, whose
    * last chunk samples token 0 on the GPU; then the decode loop, where step g feeds token g − 1 back
-   * from the GPU and samples token g.
+   * from the GPU and samples token g. `askedAt` is when the request asked for the engine (its usage).
    */
   async *#decode(
     prompt: number[],
@@ -487,6 +493,7 @@ class MoeEngine implements Engine {
     maxTokens: number,
     stop: string[],
     signal: AbortSignal | undefined,
+    askedAt: number,
   ): AsyncGenerator<GenerateChunk> {
     const queue = this.#gpu.device.queue;
     const program = this.#program;
@@ -531,6 +538,7 @@ class MoeEngine implements Engine {
       stop,
       signal,
       maxTokens: tokenAllowance,
+      request: { promptTokens: prompt.length, askedAt, startedAt: t0 },
       generated: io.generated,
       staging: this.#tokenStaging,
       statsAt: this.#shape.maxGenerated * 4,

@@ -9,6 +9,7 @@ import type { Budget } from "../moe/budget.ts";
 import type { PlannerKind } from "../moe/planner.ts";
 import type { PolicyName } from "../moe/policies.ts";
 import type { ChatMessage, Tokenizer } from "../text/tokenizer.ts";
+import type { ChatApi, Completions } from "../server/openai_types.ts";
 
 /** Loading progress, for a progress bar. */
 export interface Progress {
@@ -130,6 +131,38 @@ export interface GenerateChunk {
   text: string;
   /** Set on the last chunk. */
   finishReason?: FinishReason;
+  /** Set on the last chunk (the one with `finishReason`): the request's token counts and timing. */
+  usage?: GenerateUsage;
+}
+
+/**
+ * One generation's token counts and timing, on its last chunk. Times are wall-clock seconds from the
+ * first read of the generator (when the request asks for the engine); a figure with nothing to measure
+ * (no token read back, one token only) is 0.
+ */
+export interface GenerateUsage {
+  /** Prompt tokens: the ids given, the prompt or the rendered chat encoded (an encoder's input for encoder-decoders). */
+  promptTokens: number;
+  /**
+   * Tokens handed out in the chunks' `ids`. The end-of-sequence token that stopped generation is not
+   * counted (as OpenAI's `completion_tokens`); a token that completed a stop string is.
+   */
+  completionTokens: number;
+  /** `promptTokens + completionTokens`. */
+  totalTokens: number;
+  /** Waiting for the engine while earlier calls held it. */
+  queueSeconds: number;
+  /** Until the first generated token was read back: the wait, the prefill and the first step. */
+  timeToFirstTokenSeconds: number;
+  /** Prompt tokens per second, from taking the engine to the first token (prefill and first step). */
+  prefillTokensPerSecond: number;
+  /**
+   * Tokens per second after the first one: the tokens read back after the first (the one that stopped
+   * generation included) over the time from the first to the last.
+   */
+  decodeTokensPerSecond: number;
+  /** Until this last chunk. */
+  totalSeconds: number;
 }
 
 /** What {@link Engine.stats} reports. */
@@ -216,8 +249,16 @@ export interface Engine extends AsyncDisposable {
    * `options.decoderIds` (default: the decoder start token alone).
    */
   forward(ids: readonly number[], options?: EncoderDecoderOptions): Promise<Float32Array>;
-  /** Streams generated tokens. */
+  /** Streams generated tokens; the last chunk carries the request's `usage`. */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
+  /**
+   * OpenAI's chat completions in-process: `engine.chat.completions.create({ messages, stream })`
+   * answers with the objects and stream chunks the server's `POST /v1/chat/completions` sends, usage
+   * included, after the same checks (a bad field is a `RequestError`, an `OptionError`).
+   */
+  readonly chat: ChatApi;
+  /** OpenAI's (legacy) text completions in-process: `engine.completions.create({ prompt })`, as `chat`. */
+  readonly completions: Completions;
   /** Memory, residency, routing and speed figures as of now. */
   stats(): EngineStats;
   /** Changes the budget while the engine lives: shrinking evicts, growing adds slots. */

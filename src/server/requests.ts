@@ -1,21 +1,22 @@
 /**
- * Untrusted request bodies → engine requests. Every field OpenAI's API defines for chat and text
- * completions is either honoured, checked and refused with a 400 naming it (`n > 1`, `logprobs`,
- * `tools`, penalties), or harmless and ignored (`user`, `metadata`, `store`); unknown fields are
- * ignored as vLLM does. Defaults are OpenAI's: `temperature` 1, `top_p` 1. Two of vLLM's extensions
- * are honoured: `top_k` and `min_tokens`.
+ * Untrusted request bodies → engine requests, for the server and the in-process API alike. Every
+ * field OpenAI's API defines for chat and text completions is either honoured, checked and refused
+ * with a {@link RequestError} naming it (`n > 1`, `logprobs`, `tools`, penalties; the server answers
+ * 400), or harmless and ignored (`user`, `metadata`, `store`); unknown fields are ignored as vLLM does.
+ * Defaults are OpenAI's: `temperature` 1, `top_p` 1. Two of vLLM's extensions are honoured: `top_k`
+ * and `min_tokens`.
  *
  * @module
  */
-import type { GenerateRequest } from "../runtime/engine.ts";
+import type { GenerateRequest } from "../runtime/types.ts";
 import { BUDGET_FORMS, parseBudget } from "../moe/budget.ts";
 import { type ChatMessage, chatMessageFault } from "../text/tokenizer.ts";
-import { badParam, HttpError } from "./errors.ts";
+import { RequestError } from "../errors.ts";
 
 /** A checked generation request: what the engine is asked, and how to answer. */
 export interface Job {
   kind: "chat" | "completion";
-  /** For the engine; `maxTokens` is settled by {@link fitContext}, `signal` by the server. */
+  /** For the engine; `maxTokens` is settled by {@link fitContext}, the prompt ids and `signal` when it starts. */
   request: GenerateRequest;
   /** `max_tokens` / `max_completion_tokens` as asked, and which of them was used. */
   maxTokens?: number;
@@ -40,6 +41,11 @@ type Body = Record<string, unknown>;
 /** Most stop sequences per request, as OpenAI's API. */
 const MAX_STOPS = 4;
 
+/** A bad value of the field `param`: `Invalid temperature: 3, expected a number in [0, 2]`. */
+export function badParam(param: string, message: string, code = "invalid_value"): RequestError {
+  return new RequestError(message, { param, code });
+}
+
 function isObject(v: unknown): v is Body {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
@@ -56,7 +62,7 @@ function field(body: Body, key: string): unknown {
   return v === null ? undefined : v;
 }
 
-function wrongType(param: string, v: unknown, expected: string): HttpError {
+function wrongType(param: string, v: unknown, expected: string): RequestError {
   return badParam(param, `Invalid ${param}: ${show(v)}, expected ${expected}`, "invalid_type");
 }
 
@@ -106,9 +112,10 @@ function checkModel(body: Body, limits: Limits): void {
   if (model === undefined) return; // OpenAI requires it; a single-model server can do without
   if (typeof model !== "string") throw wrongType("model", model, "a model id string");
   if (model !== limits.modelId) {
-    throw new HttpError(404, `The model "${model}" does not exist: this server serves "${limits.modelId}"`, {
+    throw new RequestError(`The model "${model}" does not exist: this server serves "${limits.modelId}"`, {
       param: "model",
       code: "model_not_found",
+      status: 404,
     });
   }
 }

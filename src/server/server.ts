@@ -13,6 +13,9 @@
  * Generation requests take turns on the engine in arrival order through a bounded
  * {@link RequestQueue} (503 when full); a client that leaves, mid-stream or while waiting, cancels
  * its generation. Every failure is answered in OpenAI's error shape; no request can crash the server.
+ * Requests are checked and answered by `openai.ts`, the mapping that `engine.chat.completions.create`
+ * uses too. {@link createHandler} gives the routes as a handler for your own `Deno.serve`;
+ * {@link createServer} puts that handler on `Deno.serve` itself.
  *
  * @example Serve the bundled model on a free port
  * ```ts
@@ -31,39 +34,21 @@
  *
  * @module
  */
-import { basename } from "node:path";
-import type { Engine, EngineStats, FinishReason, GenerateChunk } from "../runtime/engine.ts";
-import { BudgetError, OptionError } from "../errors.ts";
-import { badParam, fromEngineError, HttpError, internal, unavailable } from "./errors.ts";
-import { promptIds } from "../runtime/requests.ts";
-import { utf8Length } from "../text/tokenizer.ts";
+import type { Engine, EngineStats, GenerateChunk } from "../runtime/types.ts";
+import { BudgetError, OptionError, RequestError } from "../errors.ts";
+import { fromEngineError, HttpError, internal, unavailable } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
-import type {
-  BudgetReport,
-  ChatCompletion,
-  ChatCompletionChunk,
-  Completion,
-  Model,
-  ModelList,
-  OpenAiFinishReason,
-  Usage,
-} from "./openai_types.ts";
-import {
-  checkBudget,
-  fitContext,
-  type Job,
-  type Limits,
-  parseChatRequest,
-  parseCompletionRequest,
-} from "./requests.ts";
+import { Answer, type ApiSettings, apiSettings, parseJob, type StartedJob, startJob } from "./openai.ts";
+import type { BudgetReport, Model, ModelList } from "./openai_types.ts";
+import { checkBudget, type Job } from "./requests.ts";
 import { type Release, RequestQueue } from "./queue.ts";
 
-/** Options of {@link createServer}. */
+/** Options of {@link createHandler} and {@link createServer}. */
 export interface ServerOptions {
   /**
-   * The `contextLength` the engine was created with: prompt + `max_tokens` beyond it get a 400.
-   * Default: the engine's own default, `max_position_embeddings` capped at 4096.
+   * Positions a request may fill: prompt + `max_tokens` beyond it get a 400. Default: the engine's
+   * context length (its `contextLength` option, else `max_position_embeddings` capped at 4096).
    */
   contextLength?: number;
   /** The model id clients name; default the model folder's basename. */
@@ -78,19 +63,32 @@ export interface ServerOptions {
   defaultMaxTokens?: number;
   /** Called once per answered request, e.g. to print an access log. */
   onLog?: (entry: AccessLog) => void;
+  /**
+   * Aborting it stops serving: new requests get 503, running and waiting generations end (their
+   * clients get a 503 error or the end of their stream); `createServer`'s listeners shut down. For a
+   * handler in your own `Deno.serve`, pass the signal that stops it.
+   */
+  signal?: AbortSignal;
 }
 
 /** One line of the access log. */
 export interface AccessLog {
+  /** The request's method. */
   method: string;
+  /** The request's path. */
   path: string;
   /** The HTTP status, or 499 when the client left before the answer ended. */
   status: number;
   /** Arrival to the last byte of the answer. */
   milliseconds: number;
+  /** Prompt tokens of a generation request. */
   promptTokens?: number;
+  /** Tokens a generation request generated. */
   completionTokens?: number;
 }
+
+/** A `Deno.serve` handler: answers one request. */
+export type ServeHandler = (request: Request, info?: Deno.ServeHandlerInfo) => Promise<Response>;
 
 /** Where {@link Server.listen} binds. */
 export interface ListenOptions {
@@ -105,9 +103,12 @@ export interface ListenOptions {
 /** The server: a fetch-style handler, and `listen` to put it on `Deno.serve`. */
 export interface Server extends AsyncDisposable {
   /** Answers one request; usable without `listen`, e.g. behind another `Deno.serve`. */
-  readonly handler: (request: Request) => Promise<Response>;
+  readonly handler: ServeHandler;
+  /** The model id clients name. */
   readonly modelId: string;
+  /** Positions a request may fill. */
   readonly contextLength: number;
+  /** The counters behind `GET /metrics`. */
   readonly metrics: Metrics;
   /** Serves on `Deno.serve`; call more than once to bind more addresses. */
   listen(options?: ListenOptions): Deno.HttpServer<Deno.NetAddr>;
@@ -121,15 +122,48 @@ export interface Server extends AsyncDisposable {
 
 const DEFAULT_MAX_QUEUE = 16;
 const DEFAULT_MAX_BODY = 1 << 20;
-const DEFAULT_MAX_TOKENS = 256;
-/** The least bytes of text a token is allowed to stand for when prompts are measured before tokenizing. */
-const MIN_BYTES_PER_TOKEN = 64;
-/** The engine's own cap on the default context length. */
-const ENGINE_DEFAULT_CONTEXT = 4096;
 
-/** Creates the server for `engine`; the engine must stay open while the server runs. */
+/**
+ * The server's routes as a handler for your own `Deno.serve` (or anything that speaks `Request` and
+ * `Response`): OpenAI's chat and text completions, the model list, `/health`, `/metrics` and the
+ * budget route, with the admission queue, the API key and the error shapes of {@link createServer}.
+ * The engine must stay open while the handler serves; abort `options.signal` to end the generations
+ * in flight when you stop serving.
+ *
+ * @example Mount it in your own Deno.serve, under a prefix of your own
+ * ```ts
+ * import { createEngine, createHandler } from "@swapmoe/swapmoe";
+ *
+ * await using engine = await createEngine({ policy: "swapmoe", budget: "60%" });
+ * const stop = new AbortController();
+ * const openai = createHandler(engine, { signal: stop.signal });
+ * const server = Deno.serve({ hostname: "127.0.0.1", port: 0, signal: stop.signal }, (req, info) => {
+ *   const url = new URL(req.url);
+ *   if (url.pathname === "/") return new Response("my app");
+ *   if (!url.pathname.startsWith("/ai/")) return new Response("Not found", { status: 404 });
+ *   url.pathname = url.pathname.slice("/ai".length); // /ai/v1/chat/completions → /v1/chat/completions
+ *   return openai(new Request(url, req), info);
+ * });
+ * const res = await fetch(`http://localhost:${server.addr.port}/ai/v1/chat/completions`, {
+ *   method: "POST",
+ *   body: JSON.stringify({ messages: [{ role: "user", content: "The Union" }], max_tokens: 8, min_tokens: 8 }),
+ * });
+ * console.log((await res.json()).choices[0].message.content);
+ * stop.abort();
+ * await server.finished;
+ * ```
+ *
+ * @throws {OptionError} for an invalid option
+ */
+export function createHandler(engine: Engine, options: ServerOptions = {}): ServeHandler {
+  return new ApiHandler(engine, options).handler;
+}
+
+/** Creates the server for `engine`, on {@link createHandler}'s handler; the engine must stay open while the server runs. */
 export function createServer(engine: Engine, options: ServerOptions = {}): Server {
-  return new ServerImpl(engine, options);
+  const server = new ServerImpl(new ApiHandler(engine, options));
+  options.signal?.addEventListener("abort", () => server.close(), { once: true });
+  return server;
 }
 
 type Handler = (request: Request, arrived: number, path: string) => Promise<Response> | Response;
@@ -150,7 +184,8 @@ class ClientGone extends Error {
   }
 }
 
-class ServerImpl implements Server {
+/** The routes and their state: the queue, the metrics, the generations in flight. */
+class ApiHandler {
   readonly modelId: string;
   readonly contextLength: number;
   readonly metrics = new Metrics();
@@ -158,18 +193,14 @@ class ServerImpl implements Server {
   readonly #queue: RequestQueue;
   readonly #apiKey: Uint8Array | undefined;
   readonly #maxBody: number;
-  readonly #defaultMaxTokens: number;
-  /** Longest prompt text, in UTF-8 bytes, checked before tokenizing. */
-  readonly #maxPromptBytes: number;
+  readonly #settings: ApiSettings;
   readonly #onLog: ((entry: AccessLog) => void) | undefined;
-  readonly #limits: Limits;
   readonly #created = Math.floor(Date.now() / 1000);
   readonly #routes: Record<string, Route>;
   /** Generation requests in progress (waiting or running): aborted by close(). */
   readonly #active = new Set<AbortController>();
   /** Their work, awaited by close(). */
   readonly #tasks = new Set<Promise<unknown>>();
-  readonly #listeners: Deno.HttpServer<Deno.NetAddr>[] = [];
   #closing: Promise<void> | undefined;
 
   constructor(engine: Engine, o: ServerOptions) {
@@ -179,27 +210,25 @@ class ServerImpl implements Server {
       }
       return v;
     };
+    if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) {
+      throw new OptionError("Invalid signal: expected an AbortSignal");
+    }
     this.#engine = engine;
-    this.modelId = o.modelId ?? basename(engine.modelDir.replace(/[\\/]+$/, ""));
-    this.contextLength = Math.min(
-      engine.spec.maxPositionEmbeddings,
-      positive("contextLength", o.contextLength) ?? ENGINE_DEFAULT_CONTEXT,
-    );
+    this.#settings = apiSettings(engine, {
+      modelId: o.modelId,
+      contextLength: Math.min(
+        engine.spec.maxPositionEmbeddings,
+        positive("contextLength", o.contextLength) ?? engine.stats().contextLength,
+      ),
+      defaultMaxTokens: positive("defaultMaxTokens", o.defaultMaxTokens),
+    });
+    this.modelId = this.#settings.modelId;
+    this.contextLength = this.#settings.contextLength;
     this.#queue = new RequestQueue(positive("maxQueue", o.maxQueue, 0) ?? DEFAULT_MAX_QUEUE);
     this.#maxBody = positive("maxBodyBytes", o.maxBodyBytes) ?? DEFAULT_MAX_BODY;
-    this.#defaultMaxTokens = positive("defaultMaxTokens", o.defaultMaxTokens) ?? DEFAULT_MAX_TOKENS;
-    // Text of more bytes than this cannot fit the context: a token stands for at most maxTokenBytes
-    // bytes of text; four times that leaves room for a normalizer that shrinks text (NFKC: 3 to 1).
-    this.#maxPromptBytes = this.contextLength *
-      Math.max(MIN_BYTES_PER_TOKEN, 4 * engine.tokenizer.maxTokenBytes);
     if (o.apiKey !== undefined && o.apiKey === "") throw new OptionError("Invalid apiKey: empty");
     this.#apiKey = o.apiKey !== undefined ? new TextEncoder().encode(o.apiKey) : undefined;
     this.#onLog = o.onLog;
-    this.#limits = {
-      modelId: this.modelId,
-      contextLength: this.contextLength,
-      vocabSize: engine.spec.vocabSize,
-    };
     this.#routes = {
       "/health": { methods: { GET: () => this.#health() }, open: true },
       "/metrics": { methods: { GET: () => this.#metrics() } },
@@ -220,9 +249,17 @@ class ServerImpl implements Server {
         },
       },
     };
+    if (o.signal?.aborted) this.close();
+    o.signal?.addEventListener("abort", () => this.close(), { once: true });
   }
 
-  readonly handler = (request: Request): Promise<Response> => this.#handle(request);
+  readonly handler = (request: Request, _info?: Deno.ServeHandlerInfo): Promise<Response> =>
+    this.#handle(request);
+
+  /** Whether {@link close} was called. */
+  get closing(): boolean {
+    return this.#closing !== undefined;
+  }
 
   async #handle(request: Request): Promise<Response> {
     const arrived = performance.now();
@@ -255,36 +292,19 @@ class ServerImpl implements Server {
       response = await handle(request, arrived, path);
       if (route.countsItself) return response;
     } catch (e) {
-      response = (e instanceof HttpError ? e : internal(e)).response();
+      response = internal(e).response();
     }
     this.#record(request.method, path, key, response.status, arrived);
     return response;
   }
 
-  listen(options: ListenOptions = {}): Deno.HttpServer<Deno.NetAddr> {
-    if (this.#closing) throw unavailable();
-    const server = Deno.serve({
-      hostname: options.hostname ?? "127.0.0.1",
-      port: options.port ?? 8000,
-      onListen: options.onListen ?? (() => {}),
-      // a backstop: the handler answers its own failures
-      onError: (e) => internal(e).response(),
-    }, this.handler);
-    this.#listeners.push(server);
-    return server;
-  }
-
+  /** New requests get 503; running and waiting generations end. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       for (const ac of this.#active) ac.abort(unavailable());
       await Promise.allSettled([...this.#tasks]);
-      await Promise.all(this.#listeners.map((s) => s.shutdown()));
     })();
     return this.#closing;
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
   }
 
   #record(method: string, path: string, route: string, status: number, arrived: number, tokens?: {
@@ -366,6 +386,7 @@ class ServerImpl implements Server {
       checkBudget(budget, this.#engine.stats().fullBytes);
       return Response.json(budgetReport(await this.#engine.setBudget(budget)));
     } catch (e) {
+      if (e instanceof RequestError) throw fromEngineError(e);
       if (e instanceof OptionError) {
         throw new HttpError(400, e.message, { param: "budget", code: "invalid_value" });
       }
@@ -374,46 +395,21 @@ class ServerImpl implements Server {
     }
   }
 
-  /**
-   * The prompt's token ids, as the engine would make them, made once here for the context check and
-   * usage. Text that cannot fit the context is refused by its length before it is tokenized: that
-   * takes ~1.4 s a MB on the event loop, during which every other request and stream waits.
-   */
-  #promptIds(job: Job): number[] {
-    const r = job.request;
-    if (r.ids) return [...r.ids];
-    const bytes = r.prompt !== undefined
-      ? utf8Length(r.prompt)
-      : r.messages!.reduce((n, m) => n + utf8Length(m.content), 0);
-    if (bytes > this.#maxPromptBytes) {
-      throw badParam(
-        job.kind === "chat" ? "messages" : "prompt",
-        `Prompt too long: ${bytes} bytes of text, more than the ${this.#maxPromptBytes} that the context of ${this.contextLength} tokens can hold (at most ${
-          this.#maxPromptBytes / this.contextLength
-        } bytes a token for this tokenizer)`,
-        "context_length_exceeded",
-      );
-    }
-    return promptIds(this.#engine.tokenizer, r);
-  }
-
   async #generate(request: Request, arrived: number, path: string, kind: Job["kind"]): Promise<Response> {
     const json = await readJson(request, this.#maxBody);
-    const job = kind === "chat"
-      ? parseChatRequest(json, this.#limits)
-      : parseCompletionRequest(json, this.#limits);
+    let job: Job;
+    try {
+      job = parseJob(kind, json, this.#settings);
+    } catch (e) {
+      throw fromEngineError(e);
+    }
     const ac = new AbortController();
-    let chunks: AsyncGenerator<GenerateChunk>;
-    let promptTokens: number;
+    let started: StartedJob;
     // a macrotask boundary: requests that arrived together tokenize one at a time with I/O between them
     await new Promise((r) => setTimeout(r, 0));
     try {
-      const ids = this.#promptIds(job);
-      promptTokens = ids.length;
-      const maxTokens = fitContext(job, promptTokens, this.contextLength, this.#defaultMaxTokens);
-      const { prompt: _, messages: __, ...rest } = job.request;
-      // checks the request now; the engine is taken only when the generator first runs
-      chunks = this.#engine.generate({ ...rest, ids, maxTokens, signal: ac.signal });
+      // checks the request now; the engine is taken only when the chunks are first read
+      started = startJob(this.#engine, this.#settings, job, ac.signal);
     } catch (e) {
       throw fromEngineError(e);
     }
@@ -426,16 +422,7 @@ class ServerImpl implements Server {
         { code: "queue_full", headers: { "retry-after": "1" } },
       );
     }
-    const gen: Generation = {
-      job,
-      chunks,
-      turn,
-      ac,
-      arrived,
-      promptTokens,
-      id: `${kind === "chat" ? "chatcmpl" : "cmpl"}-${crypto.randomUUID().replaceAll("-", "")}`,
-      created: Math.floor(Date.now() / 1000),
-    };
+    const gen: Generation = { started, turn, ac, arrived };
     const onGone = () => ac.abort(new ClientGone());
     request.signal.addEventListener("abort", onGone, { once: true });
     this.#active.add(ac);
@@ -448,7 +435,7 @@ class ServerImpl implements Server {
       this.#tasks.delete(task);
       this.metrics.duration.observe((performance.now() - arrived) / 1000);
       this.#record(request.method, path, path, status, arrived, {
-        prompt: promptTokens,
+        prompt: started.promptTokens,
         completion: completionTokens,
       });
       finished();
@@ -512,42 +499,12 @@ class ServerImpl implements Server {
 
   /** The whole answer as one JSON object (a completion, or an error object when it failed). */
   #whole(gen: Generation, done: (status: number, completionTokens: number) => void): Response {
-    const { job } = gen;
     return this.#respond(gen, done, "application/json", async (write) => {
-      let text = "";
       try {
-        const out = await this.#run(gen, (t) => text += t);
-        if (out.finish === "abort") {
-          const reason = gen.ac.signal.reason;
-          if (!(reason instanceof HttpError)) return { status: 499, tokens: out.tokens };
-          write(JSON.stringify(reason.body()));
-          return { status: reason.status, tokens: out.tokens };
-        }
-        const usage = usageOf(gen.promptTokens, out.tokens);
-        const body: ChatCompletion | Completion = job.kind === "chat"
-          ? {
-            id: gen.id,
-            object: "chat.completion",
-            created: gen.created,
-            model: this.modelId,
-            choices: [{
-              index: 0,
-              message: { role: "assistant", content: text, refusal: null },
-              logprobs: null,
-              finish_reason: out.finish,
-            }],
-            usage,
-          }
-          : {
-            id: gen.id,
-            object: "text_completion",
-            created: gen.created,
-            model: this.modelId,
-            choices: [{ index: 0, text, logprobs: null, finish_reason: out.finish }],
-            usage,
-          };
-        write(JSON.stringify(body));
-        return { status: 200, tokens: out.tokens };
+        const ran = await this.#run(gen, (chunks) => new Answer(gen.started, chunks).whole());
+        if (!ran?.value) return this.#aborted(gen, write, ran?.tokens ?? 0);
+        write(JSON.stringify(ran.value));
+        return { status: 200, tokens: ran.tokens };
       } catch (e) {
         const err = internal(e);
         write(JSON.stringify(err.body()));
@@ -558,51 +515,18 @@ class ServerImpl implements Server {
 
   /** Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. */
   #streamed(gen: Generation, done: (status: number, completionTokens: number) => void): Response {
-    const { job, id, created } = gen;
-    const model = this.modelId;
-    const withUsage = job.includeUsage ? { usage: null } : {};
-    const chunk = (text: string | undefined, finish: OpenAiFinishReason | null, role = false) =>
-      job.kind === "chat"
-        ? {
-          id,
-          object: "chat.completion.chunk",
-          created,
-          model,
-          choices: [{
-            index: 0,
-            delta: finish ? {} : { ...(role ? { role: "assistant" } : {}), content: text ?? "" },
-            logprobs: null,
-            finish_reason: finish,
-          }],
-          ...withUsage,
-        } satisfies ChatCompletionChunk
-        : {
-          id,
-          object: "text_completion",
-          created,
-          model,
-          choices: [{ index: 0, text: text ?? "", logprobs: null, finish_reason: finish }],
-          ...withUsage,
-        } satisfies Completion;
     return this.#respond(gen, done, "text/event-stream; charset=utf-8", async (write) => {
       const send = (data: unknown) =>
         write(`data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`);
       try {
-        const out = await this.#run(gen, (text) => send(chunk(text, null)), () => {
-          if (job.kind === "chat") send(chunk("", null, true));
+        const ran = await this.#run(gen, async (chunks) => {
+          const answer = new Answer(gen.started, chunks);
+          for await (const c of answer.stream()) send(c);
+          return answer.finish;
         });
-        if (out.finish === "abort") {
-          const reason = gen.ac.signal.reason;
-          if (!(reason instanceof HttpError)) return { status: 499, tokens: out.tokens };
-          send(reason.body());
-          return { status: reason.status, tokens: out.tokens };
-        }
-        send(chunk(undefined, out.finish));
-        if (job.includeUsage) {
-          send({ ...chunk(undefined, null), choices: [], usage: usageOf(gen.promptTokens, out.tokens) });
-        }
+        if (!ran || ran.value === "abort") return this.#aborted(gen, send, ran?.tokens ?? 0);
         send("[DONE]");
-        return { status: 200, tokens: out.tokens };
+        return { status: 200, tokens: ran.tokens };
       } catch (e) {
         const err = internal(e);
         send(err.body());
@@ -613,77 +537,129 @@ class ServerImpl implements Server {
   }
 
   /**
-   * Waits for the engine, then runs the generation, handing each piece of text to `emit`. Returns
-   * why it ended (`"abort"`: the client left or the server closed, while waiting or running) and
-   * how many tokens it generated. The engine is released before this returns.
+   * The end of an answer whose generation was cancelled: nothing more when its client left (499), the
+   * error that stopped it otherwise (the server closing: 503).
    */
-  async #run(
+  #aborted(
     gen: Generation,
-    emit: (text: string) => void,
-    onStart?: () => void,
-  ): Promise<{ finish: FinishReason; tokens: number }> {
+    send: (data: string) => void,
+    tokens: number,
+  ): { status: number; tokens: number } {
+    const reason = gen.ac.signal.reason;
+    if (!(reason instanceof HttpError)) return { status: 499, tokens };
+    send(JSON.stringify(reason.body()));
+    return { status: reason.status, tokens };
+  }
+
+  /**
+   * Waits for the engine, then hands `consume` the generation's chunks, counted for the metrics.
+   * Returns what `consume` returned and the tokens generated, or undefined when the request was
+   * cancelled while waiting (the client left or the server closed: the engine was never asked). The
+   * engine is released before this returns.
+   */
+  async #run<T>(
+    gen: Generation,
+    consume: (chunks: AsyncIterable<GenerateChunk>) => Promise<T>,
+  ): Promise<{ value: T; tokens: number } | undefined> {
     let release: Release;
     try {
       release = await gen.turn;
     } catch {
-      return { finish: "abort", tokens: 0 }; // left while waiting: the engine was never asked
+      return undefined;
     }
     if (gen.ac.signal.aborted) {
       release();
-      return { finish: "abort", tokens: 0 };
+      return undefined;
     }
     const m = this.metrics;
     const started = performance.now();
     m.queueWait.observe((started - gen.arrived) / 1000);
-    let tokens = 0;
-    let firstTokens = 0;
-    let first = 0;
-    let last = 0;
-    let finish: FinishReason = "length";
-    try {
-      onStart?.();
-      for await (const c of gen.chunks) {
+    const t = { tokens: 0, firstTokens: 0, first: 0, last: 0 };
+    async function* counted(): AsyncGenerator<GenerateChunk> {
+      for await (const c of gen.started.chunks) {
         if (c.ids.length > 0) {
-          last = performance.now();
-          if (tokens === 0) {
-            first = last;
-            firstTokens = c.ids.length;
-            m.timeToFirstToken.observe((first - gen.arrived) / 1000);
+          t.last = performance.now();
+          if (t.tokens === 0) {
+            t.first = t.last;
+            t.firstTokens = c.ids.length;
+            m.timeToFirstToken.observe((t.first - gen.arrived) / 1000);
           }
-          tokens += c.ids.length;
+          t.tokens += c.ids.length;
         }
-        // breaking out returns the engine's generator, which settles its GPU work and frees the engine
-        if (gen.ac.signal.aborted) {
-          finish = "abort";
-          break;
-        }
-        if (c.text) emit(c.text);
-        if (c.finishReason) finish = c.finishReason;
+        yield c;
       }
+    }
+    try {
+      return { value: await consume(counted()), tokens: t.tokens };
     } finally {
       release();
-      m.promptTokens += gen.promptTokens;
-      m.completionTokens += tokens;
-      if (tokens > firstTokens) m.interTokenLatency.observe((last - first) / 1000 / (tokens - firstTokens));
+      m.promptTokens += gen.started.promptTokens;
+      m.completionTokens += t.tokens;
+      if (t.tokens > t.firstTokens) {
+        m.interTokenLatency.observe((t.last - t.first) / 1000 / (t.tokens - t.firstTokens));
+      }
     }
-    return { finish, tokens };
+  }
+}
+
+/** The server: {@link ApiHandler} on listeners of its own. */
+class ServerImpl implements Server {
+  readonly #api: ApiHandler;
+  readonly #listeners: Deno.HttpServer<Deno.NetAddr>[] = [];
+  #closing: Promise<void> | undefined;
+
+  constructor(api: ApiHandler) {
+    this.#api = api;
+  }
+
+  get handler(): ServeHandler {
+    return this.#api.handler;
+  }
+
+  get modelId(): string {
+    return this.#api.modelId;
+  }
+
+  get contextLength(): number {
+    return this.#api.contextLength;
+  }
+
+  get metrics(): Metrics {
+    return this.#api.metrics;
+  }
+
+  listen(options: ListenOptions = {}): Deno.HttpServer<Deno.NetAddr> {
+    if (this.#api.closing) throw unavailable();
+    const server = Deno.serve({
+      hostname: options.hostname ?? "127.0.0.1",
+      port: options.port ?? 8000,
+      onListen: options.onListen ?? (() => {}),
+      // a backstop: the handler answers its own failures
+      onError: (e) => internal(e).response(),
+    }, this.handler);
+    this.#listeners.push(server);
+    return server;
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.#api.close();
+      await Promise.all(this.#listeners.map((s) => s.shutdown()));
+    })();
+    return this.#closing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
 }
 
 /** A generation request between admission and its answer. */
 interface Generation {
-  job: Job;
-  chunks: AsyncGenerator<GenerateChunk>;
+  started: StartedJob;
   turn: Promise<Release>;
   ac: AbortController;
   arrived: number;
-  promptTokens: number;
-  id: string;
-  created: number;
-}
-
-function usageOf(prompt: number, completion: number): Usage {
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
 }
 
 function budgetReport(s: EngineStats): BudgetReport {

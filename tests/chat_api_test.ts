@@ -7,7 +7,7 @@
  * caller's own, to the official `openai` client.
  */
 import assert from "node:assert/strict";
-import OpenAI from "openai";
+import OpenAI from "npm:openai@7.59.0";
 import {
   type ChatCompletion,
   type ChatCompletionChunk,

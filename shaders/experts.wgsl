@@ -46,8 +46,8 @@ fn gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
   let entry = entry_of(tk);
   var acc = vec2<f32>(0.0, 0.0);
   if (entry >= 0) {
-    let c = copy_at(entry);
-    acc = vec2<f32>(row_dot(GATE, c, p.inter, p.dim, i, t * p.dim, tid), row_dot(UP, c, p.inter, p.dim, i, t * p.dim, tid));
+    acc = vec2<f32>(copy_dot(GATE, entry, p.inter, p.dim, i, t * p.dim, tid),
+      copy_dot(UP, entry, p.inter, p.dim, i, t * p.dim, tid));
   }
   let sum = wg_sum2(tid, acc);
   if (tid == 0u) { h[tk * p.inter + i] = sum.x / (1.0 + exp(-sum.x)) * sum.y; }
@@ -64,7 +64,7 @@ fn wi_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
   let t = tk / p.top_k;
   let entry = entry_of(tk);
   var acc = 0.0;
-  if (entry >= 0) { acc = row_dot(GATE, copy_at(entry), p.inter, p.dim, i, t * p.dim, tid); }
+  if (entry >= 0) { acc = copy_dot(GATE, entry, p.inter, p.dim, i, t * p.dim, tid); }
   let sum = wg_sum2(tid, vec2<f32>(acc, 0.0));
   if (tid == 0u) { h[tk * p.inter + i] = max(sum.x, 0.0); }
 }

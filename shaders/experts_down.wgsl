@@ -36,7 +36,7 @@ fn down_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let tk = t * p.top_k + k;
     let entry = entry_of(tk);
     if (entry < 0) { continue; }
-    acc += topk_w[tk] * row_dot(DOWN, copy_at(entry), p.dim, p.inter, d, tk * p.inter, tid);
+    acc += topk_w[tk] * copy_dot(DOWN, entry, p.dim, p.inter, d, tk * p.inter, tid);
   }
   let sum = wg_sum2(tid, vec2<f32>(acc, 0.0));
   if (tid == 0u) { y[t * p.dim + d] += sum.x; }

@@ -31,24 +31,18 @@ struct Params {
 @group(0) @binding(2) var<storage, read> topk_ids: array<u32>;
 @group(0) @binding(3) var<storage, read> slots: array<i32>;
 
-// e2m1: sign in bit 3, then 0, 0.5, 1, 1.5, 2, 3, 4, 6
-const E2M1 = array<f32, 16>(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0);
-
-// Where a resident copy of an expert sits: its format and the first word of its matrix.
-struct Copy {
-  fmt: u32,
-  base: u32,
-}
-
+// The slot-table entry of the expert that routed row `tk` (a token and one of its k) chose.
 fn entry_of(tk: u32) -> i32 {
   return slots[p.layer * p.experts + topk_ids[tk]];
 }
 
-fn copy_at(entry: i32) -> Copy {
-  let e = u32(entry);
-  let slot = e & SLOT_MASK;
-  if ((e >> TIER_SHIFT) == 0u) { return Copy(HI_FMT, slot * p.hi_words); }
-  return Copy(LO_FMT, p.lo_base + slot * p.lo_words);
+// The f32 of an e2m1 code (sign in bit 3, exponent in bits 1…2, mantissa in bit 0): 0, 0.5, 1, 1.5, 2,
+// 3, 4, 6 and their negatives. Built from bits, since indexing a constant array per code is slow.
+fn e2m1(c: u32) -> f32 {
+  let e = (c >> 1u) & 3u;
+  let m = c & 1u;
+  let mag = select(((e + 126u) << 23u) | (m << 22u), m * 0x3f000000u, e == 0u);
+  return bitcast<f32>(mag | ((c & 8u) << 28u));
 }
 
 // Half-word `idx` (an f16) of the halves starting at word `at` of matrix m's buffer.
@@ -57,12 +51,15 @@ fn half_at(m: u32, at: u32, idx: u32) -> f32 {
   return select(v.x, v.y, (idx & 1u) == 1u);
 }
 
-// Σ_c W[r, c] · input[v0 + c] over the columns thread `tid` takes: W, [rows, cols], is matrix m's copy c.
-// bf16 strides over pairs of columns, the quantized formats over groups of 32.
-fn row_dot(m: u32, c: Copy, rows: u32, cols: u32, r: u32, v0: u32, tid: u32) -> f32 {
+// Σ_c W[r, c] · input[v0 + c] over the words of row r that thread `tid` takes, W ([rows, cols]) being
+// the copy of matrix m that starts at word `base` in format `fmt`. Thread j takes words j, j + WG, …
+// of the row, so neighbouring threads read neighbouring words (coalesced) in every format: a word is
+// two bf16 weights, four int8 codes or eight int4 / e2m1 codes, and its group's scale is read beside
+// it. `fmt` is HI_FMT or LO_FMT at each call site, so the other formats' branches fold away.
+fn row_dot(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, v0: u32, tid: u32) -> f32 {
   var acc = 0.0;
-  if (c.fmt == BF16) {
-    let row = c.base + r * (cols / 2u);
+  if (fmt == BF16) {
+    let row = base + r * (cols / 2u);
     for (var j = tid; j < cols / 2u; j += WG) {
       let w = weight(m, row + j);
       acc += bf16_lo(w) * input(m, v0 + 2u * j) + bf16_hi(w) * input(m, v0 + 2u * j + 1u);
@@ -70,59 +67,57 @@ fn row_dot(m: u32, c: Copy, rows: u32, cols: u32, r: u32, v0: u32, tid: u32) -> 
     return acc;
   }
   let n = rows * cols;
-  let groups = cols / GROUP;
-  if (c.fmt == INT8) {
-    let scales = c.base + n / 4u;
-    for (var g = tid; g < groups; g += WG) {
-      let gi = r * groups + g;
-      let q0 = c.base + gi * 8u;
-      let vg = v0 + g * GROUP;
-      var dot = 0.0;
-      for (var k = 0u; k < 8u; k++) {
-        let w = weight(m, q0 + k);
-        let v = vg + 4u * k;
-        dot += f32(i32(w << 24u) >> 24u) * input(m, v) + f32(i32(w << 16u) >> 24u) * input(m, v + 1u) +
-          f32(i32(w << 8u) >> 24u) * input(m, v + 2u) + f32(i32(w) >> 24u) * input(m, v + 3u);
-      }
-      acc += half_at(m, scales, gi) * dot;
+  let g0 = r * (cols / GROUP);
+  if (fmt == INT8) {
+    let row = base + r * (cols / 4u);
+    let scales = base + n / 4u;
+    for (var j = tid; j < cols / 4u; j += WG) {
+      let w = weight(m, row + j);
+      let v = v0 + 4u * j;
+      let dot = f32(i32(w << 24u) >> 24u) * input(m, v) + f32(i32(w << 16u) >> 24u) * input(m, v + 1u) +
+        f32(i32(w << 8u) >> 24u) * input(m, v + 2u) + f32(i32(w) >> 24u) * input(m, v + 3u);
+      acc += half_at(m, scales, g0 + j / 8u) * dot;
     }
     return acc;
   }
-  if (c.fmt == INT4) {
-    let scales = c.base + n / 8u;
+  let row = base + r * (cols / 8u);
+  if (fmt == INT4) {
+    let scales = base + n / 8u;
     let mins = scales + (n / GROUP + 1u) / 2u;
-    for (var g = tid; g < groups; g += WG) {
-      let gi = r * groups + g;
-      let q0 = c.base + gi * 4u;
-      let vg = v0 + g * GROUP;
+    for (var j = tid; j < cols / 8u; j += WG) {
+      let w = weight(m, row + j);
+      let v = v0 + 8u * j;
       var dot = 0.0;
       var sum = 0.0;
-      for (var k = 0u; k < 4u; k++) {
-        let w = weight(m, q0 + k);
-        for (var b = 0u; b < 8u; b++) {
-          let v = input(m, vg + 8u * k + b);
-          dot += f32((w >> (4u * b)) & 15u) * v;
-          sum += v;
-        }
+      for (var b = 0u; b < 8u; b++) {
+        let x = input(m, v + b);
+        dot += f32((w >> (4u * b)) & 15u) * x;
+        sum += x;
       }
-      acc += half_at(m, scales, gi) * dot + half_at(m, mins, gi) * sum;
+      let g = g0 + j / 4u;
+      acc += half_at(m, scales, g) * dot + half_at(m, mins, g) * sum;
     }
     return acc;
   }
   // MXFP4
-  let exps = c.base + n / 8u;
-  for (var g = tid; g < groups; g += WG) {
-    let gi = r * groups + g;
-    let q0 = c.base + gi * 4u;
-    let vg = v0 + g * GROUP;
+  let exps = base + n / 8u;
+  for (var j = tid; j < cols / 8u; j += WG) {
+    let w = weight(m, row + j);
+    let v = v0 + 8u * j;
     var dot = 0.0;
-    for (var k = 0u; k < 4u; k++) {
-      let w = weight(m, q0 + k);
-      for (var b = 0u; b < 8u; b++) { dot += E2M1[(w >> (4u * b)) & 15u] * input(m, vg + 8u * k + b); }
-    }
-    let e = (weight(m, exps + gi / 4u) >> (8u * (gi % 4u))) & 255u;
+    for (var b = 0u; b < 8u; b++) { dot += e2m1((w >> (4u * b)) & 15u) * input(m, v + b); }
+    let g = g0 + j / 4u;
+    let e = (weight(m, exps + g / 4u) >> (8u * (g % 4u))) & 255u;
     acc += exp2(f32(e) - 127.0) * dot;
   }
   return acc;
 }
 
+// Row r of the copy that slot-table `entry` names, dotted as row_dot does: the entry's tier picks the
+// format and the first word.
+fn copy_dot(m: u32, entry: i32, rows: u32, cols: u32, r: u32, v0: u32, tid: u32) -> f32 {
+  let e = u32(entry);
+  let slot = e & SLOT_MASK;
+  if ((e >> TIER_SHIFT) == 0u) { return row_dot(m, HI_FMT, slot * p.hi_words, rows, cols, r, v0, tid); }
+  return row_dot(m, LO_FMT, p.lo_base + slot * p.lo_words, rows, cols, r, v0, tid);
+}

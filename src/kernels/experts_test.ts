@@ -78,6 +78,9 @@ Deno.test("experts: every format and tier pair against a CPU reference on the de
     { formats: ["bf16", "int8"], dim: 64, inter: 96, gated: false }, // ReLU (Switch)
     { formats: ["mxfp4"], dim: 64, inter: 96, gated: true },
     { formats: ["bf16", "int4"], dim: 2048, inter: 64, gated: true }, // more groups per row than threads
+    // more words per row than threads, not a multiple of them, and an odd count of groups per row
+    { formats: ["int8", "int4"], dim: 1056, inter: 160, gated: true },
+    { formats: ["mxfp4"], dim: 1056, inter: 96, gated: true },
   ];
   try {
     for (const [ci, c] of cases.entries()) {

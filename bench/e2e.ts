@@ -73,13 +73,17 @@ export async function measure(
     expertPrecision: precision,
     onProgress: (p) => {
       if (p.stage === "quantize" && quantizeStart === 0) quantizeStart = performance.now();
-      if (p.stage === "gpu" && quantizeStart > 0) quantizeSeconds = (performance.now() - quantizeStart) / 1000;
+      if (p.stage === "gpu" && quantizeStart > 0) {
+        quantizeSeconds = (performance.now() - quantizeStart) / 1000;
+      }
     },
   };
   if (o.uploadMiB !== undefined) engineOptions.maxUploadBytesPerStep = Math.round(o.uploadMiB * 2 ** 20);
   await using engine = await createEngine(engineOptions);
   const loadSeconds = (performance.now() - t0) / 1000;
-  if (quantizeStart > 0 && quantizeSeconds === 0) quantizeSeconds = (performance.now() - quantizeStart) / 1000;
+  if (quantizeStart > 0 && quantizeSeconds === 0) {
+    quantizeSeconds = (performance.now() - quantizeStart) / 1000;
+  }
   const vocab = engine.spec.vocabSize;
   // warm-up: compile pipelines, fill caches
   for await (

@@ -48,7 +48,8 @@ itself on a terminal, else a line every ${PLAIN_EVERY_MS / 1000} s.
 
 Options:
   --corpus <name|file>    sotu-test (the held-out addresses, 2012 on), sotu-train (before 2012),
-                          moby (Moby-Dick), or a UTF-8 text file; default sotu-test
+                          sotu-recent (1990 to 2011), moby (Moby-Dick), or a UTF-8 text file;
+                          default sotu-test
   --window <n>            Tokens per window; default 256
   --max-windows <n>       Evaluate the first n windows only; default all
   --max-batch-tokens <n>  Tokens per GPU call; default the window (one call per window)

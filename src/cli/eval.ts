@@ -66,8 +66,6 @@ precision; the static profile comes from the unmasked router on a calibration co
 not the evaluation corpus.
   --sweep                 Run the sweep instead of one evaluation
   --per-layer <list>      n per layer, comma-separated; default top-k, E/4, E/2, 3E/4, E
-  --experts <list>        Expert precisions to compare, comma-separated (bf16, int8, int4,
-                          bf16+int4, int8+int4, …); default bf16
   --policies <list>       ${
   SWEEP_POLICIES.join(", ")
 }; default all (static-planned only with --planner profile)
@@ -79,7 +77,12 @@ not the evaluation corpus.
   --markdown <file>       Write the table there
   --svg <file>            Write the plot there
 
-${modelUsage({ policy: "full, or swapmoe when --budget is given (not with --sweep)" })}`;
+${
+  modelUsage({
+    policy: "full, or swapmoe when --budget is given (not with --sweep)",
+    experts: "with --sweep, a comma-separated list of precisions to compare",
+  })
+}`;
 
 /** What `eval --json` prints. */
 export interface EvalOutput {

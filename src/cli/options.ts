@@ -132,7 +132,8 @@ export const MODEL_OPTIONS = {
 
 /** Help text of {@link MODEL_OPTIONS}; `defaults` overrides the shown defaults of a command. */
 export function modelUsage(
-  defaults: { budget?: string; policy?: string; contextLength?: string; profile?: string } = {},
+  defaults: { budget?: string; policy?: string; contextLength?: string; profile?: string; experts?: string } =
+    {},
 ): string {
   return `Model options:
   --model <dir>           A Hugging Face checkpoint folder (config.json, *.safetensors,
@@ -158,7 +159,9 @@ export function modelUsage(
                           12MiB (info prints an expert's size); default: two experts
   --experts <precision>   The experts' precision on the GPU: bf16 (as stored), int8, int4,
                           or a high+low pair (swapmoe, static) such as bf16+int4 or
-                          int8+int4; quantized once into $SWAPMOE_CACHE; default: bf16
+                          int8+int4; quantized once into $SWAPMOE_CACHE; default: bf16${
+    defaults.experts ? `;\n                          ${defaults.experts}` : ""
+  }
   -h, --help              Show this help`;
 }
 

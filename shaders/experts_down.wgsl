@@ -23,21 +23,44 @@ fn input(m: u32, i: u32) -> f32 {
   return h[i];
 }
 
-// y[t, d] += Σ_k w[t, k] · (h[t·K + k] · down_s[d]), one workgroup per (t, d).
+// Rows d … d + 3 (those < dim) of down, dotted with h from element v0.
+fn down_rows(fmt: u32, base: u32, d: u32, v0: u32, tid: u32) -> vec4<f32> {
+  let pw = per_word(fmt);
+  let rows = min(p.dim - d, 4u);
+  var acc = vec4<f32>(0.0);
+  for (var j = tid; j < p.inter / pw; j += WG) {
+    let xs = load_x(DOWN, fmt, v0 + j * pw);
+    acc.x += word_dot(DOWN, fmt, base, p.dim, p.inter, d, j, xs);
+    if (rows > 1u) { acc.y += word_dot(DOWN, fmt, base, p.dim, p.inter, d + 1u, j, xs); }
+    if (rows > 2u) { acc.z += word_dot(DOWN, fmt, base, p.dim, p.inter, d + 2u, j, xs); }
+    if (rows > 3u) { acc.w += word_dot(DOWN, fmt, base, p.dim, p.inter, d + 3u, j, xs); }
+  }
+  return acc;
+}
+
+// y[t, d…d+3] += Σ_k w[t, k] · (h[t·K + k] · down_s[d]), one workgroup per t and four of d.
 @compute @workgroup_size(WG)
 fn down_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) tid: u32) {
+  let quads = (p.dim + 3u) / 4u;
   let lin = linear_wg(wg, nwg);
-  let d = lin % p.dim;
-  let t = lin / p.dim;
+  let d = 4u * (lin % quads);
+  let t = lin / quads;
   if (t >= step.t) { return; }
-  var acc = 0.0;
+  var acc = vec4<f32>(0.0);
   for (var k = 0u; k < p.top_k; k++) {
     let tk = t * p.top_k + k;
     let entry = entry_of(tk);
     if (entry < 0) { continue; }
-    acc += topk_w[tk] * copy_dot(DOWN, entry, p.dim, p.inter, d, tk * p.inter, tid);
+    let c = copy_at(entry);
+    if (c.tier == 0u) {
+      acc += topk_w[tk] * down_rows(HI_FMT, c.base, d, tk * p.inter, tid);
+    } else {
+      acc += topk_w[tk] * down_rows(LO_FMT, c.base, d, tk * p.inter, tid);
+    }
   }
-  let sum = wg_sum2(tid, vec2<f32>(acc, 0.0));
-  if (tid == 0u) { y[t * p.dim + d] += sum.x; }
+  let sum = wg_sum4(tid, acc);
+  if (tid == 0u) {
+    for (var r = 0u; r < min(p.dim - d, 4u); r++) { y[t * p.dim + d + r] += sum[r]; }
+  }
 }

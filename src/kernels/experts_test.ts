@@ -71,6 +71,9 @@ Deno.test("experts: every format and tier pair against a CPU reference on the de
   const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
   const cases: Case[] = [
     { formats: ["bf16"], dim: 96, inter: 70, gated: true }, // rows not a multiple of the workgroup
+    // rows of down and of wi not a multiple of the four a workgroup computes
+    { formats: ["bf16"], dim: 98, inter: 70, gated: true },
+    { formats: ["bf16"], dim: 98, inter: 70, gated: false },
     { formats: ["int8"], dim: 160, inter: 96, gated: true },
     { formats: ["int4"], dim: 96, inter: 160, gated: true },
     { formats: ["bf16", "int4"], dim: 128, inter: 96, gated: true },

@@ -38,7 +38,6 @@ struct Params {
 var<workgroup> lg: array<f32, MAX_E>;       // this token's router logits
 var<workgroup> ok: array<u32, MAX_E>;       // 1 where the expert may be chosen in this round
 var<workgroup> red_v: array<f32, WG>;
-var<workgroup> red_i: array<u32, WG>;
 var<workgroup> chosen: array<u32, MAX_K>;
 var<workgroup> chosen_p: array<f32, MAX_K>;
 
@@ -64,36 +63,18 @@ fn reduce_sum(tid: u32, v: f32) -> f32 {
   return red_v[0];
 }
 
-// The allowed expert with the largest logit (lowest index among equals), or 0xffffffff.
-fn reduce_argmax(tid: u32) -> u32 {
-  var bv = NEG_INF;
-  var bi = 0xffffffffu;
-  for (var e = tid; e < p.experts; e += WG) {
-    if (ok[e] == 1u && (bi == 0xffffffffu || lg[e] > bv)) { bv = lg[e]; bi = e; }
-  }
-  workgroupBarrier();
-  red_v[tid] = bv;
-  red_i[tid] = bi;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) {
-      let oi = red_i[tid + s];
-      let ov = red_v[tid + s];
-      let mi = red_i[tid];
-      if (oi != 0xffffffffu && (mi == 0xffffffffu || ov > red_v[tid] || (ov == red_v[tid] && oi < mi))) {
-        red_v[tid] = ov;
-        red_i[tid] = oi;
-      }
-    }
-    workgroupBarrier();
-  }
-  return red_i[0];
-}
-
-// Top-k among allowed experts of this token into chosen / chosen_p (softmax over allowed ones).
+// Top-k among allowed experts of this token into chosen / chosen_p (softmax over allowed ones), by
+// rank: an allowed expert's rank is the number of allowed experts before it in the order (larger
+// logit first, lower index among equals), and the expert of rank k < top_k is choice k. Each thread
+// ranks its experts against all E, so the choice costs one pass and a barrier instead of top_k
+// workgroup argmax reductions; unfilled choices (fewer allowed experts than top_k) stay empty.
 fn route(tid: u32, use_mask: bool) {
   for (var e = tid; e < p.experts; e += WG) {
     ok[e] = select(1u, 0u, use_mask && slots[p.layer * p.experts + e] < 0);
+  }
+  for (var k = tid; k < p.top_k; k += WG) {
+    chosen[k] = 0xffffffffu;
+    chosen_p[k] = 0.0;
   }
   workgroupBarrier();
   var m = NEG_INF;
@@ -102,15 +83,20 @@ fn route(tid: u32, use_mask: bool) {
   var s = 0.0;
   for (var e = tid; e < p.experts; e += WG) { if (ok[e] == 1u) { s += exp(lg[e] - m); } }
   s = reduce_sum(tid, s);
-  for (var k = 0u; k < p.top_k; k++) {
-    let best = reduce_argmax(tid);
-    if (tid == 0u) {
-      chosen[k] = best;
-      chosen_p[k] = select(0.0, exp(lg[min(best, MAX_E - 1u)] - m) / s, best != 0xffffffffu);
-      if (best != 0xffffffffu) { ok[best] = 0u; }
+  for (var e = tid; e < p.experts; e += WG) {
+    if (ok[e] == 1u) {
+      let v = lg[e];
+      var rank = 0u;
+      for (var f = 0u; f < p.experts; f++) {
+        if (ok[f] == 1u && (lg[f] > v || (lg[f] == v && f < e))) { rank++; }
+      }
+      if (rank < p.top_k) {
+        chosen[rank] = e;
+        chosen_p[rank] = exp(v - m) / s;
+      }
     }
-    workgroupBarrier();
   }
+  workgroupBarrier();
 }
 
 // One workgroup per token.

@@ -22,7 +22,7 @@ const ROPE_PARAMS = paramsLayout(
 );
 const ATTENTION_PARAMS = paramsLayout(
   "attention.wgsl",
-  ["n_heads", "n_kv", "head_dim", "window", "f:scale"] as const,
+  ["n_heads", "n_kv", "head_dim", "window", "f:scale", "has_sinks"] as const,
 );
 
 /** Attention geometry. */
@@ -94,7 +94,8 @@ export function attentionScratchBytes(rows: number, numHeads: number, headDim: n
 
 /**
  * Records causal attention over the cache, split over keys: `partial` then `combine`.
- * out[t, h] = softmax(q·Kᵀ·scale) · V over positions ≤ pos0 + t (and within the window).
+ * out[t, h] = softmax(q·Kᵀ·scale) · V over positions ≤ pos0 + t (and within the window); with
+ * `sinks`, head h's sink logit joins the softmax's denominator (gpt-oss), and nothing else changes.
  */
 export async function attention(
   ctx: KernelContext,
@@ -106,8 +107,10 @@ export async function attention(
     /** [maxRows, H, MAX_SPLITS, hd + 2] f32, see {@link attentionScratchBytes}. */
     partials: GPUBuffer;
     out: GPUBuffer;
-    /** Sliding-window span, or null. */
+    /** Sliding-window span (keys pos − window < j ≤ pos), or null. */
     window: number | null;
+    /** [H] bf16: a learned logit per head that joins each softmax's denominator (gpt-oss), or none. */
+    sinks?: GPUBuffer;
   },
 ): Promise<Dispatch[]> {
   if (o.headDim > 256 || o.headDim % 4 !== 0) {
@@ -119,6 +122,7 @@ export async function attention(
     head_dim: o.headDim,
     window: o.window ?? 0,
     scale: 1 / Math.sqrt(o.headDim),
+    has_sinks: o.sinks ? 1 : 0,
   });
   const constants = { MAX_SPLITS };
   return [
@@ -137,7 +141,8 @@ export async function attention(
       entry: "combine",
       constants,
       params,
-      buffers: { 5: o.partials, 6: o.out },
+      // without sinks the binding is unused by the math but still bound: any buffer not written here does
+      buffers: { 5: o.partials, 6: o.out, 7: o.sinks ?? o.q },
       workgroups: (s) => s.t * o.numHeads,
     }),
   ];

@@ -1,0 +1,150 @@
+/**
+ * The gpt-oss program on a real WebGPU device (lavapipe in CI), everything but the routed experts
+ * (phase 2): the program is built with experts that add nothing, and compared with the CPU reference
+ * run without experts — embedding, norms, q/k/v and o with biases, YaRN, sinks, sliding and full
+ * layers across prefill chunks and decode steps, the router with its bias, full and masked, the head.
+ * The CPU reference itself matches transformers on the fixture with its experts (reference_test.ts).
+ */
+import assert from "node:assert/strict";
+import { Checkpoint } from "../../checkpoint/shards.ts";
+import { type CallShape, encode } from "../../gpu/dispatch.ts";
+import { packStep } from "../../kernels/step.ts";
+import { BudgetPlan } from "../../moe/budget.ts";
+import { type GpuModel, loadGpuModel } from "../../runtime/gpu_model.ts";
+import { engineLayout, footprintOf } from "../../runtime/layout.ts";
+import type { ModelPlan } from "../../runtime/model_plan.ts";
+import { assertLogitsClose, FIXTURES } from "../../../tests/support/hostile.ts";
+import { type Architecture, passDispatches, type RunShape } from "../family.ts";
+import { type GptOssSpec, parseGptOssConfig } from "./config.ts";
+import { gptOssArchitecture, gptOssFamily } from "./family.ts";
+import { gptOssNames } from "./names.ts";
+import { CpuGptOss } from "./reference.ts";
+
+const FIXTURE = `${FIXTURES}tiny-gpt-oss`;
+// 16 rows per pass: the 27-token prompt takes two chunks, the second starting past the window (6)
+const SHAPE: RunShape = { maxRows: 16, contextLength: 64, maxGenerated: 64 };
+
+interface Reference {
+  masked_routing: { allowed: number[][] };
+  prompts: { ids: number[] }[];
+}
+
+/** The fixture planned by hand (the family is not registered yet) and loaded on the GPU. */
+async function load(
+  ckpt: Checkpoint,
+  arch: Architecture<GptOssSpec>,
+  o: { masked: boolean; slots: number[] },
+): Promise<GpuModel> {
+  const tensors = arch.tensors(ckpt.tensors, FIXTURE);
+  const layout = engineLayout(arch, tensors, ckpt.tensors, SHAPE);
+  const plan = new BudgetPlan(footprintOf(arch, layout, SHAPE), "full", undefined, { planner: "uniform" });
+  // ModelPlan's spec is the registered families' union, which gpt-oss joins in phase 2
+  const planned: ModelPlan = {
+    modelDir: FIXTURE,
+    family: gptOssFamily as unknown as ModelPlan["family"],
+    arch: arch as unknown as ModelPlan["arch"],
+    ckpt,
+    tensors,
+    shape: SHAPE,
+    layout,
+    plan,
+    staticSets: undefined,
+  };
+  return await loadGpuModel(planned, { budget: Infinity, slots: o.slots, masked: o.masked, options: {} });
+}
+
+/** Runs the decoder pass over `ids` at `pos0` (one chunk) and reads back its logits rows and the last layer's choices. */
+async function run(m: GpuModel, spec: GptOssSpec, ids: number[], pos0: number) {
+  const device = m.gpu.device;
+  const io = m.program.io;
+  const shape: CallShape = { t: ids.length, headRows: ids.length, pos0 };
+  device.queue.writeBuffer(io.ids, 0, new Uint32Array(ids));
+  device.queue.writeBuffer(m.step, 0, packStep(shape));
+  m.cache.flush();
+  const V = spec.vocabSize;
+  const bytes = ids.length * V * 4;
+  const kBytes = ids.length * spec.topK * 4;
+  const read = device.createBuffer({
+    size: bytes + kBytes,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  encode(pass, passDispatches(m.program.decoder), shape);
+  pass.end();
+  enc.copyBufferToBuffer(io.logits, 0, read, 0, bytes);
+  enc.copyBufferToBuffer(io.topkIds, 0, read, bytes, kBytes);
+  device.queue.submit([enc.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const logits = new Float32Array(read.getMappedRange(0, bytes).slice(0));
+  const topk = new Uint32Array(read.getMappedRange(bytes, kBytes).slice(0));
+  read.unmap();
+  read.destroy();
+  return { logits, topk };
+}
+
+/** Rows `from` … of a [T, V] logits array. */
+const rows = (l: Float32Array, V: number, from: number, to: number) => l.slice(from * V, to * V);
+
+/** The last layer's choices of rows `from` … `to` − 1, flattened. */
+const choices = (topk: number[][][], from: number, to: number) => topk.at(-1)!.slice(from, to).flat();
+
+Deno.test("gpt-oss program: everything but the experts equals the CPU reference, prefill in chunks and decode", async () => {
+  const spec = parseGptOssConfig(JSON.parse(Deno.readTextFileSync(`${FIXTURE}/config.json`)));
+  const ref: Reference = JSON.parse(Deno.readTextFileSync(`${FIXTURE}/reference.json`));
+  using ckpt = Checkpoint.open(FIXTURE);
+  const cpu = new CpuGptOss(spec, gptOssNames(spec), (n) => ckpt.bytes(n), SHAPE.contextLength);
+  const V = spec.vocabSize;
+  const noExperts = () => Promise.resolve([]);
+  for (const masked of [false, true]) {
+    const allowed = ref.masked_routing.allowed;
+    const m = await load(ckpt, gptOssArchitecture(spec, noExperts), {
+      masked,
+      slots: masked ? allowed.map((a) => a.length) : [1, 1],
+    });
+    try {
+      // masked routing: the allowed experts are the resident ones (no bytes needed without experts)
+      if (masked) {
+        allowed.forEach((set, l) => set.forEach((e, slot) => m.cache.slots.assign(l, e, slot)));
+        m.gpu.device.queue.writeBuffer(m.cache.tableBuffer.buffer, 0, m.cache.slots.table);
+      }
+      const options = { noExperts: true, allowed: masked ? allowed : undefined };
+      const prompt = ref.prompts[1]!.ids; // 27 tokens
+      const extra = [7, 300, 42];
+      const want = cpu.forward([...prompt, ...extra], options);
+      const what = masked ? "masked" : "full";
+      for (let start = 0; start < prompt.length; start += SHAPE.maxRows) {
+        const end = Math.min(prompt.length, start + SHAPE.maxRows);
+        const got = await run(m, spec, prompt.slice(start, end), start);
+        assertLogitsClose(
+          got.logits,
+          rows(want.logits, V, start, end),
+          `${what} prefill rows ${start}…${end}`,
+        );
+        assert.deepEqual(
+          [...got.topk],
+          choices(want.topk, start, end),
+          `${what} routing rows ${start}…${end}`,
+        );
+      }
+      for (const [i, id] of extra.entries()) {
+        const pos = prompt.length + i;
+        const got = await run(m, spec, [id], pos);
+        assertLogitsClose(got.logits, rows(want.logits, V, pos, pos + 1), `${what} decode at ${pos}`);
+        assert.deepEqual([...got.topk], choices(want.topk, pos, pos + 1), `${what} routing at ${pos}`);
+      }
+    } finally {
+      m.memory.freeAll();
+      m.gpu.device.destroy();
+    }
+  }
+});
+
+Deno.test("gpt-oss program: the routed experts are a marked gap until phase 2", async () => {
+  const spec = parseGptOssConfig(JSON.parse(Deno.readTextFileSync(`${FIXTURE}/config.json`)));
+  using ckpt = Checkpoint.open(FIXTURE);
+  await assert.rejects(
+    () => load(ckpt, gptOssArchitecture(spec), { masked: false, slots: [1, 1] }),
+    (e: Error) => e.message === "gpt-oss experts: phase 2",
+  );
+});

@@ -13,7 +13,14 @@ import { BudgetPlan } from "../../moe/budget.ts";
 import { type GpuModel, loadGpuModel } from "../../runtime/gpu_model.ts";
 import { engineLayout, footprintOf } from "../../runtime/layout.ts";
 import type { ModelPlan } from "../../runtime/model_plan.ts";
-import { assertLogitsClose, FIXTURES } from "../../../tests/support/hostile.ts";
+import {
+  assertLogitsClose,
+  copyFixture,
+  encodeSafetensors,
+  type Entry,
+  FIXTURES,
+  readSafetensors,
+} from "../../../tests/support/hostile.ts";
 import { type Architecture, passDispatches, type RunShape } from "../family.ts";
 import { type GptOssSpec, parseGptOssConfig } from "./config.ts";
 import { gptOssArchitecture, gptOssFamily } from "./family.ts";
@@ -29,18 +36,18 @@ interface Reference {
   prompts: { ids: number[] }[];
 }
 
-/** The fixture planned by hand (the family is not registered yet) and loaded on the GPU. */
+/** A checkpoint planned by hand (the family is not registered yet) and loaded on the GPU. */
 async function load(
   ckpt: Checkpoint,
   arch: Architecture<GptOssSpec>,
   o: { masked: boolean; slots: number[] },
 ): Promise<GpuModel> {
-  const tensors = arch.tensors(ckpt.tensors, FIXTURE);
+  const tensors = arch.tensors(ckpt.tensors, ckpt.dir);
   const layout = engineLayout(arch, tensors, ckpt.tensors, SHAPE);
   const plan = new BudgetPlan(footprintOf(arch, layout, SHAPE), "full", undefined, { planner: "uniform" });
   // ModelPlan's spec is the registered families' union, which gpt-oss joins in phase 2
   const planned: ModelPlan = {
-    modelDir: FIXTURE,
+    modelDir: ckpt.dir,
     family: gptOssFamily as unknown as ModelPlan["family"],
     arch: arch as unknown as ModelPlan["arch"],
     ckpt,
@@ -83,16 +90,42 @@ async function run(m: GpuModel, spec: GptOssSpec, ids: number[], pos0: number) {
   return { logits, topk };
 }
 
+/**
+ * A copy of the fixture whose biases, norms and sinks (all zero or one in it) hold random bf16 values,
+ * so that a bias, norm weight or sink read from the wrong place shows.
+ */
+async function withRandomBiases(): Promise<string> {
+  const dir = await copyFixture("tiny-gpt-oss");
+  const path = `${dir}/model.safetensors`;
+  const { header, data } = readSafetensors(path);
+  let s = 12345;
+  const rand = () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32) - 0.5;
+  const f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  for (const [name, e] of Object.entries(header)) {
+    if (name === "__metadata__" || !/(bias|norm\.weight|layernorm\.weight|sinks)$/.test(name)) continue;
+    const [begin, end] = (e as Entry).data_offsets;
+    for (let o = begin; o < end; o += 2) {
+      f[0] = name.endsWith("weight") ? 1 + 0.4 * rand() : name.endsWith("sinks") ? 2 * rand() : 0.2 * rand();
+      data[o] = (u[0]! >>> 16) & 0xff;
+      data[o + 1] = u[0]! >>> 24;
+    }
+  }
+  await Deno.writeFile(path, encodeSafetensors(header, data));
+  return dir;
+}
+
 /** Rows `from` … of a [T, V] logits array. */
 const rows = (l: Float32Array, V: number, from: number, to: number) => l.slice(from * V, to * V);
 
 /** The last layer's choices of rows `from` … `to` − 1, flattened. */
 const choices = (topk: number[][][], from: number, to: number) => topk.at(-1)!.slice(from, to).flat();
 
-Deno.test("gpt-oss program: everything but the experts equals the CPU reference, prefill in chunks and decode", async () => {
-  const spec = parseGptOssConfig(JSON.parse(Deno.readTextFileSync(`${FIXTURE}/config.json`)));
-  const ref: Reference = JSON.parse(Deno.readTextFileSync(`${FIXTURE}/reference.json`));
-  using ckpt = Checkpoint.open(FIXTURE);
+/** Everything but the experts on the GPU against the CPU reference without experts, full and masked. */
+async function compareWithoutExperts(dir: string): Promise<void> {
+  const spec = parseGptOssConfig(JSON.parse(Deno.readTextFileSync(`${dir}/config.json`)));
+  const ref: Reference = JSON.parse(Deno.readTextFileSync(`${dir}/reference.json`));
+  using ckpt = Checkpoint.open(dir);
   const cpu = new CpuGptOss(spec, gptOssNames(spec), (n) => ckpt.bytes(n), SHAPE.contextLength);
   const V = spec.vocabSize;
   const noExperts = () => Promise.resolve([]);
@@ -137,6 +170,19 @@ Deno.test("gpt-oss program: everything but the experts equals the CPU reference,
       m.memory.freeAll();
       m.gpu.device.destroy();
     }
+  }
+}
+
+Deno.test("gpt-oss program: everything but the experts equals the CPU reference, prefill in chunks and decode", async () => {
+  await compareWithoutExperts(FIXTURE);
+});
+
+Deno.test("gpt-oss program: with random biases, norm weights and sinks (the fixture's are 0, 1 and small)", async () => {
+  const dir = await withRandomBiases();
+  try {
+    await compareWithoutExperts(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 

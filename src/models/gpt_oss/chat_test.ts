@@ -66,7 +66,7 @@ const HARMONY_LIKE = `{#- harmony-shaped: system block, developer instructions, 
 {%- if add_generation_prompt -%}<|start|>assistant{%- endif -%}`;
 
 /** tokenizer-512 with harmony's markers added, and `template`, in a temporary folder. */
-async function harmonyFolder(template: string, fn: (tok: Tokenizer) => Promise<void>): Promise<void> {
+async function harmonyFolder(template: string, fn: (tok: Tokenizer) => void): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "swapmoe-harmony-" });
   try {
     const json = JSON.parse(await Deno.readTextFile(join(FIXTURE, "tokenizer.json")));
@@ -82,7 +82,7 @@ async function harmonyFolder(template: string, fn: (tok: Tokenizer) => Promise<v
     await Deno.writeTextFile(join(dir, "tokenizer.json"), JSON.stringify(json));
     await Deno.copyFile(join(FIXTURE, "tokenizer_config.json"), join(dir, "tokenizer_config.json"));
     await Deno.writeTextFile(join(dir, "chat_template.jinja"), template);
-    await fn(await Tokenizer.load(dir));
+    fn(await Tokenizer.load(dir));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -97,7 +97,7 @@ function today(): string {
 }
 
 Deno.test("gpt-oss chat: harmony's Jinja features render through the tokenizer, markers as single ids", async () => {
-  await harmonyFolder(HARMONY_LIKE, async (tok) => {
+  await harmonyFolder(HARMONY_LIKE, (tok) => {
     const messages = [
       { role: "system", content: "Be brief." },
       { role: "user", content: "State of the Union?" },

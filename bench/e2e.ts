@@ -2,8 +2,12 @@
  * End-to-end decode and prefill speed for each policy and budget, in one process, on one model.
  * Writes JSON (one record per configuration) and prints a Markdown table.
  *
- *   deno run -A bench/e2e.ts --model DIR --configs full,swapmoe@4GiB,swapmoe@8GiB,lru@4GiB \
+ *   deno run -A bench/e2e.ts --model DIR --configs full,swapmoe@4GiB,full/int4,swapmoe@4GiB/bf16+int4 \
  *     [--prompt 32] [--new 128] [--prefill 512] [--context 1024] [--max-upload-mib M] [--out results.json]
+ *
+ * A config is `policy[@budget][/precision]`: the policy, its budget, and the experts' precision
+ * (`expertPrecision`; default bf16). Load and quantizing times are recorded: the first load at a new
+ * precision quantizes (into `$SWAPMOE_CACHE`), later loads map the cache.
  *
  * Decode tok/s counts the new tokens that arrive after the first chunk (the first token comes out of
  * the prefill; a chunk is one readback) over the wall time from the first chunk to the last; prefill
@@ -20,6 +24,10 @@ import { createEngine, type EngineOptions, type EngineStats, formatBytes, type P
 export interface E2eRecord {
   config: string;
   policy: PolicyName;
+  /** The experts' precision (`expertPrecision`). */
+  precision: string;
+  /** Seconds spent quantizing experts during the load (0 when the copies came from the cache or none were needed). */
+  quantizeSeconds: number;
   budget: string | null;
   decodeTokensPerSecond: number;
   prefillTokensPerSecond: number | null;
@@ -51,12 +59,31 @@ export async function measure(
   config: string,
   o: { prompt: number; newTokens: number; prefill: number; context: number; uploadMiB?: number },
 ): Promise<E2eRecord> {
-  const [policy, budget] = config.split("@") as [PolicyName, string | undefined];
+  // policy[@budget][/precision], e.g. full, swapmoe@4GiB, full/int4, swapmoe@4GiB/bf16+int4
+  const [head, precision] = config.split("/") as [string, string | undefined];
+  const [policy, budget] = head.split("@") as [PolicyName, string | undefined];
   const t0 = performance.now();
-  const engineOptions: EngineOptions = { model, policy, budget, contextLength: o.context };
+  let quantizeStart = 0;
+  let quantizeSeconds = 0;
+  const engineOptions: EngineOptions = {
+    model,
+    policy,
+    budget,
+    contextLength: o.context,
+    expertPrecision: precision,
+    onProgress: (p) => {
+      if (p.stage === "quantize" && quantizeStart === 0) quantizeStart = performance.now();
+      if (p.stage === "gpu" && quantizeStart > 0) {
+        quantizeSeconds = (performance.now() - quantizeStart) / 1000;
+      }
+    },
+  };
   if (o.uploadMiB !== undefined) engineOptions.maxUploadBytesPerStep = Math.round(o.uploadMiB * 2 ** 20);
   await using engine = await createEngine(engineOptions);
   const loadSeconds = (performance.now() - t0) / 1000;
+  if (quantizeStart > 0 && quantizeSeconds === 0) {
+    quantizeSeconds = (performance.now() - quantizeStart) / 1000;
+  }
   const vocab = engine.spec.vocabSize;
   // warm-up: compile pipelines, fill caches
   for await (
@@ -97,6 +124,8 @@ export async function measure(
   return {
     config,
     policy,
+    precision: s.expertPrecision,
+    quantizeSeconds,
     budget: budget ?? null,
     decodeTokensPerSecond: timed / ((last - first) / 1000),
     prefillTokensPerSecond: prefill,
@@ -120,14 +149,14 @@ export async function measure(
 /** A Markdown table of records. */
 export function table(rows: E2eRecord[]): string {
   const head =
-    "| config | decode tok/s | prefill tok/s | GPU bytes | budget | hit rate | swaps | uploaded |\n" +
-    "|---|---:|---:|---:|---:|---:|---:|---:|";
+    "| config | decode tok/s | prefill tok/s | GPU bytes | budget | hit rate | swaps | uploaded | load s | quantize s |\n" +
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
   const lines = rows.map((r) =>
     `| ${r.config} | ${r.decodeTokensPerSecond.toFixed(1)} | ${
       r.prefillTokensPerSecond?.toFixed(0) ?? "–"
     } | ${formatBytes(r.gpuBytes)} | ${formatBytes(r.budgetBytes)} | ${r.hitRate.toFixed(3)} | ${r.swaps} | ${
       formatBytes(r.bytesUploaded)
-    } |`
+    } | ${r.loadSeconds.toFixed(1)} | ${r.quantizeSeconds.toFixed(1)} |`
   );
   return [head, ...lines].join("\n");
 }

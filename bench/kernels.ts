@@ -11,6 +11,7 @@ import { parseArgs } from "node:util";
 import { createGpu } from "../src/gpu/device.ts";
 import { type Dispatch, grid, kernelContext } from "../src/gpu/dispatch.ts";
 import { experts } from "../src/kernels/experts.ts";
+import { matrixLayout } from "../src/quant/formats.ts";
 import { matmul } from "../src/kernels/matmul.ts";
 
 /** One kernel measurement. */
@@ -122,17 +123,19 @@ for (
   });
 }
 
-// experts of one OLMoE layer: 64 slots, top-8, D 2048, I 1024, one token
-{
+// experts of one OLMoE layer: 64 slots, top-8, D 2048, I 1024, one token, at each precision; bytes
+// are those the kernel reads (codes, scales and minimums of the 8 chosen experts)
+for (const precision of ["bf16", "int8", "int4"] as const) {
   const D = 2048, I = 1024, E = 64, K = 8;
-  const table = memory.alloc("slots", E * 4, S, "tables").buffer;
+  const matrix = matrixLayout(precision, I, D).bytes;
+  const table = memory.alloc(`slots.${precision}`, E * 4, S, "tables").buffer;
   device.queue.writeBuffer(table, 0, new Int32Array(Array.from({ length: E }, (_, e) => e)));
-  const ids = buf("topk_ids", K * 4);
+  const ids = buf(`topk_ids.${precision}`, K * 4);
   device.queue.writeBuffer(ids, 0, new Uint32Array([3, 9, 17, 22, 40, 41, 50, 63]));
-  const wts = buf("topk_w", K * 4);
+  const wts = buf(`topk_w.${precision}`, K * 4);
   device.queue.writeBuffer(wts, 0, new Float32Array(K).fill(1 / K));
   const [d1, d2] = await experts(ctx, {
-    label: "experts",
+    label: `experts.${precision}`,
     layer: 0,
     dim: D,
     inter: I,
@@ -141,24 +144,26 @@ for (
     topkIds: ids,
     topkW: wts,
     slots: table,
-    x: buf("x", D * 4),
-    gate: buf("gate", E * I * D * 2),
-    up: buf("up", E * I * D * 2),
-    down: buf("down", E * D * I * 2),
-    h: buf("h", K * I * 4),
-    y: buf("y", D * 4),
+    x: buf(`x.${precision}`, D * 4),
+    gate: buf(`gate.${precision}`, E * matrix),
+    up: buf(`up.${precision}`, E * matrix),
+    down: buf(`down.${precision}`, E * matrix),
+    h: buf(`h.${precision}`, K * I * 4),
+    y: buf(`y.${precision}`, D * 4),
+    formats: [precision],
+    highSlots: E,
   });
   for (
-    const [d, bytes, name] of [[d1!, K * 2 * I * D * 2, "experts.gate_up"], [
+    const [d, bytes, name] of [[d1!, K * 2 * matrix, "experts.gate_up"], [
       d2!,
-      K * D * I * 2,
+      K * matrix,
       "experts.down",
     ]] as const
   ) {
     const us = await time(dispatchOnce(d, 1));
     const gbs = bytes / (us * 1e3);
     records.push({
-      kernel: name,
+      kernel: `${name} ${precision}`,
       shape: `OLMoE layer, top-8 of 64, 1 token`,
       microseconds: us,
       bytes,

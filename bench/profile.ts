@@ -40,7 +40,7 @@ const { gpu, memory, cache, program, step } = await loadGpuModel(planned, {
   options: {},
 });
 const device = gpu.device;
-for (let l = 0; l < cache.moeLayers; l++) for (let e = 0; e < E; e++) cache.load(l, e);
+for (let l = 0; l < cache.moeLayers; l++) for (let e = 0; e < E; e++) cache.load(l, e, 0);
 cache.flush();
 device.queue.writeBuffer(step, 0, packStep({ t: 1, headRows: 1, pos0: pos }));
 const all: Dispatch[] = [...passDispatches(program.decoder), program.sample];
@@ -141,7 +141,7 @@ console.log(
 // step is the GPU's time for the copies, which WebGPU's one queue runs between the steps' passes.
 const uploadMiB = Number(values["upload-mib"]);
 if (uploadMiB > 0) {
-  const source = ckpt.bytes(planned.tensors.experts[0]![0]![0]!); // one expert matrix: 4 MiB for OLMoE
+  const source = ckpt.bytes(planned.tensors.expertPieces(0, 0, 0)[0]!.tensor); // one expert matrix: 4 MiB for OLMoE
   const chunk = source.byteLength;
   const chunks = Math.ceil((uploadMiB * 2 ** 20) / chunk);
   const scratch = device.createBuffer({

@@ -6,11 +6,12 @@
  *   there: deno run -A bench/quality_sweep.ts run --ids scratch/quality-ids.json --corpus sotu-test \
  *            --max-windows 40 --decode-tokens 32 --out $OUT --tag sweep_test40
  *          deno run -A bench/quality_sweep.ts run --ids scratch/quality-ids.json --corpus moby \
- *            --max-windows 200 --experts 4,8 --policies swapmoe,swapmoe-profile,static,static-random,static-oracle \
- *            --out $OUT --tag head_moby
+ *            --max-windows 200 --per-layer 4,8 --policies swapmoe,swapmoe-profile,static,static-random,static-oracle \
+ *            --experts bf16,int4,bf16+int4 --calibration calibration-recent --out $OUT --tag head_moby
  *
- * `prepare` tokenises the held-out addresses (sotu-test), Moby-Dick's first 201 windows and the
- * calibration windows (64 evenly spaced over the addresses before 2012) as `main.ts eval` does;
+ * `prepare` tokenises the held-out addresses (sotu-test), Moby-Dick's first 201 windows and two sets of
+ * calibration windows as `main.ts eval` does: `calibration`, 64 evenly spaced over the addresses
+ * before 2012 (sotu-train), and `calibration-recent`, 50 over those from 1990 (sotu-recent);
  * `run` is `main.ts eval --sweep` on those ids: it writes `<tag>.json` (the sweep), `<tag>.md` (the
  * table) and `<tag>.svg` (the plot) under --out, and prints the table.
  *
@@ -18,7 +19,7 @@
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { expertBytes } from "../src/models/family.ts";
+import { expertCopyBytes } from "../src/models/family.ts";
 import { loadModelConfig } from "../src/models/registry.ts";
 import { Tokenizer } from "../src/text/tokenizer.ts";
 import { loadCorpus, tokenizeCorpus } from "../src/eval/corpus.ts";
@@ -36,7 +37,10 @@ const { positionals, values } = parseArgs({
     window: { type: "string", default: "256" },
     "max-windows": { type: "string" },
     "calibration-windows": { type: "string", default: "64" },
+    "per-layer": { type: "string" },
     experts: { type: "string" },
+    calibration: { type: "string", default: "calibration" },
+    "recent-windows": { type: "string", default: "50" },
     policies: { type: "string" },
     "decode-tokens": { type: "string", default: "0" },
     "importance-decay": { type: "string" },
@@ -60,6 +64,11 @@ if (positionals[0] === "prepare") {
     window,
     Number(values["calibration-windows"]),
   );
+  out["calibration-recent"] = spacedWindows(
+    tokenizeCorpus(tokenizer, await loadCorpus("sotu-recent", model)),
+    window,
+    Number(values["recent-windows"]),
+  );
   await Deno.writeTextFile(values.out ?? "quality-ids.json", JSON.stringify(out));
   console.log(Object.entries(out).map(([k, v]) => `${k}: ${v.length} tokens`).join(", "));
 } else if (positionals[0] === "run") {
@@ -67,17 +76,21 @@ if (positionals[0] === "prepare") {
   const ids = JSON.parse(await Deno.readTextFile(values.ids)) as Record<string, number[]>;
   const evalIds = ids[values.corpus];
   if (!evalIds) throw new Error(`${values.ids} has no corpus ${values.corpus}`);
+  const calibrationIds = ids[values.calibration];
+  if (!calibrationIds) throw new Error(`${values.ids} has no calibration ${values.calibration}`);
   const uploadExperts = num(values["max-upload-experts"]);
-  const slotBytes = expertBytes((await loadModelConfig(model)).architecture.expertMatrices);
+  const { architecture } = await loadModelConfig(model);
+  const slotBytes = expertCopyBytes(architecture.expertMatrices, architecture.nativePrecision);
   const t0 = performance.now();
   const result = await sweep({
     model: values.model,
     ids: evalIds,
-    calibrationIds: ids["calibration"]!,
+    calibrationIds,
     window,
     maxWindows: num(values["max-windows"]),
-    calibrationWindows: Number(values["calibration-windows"]),
-    experts: values.experts?.split(",").map(Number),
+    calibrationWindows: calibrationIds.length / window,
+    experts: values["per-layer"]?.split(",").map(Number),
+    precisions: values.experts?.split(","),
     policies: values.policies?.split(",") as Exclude<SweepPolicy, "full">[] | undefined,
     decodeTokens: Number(values["decode-tokens"]),
     swapmoe: {
@@ -89,7 +102,7 @@ if (positionals[0] === "prepare") {
     log: (m) => console.error(m),
   });
   const dir = values.out ?? ".";
-  const title = `${values.corpus}: ${result.windows} windows of ${window}`;
+  const title = `${values.corpus}: ${result.windows} windows of ${window}, calibration ${values.calibration}`;
   await Deno.writeTextFile(`${dir}/${values.tag}.json`, JSON.stringify(result));
   await Deno.writeTextFile(`${dir}/${values.tag}.md`, markdownTable(result.rows) + "\n");
   await Deno.writeTextFile(`${dir}/${values.tag}.svg`, svgPlot(result, title));

@@ -147,8 +147,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 // Statistics of a call, once after its routers ran: one thread per (MoE layer, expert) over the
 // MoE layers p.layer … p.layer + n_layers − 1 (all of them for a causal model; one stack, encoder or
 // decoder, for Switch, whose other stack's regions hold another call's choices), no atomics needed:
-//   stats: [moe_layers, E, 4] f32 — (times chosen by the unmasked router, Σ ‖x‖·G(x)_e, hits, 0)
-//   a hit is an unmasked choice whose expert is resident.
+//   stats: [moe_layers, E, 4] f32 — (times chosen by the unmasked router, Σ ‖x‖·G(x)_e, hits, high hits)
+//   a hit is an unmasked choice whose expert has a resident copy; a high hit, one at the high tier.
 @group(0) @binding(10) var<storage, read_write> stats: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -171,5 +171,10 @@ fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>) {
   let o = le * 4u;
   stats[o] += used;
   stats[o + 1u] += imp;
-  if (slots[le] >= 0) { stats[o + 2u] += used; }
+  // a hit: the expert has a resident copy; at the high tier (bits 28…30 of the entry 0: experts.wgsl)
+  let entry = slots[le];
+  if (entry >= 0) {
+    stats[o + 2u] += used;
+    if ((u32(entry) >> 28u) == 0u) { stats[o + 3u] += used; }
+  }
 }

@@ -32,6 +32,31 @@ export class ConfigError extends CheckpointError {}
 /** An engine or request option is invalid; raised before any GPU work. */
 export class OptionError extends SwapMoeError {}
 
+/**
+ * A field of an OpenAI-style request (`engine.chat.completions.create`, `engine.completions.create`,
+ * the server's routes) is invalid or unsupported. `param` names the field, `code` says what is wrong
+ * in OpenAI's terms (`invalid_value`, `invalid_type`, `context_length_exceeded`, `model_not_found`, …),
+ * and `status` is the HTTP status the server answers with: 400, or 404 for a model it does not serve.
+ */
+export class RequestError extends OptionError {
+  /** The request field at fault (`temperature`, `messages[0].content`), or null. */
+  readonly param: string | null;
+  /** A machine-readable reason, as OpenAI's API gives it. */
+  readonly code: string;
+  /** The HTTP status for this fault: 400, or 404 for an unknown model. */
+  readonly status: 400 | 404;
+  /** Creates a request error for `param`; `code` defaults to `invalid_value`, `status` to 400. */
+  constructor(
+    message: string,
+    options: ErrorOptions & { param?: string | null; code?: string; status?: 400 | 404 } = {},
+  ) {
+    super(message, options);
+    this.param = options.param ?? null;
+    this.code = options.code ?? "invalid_value";
+    this.status = options.status ?? 400;
+  }
+}
+
 /** The requested GPU memory budget cannot be met. */
 export class BudgetError extends SwapMoeError {}
 

@@ -7,7 +7,12 @@ import assert from "node:assert/strict";
 import { COMMANDS } from "../src/cli/main.ts";
 import type { GenerateOutput } from "../src/cli/generate.ts";
 import type { ModelInfo } from "../src/cli/info.ts";
-import { engineOptions } from "../src/cli/options.ts";
+import { budgetedOptions, engineOptions } from "../src/cli/options.ts";
+import { installedName } from "../src/cli/program.ts";
+import { parseServeArgs } from "../src/cli/serve.ts";
+import { closest, editDistance } from "../src/cli/suggest.ts";
+import { CORPUS_PACKAGES } from "../src/eval/corpus.ts";
+import { VERSION } from "../src/version.ts";
 
 const ROOT = new URL("..", import.meta.url);
 
@@ -42,14 +47,20 @@ function assertOk(r: Run): void {
   assert.doesNotMatch(r.stderr, /^error/m, "no error on stderr");
 }
 
-/** A usage error: exit code 2, one `error: …` line, then the usage; no stack frames. */
-function assertUsageError(r: Run, pattern: RegExp): void {
+/**
+ * A usage error: exit code 2, one `error: …` line, then one line naming the command's --help (not
+ * the whole usage); no stack frames.
+ */
+function assertUsageError(r: Run, pattern: RegExp, command = /\w+/): void {
   assert.equal(r.code, 2, `exit code 2 expected; stderr:\n${r.stderr}`);
-  const [first, second] = r.stderr.split("\n");
-  assert.match(first!, /^error: \S/, "an error line first");
-  assert.match(first!, pattern);
-  assert.equal(second, "", "the error is one line, followed by a blank line and the usage");
-  assert.match(r.stderr, /Usage: deno run -A main.ts/);
+  const lines = r.stderr.split("\n");
+  assert.match(lines[0]!, /^error: \S/, "an error line first");
+  assert.match(lines[0]!, pattern);
+  assert.match(
+    lines[1]!,
+    new RegExp(`^hint: "deno run -A main\\.ts ${command.source} --help" lists the options$`),
+  );
+  assert.deepEqual(lines.slice(2), [""], `two lines in all:\n${r.stderr}`);
   assert.doesNotMatch(r.stderr, /^\s+at /m, "no stack frames");
   assert.equal(r.stdout, "", "nothing on stdout");
 }
@@ -67,7 +78,14 @@ Deno.test("demo: a bare main.ts streams text and ends with the summary", async (
 });
 
 Deno.test("demo: options after a bare main.ts reach the demo", async () => {
-  assertUsageError(await cli(["--policy", "nope"]), /Invalid --policy: "nope"/);
+  assertUsageError(await cli(["--policy", "nope"]), /Invalid --policy: "nope"/, /demo/);
+});
+
+Deno.test("demo --policy full: every expert, no 70% budget applied to it", async () => {
+  const r = await cli(["demo", "--policy", "full", "--max-tokens", "2"]);
+  assertOk(r);
+  assert.match(r.stdout, /policy full, all-resident [\d.]+ MiB, 64 of 64 experts on the GPU/);
+  assert.match(r.stdout, /resident experts per layer 16\/16 16\/16 16\/16 16\/16 · hit rate 100\.0%/);
 });
 
 let greedyText = "";
@@ -166,7 +184,31 @@ Deno.test("chat: replies to each line, keeps going through /stats and /reset, st
   assert.equal(lines.filter((l) => l.startsWith("prefill")).length, 1);
 });
 
-Deno.test("--help: main.ts lists the commands, each command shows its usage", async () => {
+Deno.test("chat: a chat template that fails or stops at its limits ends the chat with exit code 2", async () => {
+  const from = new URL("../models/sotu-moe-mini/", import.meta.url).pathname;
+  for (
+    const [template, message] of [
+      ["{{ raise_exception('No chat here') }}", /^error: Chat template failed to render: .*No chat here/],
+      ["{% for i in range(1000000000) %}x{% endfor %}", /^error: Chat template stopped: .*a number argument/],
+    ]
+  ) {
+    const dir = await Deno.makeTempDir({ prefix: "swapmoe-chat-" });
+    try {
+      for await (const e of Deno.readDir(from)) {
+        if (e.isFile) await Deno.copyFile(from + e.name, `${dir}/${e.name}`);
+      }
+      await Deno.writeTextFile(`${dir}/chat_template.jinja`, template as string);
+      const r = await cli(["chat", "--model", dir, "--max-tokens", "2"], "Hello\nAgain\n");
+      assert.equal(r.code, 2, `exit code 2 expected; stderr:\n${r.stderr}`);
+      assert.match(r.stderr.trim(), message as RegExp);
+      assert.doesNotMatch(r.stderr, /^\s+at /m, "no stack frames");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+});
+
+Deno.test("--help: main.ts lists the commands, each command shows its usage, each flag once", async () => {
   const top = await cli(["--help"]);
   assertOk(top);
   for (const c of COMMANDS) assert.match(top.stdout, new RegExp(`^  ${c.name} `, "m"));
@@ -176,7 +218,132 @@ Deno.test("--help: main.ts lists the commands, each command shows its usage", as
     assert.ok(r.stdout.startsWith("Usage: deno run -A main.ts"), `${c.name} --help`);
     // pull, list and rm manage the hub cache and load no model
     if (!["pull", "list", "rm"].includes(c.name)) assert.match(r.stdout, /--model <dir>/);
+    // a flag is described where a line starts with it (after `-h, `): once
+    const described = [...r.stdout.matchAll(/^ {2}(?:-\w, )?(--[\w-]+)/gm)].map((m) => m[1]!);
+    const twice = described.filter((f, i) => described.indexOf(f) !== i);
+    assert.deepEqual(twice, [], `${c.name} --help describes ${twice.join(", ")} more than once`);
   }
+});
+
+Deno.test("--version: the version of deno.json, also in src/version.ts (which JSR imports carry)", async () => {
+  const { version } = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  assert.equal(VERSION, version, "src/version.ts must say deno.json's version");
+  const r = await cli(["--version"]);
+  assertOk(r);
+  assert.equal(r.stdout, `swapmoe ${version}\n`);
+});
+
+Deno.test("mistyped commands and flags: one error line with the closest name, one line naming --help", async () => {
+  const command = await cli(["genrate", "x"]);
+  assert.equal(command.code, 2);
+  assert.deepEqual(command.stderr.split("\n"), [
+    'error: Unknown command: "genrate" (did you mean generate?)',
+    'hint: "deno run -A main.ts --help" lists the commands',
+    "",
+  ]);
+  assertUsageError(
+    await cli(["generate", "--polciy", "full", "x"]),
+    /^error: Unknown option: --polciy \(did you mean --policy\?\)$/,
+    /generate/,
+  );
+  assertUsageError(await cli(["eval", "--max-window", "2"]), /\(did you mean --max-windows\?\)$/, /eval/);
+  // nothing close: no guess
+  assertUsageError(await cli(["info", "--frobnicate"]), /^error: Unknown option: --frobnicate$/, /info/);
+});
+
+Deno.test("closest: typos, transpositions and unique prefixes; nothing when far or tied", () => {
+  assert.equal(editDistance("polciy", "policy"), 1);
+  assert.equal(editDistance("genrate", "generate"), 1);
+  assert.equal(editDistance("", "abc"), 3);
+  assert.equal(editDistance("kitten", "sitting"), 3);
+  const names = COMMANDS.map((c) => c.name);
+  assert.equal(closest("serv", names), "serve");
+  assert.equal(closest("gen", names), "generate");
+  assert.equal(closest("evl", names), "eval");
+  assert.equal(closest("frobnicate", names), undefined);
+  assert.equal(closest("ab", ["ac", "ad"]), undefined, "a tie is no suggestion");
+  assert.equal(closest("temp", ["temperature", "top-p", "top-k"]), "temperature");
+});
+
+Deno.test("a --budget without --policy selects swapmoe; demo and serve start at swapmoe 70%, full at all", () => {
+  assert.deepEqual(engineOptions({ budget: "60%" }), { policy: "swapmoe", budget: "60%" });
+  assert.deepEqual(engineOptions({ budget: "60%", policy: "lru" }), { policy: "lru", budget: "60%" });
+  assert.deepEqual(engineOptions({}), {});
+  assert.deepEqual(parseServeArgs([]).engine, { policy: "swapmoe", budget: "70%" });
+  assert.deepEqual(parseServeArgs(["--budget", "50%"]).engine, { policy: "swapmoe", budget: "50%" });
+  assert.deepEqual(parseServeArgs(["--policy", "full"]).engine, { policy: "full" });
+  assert.deepEqual(parseServeArgs(["--policy", "static"]).engine, { policy: "static", budget: "70%" });
+  assert.deepEqual(budgetedOptions({ policy: "full" }, "70%", { contextLength: 512 }), {
+    policy: "full",
+    contextLength: 512,
+  });
+});
+
+Deno.test("the help names the installed command when run through a deno install shim", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const main = new URL("../main.ts", import.meta.url).href;
+    const shim = `${dir}/swapmoe`;
+    await Deno.writeTextFile(
+      shim,
+      `#!/bin/sh\n# generated by deno install\nexec ${Deno.execPath()} run --allow-all '${main}' "$@"\n`,
+    );
+    assert.equal(installedName(shim, main), "swapmoe");
+    assert.equal(installedName(shim, "file:///elsewhere/main.ts"), undefined, "a shim of another script");
+    assert.equal(installedName("/usr/bin/deno", main), undefined);
+    assert.equal(installedName(undefined, main), undefined);
+    await Deno.chmod(shim, 0o755);
+    // as a shell runs it: `$_` is the shim's path
+    const out = await new Deno.Command("bash", {
+      args: ["-c", `${shim} --help`],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const help = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.match(help, /^Usage: swapmoe \[command\] \[options\]$/m);
+    assert.match(help, /runs the demo: swapmoe --budget 50%/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a plain run installs only the engine's packages: deno.lock locks deno.json's imports alone", async () => {
+  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  const lock = JSON.parse(await Deno.readTextFile(new URL("../deno.lock", import.meta.url)));
+  // Deno 2.9 installs every package of the lockfile in use on the first run, needed or not
+  assert.deepEqual(
+    Object.keys(lock.specifiers).sort(),
+    Object.values(config.imports).sort(),
+    "deno.lock locks more than deno.json's imports: a test or eval ran without deno.extra.lock " +
+      "(run them through deno task test and deno task eval) and added its packages; git checkout deno.lock",
+  );
+  assert.deepEqual(Object.keys(lock.npm).sort(), [
+    "@huggingface/jinja@0.5.11",
+    "@huggingface/tokenizers@0.2.0",
+  ]);
+  const extra = JSON.parse(await Deno.readTextFile(new URL("../deno.extra.lock", import.meta.url)));
+  for (const s of [...Object.keys(lock.specifiers), "npm:openai@7.59.0", ...CORPUS_PACKAGES]) {
+    assert.ok(s in extra.specifiers, `deno.extra.lock locks ${s}`);
+  }
+  assert.ok(config.publish.exclude.includes("models/"), "the package on JSR leaves the model weights out");
+});
+
+Deno.test("no XDG_RUNTIME_DIR warning from the Vulkan loader when the variable is unset", async () => {
+  const env = Deno.env.toObject();
+  delete env.XDG_RUNTIME_DIR;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-read", "--allow-ffi", "--allow-env", "tests/gpu_probe.ts"],
+    cwd: ROOT,
+    env,
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, stderr);
+  assert.doesNotMatch(stderr, /XDG_RUNTIME_DIR/);
 });
 
 Deno.test("model flags become engine options: --max-upload is maxUploadBytesPerStep", () => {
@@ -235,6 +402,7 @@ Deno.test("bad flags and values: one-line error, usage, exit code 2", async (t) 
     const r = await cli(["frobnicate"]);
     assert.equal(r.code, 2);
     assert.match(r.stderr.split("\n")[0]!, /^error: Unknown command: "frobnicate"$/);
+    assert.match(r.stderr.split("\n")[1]!, /^hint: "deno run -A main.ts --help" lists the commands$/);
     assert.doesNotMatch(r.stderr, /^\s+at /m);
   });
 });

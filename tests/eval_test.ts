@@ -117,8 +117,10 @@ Deno.test("eval CLI: --sweep writes the table and the plot", async () => {
       "2",
       "--calibration-windows",
       "2",
-      "--experts",
+      "--per-layer",
       "4",
+      "--experts",
+      "bf16,int4,bf16+int4",
       "--policies",
       "swapmoe,static,lru",
       "--decode-tokens",
@@ -131,21 +133,33 @@ Deno.test("eval CLI: --sweep writes the table and the plot", async () => {
     ]);
     assert.equal(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout) as SweepOutput;
-    assert.deepEqual(out.rows.map((x) => `${x.policy}@${x.experts}`), [
-      "full@16",
-      "swapmoe@4",
-      "static@4",
-      "lru@4",
+    assert.deepEqual(out.rows.map((x) => `${x.policy} ${x.precision}@${x.experts}`), [
+      "full bf16@16",
+      "full int4@16",
+      "swapmoe bf16@4",
+      "static bf16@4",
+      "lru bf16@4",
+      "swapmoe int4@4",
+      "static int4@4",
+      "lru int4@4",
+      "swapmoe bf16+int4@4",
+      "static bf16+int4@4",
     ]);
+    // at the bytes of 4 bf16 experts per layer, int4 holds more experts than bf16 does
+    const held = (p: string, policy: string) =>
+      out.rows.find((x) => x.precision === p && x.policy === policy)!.expertSlots.reduce((a, b) => a + b, 0);
+    assert.ok(held("int4", "static") > held("bf16", "static"), "int4 holds more experts in the same bytes");
     const full = out.rows[0]!;
-    for (const row of out.rows.slice(1)) {
+    // every int4 expert: within the issue's 5 % of bf16 even on two windows
+    assert.ok(out.rows[1]!.ratio < 1.05, `int4 all resident: ×${out.rows[1]!.ratio}`);
+    for (const row of out.rows.slice(2)) {
       assert.equal(row.budgetBytes, out.fullBytes - 12 * out.moeLayers * out.expertBytes);
       assert.ok(row.gpuBytes <= row.budgetBytes);
-      assert.deepEqual(row.expertSlots, [4, 4, 4, 4]);
+      if (row.precision === "bf16") assert.deepEqual(row.expertSlots, [4, 4, 4, 4]);
       assert.ok(row.decodeTokensPerSecond! > 0);
     }
     // lru routes exactly: the full model's perplexity, at the cost of loads
-    const lru = out.rows[3]!;
+    const lru = out.rows[4]!;
     assert.ok(
       Math.abs(lru.perplexity / full.perplexity - 1) < 1e-3,
       `${lru.perplexity} vs ${full.perplexity}`,
@@ -153,7 +167,7 @@ Deno.test("eval CLI: --sweep writes the table and the plot", async () => {
     assert.ok(lru.bytesSwapped > 0);
     assert.equal(out.calibrationWindows, 2);
     const table = await Deno.readTextFile(`${dir}/table.md`);
-    assert.equal(table.trim().split("\n").length, 2 + 4);
+    assert.equal(table.trim().split("\n").length, 2 + out.rows.length);
     assert.match(await Deno.readTextFile(`${dir}/plot.svg`), /^<svg [^]*<\/svg>\n$/);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -168,18 +182,42 @@ Deno.test("perplexity: an encoder-decoder engine is refused with OptionError, no
   );
 });
 
+Deno.test("eval CLI: --budget alone selects swapmoe; --profile reads the bundled profile as the other commands do", async () => {
+  const file = await Deno.makeTempFile({ suffix: ".txt" });
+  try {
+    await Deno.writeTextFile(file, TEXT.repeat(2));
+    const common = ["eval", "--corpus", file, "--window", "32", "--max-windows", "2", "--json"];
+    const budget = await cli([...common, "--budget", "70%"]);
+    assert.equal(budget.code, 0, budget.stderr);
+    assert.equal((JSON.parse(budget.stdout) as EvalOutput).policy, "swapmoe");
+    const profile = "models/sotu-moe-mini/expert_profile.json";
+    const r = await cli([...common, "--policy", "static", "--budget", "60%", "--profile", profile]);
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as EvalOutput;
+    assert.equal(out.policy, "static");
+    assert.equal(out.swaps, 0);
+  } finally {
+    await Deno.remove(file);
+  }
+});
+
 Deno.test("eval CLI: bad corpus, flags and combinations are usage errors (exit 2, no GPU work)", async () => {
   for (
     const [args, pattern] of [
       [["--corpus", "/no/such/file.txt"], /Unknown corpus/],
       [["--window", "1"], /Invalid --window/],
-      [["--experts", "4"], /--experts needs --sweep/],
+      [["--per-layer", "4"], /--per-layer needs --sweep/],
+      [["--experts", "int3"], /Invalid --experts: "int3"/],
+      [["--sweep", "--experts", "int4+bf16"], /Invalid --experts: "int4\+bf16", the high tier comes first/],
       [["--sweep", "--policy", "static"], /--policy does not apply/],
       [["--sweep", "--calibration", "sotu-test"], /is the evaluation corpus/],
       [["--sweep", "--policies", "nope"], /Invalid --policies/],
       [["--importance-decay", "0"], /Invalid --importance-decay/],
       [["--model", "tests/fixtures/tiny-switch"], /is an encoder-decoder \(switch_transformers\)/],
       [["--sweep", "--model", "tests/fixtures/tiny-switch"], /is an encoder-decoder/],
+      // one spelling per flag: the upload cap is --max-upload <size>, as for every command
+      [["--max-upload-experts", "2"], /^error: Unknown option: --max-upload-experts$/],
+      [["--sweep", "--per-layer", "1"], /^error: Invalid --per-layer: 1, expected an integer in \[2, 16\]$/],
     ] as [string[], RegExp][]
   ) {
     const r = await cli(["eval", ...args]);

@@ -68,6 +68,12 @@ function editTensor(path: string, name: string, edit: (e: Record<string, unknown
   });
 }
 
+/** Replaces the file at `path` by a symbolic link to `target`. */
+async function replaceByLink(path: string, target: string): Promise<void> {
+  await Deno.remove(path);
+  await Deno.symlink(target, path);
+}
+
 /** Edits config.json (the edit's return value is ignored). */
 const config = (dir: string, edit: (c: Record<string, unknown>) => unknown) =>
   editJson(`${dir}/config.json`, (c) => {
@@ -756,6 +762,82 @@ const CASES: Case[] = [
     file: "tokenizer_config.json",
     parts: ["Missing tokenizer file"],
   },
+  // ---- text files: regular files of bounded size only -------------------------------------------------
+  {
+    name: "config.json a link to /dev/zero (read would never end)",
+    fixture: "tiny-olmoe",
+    corrupt: (d) => replaceByLink(`${d}/config.json`, "/dev/zero"),
+    error: ConfigError,
+    file: "config.json",
+    parts: ["Cannot read config.json: it is a character device, not a regular file"],
+  },
+  {
+    name: "config.json of 16 MiB + 1 byte",
+    fixture: "tiny-olmoe",
+    corrupt: (d) => Deno.truncate(`${d}/config.json`, 16 * 2 ** 20 + 1),
+    error: ConfigError,
+    file: "config.json",
+    parts: ["Cannot read config.json: it has 16777217 bytes, more than the limit of 16777216"],
+  },
+  {
+    name: "config.json a directory",
+    fixture: "tiny-olmoe",
+    corrupt: async (d) => {
+      await Deno.remove(`${d}/config.json`);
+      await Deno.mkdir(`${d}/config.json`);
+    },
+    error: ConfigError,
+    file: "config.json",
+    parts: ["Cannot read config.json: it is a directory, not a regular file"],
+  },
+  {
+    name: "shard index a link to /dev/zero",
+    fixture: "tiny-mixtral",
+    corrupt: (d) => replaceByLink(`${d}/${INDEX}`, "/dev/zero"),
+    error: CheckpointError,
+    file: INDEX,
+    parts: ["Cannot read index: it is a character device, not a regular file"],
+  },
+  {
+    name: "shard index of 64 MiB + 1 byte",
+    fixture: "tiny-mixtral",
+    corrupt: (d) => Deno.truncate(`${d}/${INDEX}`, 64 * 2 ** 20 + 1),
+    error: CheckpointError,
+    file: INDEX,
+    parts: ["Cannot read index: it has 67108865 bytes, more than the limit of 67108864"],
+  },
+  {
+    name: "tokenizer.json a link to /dev/zero",
+    fixture: "tiny-olmoe",
+    corrupt: (d) => replaceByLink(`${d}/tokenizer.json`, "/dev/zero"),
+    error: TokenizerError,
+    file: "tokenizer.json",
+    parts: ["Cannot read tokenizer file", "it is a character device, not a regular file"],
+  },
+  {
+    name: "tokenizer_config.json a link to /dev/zero",
+    fixture: "tiny-olmoe",
+    corrupt: (d) => replaceByLink(`${d}/tokenizer_config.json`, "/dev/zero"),
+    error: TokenizerError,
+    file: "tokenizer_config.json",
+    parts: ["Cannot read tokenizer file", "it is a character device, not a regular file"],
+  },
+  {
+    name: "chat_template.jinja a link to /dev/zero",
+    fixture: "tiny-olmoe",
+    corrupt: (d) => replaceByLink(`${d}/chat_template.jinja`, "/dev/zero"),
+    error: TokenizerError,
+    file: "chat_template.jinja",
+    parts: ["Cannot read tokenizer file", "it is a character device, not a regular file"],
+  },
+  {
+    name: "chat_template.jinja of 4 MiB + 1 byte",
+    fixture: "tiny-olmoe",
+    corrupt: (d) => Deno.truncate(`${d}/chat_template.jinja`, 4 * 2 ** 20 + 1),
+    error: TokenizerError,
+    file: "chat_template.jinja",
+    parts: ["it has 4194305 bytes, more than the limit of 4194304"],
+  },
   // ---- a budget no GPU can meet is refused before the GPU too ---------------------------------------
   {
     name: "budget below the minimum",
@@ -805,13 +887,50 @@ for (const c of CASES) {
   });
 }
 
-Deno.test("hostile: a model folder that does not exist, or is a file → ConfigError", async () => {
+Deno.test("hostile: a model folder that does not exist (and is no hub name) → CheckpointError; a file → ConfigError", async () => {
   using adapters = spyOnAdapters();
   const missing = `${FIXTURES}no-such-model`;
-  await assertRejects(() => createEngine({ model: missing }), ConfigError, "Missing config.json", missing);
+  await assertRejects(
+    () => createEngine({ model: missing }),
+    CheckpointError,
+    `Model folder not found: ${missing}; a model on the Hugging Face hub is named org/name[@revision]`,
+  );
   const file = `${FIXTURES}tiny-olmoe/config.json`;
   await assertRejects(() => createEngine({ model: file }), ConfigError, "Cannot read config.json", file);
   assert.equal(adapters.calls, 0);
+});
+
+Deno.test("hostile: config.json, the index or tokenizer.json as a FIFO is refused at once, not waited on", async () => {
+  for (
+    const [fixture, file, error, part] of [
+      ["tiny-olmoe", "config.json", ConfigError, "Cannot read config.json: it is a FIFO, not a regular file"],
+      ["tiny-mixtral", INDEX, CheckpointError, "Cannot read index: it is a FIFO, not a regular file"],
+      ["tiny-olmoe", "tokenizer.json", TokenizerError, "it is a FIFO, not a regular file"],
+    ] as const
+  ) {
+    const dir = await copyFixture(fixture);
+    const path = `${dir}/${file}`;
+    await Deno.remove(path);
+    const made = await new Deno.Command("mkfifo", { args: [path] }).output();
+    assert.ok(made.success, "mkfifo failed");
+    // A writer that opens the FIFO whenever a reader does and closes it a second later: a reader that
+    // opens and waits gets an empty file (a wrong message) rather than hanging the test. `timeout` ends
+    // the writer's whole process group, also a shell blocked in opening the FIFO for nobody.
+    const writer = new Deno.Command("timeout", {
+      args: ["30", "sh", "-c", 'while :; do sleep 1 > "$1"; done', "sh", path],
+    }).spawn();
+    try {
+      const t0 = performance.now();
+      using adapters = spyOnAdapters();
+      await assertRejects(() => createEngine({ model: dir }), error, part, path);
+      assert.ok(performance.now() - t0 < 2000, `took ${performance.now() - t0} ms`);
+      assert.equal(adapters.calls, 0);
+    } finally {
+      writer.kill();
+      await writer.status;
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
 });
 
 Deno.test("hostile: write the log", { sanitizeResources: false, sanitizeOps: false }, () => {

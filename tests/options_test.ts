@@ -21,8 +21,8 @@ const ALL = Array.from({ length: 16 }, (_, i) => i);
 /** Engine options refused by `validateOptions` alone: the model folder is never read. */
 const WITHOUT_MODEL: [string, Record<string, unknown>, ...string[]][] = [
   ["budget lots", { budget: "lots" }, 'Invalid budget: "lots"', '"512MiB"', '"50%"'],
-  ["budget -5", { budget: -5 }, "Invalid budget: -5, expected a whole positive number of bytes"],
-  ["budget 1.5", { budget: 1.5 }, "Invalid budget: 1.5, expected a whole positive number of bytes"],
+  ["budget -5", { budget: -5 }, "Invalid budget: -5, expected a whole number of bytes (at most 2^53 - 1)"],
+  ["budget 1.5", { budget: 1.5 }, "Invalid budget: 1.5, expected a whole number of bytes"],
   ["budget 2^53 + 5", { budget: 2 ** 53 + 5 }, "Invalid budget: 9007199254740996"],
   ["budget 1e300", { budget: 1e300 }, "Invalid budget: 1e+300"],
   ['budget "1.5" bytes', { budget: "1.5" }, 'Invalid budget: "1.5"'],
@@ -235,6 +235,25 @@ Deno.test("options: requests, sampling values, ids and budgets on a live engine 
     await bad({ ids: Array(513).fill(1) }, "Too many tokens: 513, the context holds 512");
     await bad({ prompt: 42 }, "Invalid prompt: expected a string");
     await bad({ messages: "hello" }, "Invalid messages");
+    await bad(
+      { messages: [{ role: "evil", content: "hi" }] },
+      'Invalid messages[0].role: "evil", expected one of system, developer, user, assistant, tool',
+    );
+    await bad(
+      { messages: [{ role: "user", content: "hi" }, { role: "user", content: 5 }] },
+      "Invalid messages[1].content: 5, expected a string",
+    );
+    await bad({ messages: ["hi"] }, "Invalid messages[0]: expected an object {role, content}");
+    await bad({ messages: [{ content: "hi" }] }, "Invalid messages[0].role: undefined");
+  });
+  await t.step("generate: an already aborted signal ends with one chunk, finishReason abort", async () => {
+    const chunks = [];
+    for await (const c of engine.generate({ ids, maxTokens: 4, signal: AbortSignal.abort() })) chunks.push(c);
+    assert.equal(chunks.length, 1);
+    const { usage, ...chunk } = chunks[0]!;
+    assert.deepEqual(chunk, { ids: [], text: "", finishReason: "abort" });
+    assert.equal(usage?.promptTokens, ids.length);
+    assert.equal(usage?.completionTokens, 0);
   });
   await t.step("forward: bad ids", async () => {
     for (

@@ -5,7 +5,10 @@
  * a request in flight. The engine runs the bundled model on whatever WebGPU adapter there is.
  */
 import assert from "node:assert/strict";
-import OpenAI from "openai";
+// not in deno.json's imports: a package the tests alone use stays out of deno.lock, so a plain run
+// does not install it (its lockfile entry is in deno.extra.lock, which `deno task test` uses)
+// deno-lint-ignore no-import-prefix
+import OpenAI from "npm:openai@7.59.0";
 import { createEngine, type Engine, type EngineOptions } from "../mod.ts";
 import { createServer, type Server, type ServerOptions } from "../src/server/server.ts";
 import { parseServeArgs } from "../src/cli/serve.ts";
@@ -248,6 +251,8 @@ interface BadRequest {
   raw?: string | Uint8Array<ArrayBuffer>;
   status: number;
   param?: string;
+  /** What the message must say, when the status alone does not tell the fault. */
+  message?: RegExp;
 }
 
 const chat = (extra: Record<string, unknown>) => ({ model: "sotu-moe-mini", messages: MESSAGES, ...extra });
@@ -444,6 +449,26 @@ export const BAD_REQUESTS: BadRequest[] = [
     raw: JSON.stringify(chat({ pad: "x".repeat(2 << 20) })),
     status: 413,
   },
+  // CONTEXT 256 tokens × 72 bytes (4 × the longest token, 18 bytes): refused before it is tokenized
+  {
+    name: "prompt of more bytes than the context can hold",
+    path: COMPLETIONS,
+    body: completion({ prompt: "x ".repeat(10_000) }),
+    status: 400,
+    param: "prompt",
+    message:
+      /^Prompt too long: 20000 bytes of text, more than the 18432 that the context of 256 tokens can hold/,
+  },
+  {
+    name: "messages of more bytes than the context can hold",
+    path: CHAT,
+    body: chat({
+      messages: [{ role: "user", content: "x ".repeat(5000) }, { role: "user", content: "y".repeat(9000) }],
+    }),
+    status: 400,
+    param: "messages",
+    message: /^Prompt too long: 19000 bytes of text, more than the 18432/,
+  },
   { name: "GET on a POST route", method: "GET", path: CHAT, status: 405 },
   { name: "DELETE /v1/models", method: "DELETE", path: "/v1/models", status: 405 },
   { name: "POST /health", method: "POST", path: "/health", body: {}, status: 405 },
@@ -461,6 +486,16 @@ export const BAD_REQUESTS: BadRequest[] = [
     param: "budget",
   },
   { name: "budget: -1", method: "PUT", path: BUDGET, body: { budget: -1 }, status: 400, param: "budget" },
+  ...[1.5, "1.5", "1.5B", 1e300, 2 ** 53 + 5, "99999999999999999999", "9".repeat(400)].map((budget) => ({
+    name: `budget: ${JSON.stringify(budget).slice(0, 24)}`,
+    method: "PUT",
+    path: BUDGET,
+    body: { budget },
+    status: 400,
+    param: "budget",
+    message:
+      /^Invalid budget: .*expected a whole number of bytes \(at most 2\^53 - 1\), a size such as "512MiB"/,
+  })),
   {
     name: 'budget: "50%" under policy full',
     method: "PUT",
@@ -488,6 +523,7 @@ Deno.test("bad requests get OpenAI-shaped errors with the right status, and the 
         const e = await errorOf(res);
         assert.equal(e.type, "invalid_request_error");
         if (bad.param !== undefined) assert.equal(e.param, bad.param, e.message);
+        if (bad.message !== undefined) assert.match(e.message, bad.message);
         if (res.status === 405) assert.ok(res.headers.get("allow"));
       });
     }
@@ -553,12 +589,16 @@ Deno.test("a client that disconnects, mid-stream or while queued, cancels its ge
     const reader = res.body!.getReader();
     assert.ok((await reader.read()).value, "the first event");
 
-    // a second client waits behind it and leaves before its turn: it drops out of the line
+    // a second client waits behind it and leaves before its turn: it drops out of the line (its answer
+    // began at admission: status 200 and the headers, the body to come)
     const queued = new AbortController();
-    const waiting = post(base, COMPLETIONS, { prompt: PROMPT, max_tokens: 2 }, { signal: queued.signal });
+    const waiting = await post(base, COMPLETIONS, { prompt: PROMPT, max_tokens: 2 }, {
+      signal: queued.signal,
+    });
+    assert.equal(waiting.status, 200);
     await until((h) => h.waiting === 1);
     queued.abort();
-    await assert.rejects(waiting, { name: "AbortError" });
+    await assert.rejects(waiting.text(), { name: "AbortError" });
     await until((h) => h.waiting === 0 && h.running === 1);
 
     // the streaming client leaves: the rest of its 240 tokens would take many seconds on this adapter
@@ -582,6 +622,97 @@ Deno.test("a client that disconnects, mid-stream or while queued, cancels its ge
     assert.equal(metric(m, "swapmoe_queue_length"), 0);
     assert.equal(metric(m, "swapmoe_requests_running"), 0);
   });
+});
+
+/** A completions body of `bytes` bytes: padded with `user`, a field OpenAI's API defines and the server ignores. */
+function padded(bytes: number, fields: Record<string, unknown>): string {
+  const body = { ...fields, user: "" };
+  body.user = "x".repeat(Math.max(0, bytes - JSON.stringify(body).length));
+  return JSON.stringify(body);
+}
+
+// Deno's HTTP server sees a client's close before the response has begun only when the whole request
+// came in one read with its head: with Deno's fetch as the client, bodies up to ~300 bytes. The server
+// begins every admitted answer at once, so that every shape is cancelled.
+Deno.test("a client that leaves cancels its generation at every body size, plain or streamed, queued or running", async () => {
+  await withServer({}, async ({ base, engine }) => {
+    const health = async () => await fetch(`${base}/health`).then((r) => r.json());
+    const until = async (what: string, ok: (h: { running: number; waiting: number }) => boolean) => {
+      const end = performance.now() + 15_000;
+      while (!ok(await health())) {
+        assert.ok(performance.now() < end, `${what}: still ${JSON.stringify(await health())} after 15 s`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    const long = { prompt: PROMPT, max_tokens: 200, min_tokens: 200 };
+    /** Sends a request and resolves once its answer began (the head came), or on its own end. */
+    const start = (body: string, signal: AbortSignal) =>
+      fetch(base + COMPLETIONS, { method: "POST", body, signal }).catch(() => undefined);
+    let cancelled = 0;
+    for (const bytes of [100, 400, 4096, 65536]) {
+      for (const stream of [false, true]) {
+        const shape = `${bytes} bytes, ${stream ? "streamed" : "plain"}`;
+
+        // running: it leaves mid-generation; the engine stops within a few batches
+        const running = new AbortController();
+        const answer = start(padded(bytes, { ...long, stream }), running.signal);
+        await until(`${shape}, running`, (h) => h.running === 1);
+        await new Promise((r) => setTimeout(r, 300));
+        const decodedAtAbort = engine.stats().decodeTokens;
+        running.abort();
+        await answer;
+        await until(`${shape}, after leaving while running`, (h) => h.running === 0);
+        const decodedAfter = engine.stats().decodeTokens - decodedAtAbort;
+        assert.ok(decodedAfter <= 3 * 16 + 2, `${shape}: ${decodedAfter} tokens decoded after the abort`);
+        cancelled++;
+
+        // queued: it leaves while another request runs; it drops out of the line at once
+        const ahead = new AbortController();
+        const first = start(JSON.stringify({ ...long, stream: true }), ahead.signal);
+        await until(`${shape}, the request ahead`, (h) => h.running === 1);
+        const queued = new AbortController();
+        const waiting = start(padded(bytes, { ...long, stream }), queued.signal);
+        await until(`${shape}, queued`, (h) => h.waiting === 1);
+        queued.abort();
+        await waiting;
+        await until(`${shape}, after leaving the queue`, (h) => h.waiting === 0 && h.running === 1);
+        ahead.abort();
+        await first;
+        await until(`${shape}, after the request ahead left`, (h) => h.running === 0);
+        cancelled += 2;
+      }
+    }
+    const m = await metrics(base);
+    assert.equal(metric(m, 'swapmoe_requests_total{route="/v1/completions",status="499"}'), cancelled);
+    assert.ok(!m.includes('route="/v1/completions",status="200"'), "a generation ran to its end");
+  });
+});
+
+/** Copies the bundled model into a temporary folder, with `template` as its chat template. */
+async function modelWithTemplate(template: string): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "swapmoe-template-" });
+  const from = new URL("../models/sotu-moe-mini/", import.meta.url).pathname;
+  for await (const e of Deno.readDir(from)) {
+    if (e.isFile) await Deno.copyFile(from + e.name, `${dir}/${e.name}`);
+  }
+  await Deno.writeTextFile(`${dir}/chat_template.jinja`, template);
+  return dir;
+}
+
+Deno.test("a template error names the file, not the folder the server keeps the model in", async () => {
+  const dir = await modelWithTemplate('{{ raise_exception("No chat for you") }}');
+  try {
+    await withServer({ engine: { model: dir } }, async ({ base }) => {
+      const res = await post(base, CHAT, { messages: MESSAGES, max_tokens: 1 });
+      assert.equal(res.status, 400);
+      const e = await errorOf(res);
+      assert.match(e.message, /^Chat template failed to render: chat_template\.jinja: .*No chat for you/);
+      assert.ok(!e.message.includes(dir), e.message);
+      assert.ok(!e.message.includes("/tmp"), e.message);
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("a full queue answers 503 at once (--max-queue 1)", async () => {
@@ -658,9 +789,14 @@ Deno.test("budget: GET and PUT /v1/engine/budget change it while serving (swapmo
   });
 });
 
-Deno.test("--api-key: 401 without the bearer token, except /health", async () => {
+Deno.test("--api-key: 401 without the bearer token, before 404 and 405, except /health", async () => {
   await withServer({ server: { apiKey: "sekret" } }, async ({ base, client }) => {
     assert.equal((await fetch(`${base}/health`).then(async (r) => [r.status, await r.json()]))[0], 200);
+    // /health stays open to probes, whatever the method
+    assert.equal(
+      (await fetch(`${base}/health`, { method: "POST" }).then(async (r) => [r.status, await r.json()]))[0],
+      405,
+    );
     for (
       const [path, init] of [
         ["/v1/models", {}],
@@ -669,12 +805,23 @@ Deno.test("--api-key: 401 without the bearer token, except /health", async () =>
         [CHAT, { method: "POST", body: JSON.stringify(chat({ max_tokens: 1 })) }],
         ["/v1/models", { headers: { authorization: "Bearer wrong" } }],
         ["/v1/models", { headers: { authorization: "sekret" } }],
+        // without the key, no route is told apart from another: not 404, not 405
+        ["/v1/embeddings", { method: "POST", body: "{}" }],
+        ["/admin", {}],
+        [CHAT, { method: "GET" }],
+        ["/v1/models", { method: "DELETE" }],
+        ["/v1/models/gpt-4o", {}],
       ] as [string, RequestInit][]
     ) {
       const res = await fetch(base + path, init);
-      assert.equal(res.status, 401, path);
+      assert.equal(res.status, 401, `${init.method ?? "GET"} ${path}`);
       assert.equal((await errorOf(res)).code, "invalid_api_key");
     }
+    const authed = { headers: { authorization: "Bearer sekret" } };
+    assert.equal(
+      (await fetch(`${base}/admin`, authed).then(async (r) => [r.status, await r.json()]))[0],
+      404,
+    );
     const wrong = new OpenAI({ baseURL: `${base}/v1`, apiKey: "wrong", maxRetries: 0 });
     await assert.rejects(wrong.models.list(), (e: unknown) => e instanceof OpenAI.AuthenticationError);
     assert.deepEqual((await client.models.list()).data.map((m) => m.id), ["sotu-moe-mini"]);

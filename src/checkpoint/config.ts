@@ -5,6 +5,7 @@
  * @module
  */
 import { ConfigError } from "../errors.ts";
+import { readTextFileLimited, TEXT_FILE_LIMITS } from "./text_file.ts";
 
 /**
  * The most decoder layers, and experts summed over layers, a config may declare. Far above any published
@@ -81,17 +82,13 @@ export function configFields(c: Json, file: string): {
 /** Reads `dir/config.json` as JSON (any shape), or a {@link ConfigError} naming the file. */
 export async function readConfigJson(dir: string): Promise<{ json: unknown; file: string }> {
   const file = `${dir}/config.json`;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(file);
-  } catch (e) {
-    throw new ConfigError(
-      e instanceof Deno.errors.NotFound
-        ? "Missing config.json: a model folder as published on Hugging Face has one"
-        : `Cannot read config.json: ${(e as Error).message}`,
-      file,
-      { cause: e },
-    );
+  const text = await readTextFileLimited(
+    file,
+    TEXT_FILE_LIMITS.config,
+    (message, cause) => new ConfigError(`Cannot read config.json: ${message}`, file, { cause }),
+  );
+  if (text === undefined) {
+    throw new ConfigError("Missing config.json: a model folder as published on Hugging Face has one", file);
   }
   try {
     return { json: JSON.parse(text), file };

@@ -8,6 +8,7 @@ import { isAbsolute, relative, resolve, sep } from "node:path";
 import { CheckpointError } from "../errors.ts";
 import type { MappedFileOptions, MappingAdvice } from "../../ffi/mmap.ts";
 import { SafetensorsFile, type TensorInfo } from "./safetensors.ts";
+import { readTextFileLimitedSync, TEXT_FILE_LIMITS } from "./text_file.ts";
 
 /** The index file of a sharded checkpoint. */
 export const INDEX_FILE = "model.safetensors.index.json";
@@ -34,12 +35,12 @@ function statOrUndefined(path: string): Deno.FileInfo | undefined {
 
 /** Reads the index's `weight_map` as tensor name → resolved shard path, validating it. */
 function readWeightMap(dir: string, indexPath: string): Map<string, string> {
-  let text: string;
-  try {
-    text = Deno.readTextFileSync(indexPath);
-  } catch (error) {
-    throw new CheckpointError(`Cannot read index: ${errorMessage(error)}`, indexPath, { cause: error });
-  }
+  const text = readTextFileLimitedSync(
+    indexPath,
+    TEXT_FILE_LIMITS.index,
+    (detail, cause) => new CheckpointError(`Cannot read index: ${detail}`, indexPath, { cause }),
+  );
+  if (text === undefined) throw new CheckpointError("Cannot read index: it disappeared", indexPath);
   let json: unknown;
   try {
     json = JSON.parse(text);

@@ -5,8 +5,9 @@
  *
  * @module
  */
-import { type ChatMessage, type Engine, OptionError, TokenizerError } from "../../mod.ts";
+import { type ChatMessage, type Engine, OptionError } from "../../mod.ts";
 import { type Command, UsageError } from "./command.ts";
+import { PROGRAM } from "./program.ts";
 import {
   contextLengthOf,
   describeModel,
@@ -30,7 +31,7 @@ const COMMANDS_HELP = `  /reset   forget the conversation (the --system message 
   /help    print this list
   /exit    leave (so does end of input, Ctrl-D)`;
 
-const usage = `Usage: deno run -A main.ts chat [options]
+const usage = `Usage: ${PROGRAM} chat [options]
 
 Chats with the model: each line on standard input is a user message, rendered with the model's
 chat template together with the history; the reply streams to stdout. Lines starting with / are
@@ -62,8 +63,7 @@ async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string
 
 /** Tokens of the conversation as the engine will see it (template with the generation prompt). */
 function promptTokens(engine: Engine, messages: ChatMessage[]): number {
-  const text = engine.tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
-  return engine.tokenizer.encode(text, { addSpecialTokens: false }).length;
+  return engine.tokenizer.encodeChat(messages, { addGenerationPrompt: true }).length;
 }
 
 /** Drops the oldest turns after the system messages until the prompt leaves `room` tokens free. */
@@ -144,7 +144,8 @@ export const command: Command = {
 
 /**
  * Streams the reply to `messages`; returns the history with the reply, or `undefined` (history
- * unchanged) when the request failed on its input. Ctrl-C stops the reply where it is.
+ * unchanged) when the turn does not fit the context. A template error ends the chat (exit code 2).
+ * Ctrl-C stops the reply where it is.
  */
 async function answer(
   engine: Engine,
@@ -161,8 +162,9 @@ async function answer(
       reply += chunk.text;
     }
   } catch (e) {
-    // a turn too long for the context, a template that fails on it: say so and carry on
-    if (!(e instanceof OptionError || e instanceof TokenizerError)) throw e;
+    // a turn too long for the context: say so and carry on; a template that fails (or stops at its
+    // limits) fails every turn after it too, and ends the chat with an error
+    if (!(e instanceof OptionError)) throw e;
     console.error(`\nerror: ${e.message}`);
     return undefined;
   } finally {

@@ -2,16 +2,18 @@
  * `demo`: what `deno task demo` and a bare `deno run -A main.ts` run. Loads the bundled model under a
  * budget below its all-resident footprint with the `swapmoe` policy, streams a greedy continuation
  * of a prompt, and ends with the summary: speed, bytes held against the budget, resident experts,
- * hit rate and swaps.
+ * hit rate and swaps. The 70% budget applies to the policies that take a budget: `--policy full`
+ * holds every expert.
  *
  * @module
  */
 import { fileURLToPath } from "node:url";
 import { formatBytes } from "../../mod.ts";
 import type { Command } from "./command.ts";
+import { PROGRAM } from "./program.ts";
 import {
+  budgetedOptions,
   describeModel,
-  engineOptions,
   intFlag,
   isInteractive,
   MODEL_OPTIONS,
@@ -32,9 +34,10 @@ const BUNDLED_PROFILE = fileURLToPath(
   new URL("../../models/sotu-moe-mini/expert_profile.json", import.meta.url),
 );
 
-const usage = `Usage: deno run -A main.ts demo [prompt] [options]
-       deno task demo [prompt] [options]
-       deno run -A main.ts [options]
+const usage = `Usage: ${PROGRAM} demo [prompt] [options]
+       ${
+  PROGRAM === "deno run -A main.ts" ? "deno task demo [prompt] [options]\n       " : ""
+}${PROGRAM} [options]
 
 Runs the bundled model under a GPU memory budget with SwapMoE's masked gating, streams a
 greedy continuation of the prompt (default "${PROMPT}"), and prints tokens/s,
@@ -45,7 +48,7 @@ Options:
 
 ${
   modelUsage({
-    budget: BUDGET,
+    budget: `${BUDGET} (all of it under full)`,
     policy: "swapmoe",
     contextLength: String(CONTEXT_LENGTH),
     profile: "the bundled model's calibration profile",
@@ -69,25 +72,24 @@ export const command: Command = {
     }
     const prompt = positionals.length > 0 ? positionals.join(" ") : PROMPT;
     const maxTokens = intFlag("max-tokens", values["max-tokens"], 1) ?? MAX_TOKENS;
-    const options = engineOptions(values, {
-      policy: "swapmoe",
-      budget: BUDGET,
-      contextLength: CONTEXT_LENGTH,
-      // the bundled model ships a calibration profile: swapmoe starts from its top experts
-      ...(values.model === undefined && values.profile === undefined
-        ? { profile: readProfile(BUNDLED_PROFILE) }
-        : {}),
-    });
+    const options = budgetedOptions(values, BUDGET, { contextLength: CONTEXT_LENGTH });
+    // the bundled model ships a calibration profile: swapmoe starts from its top experts
+    if (values.model === undefined && options.profile === undefined && options.policy !== "full") {
+      options.profile = readProfile(BUNDLED_PROFILE);
+    }
     const tty = isInteractive();
 
     const t0 = performance.now();
     await using engine = await openEngine(options, true);
     const loaded = engine.stats();
     console.log(`swapmoe demo: ${describeModel(engine)}`);
+    const budget = options.budget === undefined
+      ? `all-resident ${formatBytes(loaded.fullBytes)}`
+      : `budget ${options.budget} = ${formatBytes(loaded.budgetBytes)} of ${
+        formatBytes(loaded.fullBytes)
+      } all-resident`;
     console.log(
-      `Loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s: policy ${loaded.policy}, budget ${
-        options.budget ?? "default"
-      } = ${formatBytes(loaded.budgetBytes)} of ${formatBytes(loaded.fullBytes)} all-resident, ${
+      `Loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s: policy ${loaded.policy}, ${budget}, ${
         loaded.expertSlots.reduce((a, b) => a + b, 0)
       } of ${loaded.expertSlots.length * engine.spec.numExperts} experts on the GPU`,
     );

@@ -7,19 +7,27 @@
  */
 import { fileURLToPath } from "node:url";
 import { type EngineOptions, formatBytes, type PlannerKind } from "../../mod.ts";
-import { expertBytes } from "../models/family.ts";
 import { loadModelConfig } from "../models/registry.ts";
 import { CorpusError, loadCorpus, tokenizeCorpus } from "../eval/corpus.ts";
 import { perplexity } from "../eval/perplexity.ts";
 import { markdownTable, svgPlot } from "../eval/report.ts";
-import { spacedWindows, sweep, SWEEP_POLICIES, type SweepPolicy, type SweepResult } from "../eval/sweep.ts";
+import {
+  spacedWindows,
+  sweep,
+  SWEEP_POLICIES,
+  type SweepPlan,
+  sweepPlan,
+  type SweepPolicy,
+  type SweepResult,
+} from "../eval/sweep.ts";
+import { parsePrecision } from "../quant/formats.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { type Command, UsageError } from "./command.ts";
+import { PROGRAM } from "./program.ts";
 import {
   displayPath,
   engineOptions,
   intFlag,
-  isInteractive,
   MODEL_OPTIONS,
   modelUsage,
   numberFlag,
@@ -27,37 +35,37 @@ import {
   parseFlags,
   resolveModelOption,
 } from "./options.ts";
+import { formatDuration, PLAIN_EVERY_MS, stepProgress, timeLeft } from "./progress.ts";
 
-const usage = `Usage: deno run -A main.ts eval [options]
+const usage = `Usage: ${PROGRAM} eval [options]
 
 Perplexity of the model on a corpus, over non-overlapping windows of --window tokens (a partial
 last window is dropped), each window one forward request, in order: a policy that adapts between
 requests (swapmoe) scores window i with what it learnt from the windows before it. Each document
 is tokenised with <s> first, State of the Union addresses are followed by </s>, as the bundled
-model's training script did.
+model's training script did. Progress and the time left go to stderr: one line that redraws
+itself on a terminal, else a line every ${PLAIN_EVERY_MS / 1000} s.
 
 Options:
   --corpus <name|file>    sotu-test (the held-out addresses, 2012 on), sotu-train (before 2012),
-                          moby (Moby-Dick), or a UTF-8 text file; default sotu-test
+                          sotu-recent (1990 to 2011), moby (Moby-Dick), or a UTF-8 text file;
+                          default sotu-test
   --window <n>            Tokens per window; default 256
   --max-windows <n>       Evaluate the first n windows only; default all
   --max-batch-tokens <n>  Tokens per GPU call; default the window (one call per window)
   --json                  Print one JSON object instead
 
-SwapMoE options (policy swapmoe):
+SwapMoE options (policy swapmoe; --max-upload and --profile are among the model options):
   --importance-decay <d>  Per-token decay of expert importance, in (0, 1]; default 0.97
   --update-interval <n>   Tokens between revisions of the resident set; default 16
-  --max-upload-experts <n>
-                          Experts uploaded at most per step; default 2
   --planner <name>        uniform or profile (slots per layer from --profile); default uniform
-  --profile <file>        JSON [layer][expert] importance: initial residency (swapmoe, lru),
-                          the resident set (static), the profile planner
 
 Sweep (--sweep): every policy at budgets holding n of E experts per MoE layer, i.e.
-fullBytes − (E − n) × layers × expertBytes; the static profile comes from the unmasked router
-on a calibration corpus that is not the evaluation corpus.
+fullBytes − (E − n) × layers × expertBytes (bf16 experts, the checkpoint's), at each expert
+precision; the static profile comes from the unmasked router on a calibration corpus that is
+not the evaluation corpus.
   --sweep                 Run the sweep instead of one evaluation
-  --experts <list>        n per layer, comma-separated; default top-k, E/4, E/2, 3E/4, E
+  --per-layer <list>      n per layer, comma-separated; default top-k, E/4, E/2, 3E/4, E
   --policies <list>       ${
   SWEEP_POLICIES.join(", ")
 }; default all (static-planned only with --planner profile)
@@ -69,7 +77,12 @@ on a calibration corpus that is not the evaluation corpus.
   --markdown <file>       Write the table there
   --svg <file>            Write the plot there
 
-${modelUsage({ policy: "full (ignored by --sweep)" })}`;
+${
+  modelUsage({
+    policy: "full, or swapmoe when --budget is given (not with --sweep)",
+    experts: "with --sweep, a comma-separated list of precisions to compare",
+  })
+}`;
 
 /** What `eval --json` prints. */
 export interface EvalOutput {
@@ -111,22 +124,6 @@ function parseList(name: string, value: string | undefined): string[] | undefine
   return items;
 }
 
-async function readProfile(path: string | undefined): Promise<number[][] | undefined> {
-  if (path === undefined) return undefined;
-  let value: unknown;
-  try {
-    value = JSON.parse(await Deno.readTextFile(path));
-  } catch (e) {
-    throw new UsageError(`Invalid --profile: ${path}: ${e instanceof Error ? e.message : e}`);
-  }
-  if (
-    !Array.isArray(value) || !value.every((r) => Array.isArray(r) && r.every((v) => typeof v === "number"))
-  ) {
-    throw new UsageError(`Invalid --profile: ${path}: expected a JSON list of number lists [layer][expert]`);
-  }
-  return value as number[][];
-}
-
 /** Loads a corpus, turning an unknown name into a usage error. */
 async function corpusOrUsage(name: string, modelDir: string | undefined) {
   try {
@@ -156,11 +153,9 @@ export const command: Command = {
         json: { type: "boolean" },
         "importance-decay": { type: "string" },
         "update-interval": { type: "string" },
-        "max-upload-experts": { type: "string" },
         planner: { type: "string" },
-        profile: { type: "string" },
         sweep: { type: "boolean" },
-        experts: { type: "string" },
+        "per-layer": { type: "string" },
         policies: { type: "string" },
         calibration: { type: "string" },
         "calibration-windows": { type: "string" },
@@ -184,15 +179,13 @@ export const command: Command = {
       "a number in (0, 1]",
     );
     const interval = intFlag("update-interval", values["update-interval"], 1);
-    const uploadExperts = intFlag("max-upload-experts", values["max-upload-experts"], 1);
-    if (uploadExperts !== undefined && values["max-upload"] !== undefined) {
-      throw new UsageError("Give --max-upload (bytes) or --max-upload-experts (experts), not both");
-    }
     if (values.planner !== undefined && values.planner !== "uniform" && values.planner !== "profile") {
       throw new UsageError(`Invalid --planner: "${values.planner}", expected uniform or profile`);
     }
     const planner = values.planner as PlannerKind | undefined;
-    const options: EngineOptions = await resolveModelOption(engineOptions(values), !values.json);
+    // with --sweep, --experts lists the precisions to compare, read by runSweep
+    const flags = values.sweep ? { ...values, experts: undefined } : values;
+    const options: EngineOptions = await resolveModelOption(engineOptions(flags), !values.json);
     const modelDir = options.model ?? DEFAULT_MODEL;
     const corpusName = values.corpus ?? "sotu-test";
     if ((await loadModelConfig(modelDir)).architecture.decoderStartTokenId !== undefined) {
@@ -204,7 +197,7 @@ export const command: Command = {
 
     for (
       const flag of [
-        "experts",
+        "per-layer",
         "policies",
         "calibration",
         "calibration-windows",
@@ -216,7 +209,6 @@ export const command: Command = {
       if (values[flag] !== undefined) throw new UsageError(`Option --${flag} needs --sweep`);
     }
     if (values["decode-tokens"] !== undefined) throw new UsageError("Option --decode-tokens needs --sweep");
-    const profile = await readProfile(values.profile);
     const corpus = await corpusOrUsage(corpusName, modelDir);
     Object.assign(options, {
       contextLength: options.contextLength ?? window,
@@ -225,13 +217,8 @@ export const command: Command = {
     if (decay !== undefined) options.importanceDecay = decay;
     if (interval !== undefined) options.updateInterval = interval;
     if (planner !== undefined) options.planner = planner;
-    if (profile !== undefined) options.profile = profile;
     if (options.contextLength! < window) {
       throw new UsageError(`Invalid --context-length: ${options.contextLength}, a window needs ${window}`);
-    }
-    if (uploadExperts !== undefined) {
-      options.maxUploadBytesPerStep = uploadExperts *
-        expertBytes((await loadModelConfig(modelDir)).architecture.expertMatrices);
     }
     await using engine = await openEngine(options, !values.json);
     return await evaluateOn(engine);
@@ -240,16 +227,14 @@ export const command: Command = {
       const need = maxWindows === undefined ? Infinity : maxWindows * window;
       const ids = tokenizeCorpus(e.tokenizer, corpus, need);
       tooFew(ids.length, window, corpus.name);
-      const progress = !values.json && isInteractive();
+      const windows = Math.min(Math.floor(ids.length / window), maxWindows ?? Infinity);
+      const progress = values.json ? undefined : stepProgress("window", windows);
       const r = await perplexity(e, ids, {
         window,
         maxWindows,
-        onWindow: progress
-          ? (i, n, p) =>
-            Deno.stderr.writeSync(new TextEncoder().encode(`\rwindow ${i + 1}/${n}: ${p.toFixed(2)}`))
-          : undefined,
+        onWindow: (i, _, p) => progress?.step(i, `perplexity ${p.toFixed(2)}`),
       });
-      if (progress) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
+      progress?.done();
       const s = e.stats();
       const out: EvalOutput = {
         model: e.modelDir,
@@ -294,14 +279,22 @@ export const command: Command = {
 
     async function runSweep(): Promise<number> {
       if (values.policy !== undefined) throw new UsageError("Option --policy does not apply to --sweep");
+      // --experts is the sweep's list of precisions here, read below
       if (values.budget !== undefined) throw new UsageError("Option --budget does not apply to --sweep");
       if (values.profile !== undefined) throw new UsageError("Option --profile does not apply to --sweep");
       if (values["context-length"] !== undefined) {
         throw new UsageError("Option --context-length does not apply to --sweep (the window sets it)");
       }
-      const experts = parseList("experts", values.experts)?.map((s) => {
-        const n = intFlag("experts", s, 1);
+      const experts = parseList("per-layer", values["per-layer"])?.map((s) => {
+        const n = intFlag("per-layer", s, 1);
         return n!;
+      });
+      const precisions = parseList("experts", values.experts)?.map((p) => {
+        try {
+          return parsePrecision(p, "bf16").join("+");
+        } catch (e) {
+          throw new UsageError((e as Error).message.replace(/^Invalid expertPrecision/, "Invalid --experts"));
+        }
       });
       const policies = parseList("policies", values.policies)?.map((p) => {
         if (!(SWEEP_POLICIES as readonly string[]).includes(p)) {
@@ -314,6 +307,16 @@ export const command: Command = {
         throw new UsageError(`Invalid --calibration: "${calibrationName}" is the evaluation corpus`);
       }
       const calibrationWindows = intFlag("calibration-windows", values["calibration-windows"], 1) ?? 64;
+      const { spec } = (await loadModelConfig(modelDir)).architecture;
+      let plan: SweepPlan;
+      try {
+        plan = sweepPlan({ experts, policies, precisions, swapmoe: { planner } }, spec.numExperts, spec.topK);
+      } catch (e) {
+        if (e instanceof RangeError) {
+          throw new UsageError(e.message.replace(/^Invalid experts per layer/, "Invalid --per-layer"));
+        }
+        throw e;
+      }
       const seed = intFlag("seed", values.seed, 0) ?? 1;
       const decodeTokens = intFlag("decode-tokens", values["decode-tokens"], 0) ?? 32;
       const log = (m: string) => {
@@ -322,7 +325,9 @@ export const command: Command = {
       const tokenizer = await Tokenizer.load(modelDir);
       const corpus = await corpusOrUsage(corpusName, modelDir);
       const calibration = await corpusOrUsage(calibrationName, modelDir);
-      log(`corpus ${corpus.source}; calibration ${calibration.source}`);
+      log(`corpus ${corpus.source}; calibration ${calibration.source}; ${plan.runs} runs`);
+      const start = performance.now();
+      let rows = 0;
       const ids = tokenizeCorpus(
         tokenizer,
         corpus,
@@ -334,7 +339,6 @@ export const command: Command = {
         window,
         calibrationWindows,
       );
-      const slot = expertBytes((await loadModelConfig(modelDir)).architecture.expertMatrices);
       const result = await sweep({
         model: options.model,
         ids,
@@ -344,22 +348,31 @@ export const command: Command = {
         calibrationWindows,
         experts,
         policies,
+        precisions,
         seed,
         maxBatchTokens: maxBatch,
         decodeTokens,
         swapmoe: {
           importanceDecay: decay,
           updateInterval: interval,
-          maxUploadBytesPerStep: uploadExperts === undefined ? undefined : uploadExperts * slot,
+          maxUploadBytesPerStep: options.maxUploadBytesPerStep,
           planner,
         },
         log,
-        onRow: (r) =>
+        onRow: (r) => {
+          rows++;
+          const elapsed = (performance.now() - start) / 1000;
+          const left = timeLeft(rows, plan.runs, elapsed);
           log(
-            `  ${r.policy} ${r.experts}/${r.ofExperts}: perplexity ${r.perplexity.toFixed(2)} (×${
-              r.ratio.toFixed(3)
-            }), ${formatBytes(r.gpuBytes)}, hit rate ${(100 * r.hitRate).toFixed(1)}%, ${r.swaps} swaps`,
-          ),
+            `  ${r.policy} ${r.precision} ${r.experts}/${r.ofExperts}: perplexity ${
+              r.perplexity.toFixed(2)
+            } (×${r.ratio.toFixed(3)}), ${formatBytes(r.gpuBytes)}, hit rate ${
+              (100 * r.hitRate).toFixed(1)
+            }%, ${r.swaps} swaps` +
+              ` · run ${rows}/${plan.runs}, ${formatDuration(elapsed)}` +
+              (rows < plan.runs && left !== undefined ? `, about ${formatDuration(left)} left` : ""),
+          );
+        },
       });
       const title = `${displayPath(modelDir)} on ${corpus.name}: ${result.windows} windows of ${window}`;
       if (values.markdown) await Deno.writeTextFile(values.markdown, markdownTable(result.rows) + "\n");

@@ -6,6 +6,7 @@
  */
 import type { EngineStats, FinishReason } from "../../mod.ts";
 import { type Command, UsageError } from "./command.ts";
+import { PROGRAM } from "./program.ts";
 import {
   engineOptions,
   MODEL_OPTIONS,
@@ -21,7 +22,7 @@ import {
 
 const MAX_TOKENS = 128;
 
-const usage = `Usage: deno run -A main.ts generate [prompt] [options]
+const usage = `Usage: ${PROGRAM} generate [prompt] [options]
 
 Continues the prompt (the arguments, or standard input when none are given) and streams the
 new text to stdout.

@@ -4,11 +4,9 @@
  *
  * @module
  */
-import process from "node:process";
-// @ts-types="@types/cli-progress"
-import cliProgress from "cli-progress";
 import { formatBytes } from "../../mod.ts";
 import { type DownloadProgress, pullModel, type ResolvedModel, resolveModel } from "../hub/mod.ts";
+import { bar, formatDuration, STDERR } from "./progress.ts";
 
 /** The environment variables of the hub, for the help texts. */
 export const HUB_ENVIRONMENT = `Environment:
@@ -38,15 +36,6 @@ export class RateMeter {
   }
 }
 
-/** Seconds as `42s`, `3m 07s` or `2h 05m`; `?` when unknown. */
-export function formatDuration(seconds: number): string {
-  if (!Number.isFinite(seconds) || seconds < 0) return "?";
-  const s = Math.round(seconds);
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
-  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
-}
-
 /** `1.2 MiB of 3.4 MiB (35%) · 2.1 MiB/s · ETA 1s`. */
 export function progressText(p: DownloadProgress, rate: number): string {
   const percent = p.totalBytes > 0 ? Math.floor((100 * p.bytes) / p.totalBytes) : 100;
@@ -70,23 +59,17 @@ export async function resolveWithProgress(
 ): Promise<ResolvedModel> {
   const meter = new RateMeter();
   const started = Date.now();
-  let bar: cliProgress.SingleBar | undefined;
+  let drawn = false;
   let lastLine = 0;
   const onProgress = (p: DownloadProgress) => {
     const now = Date.now();
     meter.add(now, p.receivedBytes);
     if (options.interactive) {
-      const payload = { file: p.file.padEnd(36).slice(0, 36), text: progressText(p, meter.rate()) };
-      if (bar === undefined) {
-        bar = new cliProgress.SingleBar({
-          format: "{file} |{bar}| {text}",
-          stream: process.stderr,
-          hideCursor: true,
-          clearOnComplete: true,
-          barsize: 24,
-        }, cliProgress.Presets.shades_classic);
-        bar.start(p.totalBytes, p.bytes, payload);
-      } else bar.update(p.bytes, payload);
+      const share = p.totalBytes > 0 ? p.bytes / p.totalBytes : 1;
+      STDERR.write(
+        `\r\x1b[K${p.file.padEnd(36).slice(0, 36)} ${bar(share)} ${progressText(p, meter.rate())}`,
+      );
+      drawn = true;
     } else if (lastLine === 0) {
       lastLine = now;
       console.error(
@@ -104,7 +87,7 @@ export async function resolveWithProgress(
     const o = { onProgress, revision: options.revision, offline: options.offline };
     resolved = options.pull ? await pullModel(name, o) : await resolveModel(name, o);
   } finally {
-    bar?.stop();
+    if (drawn) STDERR.write("\r\x1b[K");
   }
   const label = `${resolved.repo}@${resolved.revision} (commit ${resolved.commit?.slice(0, 7)})`;
   if (resolved.message !== undefined) console.error(resolved.message);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { formatDuration, progressText, RateMeter } from "./hub_progress.ts";
+import { progressText, RateMeter } from "./hub_progress.ts";
 
 Deno.test("RateMeter: bytes per second over the window, dropping older samples", () => {
   const m = new RateMeter(5000);
@@ -13,15 +13,6 @@ Deno.test("RateMeter: bytes per second over the window, dropping older samples",
   assert.equal(m.rate(), 100_000);
 });
 
-Deno.test("formatDuration: seconds, minutes, hours; ? when unknown", () => {
-  assert.equal(formatDuration(0.4), "0s");
-  assert.equal(formatDuration(42), "42s");
-  assert.equal(formatDuration(187), "3m 07s");
-  assert.equal(formatDuration(7500), "2h 05m");
-  assert.equal(formatDuration(Infinity), "?");
-  assert.equal(formatDuration(-1), "?");
-});
-
 Deno.test("progressText: bytes of the total, percent, rate and ETA", () => {
   const p = {
     repo: "o/n",
@@ -33,6 +24,6 @@ Deno.test("progressText: bytes of the total, percent, rate and ETA", () => {
     totalBytes: 10 * 2 ** 20,
     receivedBytes: 3 * 2 ** 20,
   };
-  assert.equal(progressText(p, 2 ** 20), "3.0 MiB of 10.0 MiB (30%) · 1.0 MiB/s · ETA 7s");
+  assert.equal(progressText(p, 2 ** 20), "3.0 MiB of 10.0 MiB (30%) · 1.0 MiB/s · ETA 7.0 s");
   assert.equal(progressText(p, 0), "3.0 MiB of 10.0 MiB (30%) · 0 B/s · ETA ?");
 });

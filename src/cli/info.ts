@@ -7,6 +7,7 @@
 import { formatBytes, POLICIES } from "../../mod.ts";
 import { inspectModel, type ModelReport } from "../runtime/inspect.ts";
 import type { Command } from "./command.ts";
+import { PROGRAM } from "./program.ts";
 import {
   displayPath,
   engineOptions,
@@ -16,7 +17,7 @@ import {
   resolveModelOption,
 } from "./options.ts";
 
-const usage = `Usage: deno run -A main.ts info [options]
+const usage = `Usage: ${PROGRAM} info [options]
 
 Prints a model's architecture, parameter count, the bytes of one expert, of the dense weights and
 of the KV cache, the minimum budget, the GPU footprint at each policy, and how many experts per
@@ -84,22 +85,39 @@ function render(info: ModelInfo): string {
     ),
     row("Dense bytes", formatBytes(b.dense)),
     row("KV cache", `${formatBytes(b.kv)} at ${info.contextLength} positions`),
-    row("Minimum", `${formatBytes(b.minimumBudget)} (top-${K} experts per MoE layer)`),
+    row(
+      "Minimum",
+      `${formatBytes(b.minimumBudget)} (top-${K} experts per MoE layer, at ${info.precisions.at(-1)})`,
+    ),
+    row(
+      "Precisions",
+      Object.entries(info.atPrecision).map(([p, v]) =>
+        `${p} ${formatBytes(v!.expert)} per expert, all resident ${formatBytes(v!.full)}`
+      ).join("; "),
+    ),
     "",
     `GPU footprint at ${info.contextLength} positions:`,
     `  full                   ${formatBytes(b.full)}, every expert resident`,
     `  static, swapmoe, lru   ${formatBytes(b.minimumBudget)} to ${formatBytes(b.full)}, ${
-      formatBytes(b.expert)
-    } per expert slot above top-${K}`,
+      info.precisions.map((p) => `${formatBytes(info.atPrecision[p]!.expert)} per ${p} expert`).join(" or ")
+    } above top-${K}`,
   ];
   if (info.budgetBytes !== null) {
-    lines.push("", `At a budget of ${formatBytes(info.budgetBytes)} (${info.budgetSource}):`);
+    lines.push(
+      "",
+      `At a budget of ${formatBytes(info.budgetBytes)} (${info.budgetSource}), experts at ${
+        info.precisions.join("+")
+      }:`,
+    );
     for (const p of POLICIES) {
       const fit = info.policies[p];
+      // full and lru hold one precision: the high tier of a pair
+      const tiers = p === "full" || p === "lru" ? info.precisions.slice(0, 1) : info.precisions;
       lines.push(
         `  ${p.padEnd(8)} ${
           fit.expertSlots
-            ? `${fit.expertSlots.join(" ")} of ${E} experts per MoE layer`
+            ? tiers.map((t, i) => `${fit.expertSlots![i]!.join(" ")} at ${t}`).join(", ") +
+              ` of ${E} experts per MoE layer`
             : `does not fit: needs at least ${formatBytes(fit.minimumBytes)}`
         }`,
       );

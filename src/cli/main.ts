@@ -1,8 +1,9 @@
 /**
- * The CLI's entry: picks the subcommand (the demo when none is named), prints help, and turns every
- * error into one line on stderr: exit code 2 for usage errors (bad flags and values, a missing or
- * unusable model folder, a budget that cannot be met), 1 for failures at run time. No stack traces
- * unless `SWAPMOE_DEBUG=1`.
+ * The CLI's entry: picks the subcommand (the demo when none is named), prints help and the version,
+ * and turns every error into one line on stderr: exit code 2 for usage errors (bad flags and values,
+ * a missing or unusable model folder, a budget that cannot be met), followed by one line naming the
+ * command's `--help` (and the closest command or flag to a mistyped one); 1 for failures at run
+ * time. No stack traces unless `SWAPMOE_DEBUG=1`.
  *
  * To add a subcommand: write `src/cli/<name>.ts` exporting `command: Command`, import it below and
  * add it to {@link COMMANDS}.
@@ -17,7 +18,10 @@ import {
   TokenizerError,
   WebGpuUnavailableError,
 } from "../../mod.ts";
+import { VERSION } from "../version.ts";
 import { type Command, UsageError } from "./command.ts";
+import { PROGRAM } from "./program.ts";
+import { closest } from "./suggest.ts";
 import { command as demo } from "./demo.ts";
 import { command as generate } from "./generate.ts";
 import { command as chat } from "./chat.ts";
@@ -43,15 +47,15 @@ export const COMMANDS: Command[] = [
 
 function topUsage(): string {
   const lines = COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`);
-  return `swapmoe: Mixture-of-Experts inference on WebGPU under a GPU memory budget
+  return `swapmoe ${VERSION}: Mixture-of-Experts inference on WebGPU under a GPU memory budget
 
-Usage: deno run -A main.ts [command] [options]
+Usage: ${PROGRAM} [command] [options]
 
 Commands:
 ${lines.join("\n")}
 
-With no command (or only options), runs the demo: deno run -A main.ts --budget 50%
-Run a command with --help for its options.`;
+With no command (or only options), runs the demo: ${PROGRAM} --budget 50%
+Run a command with --help for its options; --version prints the version.`;
 }
 
 /** Runs the CLI with `args`; resolves to the process exit code. */
@@ -61,10 +65,18 @@ export async function runCli(args: string[]): Promise<number> {
     console.log(topUsage());
     return 0;
   }
+  if (name === "--version" || name === "-V") {
+    console.log(`swapmoe ${VERSION}`);
+    return 0;
+  }
   // `main.ts` and `main.ts --budget 50%` run the demo
   const cmd = name === undefined || name.startsWith("-") ? demo : COMMANDS.find((c) => c.name === name);
   if (!cmd) {
-    console.error(`error: Unknown command: "${name}"\n\n${topUsage()}`);
+    const hit = closest(name!, COMMANDS.map((c) => c.name));
+    console.error(
+      `error: Unknown command: "${name}"${hit === undefined ? "" : ` (did you mean ${hit}?)`}\n` +
+        `hint: "${PROGRAM} --help" lists the commands`,
+    );
     return 2;
   }
   try {
@@ -80,7 +92,7 @@ function isUsageError(e: unknown): boolean {
     e instanceof CheckpointError || e instanceof TokenizerError;
 }
 
-/** Prints `e` as one `error: …` line (and the usage for usage errors); returns the exit code. */
+/** Prints `e` as one `error: …` line (and where help is, for usage errors); returns the exit code. */
 function report(e: unknown, cmd: Command): number {
   // stdout closed early (`| head`): nothing left to say
   if (e instanceof Deno.errors.BrokenPipe) return 0;
@@ -92,7 +104,9 @@ function report(e: unknown, cmd: Command): number {
     const hint = e instanceof BudgetError && message.includes('policy "full"')
       ? "; --policy swapmoe, static or lru run in less"
       : "";
-    console.error(`error: ${oneLine(message)}${hint}\n\n${cmd.usage}`);
+    console.error(
+      `error: ${oneLine(message)}${hint}\nhint: "${PROGRAM} ${cmd.name} --help" lists the options`,
+    );
     return 2;
   }
   if (e instanceof WebGpuUnavailableError) {

@@ -5,12 +5,10 @@
  *
  * @module
  */
-import process from "node:process";
 import { relative } from "node:path";
 import { parseArgs, type ParseArgsConfig } from "node:util";
-// @ts-types="@types/cli-progress"
-import cliProgress from "cli-progress";
 import {
+  type Budget,
   createEngine,
   type Engine,
   type EngineOptions,
@@ -21,13 +19,15 @@ import {
   parseBudget,
   POLICIES,
   type PolicyName,
-  type Progress,
 } from "../../mod.ts";
 import { describeSpec } from "../models/registry.ts";
 import { parseSize } from "../moe/budget.ts";
+import { parsePrecision } from "../quant/formats.ts";
 import { parseModelName } from "../hub/mod.ts";
 import { resolveWithProgress } from "./hub_progress.ts";
 import { UsageError } from "./command.ts";
+import { loadProgress } from "./progress.ts";
+import { closest } from "./suggest.ts";
 
 /** Parses `config.args` strictly; a bad flag becomes a {@link UsageError} with a one-line message. */
 export function parseFlags<T extends ParseArgsConfig & { args: string[] }>(
@@ -37,7 +37,7 @@ export function parseFlags<T extends ParseArgsConfig & { args: string[] }>(
   try {
     return parseArgs({ ...config, args, strict: true }) as ReturnType<typeof parseArgs<T>>;
   } catch (e) {
-    throw new UsageError(flagErrorMessage(e));
+    throw new UsageError(flagErrorMessage(e, Object.keys(config.options ?? {})));
   }
 }
 
@@ -66,15 +66,17 @@ function joinDashedValues(args: string[], options: NonNullable<ParseArgsConfig["
   return out;
 }
 
-/** node:util's parse errors, as one capitalised line. */
-function flagErrorMessage(e: unknown): string {
+/** node:util's parse errors, as one capitalised line; an unknown flag gets the closest of `known`. */
+function flagErrorMessage(e: unknown, known: string[]): string {
   const code = (e as { code?: string }).code;
   const message = e instanceof Error ? e.message : String(e);
   const quoted = /'([^']*)'/.exec(message)?.[1] ?? "";
   const flag = quoted.replace(/ <value>$/, "").replace(/^-\w, /, "");
   switch (code) {
-    case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
-      return `Unknown option: ${flag}`;
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION": {
+      const hit = flag.startsWith("--") ? closest(flag.slice(2), known) : undefined;
+      return `Unknown option: ${flag}${hit === undefined ? "" : ` (did you mean --${hit}?)`}`;
+    }
     case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL":
       return `Unexpected argument: "${flag}", this command takes none`;
     case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
@@ -124,12 +126,14 @@ export const MODEL_OPTIONS = {
   "context-length": { type: "string" },
   profile: { type: "string" },
   "max-upload": { type: "string" },
+  experts: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
 /** Help text of {@link MODEL_OPTIONS}; `defaults` overrides the shown defaults of a command. */
 export function modelUsage(
-  defaults: { budget?: string; policy?: string; contextLength?: string; profile?: string } = {},
+  defaults: { budget?: string; policy?: string; contextLength?: string; profile?: string; experts?: string } =
+    {},
 ): string {
   return `Model options:
   --model <dir>           A Hugging Face checkpoint folder (config.json, *.safetensors,
@@ -140,7 +144,9 @@ export function modelUsage(
                           all-resident footprint such as 60%; default: ${
     defaults.budget ?? "all of it under full,\n                          else 50% (at least the minimum)"
   }
-  --policy <name>         Expert residency: ${POLICIES.join(", ")}; default: ${defaults.policy ?? "full"}
+  --policy <name>         Expert residency: ${POLICIES.join(", ")}; default: ${
+    defaults.policy ?? "full,\n                          or swapmoe when --budget is given"
+  }
   --context-length <n>    Positions the KV cache holds; default: ${
     defaults.contextLength ?? "the model's, at most 4096"
   }
@@ -151,6 +157,11 @@ export function modelUsage(
   }
   --max-upload <size>     swapmoe: most expert bytes uploaded per decode step, such as
                           12MiB (info prints an expert's size); default: two experts
+  --experts <precision>   The experts' precision on the GPU: bf16 (as stored), int8, int4,
+                          or a high+low pair (swapmoe, static) such as bf16+int4 or
+                          int8+int4; quantized once into $SWAPMOE_CACHE; default: bf16${
+    defaults.experts ? `;\n                          ${defaults.experts}` : ""
+  }
   -h, --help              Show this help`;
 }
 
@@ -162,6 +173,7 @@ export interface ModelFlags {
   "context-length"?: string;
   profile?: string;
   "max-upload"?: string;
+  experts?: string;
 }
 
 /** Reads an expert-usage profile: `{"usage": number[][]}` or the bare rows (the engine checks their shape). */
@@ -216,10 +228,24 @@ export function engineOptions(flags: ModelFlags, defaults: EngineOptions = {}): 
       throw e;
     }
     options.budget = flags.budget;
+    // a budget is for a policy that holds less than every expert: --budget alone selects swapmoe
+    if (flags.policy === undefined) options.policy = "swapmoe";
   }
   const contextLength = intFlag("context-length", flags["context-length"], 1);
   if (contextLength !== undefined) options.contextLength = contextLength;
   if (flags.profile !== undefined) options.profile = readProfile(flags.profile);
+  if (flags.experts !== undefined) {
+    try {
+      // the syntax only: which precisions a model's experts take is known once its config is read
+      parsePrecision(flags.experts);
+    } catch (e) {
+      if (e instanceof OptionError) {
+        throw new UsageError(e.message.replace(/^Invalid expertPrecision/, "Invalid --experts"));
+      }
+      throw e;
+    }
+    options.expertPrecision = flags.experts;
+  }
   if (flags["max-upload"] !== undefined) {
     try {
       options.maxUploadBytesPerStep = parseSize(flags["max-upload"], "--max-upload");
@@ -228,6 +254,21 @@ export function engineOptions(flags: ModelFlags, defaults: EngineOptions = {}): 
       throw e;
     }
   }
+  return options;
+}
+
+/**
+ * The model options of `demo` and `serve`, which show SwapMoE at work: `swapmoe` unless `--policy`
+ * says otherwise, and `budget` for a policy that takes one (`full` holds every expert, so it gets
+ * its whole footprint).
+ */
+export function budgetedOptions(
+  flags: ModelFlags,
+  budget: Budget,
+  defaults: EngineOptions = {},
+): EngineOptions {
+  const options = engineOptions(flags, { policy: "swapmoe", ...defaults });
+  if (options.policy !== "full" && options.budget === undefined) options.budget = budget;
   return options;
 }
 
@@ -298,21 +339,10 @@ export function contextLengthOf(engine: Engine, options: EngineOptions): number 
   return options.contextLength ?? Math.min(engine.spec.maxPositionEmbeddings, 4096);
 }
 
-/** Whether to draw progress bars and other terminal niceties: stdout and stderr are both terminals. */
+/** Whether to draw terminal niceties (bold prompts, REPL prompts): stdout and stderr are both terminals. */
 export function isInteractive(): boolean {
   return Deno.stdout.isTerminal() && Deno.stderr.isTerminal();
 }
-
-const STAGE_LABELS: Record<Progress["stage"], string> = {
-  download: "Downloading",
-  config: "Reading config",
-  checkpoint: "Mapping weights",
-  tokenizer: "Loading tokenizer",
-  gpu: "Opening GPU",
-  weights: "Uploading weights",
-  experts: "Uploading experts",
-  ready: "Ready",
-};
 
 /**
  * `options` with a model named `org/name[@revision]` replaced by its folder in the hub cache, downloaded
@@ -326,50 +356,19 @@ export async function resolveModelOption(options: EngineOptions, progress: boole
 }
 
 /**
- * Creates an engine, drawing a progress bar on stderr while it loads when `progress` is set (and
- * stdout and stderr are terminals). A model named `org/name[@revision]` is first fetched from the
- * Hugging Face hub, or found in its cache, with a byte progress bar.
+ * Creates an engine, drawing a progress bar on stderr while it loads when `progress` is set and
+ * stderr is a terminal. A model named `org/name[@revision]` is first fetched from the Hugging Face
+ * hub, or found in its cache.
  */
 export async function openEngine(options: EngineOptions, progress: boolean): Promise<Engine> {
-  quietVulkanLoader();
+  // a model named org/name[@revision]: fetched (or found in the hub cache) with its own byte bar
   options = await resolveModelOption(options, progress);
-  if (!progress || !isInteractive()) return await createEngine(options);
-  const bar = new cliProgress.SingleBar({
-    format: "{stage} |{bar}| {value}/{total}",
-    stream: process.stderr,
-    hideCursor: true,
-    clearOnComplete: true,
-    barsize: 30,
-  }, cliProgress.Presets.shades_classic);
-  let stage: Progress["stage"] | undefined;
+  if (!progress) return await createEngine(options);
+  const bar = loadProgress();
   try {
-    return await createEngine({
-      ...options,
-      onProgress: (p) => {
-        const label = { stage: STAGE_LABELS[p.stage].padEnd(18) };
-        if (stage === undefined) bar.start(p.total, p.done, label);
-        else if (p.stage !== stage) bar.setTotal(p.total);
-        stage = p.stage;
-        bar.update(p.done, label);
-      },
-    });
+    return await createEngine({ ...options, onProgress: bar.onProgress });
   } finally {
-    bar.stop();
-  }
-}
-
-/**
- * Without `XDG_RUNTIME_DIR`, Mesa's Vulkan loader prints "error: XDG_RUNTIME_DIR is invalid or not
- * set" on stderr while the WebGPU adapter is requested; a private folder in the temp dir stops it.
- */
-function quietVulkanLoader(): void {
-  if (Deno.build.os !== "linux" || Deno.env.get("XDG_RUNTIME_DIR")) return;
-  try {
-    const dir = `${Deno.env.get("TMPDIR") ?? "/tmp"}/xdg-${Deno.uid() ?? "user"}`;
-    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    Deno.env.set("XDG_RUNTIME_DIR", dir);
-  } catch {
-    // only cosmetic: the loader prints its line and carries on
+    bar.done();
   }
 }
 

@@ -1,16 +1,19 @@
 /**
  * `serve`: loads a model and serves it over the OpenAI-compatible API of `src/server/server.ts`
- * until SIGINT or SIGTERM.
+ * until SIGINT or SIGTERM. Like the demo it starts under `swapmoe` at 70% of the all-resident
+ * footprint, so that `PUT /v1/engine/budget` can move the budget both ways; `--policy full` holds
+ * every expert.
  *
  * @module
  */
 import { type EngineOptions, formatBytes } from "../../mod.ts";
 import { createServer, type ServerOptions } from "../server/server.ts";
 import { type Command, UsageError } from "./command.ts";
+import { PROGRAM } from "./program.ts";
 import {
+  budgetedOptions,
   contextLengthOf,
   describeModel,
-  engineOptions,
   intFlag,
   MODEL_OPTIONS,
   modelUsage,
@@ -19,8 +22,10 @@ import {
 } from "./options.ts";
 
 const DEFAULT_PORT = 8000;
+/** The budget of a policy that takes one, when `--budget` is not given. */
+const BUDGET = "70%";
 
-const usage = `Usage: deno run -A main.ts serve [options]
+const usage = `Usage: ${PROGRAM} serve [options]
 
 Serves the model over an OpenAI-compatible HTTP API until Ctrl-C:
   POST /v1/chat/completions, POST /v1/completions ("stream": true for server-sent events),
@@ -35,10 +40,10 @@ Server options:
   --max-tokens <n>        New tokens for a request without max_tokens; default 256
   --quiet                 No access log on stderr
 
-${modelUsage()}
+${modelUsage({ budget: `${BUDGET} (all of it under full)`, policy: "swapmoe" })}
 
 Example:
-  deno task serve --policy swapmoe --budget 60%
+  ${PROGRAM} serve --budget 60%
   curl -X PUT localhost:${DEFAULT_PORT}/v1/engine/budget -d '{"budget": "80%"}'`;
 
 /** What the flags of `serve` ask for. */
@@ -72,7 +77,7 @@ export function parseServeArgs(args: string[], env: { apiKey?: string } = {}): S
   if (apiKey === "") throw new UsageError("Invalid --api-key: empty");
   return {
     help,
-    engine: help ? {} : engineOptions(values),
+    engine: help ? {} : budgetedOptions(values, BUDGET),
     host: values.host ?? "127.0.0.1",
     port: intFlag("port", values.port, 0, 65535) ?? DEFAULT_PORT,
     server: {

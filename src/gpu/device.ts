@@ -47,11 +47,16 @@ export interface Gpu {
   explain(error: unknown): Promise<unknown>;
 }
 
-/** Requests an adapter and a device with the largest buffer limits the adapter offers. */
+/**
+ * Requests an adapter and a device with the largest buffer limits the adapter offers.
+ *
+ * On Linux, when `XDG_RUNTIME_DIR` is unset, sets it first (see {@link quietWayland}).
+ */
 export async function createGpu(options: { powerPreference?: GPUPowerPreference } = {}): Promise<Gpu> {
   if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
     throw new WebGpuUnavailableError("WebGPU is not available in this runtime: navigator.gpu is missing");
   }
+  quietWayland();
   const adapter = await navigator.gpu.requestAdapter({
     powerPreference: options.powerPreference ?? "high-performance",
   });
@@ -125,4 +130,39 @@ export async function createGpu(options: { powerPreference?: GPUPowerPreference 
     lost = new DeviceLostError(`The GPU device was lost (${i.reason}): ${i.message || "no message"}`);
   });
   return gpu;
+}
+
+/**
+ * Requesting an adapter makes Mesa's Vulkan drivers try Wayland, and libwayland prints "error:
+ * XDG_RUNTIME_DIR is invalid or not set in the environment." twice on stderr when that variable is
+ * unset or not an absolute path (containers, CI, ssh without a login session); the adapter is found
+ * all the same. So, on Linux with the variable unset, set it for this process (and its children) to
+ * a private folder, `$TMPDIR/swapmoe-xdg-<uid>` (`/tmp` without `TMPDIR`), created with mode 700
+ * when writing there is permitted (libwayland only needs the variable to be an absolute path; it
+ * then finds no display socket there, as it would find none anywhere). Only with permissions already
+ * granted, so it never prompts: without `--allow-env` the line stays.
+ */
+function quietWayland(): void {
+  if (Deno.build.os !== "linux" || !granted({ name: "env", variable: "XDG_RUNTIME_DIR" })) return;
+  if (Deno.env.get("XDG_RUNTIME_DIR")) return;
+  const tmp = (granted({ name: "env", variable: "TMPDIR" }) && Deno.env.get("TMPDIR")) || "/tmp";
+  const uid = granted({ name: "sys", kind: "uid" }) ? Deno.uid() : null;
+  const dir = `${tmp.replace(/\/+$/, "")}/swapmoe-xdg-${uid ?? "user"}`;
+  if (granted({ name: "write", path: dir })) {
+    try {
+      Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    } catch {
+      // the variable alone quiets libwayland
+    }
+  }
+  Deno.env.set("XDG_RUNTIME_DIR", dir);
+}
+
+/** Whether `permission` is granted now (a query: never a prompt). */
+function granted(permission: Deno.PermissionDescriptor): boolean {
+  try {
+    return Deno.permissions.querySync(permission).state === "granted";
+  } catch {
+    return false;
+  }
 }

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { type ParamsLayout, paramsLayout, paramsLayouts } from "../gpu/dispatch.ts";
+import { shaderSource } from "../gpu/pipelines.ts";
 // every kernel wrapper, so that each defines its layouts
 import "./attention.ts";
 import "./elementwise.ts";
@@ -87,17 +88,19 @@ export function layoutProblems(layout: ParamsLayout, source: string): string[] {
 Deno.test("params: every packed uniform struct matches its WGSL declaration", async () => {
   const layouts = paramsLayouts();
   const files = new Set(layouts.map((l) => l.file));
-  // every shader with a Params struct has a layout
+  // every shader whose source (includes expanded) has a Params struct has a layout
   for (const e of Deno.readDirSync(SHADERS)) {
-    if (!e.name.endsWith(".wgsl")) continue;
-    const text = await Deno.readTextFile(new URL(e.name, SHADERS));
-    if (/struct\s+Params\b/.test(text)) {
+    if (!e.name.endsWith(".wgsl") || e.name === "common.wgsl") continue;
+    if (/struct\s+Params\b/.test(await shaderSource(e.name))) {
       assert.ok(files.has(e.name), `${e.name} declares Params but no layout packs it`);
     }
   }
   const problems: string[] = [];
   for (const layout of layouts) {
-    problems.push(...layoutProblems(layout, await Deno.readTextFile(new URL(layout.file, SHADERS))));
+    const source = layout.file === "common.wgsl"
+      ? await Deno.readTextFile(new URL(layout.file, SHADERS))
+      : await shaderSource(layout.file);
+    problems.push(...layoutProblems(layout, source));
   }
   assert.deepEqual(problems, []);
   assert.ok(layouts.length >= 12, `${layouts.length} layouts`);

@@ -18,6 +18,7 @@ import type { Dispatch, KernelContext } from "../gpu/dispatch.ts";
 import type { Allocation, TrackedBuffer } from "../gpu/memory.ts";
 import type { ExpertCache } from "../moe/expert_cache.ts";
 import { CheckpointError } from "../errors.ts";
+import { matrixLayout, type Precision } from "../quant/formats.ts";
 
 /** The constants every family's spec has; a family's spec adds its own (with `config.json`'s names). */
 export interface SpecBase {
@@ -37,12 +38,31 @@ export interface SpecBase {
   readonly eosTokenIds: readonly number[];
 }
 
-/** One weight matrix of an expert, as stored: [rows, cols] bf16, row-major. */
+/** One weight matrix of an expert: [rows, cols], row-major, at whatever precision a copy holds it. */
 export interface ExpertMatrix {
   /** Its role, for labels and errors (`gate`, `up`, `down`; Switch's `wi`, `wo`). */
   readonly name: string;
   readonly rows: number;
   readonly cols: number;
+  /** Whether a bias of `rows` values (bf16) goes with it (gpt-oss). */
+  readonly bias?: boolean;
+}
+
+/** Bytes of one copy of an expert (all its matrices) at precision `p`: what one expert slot of that tier holds. */
+export function expertCopyBytes(matrices: readonly ExpertMatrix[], p: Precision): number {
+  return matrices.reduce((a, m) => a + matrixLayout(p, m.rows, m.cols, m.bias).bytes, 0);
+}
+
+/**
+ * A piece of one expert matrix as the checkpoint stores it: `bytes` bytes of `tensor` from byte
+ * `offset`, which go at byte `at` of the matrix in its native layout (src/quant/formats.ts). A bf16
+ * matrix is one whole tensor; gpt-oss's are slices of tensors that hold every expert of a layer.
+ */
+export interface TensorPiece {
+  readonly tensor: string;
+  readonly offset: number;
+  readonly bytes: number;
+  readonly at: number;
 }
 
 /** Sizes of the run state: what the options ask the GPU to hold besides the weights. */
@@ -66,8 +86,13 @@ export interface DenseWeight {
 export interface ModelTensors {
   /** Weights uploaded once (everything but the routed experts), each buffer once. */
   readonly dense: readonly DenseWeight[];
-  /** Tensor names of every routed expert's matrices: [MoE layer][expert][matrix], matrices in {@link Architecture.expertMatrices} order. */
-  readonly experts: readonly (readonly (readonly string[])[])[];
+  /** Where matrix `m` (in {@link Architecture.expertMatrices} order) of expert `e` of MoE layer `l` is stored. */
+  expertPieces(l: number, e: number, m: number): readonly TensorPiece[];
+}
+
+/** The pieces of an expert matrix stored whole as one tensor (bf16 checkpoints). */
+export function wholeTensor(tensor: string, bytes: number): TensorPiece[] {
+  return [{ tensor, offset: 0, bytes, at: 0 }];
 }
 
 /** The dispatches of one block around its routed experts, split where exact (`lru`) routing reads back. */
@@ -157,6 +182,8 @@ export interface Architecture<S extends SpecBase = SpecBase> {
   readonly routerOrder: string;
   /** One routed expert's matrices, in the order the expert slots hold them. */
   readonly expertMatrices: readonly ExpertMatrix[];
+  /** The precision the checkpoint stores the routed experts at: bf16, or gpt-oss's mxfp4. */
+  readonly nativePrecision: Precision;
   /** The longest context the model takes, when it has a hard limit (e.g. RoPE's trained positions). */
   readonly maxContext: number | undefined;
   /** Encoder-decoder models: the first decoder input (`decoder_start_token_id`); undefined otherwise. */
@@ -191,11 +218,6 @@ export interface Family<S extends SpecBase = SpecBase> {
   checkOptions(options: Readonly<Record<string, unknown>>): void;
   /** One line for people: `mixtral: 4 layers, 4 with 16 experts, top-2`. */
   describe(spec: S): string;
-}
-
-/** Bytes of one expert's matrices in bf16: what one expert slot holds. */
-export function expertBytes(matrices: readonly ExpertMatrix[]): number {
-  return matrices.reduce((a, m) => a + m.rows * m.cols * 2, 0);
 }
 
 /**

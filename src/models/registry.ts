@@ -9,6 +9,8 @@ import { ConfigError } from "../errors.ts";
 import type { Architecture, Family } from "./family.ts";
 import { causalFamily } from "./causal/family.ts";
 import { switchFamily } from "./switch/family.ts";
+import type { CausalSpec } from "./causal/config.ts";
+import type { SwitchSpec } from "./switch/config.ts";
 
 /** Every family, one line each. */
 export const FAMILIES = [
@@ -17,7 +19,12 @@ export const FAMILIES = [
 ] as const;
 
 /** The constants of a model of any family: a union over {@link FAMILIES}, told apart by `modelType`. */
-export type ModelSpec = ReturnType<(typeof FAMILIES)[number]["architecture"]>["spec"];
+export type ModelSpec = CausalSpec | SwitchSpec;
+
+// Written out for the documentation (a type derived from FAMILIES is private to it); a family added
+// to FAMILIES without its spec above stops the build here.
+type FamilySpec = ReturnType<(typeof FAMILIES)[number]["architecture"]>["spec"];
+const _specsMatch: [FamilySpec, ModelSpec] extends [ModelSpec, FamilySpec] ? true : never = true;
 
 /** Every `model_type` the engine accepts. */
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => f.modelTypes);

@@ -33,8 +33,9 @@ const UNITS: Record<string, number> = {
   tib: 2 ** 40,
 };
 
-const FORMS =
-  `bytes, a size such as "512MiB", "2GiB" or "1.5GB", a percentage such as "50%", or experts per layer such as "8/16"`;
+/** The forms a budget takes, for messages. */
+export const BUDGET_FORMS =
+  `a whole number of bytes (at most 2^53 - 1), a size such as "512MiB", "2GiB" or "1.5GB", a percentage such as "50%", or experts per layer such as "8/16"`;
 
 /** What a budget's relative forms refer to. */
 export interface BudgetBasis {
@@ -53,12 +54,12 @@ export function parseBudget(budget: Budget, basis: number | BudgetBasis): number
   const b: BudgetBasis = typeof basis === "number" ? { fullBytes: basis } : basis;
   if (typeof budget === "number") {
     if (!Number.isSafeInteger(budget) || budget <= 0) {
-      throw new OptionError(`Invalid budget: ${budget}, expected a whole positive number of bytes`);
+      throw new OptionError(`Invalid budget: ${budget}, expected ${BUDGET_FORMS}`);
     }
     return budget;
   }
   if (typeof budget !== "string") {
-    throw new OptionError(`Invalid budget: ${JSON.stringify(budget)}, expected ${FORMS}`);
+    throw new OptionError(`Invalid budget: ${JSON.stringify(budget)}, expected ${BUDGET_FORMS}`);
   }
   const s = budget.trim().toLowerCase();
   const pct = /^(\d+(?:\.\d+)?)\s*%$/.exec(s);
@@ -85,7 +86,7 @@ export function parseBudget(budget: Budget, basis: number | BudgetBasis): number
     return b.experts ? b.experts.bytesFor(n) : 1;
   }
   const bytes = sizeBytes(s);
-  if (bytes === undefined) throw new OptionError(`Invalid budget: "${budget}", expected ${FORMS}`);
+  if (bytes === undefined) throw new OptionError(`Invalid budget: "${budget}", expected ${BUDGET_FORMS}`);
   return bytes;
 }
 
@@ -124,8 +125,10 @@ export function formatBytes(n: number): string {
 export interface Footprint {
   /** Everything but the expert slots: dense weights, run state (KV caches included), tables, staging. */
   readonly fixedBytes: number;
-  /** One expert slot. */
-  readonly slotBytes: number;
+  /** One copy of an expert at each precision tier the engine holds, high first (one or two). */
+  readonly copyBytes: readonly number[];
+  /** One copy of an expert at the checkpoint's precision: what `"50%"` and `"n/E"` budgets count in. */
+  readonly nativeCopyBytes: number;
   /** MoE layers (routers). */
   readonly moeLayers: number;
   /** Experts per MoE layer. */
@@ -145,7 +148,10 @@ export interface SlotPlanning {
 
 /**
  * A footprint under a policy: what the policy needs at least, what a budget resolves to, and the
- * slots per MoE layer a budget buys. Every budget decision goes through here.
+ * slots per tier and MoE layer a budget buys. Every budget decision goes through here.
+ *
+ * With two tiers (a high and a low precision), a budget first buys every expert a low copy, as far
+ * as it reaches; what is left promotes experts to the high tier, at (high − low) bytes each.
  */
 export class BudgetPlan {
   readonly footprint: Footprint;
@@ -167,28 +173,32 @@ export class BudgetPlan {
     this.planning = planning;
   }
 
-  /** Bytes with `n` experts resident in every MoE layer. */
-  bytesFor(n: number): number {
+  /** Bytes with `n` experts per MoE layer resident at `copyBytes` each (default: the checkpoint's precision). */
+  bytesFor(n: number, copyBytes: number = this.footprint.nativeCopyBytes): number {
     const f = this.footprint;
-    return f.fixedBytes + f.moeLayers * n * f.slotBytes;
+    return f.fixedBytes + f.moeLayers * n * copyBytes;
   }
 
-  /** Every expert resident: what `full` holds. */
+  /** Every expert resident at the checkpoint's precision: the all-resident footprint `"N%"` refers to. */
   get fullBytes(): number {
     return this.bytesFor(this.footprint.experts);
   }
 
-  /** The least any policy but `full` runs with: top-k experts per MoE layer. */
+  /** The least any policy but `full` runs with: top-k experts per MoE layer at the lowest tier. */
   get floorBytes(): number {
-    return this.bytesFor(this.footprint.topK);
+    const c = this.footprint.copyBytes;
+    return this.bytesFor(this.footprint.topK, c[c.length - 1]!);
   }
 
-  /** The smallest budget this policy runs with: all experts (`full`), the given sets (`static`), else the floor. */
+  /**
+   * The smallest budget this policy runs with: every expert at its one tier (`full`), the given sets
+   * (`static`), else top-k experts per layer at the lowest tier.
+   */
   get minimumBytes(): number {
-    if (this.policy === "full") return this.fullBytes;
+    const f = this.footprint;
+    if (this.policy === "full") return this.bytesFor(f.experts, f.copyBytes[0]);
     if (this.staticSets) {
-      const f = this.footprint;
-      return f.fixedBytes + this.staticSets.reduce((a, s) => a + s.length, 0) * f.slotBytes;
+      return f.fixedBytes + this.staticSets.reduce((a, s) => a + s.length, 0) * f.copyBytes[0]!;
     }
     return this.floorBytes;
   }
@@ -202,15 +212,15 @@ export class BudgetPlan {
   }
 
   /**
-   * The budget in bytes: `given` resolved against the footprint, else everything under `full`, the
-   * static sets' need when sets are given, or half of `full` (at least the minimum).
+   * The budget in bytes: `given` resolved against the footprint, else everything the policy holds
+   * under `full`, the static sets' need when sets are given, or half of the all-resident footprint (at
+   * least the minimum).
    * @throws {BudgetError} when it is below what the policy needs, naming both figures and the parts
    */
   resolve(given: Budget | undefined): number {
     let bytes: number;
     if (given !== undefined) bytes = parseBudget(given, this.basis);
-    else if (this.policy === "full") bytes = this.fullBytes;
-    else if (this.staticSets) bytes = this.minimumBytes;
+    else if (this.policy === "full" || this.staticSets) bytes = this.minimumBytes;
     else bytes = Math.max(this.minimumBytes, Math.floor(this.fullBytes / 2));
     const need = this.minimumBytes;
     if (bytes < need) {
@@ -222,28 +232,45 @@ export class BudgetPlan {
           formatBytes(need)
         }): dense weights, KV caches for ${f.contextLength} positions and scratch take ${
           formatBytes(f.fixedBytes)
-        }, one expert ${formatBytes(f.slotBytes)}`,
+        }, one expert ${f.copyBytes.map(formatBytes).join(" or ")}`,
       );
     }
     return bytes;
   }
 
-  /** Slots per MoE layer that `bytes` buy: every expert (`full`), the given sets (`static`), or the planner's spread. */
-  slots(bytes: number): number[] {
+  /**
+   * Slots per tier and MoE layer that `bytes` buy, [tier][layer]: every expert (`full`), the given
+   * sets (`static`), or the planner's spread — with two tiers, low copies for every expert as far as
+   * the bytes reach, then promotions to the high tier with what is left.
+   */
+  slots(bytes: number): number[][] {
     const f = this.footprint;
-    if (this.policy === "full") return Array(f.moeLayers).fill(f.experts);
-    if (this.staticSets) return this.staticSets.map((s) => s.length);
-    const total = Math.floor((bytes - f.fixedBytes) / f.slotBytes);
-    return spreadSlots(this.planning.planner, total, f.moeLayers, f.experts, f.topK, this.planning.profile);
+    const L = f.moeLayers;
+    const E = f.experts;
+    if (this.policy === "full") return [Array(L).fill(E)];
+    if (this.staticSets) return [this.staticSets.map((s) => s.length)];
+    const { planner, profile } = this.planning;
+    const room = bytes - f.fixedBytes;
+    if (f.copyBytes.length === 1) {
+      return [spreadSlots(planner, Math.floor(room / f.copyBytes[0]!), L, E, f.topK, profile)];
+    }
+    const [hi, lo] = f.copyBytes as [number, number];
+    if (room < L * E * lo) {
+      return [Array(L).fill(0), spreadSlots(planner, Math.floor(room / lo), L, E, f.topK, profile)];
+    }
+    const promotions = Math.min(L * E, Math.floor((room - L * E * lo) / (hi - lo)));
+    const high = spreadSlots(planner, promotions, L, E, 0, profile);
+    return [high, high.map((n) => E - n)];
   }
 
   /**
    * The allocator must hold exactly what was planned, byte for byte: the budget is a promise.
    * @throws {SwapMoeError} when it does not (a bug in the footprint arithmetic, not a user error)
    */
-  audit(memory: GpuMemory, slots: readonly number[]): void {
+  audit(memory: GpuMemory, slots: readonly (readonly number[])[]): void {
     const f = this.footprint;
-    const planned = f.fixedBytes + slots.reduce((a, b) => a + b, 0) * f.slotBytes;
+    const planned = f.fixedBytes +
+      slots.reduce((a, tier, t) => a + tier.reduce((x, n) => x + n, 0) * f.copyBytes[t]!, 0);
     if (memory.bytes !== planned) {
       throw new SwapMoeError(
         `Internal: GPU bytes ${memory.bytes} disagree with the planned footprint ${planned}`,

@@ -54,7 +54,8 @@ Deno.test("formatBytes: binary units, one decimal above KiB", () => {
 /** 1000 fixed bytes, 4 MoE layers of 8 experts of 100 bytes, top-2, 512 positions. */
 const FP: Footprint = {
   fixedBytes: 1000,
-  slotBytes: 100,
+  copyBytes: [100],
+  nativeCopyBytes: 100,
   moeLayers: 4,
   experts: 8,
   topK: 2,
@@ -102,26 +103,21 @@ Deno.test("BudgetPlan: budgets in every form, and below the minimum a BudgetErro
 
 Deno.test("BudgetPlan: slots per layer from the bytes left after the fixed part", () => {
   const p = new BudgetPlan(FP, "swapmoe", undefined, { planner: "uniform" });
-  assert.deepEqual(p.slots(1000 + 10 * 100 + 99), [3, 3, 2, 2]);
-  assert.deepEqual(p.slots(p.fullBytes), [8, 8, 8, 8]);
-  assert.deepEqual(new BudgetPlan(FP, "full", undefined, { planner: "uniform" }).slots(0), [8, 8, 8, 8]);
+  assert.deepEqual(p.slots(1000 + 10 * 100 + 99), [[3, 3, 2, 2]]);
+  assert.deepEqual(p.slots(p.fullBytes), [[8, 8, 8, 8]]);
+  assert.deepEqual(new BudgetPlan(FP, "full", undefined, { planner: "uniform" }).slots(0), [[8, 8, 8, 8]]);
   assert.deepEqual(
     new BudgetPlan(FP, "static", [[1, 2], [3, 4, 5], [0, 1], [6, 7]], { planner: "uniform" }).slots(0),
-    [
-      2,
-      3,
-      2,
-      2,
-    ],
+    [[2, 3, 2, 2]],
   );
 });
 
 Deno.test("BudgetPlan.audit and changeLimit: the allocator holds what was planned, never above its limit", () => {
   const p = new BudgetPlan(FP, "swapmoe", undefined, { planner: "uniform" });
   const memory = { bytes: 1000 + 10 * 100, limit: 5000 } as unknown as GpuMemory;
-  p.audit(memory, [3, 3, 2, 2]);
+  p.audit(memory, [[3, 3, 2, 2]]);
   assert.throws(
-    () => p.audit(memory, [3, 3, 3, 2]),
+    () => p.audit(memory, [[3, 3, 3, 2]]),
     /Internal: GPU bytes 2000 disagree with the planned footprint 2100/,
   );
   // while a change runs, the limit is the larger of the old holding and the new budget; after it, the budget
@@ -135,4 +131,28 @@ Deno.test("BudgetPlan.audit and changeLimit: the allocator holds what was planne
     })
   );
   assert.equal(memory.limit, 1500, "a failed change restores the limit");
+});
+
+Deno.test("BudgetPlan with two tiers: low copies for all first, then promotions at (high − low) each", () => {
+  // high copies 100 bytes, low 30; 4 layers of 8 experts, top-2
+  const two: Footprint = { ...FP, copyBytes: [100, 30] };
+  const p = new BudgetPlan(two, "swapmoe", undefined, { planner: "uniform" });
+  assert.equal(p.minimumBytes, 1000 + 4 * 2 * 30, "top-k at the lowest tier");
+  assert.equal(
+    p.fullBytes,
+    1000 + 32 * 100,
+    "shares count against every expert at the checkpoint's precision",
+  );
+  // too little for everyone low: low copies only, as many as fit
+  assert.deepEqual(p.slots(1000 + 20 * 30), [[0, 0, 0, 0], [5, 5, 5, 5]]);
+  // everyone low (960) plus 5 promotions of 70
+  assert.deepEqual(p.slots(1000 + 960 + 5 * 70 + 69), [[2, 1, 1, 1], [6, 7, 7, 7]]);
+  // enough for everyone high
+  assert.deepEqual(p.slots(p.fullBytes), [[8, 8, 8, 8], [0, 0, 0, 0]]);
+  const memory = { bytes: 1000 + 2 * 100 + 30 * 30, limit: 10_000 } as unknown as GpuMemory;
+  p.audit(memory, [[2, 0, 0, 0], [6, 8, 8, 8]]);
+  assert.throws(
+    () => p.resolve(1000 + 4 * 2 * 30 - 1),
+    /needs at least 1240 bytes .* one expert 100 B or 30 B/,
+  );
 });

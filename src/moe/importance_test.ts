@@ -31,15 +31,18 @@ Deno.test("importance: hit rate is 1 before any token, decay 1 keeps the plain s
 });
 
 Deno.test("expertNorms: the Frobenius norm over every matrix of an expert, from bf16 bytes", () => {
-  const bf16 = (values: number[]) => {
+  const bf16 = (values: number[]): Uint8Array<ArrayBuffer> => {
     const f = Float32Array.from(values);
     const u = new Uint32Array(f.buffer);
     return new Uint8Array(Uint16Array.from(u, (w) => w >>> 16).buffer);
   };
   // expert 0: a 2×2 matrix of 1s and a 2×2 of 2s: √(4 + 16); expert 1: zeros and one 3: 3
+  const whole = (b: Uint8Array<ArrayBuffer>) => [{ at: 0, bytes: b }];
   const store = {
     expert: (_l: number, e: number) =>
-      e === 0 ? [bf16([1, 1, 1, 1]), bf16([2, 2, 2, 2])] : [bf16([0, 0, 0, 0]), bf16([0, 3, 0, 0])],
+      e === 0
+        ? [whole(bf16([1, 1, 1, 1])), whole(bf16([2, 2, 2, 2]))]
+        : [whole(bf16([0, 0, 0, 0])), whole(bf16([0, 3, 0, 0]))],
   };
   const matrices = [{ name: "a", rows: 2, cols: 2 }, { name: "b", rows: 2, cols: 2 }];
   const [norms] = expertNorms(store, 1, 2, matrices);

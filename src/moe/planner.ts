@@ -60,9 +60,13 @@ export function spreadSlots(
   return slots;
 }
 
-/** The `n` largest entries of `scores`, ascending by index (ties: lower index first). */
-export function topExperts(scores: ArrayLike<number>, n: number): number[] {
+/**
+ * The `n` largest entries of `scores` (ties: lower index first), ascending by index, or by rank
+ * (largest first) when `ranked`.
+ */
+export function topExperts(scores: ArrayLike<number>, n: number, ranked = false): number[] {
   const idx = Array.from({ length: scores.length }, (_, i) => i);
   idx.sort((a, b) => (scores[b]! - scores[a]!) || a - b);
-  return idx.slice(0, n).sort((a, b) => a - b);
+  const top = idx.slice(0, n);
+  return ranked ? top : top.sort((a, b) => a - b);
 }

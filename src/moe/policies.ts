@@ -4,7 +4,9 @@
  * - `static`: a fixed set, given or planned from an importance profile.
  * - `swapmoe`: the virtual experts of Kong et al. — the most important experts by decayed
  *   importance `Σ ‖x‖·G(x)_i·‖E_i‖`, revised every `updateInterval` tokens, swapped in with at most
- *   `maxUploadBytesPerStep` per step; tokens route among residents (masked gating).
+ *   `maxUploadBytesPerStep` per step; tokens route among residents (masked gating). With two
+ *   precision tiers, the most important are held at the high tier, the next at the low tier, and
+ *   revisions promote and demote between them.
  * - `lru`: exact on-demand loading after reading the routing back, least recently used evicted.
  *
  * @module
@@ -16,20 +18,27 @@ export type PolicyName = "full" | "static" | "swapmoe" | "lru";
 /** Every policy name. */
 export const POLICIES: readonly PolicyName[] = ["full", "static", "swapmoe", "lru"];
 
-/** What a policy moves experts in and out of: the expert cache, or a stand-in in tests. */
+/**
+ * What a policy moves experts in and out of: the expert cache, or a stand-in in tests. Tier 0 is the
+ * high precision, tier 1 (when there are two) the low; an expert's best copy is the one routed to.
+ */
 export interface Residency {
   readonly moeLayers: number;
-  /** GPU bytes of one expert slot. */
-  readonly slotBytes: number;
-  /** Slots per MoE layer. */
-  readonly capacity: readonly number[];
-  resident(l: number): number[];
-  isResident(l: number, e: number): boolean;
-  /** A free slot of layer `l`, or −1. */
-  freeSlot(l: number): number;
-  evict(l: number, e: number): void;
-  /** Uploads expert `e` of layer `l` into free slot `slot` (default: a free one). */
-  load(l: number, e: number, slot?: number): void;
+  /** Tiers: 1 or 2. */
+  readonly tiers: number;
+  /** GPU bytes of one copy at each tier. */
+  readonly copyBytes: readonly number[];
+  /** Slots per tier and layer: [tier][layer]. */
+  readonly capacity: readonly (readonly number[])[];
+  /** Experts of layer `l` with a copy at `tier`. */
+  resident(l: number, tier: number): number[];
+  /** The best tier expert `e` of layer `l` has a copy at, or −1. */
+  tierOf(l: number, e: number): number;
+  /** A free slot of layer `l` at `tier`, or −1. */
+  freeSlot(l: number, tier: number): number;
+  evict(l: number, e: number, tier: number): void;
+  /** Uploads expert `e` of layer `l` at `tier` into free slot `slot` (default: a free one). */
+  load(l: number, e: number, tier: number, slot?: number): void;
 }
 
 /** Whether a policy routes among resident experts only (masked gating) rather than exactly. */
@@ -38,78 +47,165 @@ export function isMasked(policy: PolicyName): boolean {
 }
 
 /**
- * The experts a layer starts with, `capacity` of them: the given set (`static` with sets), the top
- * of a profile, else the most important so far (nothing seen yet: the lowest ids).
+ * The experts a layer starts with at each tier, `capacity[t]` of them: the given set (`static` with
+ * sets, one tier), else experts ranked by a profile, or by importance so far (nothing seen yet: the
+ * lowest ids), the first `capacity[0]` at the high tier and the next at the low tier.
  */
 export function initialResidents(
-  capacity: number,
+  capacity: readonly number[],
   o: { set?: readonly number[]; profile?: readonly number[]; importance: ArrayLike<number> },
-): number[] {
-  if (o.set) return [...o.set];
-  return topExperts(o.profile ?? o.importance, capacity);
+): number[][] {
+  if (o.set) return [[...o.set]];
+  const ranked = topExperts(o.profile ?? o.importance, capacity.reduce((a, b) => a + b, 0), true);
+  let at = 0;
+  return capacity.map((n) => ranked.slice(at, at += n).sort((a, b) => a - b));
 }
 
-/** Swaps waiting to be uploaded: bring `expert` into `layer`, evicting `victim`. */
-interface PendingSwap {
+/** The experts wanted at each tier of a layer: the top `capacity[0]` by score high, the next low. */
+function wanted(capacity: readonly number[], score: ArrayLike<number>): Set<number>[] {
+  const ranked = topExperts(score, capacity.reduce((a, b) => a + b, 0), true);
+  let at = 0;
+  return capacity.map((n) => new Set(ranked.slice(at, at += n)));
+}
+
+/** A copy waiting to be uploaded: expert `expert` of `layer` at `tier`. */
+interface Placement {
   layer: number;
   expert: number;
-  victim: number;
+  tier: number;
+  score: number;
 }
 
-/** SwapMoE's virtual-expert manager. */
+/** SwapMoE's virtual-expert manager, over one or two precision tiers. */
 export class SwapMoePolicy {
-  #pending: PendingSwap[] = [];
+  #pending: Placement[] = [];
+  #wanted: Set<number>[][] = [];
+  #score: readonly Float64Array[] = [];
+  /** Copies uploaded since the start (swaps, promotions and demotions). */
   swaps = 0;
 
-  /** The desired resident set per layer: the top experts by `score` (importance × ‖E‖), as many as fit. */
+  /**
+   * The desired copies per layer: the top experts by `score` (importance × ‖E‖) at the high tier, as
+   * many as fit, the next at the low tier; what is not yet there waits to be uploaded, the most
+   * important first across layers.
+   */
   revise(cache: Residency, score: readonly Float64Array[]): void {
     this.#pending = [];
-    const cap = cache.capacity;
+    this.#score = score;
+    this.#wanted = [];
     for (let l = 0; l < cache.moeLayers; l++) {
       const s = score[l]!;
-      const want = new Set(topExperts(s, cap[l]!));
-      const resident = cache.resident(l);
-      const incoming = [...want].filter((e) => !cache.isResident(l, e)).sort((a, b) => s[b]! - s[a]!);
-      // the least important residents that are no longer wanted leave first
-      const leaving = resident.filter((e) => !want.has(e)).sort((a, b) => s[a]! - s[b]!);
-      const free = cap[l]! - resident.length;
-      incoming.forEach((e, i) => {
-        const victim = i < free ? -1 : leaving[i - free];
-        if (victim !== undefined) this.#pending.push({ layer: l, expert: e, victim });
+      const want = wanted(cache.capacity.map((c) => c[l]!), s);
+      this.#wanted.push(want);
+      want.forEach((set, tier) => {
+        const there = new Set(cache.resident(l, tier));
+        for (const e of set) {
+          if (!there.has(e)) this.#pending.push({ layer: l, expert: e, tier, score: s[e]! });
+        }
       });
     }
-    // most important first across layers
-    this.#pending.sort((a, b) => score[b.layer]![b.expert]! - score[a.layer]![a.expert]!);
+    this.#pending.sort((a, b) => b.score - a.score || a.tier - b.tier);
   }
 
-  /** Swaps still waiting. */
+  /** Copies still waiting. */
   get pending(): number {
     return this.#pending.length;
   }
 
-  /** Performs waiting swaps worth at most `maxBytes` (at least one). Returns bytes uploaded. */
+  /**
+   * Uploads waiting copies worth at most `maxBytes` (at least one placement). A placement that takes
+   * a slot from an expert still wanted at the low tier uploads that expert's low copy at once (into
+   * the slot the promoted expert's low copy frees), so that no wanted expert is ever without a copy.
+   * Returns bytes uploaded.
+   */
   pump(cache: Residency, maxBytes: number): number {
     let bytes = 0;
-    while (this.#pending.length > 0 && (bytes === 0 || bytes + cache.slotBytes <= maxBytes)) {
-      const s = this.#pending.shift()!;
-      if (cache.isResident(s.layer, s.expert)) continue;
-      if (s.victim >= 0) cache.evict(s.layer, s.victim);
-      const slot = cache.freeSlot(s.layer);
-      if (slot < 0) continue;
-      cache.load(s.layer, s.expert, slot);
-      bytes += cache.slotBytes;
-      this.swaps++;
+    while (this.#pending.length > 0) {
+      const p = this.#pending[0]!;
+      if (cache.resident(p.layer, p.tier).includes(p.expert)) {
+        this.#pending.shift();
+        continue;
+      }
+      const cost = this.#cost(cache, p);
+      if (bytes > 0 && bytes + cost > maxBytes) break;
+      this.#pending.shift();
+      bytes += this.#place(cache, p);
     }
     return bytes;
   }
 
-  /** Forgets waiting swaps (after a resize). */
+  /** The resident copy at `tier` that leaves first: the least important not wanted there, or −1. */
+  #victim(cache: Residency, l: number, tier: number): number {
+    const s = this.#score[l]!;
+    let victim = -1;
+    for (const e of cache.resident(l, tier)) {
+      if (this.#wanted[l]![tier]!.has(e)) continue;
+      if (victim < 0 || s[e]! < s[victim]!) victim = e; // ties: the lowest id leaves first
+    }
+    return victim;
+  }
+
+  /** Bytes a placement uploads, the demoted expert's low copy included. */
+  #cost(cache: Residency, p: Placement): number {
+    let bytes = cache.copyBytes[p.tier]!;
+    if (cache.freeSlot(p.layer, p.tier) < 0) {
+      const v = this.#victim(cache, p.layer, p.tier);
+      if (v >= 0 && this.#needsLow(cache, p.layer, v, p.tier)) bytes += cache.copyBytes[p.tier + 1]!;
+    }
+    return bytes;
+  }
+
+  /** Whether expert `v`, leaving `tier`, is wanted at the next tier down and has no copy there. */
+  #needsLow(cache: Residency, l: number, v: number, tier: number): boolean {
+    const low = tier + 1;
+    return low < cache.tiers && this.#wanted[l]![low]!.has(v) && !cache.resident(l, low).includes(v);
+  }
+
+  /** Uploads one placement (and a demotion it causes); returns the bytes. */
+  #place(cache: Residency, p: Placement): number {
+    const { layer: l, expert: e, tier } = p;
+    let slot = cache.freeSlot(l, tier);
+    let demoted = -1;
+    if (slot < 0) {
+      const v = this.#victim(cache, l, tier);
+      if (v < 0) return 0; // every copy there is wanted: a later revision sorts it out
+      demoted = this.#needsLow(cache, l, v, tier) ? v : -1;
+      cache.evict(l, v, tier);
+      slot = cache.freeSlot(l, tier);
+    }
+    cache.load(l, e, tier, slot);
+    this.swaps++;
+    let bytes = cache.copyBytes[tier]!;
+    // a promoted expert's low copy is no longer routed to: its slot goes to whoever needs one
+    for (let t = tier + 1; t < cache.tiers; t++) {
+      if (cache.resident(l, t).includes(e) && !this.#wanted[l]![t]!.has(e)) cache.evict(l, e, t);
+    }
+    if (demoted >= 0) {
+      const low = tier + 1;
+      let s = cache.freeSlot(l, low);
+      if (s < 0) {
+        const v = this.#victim(cache, l, low);
+        if (v >= 0) {
+          cache.evict(l, v, low);
+          s = cache.freeSlot(l, low);
+        }
+      }
+      if (s >= 0) {
+        cache.load(l, demoted, low, s);
+        this.swaps++;
+        bytes += cache.copyBytes[low]!;
+      }
+    }
+    return bytes;
+  }
+
+  /** Forgets waiting copies (after a resize). */
   clear(): void {
     this.#pending = [];
   }
 }
 
-/** Exact on-demand loading with least-recently-used eviction. */
+/** Exact on-demand loading with least-recently-used eviction, at one precision (tier 0). */
 export class LruPolicy {
   #tick = 0;
   #lastUse: Float64Array[];
@@ -125,10 +221,9 @@ export class LruPolicy {
    * (so the first group needs the fewest loads). One group when they all fit.
    */
   groups(cache: Residency, layer: number, needed: Iterable<number>): number[][] {
-    const cap = cache.capacity[layer]!;
-    const all = [...new Set(needed)].sort((a, b) =>
-      Number(cache.isResident(layer, b)) - Number(cache.isResident(layer, a)) || a - b
-    );
+    const cap = cache.capacity[0]![layer]!;
+    const resident = (e: number) => Number(cache.tierOf(layer, e) >= 0);
+    const all = [...new Set(needed)].sort((a, b) => resident(b) - resident(a) || a - b);
     const out: number[][] = [];
     for (let i = 0; i < all.length; i += cap) out.push(all.slice(i, i + cap));
     return out.length > 0 ? out : [[]];
@@ -141,20 +236,20 @@ export class LruPolicy {
     const last = this.#lastUse[layer]!;
     for (const e of need) last[e] = now;
     for (const e of need) {
-      if (cache.isResident(layer, e)) continue;
+      if (cache.tierOf(layer, e) >= 0) continue;
       this.misses++;
-      let slot = cache.freeSlot(layer);
+      let slot = cache.freeSlot(layer, 0);
       if (slot < 0) {
         let victim = -1;
-        for (const r of cache.resident(layer)) {
+        for (const r of cache.resident(layer, 0)) {
           if (need.has(r)) continue;
           if (victim < 0 || last[r]! < last[victim]!) victim = r;
         }
         if (victim < 0) throw new Error(`Internal: no evictable expert in MoE layer ${layer}`);
-        cache.evict(layer, victim);
-        slot = cache.freeSlot(layer);
+        cache.evict(layer, victim, 0);
+        slot = cache.freeSlot(layer, 0);
       }
-      cache.load(layer, e, slot);
+      cache.load(layer, e, 0, slot);
     }
   }
 }

@@ -8,7 +8,7 @@
  * @module
  */
 import type { Tokenizer } from "../text/tokenizer.ts";
-import type { FinishReason, GenerateChunk } from "./types.ts";
+import type { FinishReason, GenerateChunk, GenerateUsage } from "./types.ts";
 
 /** Tokens per readback batch, in order (the last repeats). */
 export const READ_SIZES = [1, 2, 4, 8, 16];
@@ -37,11 +37,19 @@ export interface DecodeLoopOptions {
   copyStats(enc: GPUCommandEncoder, staging: GPUBuffer, offset: number): void;
   /** A batch of tokens [start, start + n) was read; its statistics are mapped in `staging` at `offset`. */
   onBatch(staging: GPUBuffer, offset: number, start: number, n: number): void;
-  /** Tokens handed out after the first batch (decode throughput). */
+  /** Tokens read back after the first batch, and the seconds since it (decode throughput). */
   onDecoded(tokens: number, seconds: number): void;
+  /**
+   * For the usage on the last chunk: the prompt's length in tokens, and when (`performance.now()`)
+   * the request asked for the engine and when it got it.
+   */
+  request: { promptTokens: number; askedAt: number; startedAt: number };
 }
 
-/** Streams the generated tokens as chunks; the last chunk carries `finishReason`. */
+/**
+ * Streams the generated tokens as chunks; the last chunk carries `finishReason` and the request's
+ * `usage`, also when `signal` was aborted before anything was generated (one empty chunk with `"abort"`).
+ */
 export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<GenerateChunk> {
   const { device } = o;
   const decoder = o.tokenizer.createStreamDecoder();
@@ -49,9 +57,11 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
   let text = "";
   let emitted = 0; // characters of `text` already yielded
   let generated = 0; // tokens sampled on the GPU (index of the next)
-  let consumed = 0; // tokens read back and handled
-  let decoded = 0; // tokens handed out after the first batch
-  let td = 0;
+  let consumed = 0; // tokens read back and handled (the one that stopped generation included)
+  let handedOut = 0; // tokens yielded in chunks' ids
+  let firstConsumed = 0; // tokens handled in the first batch
+  let td = 0; // when the first batch was read back
+  let lastRead = 0; // when the last batch handled was read back
   let batchNo = 0;
   let finish: FinishReason | undefined;
   const inflight: { staging: GPUBuffer; start: number; n: number; map: Promise<void> }[] = [];
@@ -94,7 +104,8 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
       if (!finish) o.onBatch(b.staging, o.statsAt, b.start, b.n);
       b.staging.unmap();
       if (finish) continue; // tokens computed ahead, past the end
-      if (b.start === 0) td = performance.now();
+      lastRead = performance.now();
+      if (b.start === 0) td = lastRead;
       const newIds: number[] = [];
       for (const tok of toks) {
         consumed++;
@@ -111,7 +122,8 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
           break;
         }
       }
-      if (b.start > 0) decoded += newIds.length + (finish === "stop" ? 1 : 0);
+      if (b.start === 0) firstConsumed = consumed;
+      handedOut += newIds.length;
       if (!finish && consumed >= o.maxTokens) {
         text += decoder.flush();
         finish = "length";
@@ -120,9 +132,14 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
       const upto = finish ? text.length : Math.max(emitted, text.length - holdBack);
       const chunk: GenerateChunk = { ids: newIds, text: text.slice(emitted, upto) };
       emitted = upto;
-      if (finish) chunk.finishReason = finish;
+      if (finish) {
+        chunk.finishReason = finish;
+        chunk.usage = usage();
+      }
       yield chunk;
     }
+    // nothing was left to read because the signal stopped the encoding (before the first batch, too)
+    if (!finish) yield { ids: [], text: text.slice(emitted), finishReason: "abort", usage: usage() };
   } finally {
     // a consumer that stops early leaves readbacks in flight: settle them before the next request
     for (const b of inflight) {
@@ -130,6 +147,22 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
       if (b.staging.mapState === "mapped") b.staging.unmap();
     }
     await device.queue.onSubmittedWorkDone();
-    if (td > 0) o.onDecoded(decoded, (performance.now() - td) / 1000);
+    if (td > 0) o.onDecoded(consumed - firstConsumed, (performance.now() - td) / 1000);
+  }
+
+  /** The request's counts and timing as of now, for its last chunk. */
+  function usage(): GenerateUsage {
+    const { promptTokens, askedAt, startedAt } = o.request;
+    const after = consumed - firstConsumed;
+    return {
+      promptTokens,
+      completionTokens: handedOut,
+      totalTokens: promptTokens + handedOut,
+      queueSeconds: (startedAt - askedAt) / 1000,
+      timeToFirstTokenSeconds: td > 0 ? (td - askedAt) / 1000 : 0,
+      prefillTokensPerSecond: td > startedAt ? promptTokens / ((td - startedAt) / 1000) : 0,
+      decodeTokensPerSecond: after > 0 && lastRead > td ? after / ((lastRead - td) / 1000) : 0,
+      totalSeconds: (performance.now() - askedAt) / 1000,
+    };
   }
 }

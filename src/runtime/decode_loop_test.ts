@@ -8,11 +8,14 @@ import { fileURLToPath } from "node:url";
 import { createGpu } from "../gpu/device.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { decodeLoop, READ_SIZES } from "./decode_loop.ts";
-import type { GenerateChunk } from "./types.ts";
+import type { GenerateChunk, GenerateUsage } from "./types.ts";
 
 const MODEL = fileURLToPath(new URL("../../models/sotu-moe-mini", import.meta.url));
 const tokenizer = await Tokenizer.load(MODEL);
 const EOS = 2;
+/** The prompt length and queue wait the runs report in their usage. */
+const PROMPT_TOKENS = 7;
+const QUEUE_MS = 50;
 
 /** Runs the loop over `script` (token g is script[g]); returns the chunks, the steps run and the batches read. */
 async function run(
@@ -27,7 +30,7 @@ async function run(
       size: 4 * maxTokens,
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
     });
-    const statsAt = 4 * maxTokens;
+    const statsAt = 8 * Math.ceil(maxTokens / 2); // mapped ranges start at multiples of 8
     const staging = [0, 1].map(() =>
       device.createBuffer({ size: statsAt + 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
     );
@@ -40,6 +43,7 @@ async function run(
     let decoded = 0;
     const abort = new AbortController();
     const chunks: GenerateChunk[] = [];
+    const startedAt = performance.now();
     for await (
       const c of decodeLoop({
         device,
@@ -67,6 +71,7 @@ async function run(
           batches.push([start, n]);
         },
         onDecoded: (tokens) => (decoded = tokens),
+        request: { promptTokens: PROMPT_TOKENS, askedAt: startedAt - QUEUE_MS, startedAt },
       })
     ) chunks.push(c);
     return { chunks, steps, batches, decoded };
@@ -92,6 +97,57 @@ Deno.test("decode loop: readbacks in batches of 1, 2, 4, 8, 16, 16, …; every s
   assert.equal(r.chunks.filter((c) => c.finishReason).length, 1, "only the last chunk finishes");
   assert.equal(r.chunks.map((c) => c.text).join(""), tokenizer.decode(script(40)));
   assert.equal(r.decoded, 39, "tokens after the first batch");
+});
+
+/** The last chunk's usage, checked for what every run shares: only the last chunk has one, times in order. */
+function usageOf(chunks: GenerateChunk[]): GenerateUsage {
+  assert.deepEqual(chunks.map((c) => c.usage !== undefined), chunks.map((c) => c.finishReason !== undefined));
+  const u = chunks.at(-1)!.usage!;
+  assert.equal(u.promptTokens, PROMPT_TOKENS);
+  assert.equal(u.completionTokens, chunks.reduce((n, c) => n + c.ids.length, 0), "the tokens handed out");
+  assert.equal(u.totalTokens, PROMPT_TOKENS + u.completionTokens);
+  assert.ok(Math.abs(u.queueSeconds - QUEUE_MS / 1000) < 1e-6, `queueSeconds ${u.queueSeconds}`);
+  for (const [k, v] of Object.entries(u)) assert.ok(Number.isFinite(v) && v >= 0, `${k}: ${v}`);
+  assert.ok(u.totalSeconds >= u.timeToFirstTokenSeconds);
+  return u;
+}
+
+Deno.test("decode loop: the last chunk carries the usage: tokens handed out, time to first token, rates", async () => {
+  const r = await run(script(40));
+  const u = usageOf(r.chunks);
+  assert.equal(u.completionTokens, 40);
+  assert.ok(u.timeToFirstTokenSeconds > u.queueSeconds, "the first token comes after the wait");
+  assert.ok(u.prefillTokensPerSecond > 0);
+  assert.ok(u.decodeTokensPerSecond > 0);
+  // the rates are the counts over the times they name
+  const firstAfterStart = u.timeToFirstTokenSeconds - u.queueSeconds;
+  assert.ok(Math.abs(u.prefillTokensPerSecond * firstAfterStart - PROMPT_TOKENS) < 1e-6);
+  assert.ok(39 / u.decodeTokensPerSecond <= u.totalSeconds - u.timeToFirstTokenSeconds + 1e-9);
+
+  // one token: nothing after the first to time
+  const one = usageOf((await run(script(1))).chunks);
+  assert.equal(one.completionTokens, 1);
+  assert.equal(one.decodeTokensPerSecond, 0);
+  assert.ok(one.timeToFirstTokenSeconds > 0);
+});
+
+Deno.test("decode loop: end of sequence is not a completion token; a stop string's last token is, once", async () => {
+  const s = script(20);
+  s[5] = EOS;
+  const eos = await run(s);
+  assert.equal(usageOf(eos.chunks).completionTokens, 5);
+  assert.equal(eos.decoded, 5, "tokens 1 … 5 were read after the first, the end of sequence among them");
+
+  const full = tokenizer.decode(script(30));
+  const stop = " Congress";
+  const hit = await run(script(30), { stop: [stop] });
+  const ids = hit.chunks.flatMap((c) => c.ids);
+  // the ids run to the token that completed the stop string
+  assert.ok(tokenizer.decode(ids).includes(stop));
+  assert.ok(!tokenizer.decode(ids.slice(0, -1)).includes(stop));
+  assert.equal(usageOf(hit.chunks).completionTokens, ids.length);
+  assert.equal(hit.decoded, ids.length - 1, "tokens after the first, the stop string's last counted once");
+  assert.ok(full.includes(stop));
 });
 
 Deno.test("decode loop: end of sequence stops the stream; steps computed ahead are dropped", async () => {
@@ -132,4 +188,5 @@ Deno.test("decode loop: an abort stops encoding steps and ends with finishReason
   const r = await run(script(64), { abortAfter: 4 });
   assert.equal(r.chunks.at(-1)!.finishReason, "abort");
   assert.ok(r.steps.length <= 8, `ran ${r.steps.length} steps after an abort at step 4`);
+  assert.ok(usageOf(r.chunks).completionTokens <= 8);
 });

@@ -29,10 +29,13 @@ import type { ModelSpec } from "../models/registry.ts";
 import { type Budget, type BudgetPlan, changeLimit } from "../moe/budget.ts";
 import type { ExpertCache } from "../moe/expert_cache.ts";
 import { expertNorms, Importance } from "../moe/importance.ts";
+import { openQuantStore, type QuantStore } from "../quant/store.ts";
 import { initialResidents, isMasked, LruPolicy, SwapMoePolicy } from "../moe/policies.ts";
 import { EngineClosedError, OptionError } from "../errors.ts";
 import { resolveModel } from "../hub/mod.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
+import { chatApi, completionsApi } from "../server/openai.ts";
+import type { ChatApi, Completions } from "../server/openai_types.ts";
 import { decodeLoop, type DecodeLoopOptions } from "./decode_loop.ts";
 import { type GpuModel, loadGpuModel } from "./gpu_model.ts";
 import { stagingSizes } from "./layout.ts";
@@ -55,6 +58,7 @@ export type {
   FinishReason,
   GenerateChunk,
   GenerateRequest,
+  GenerateUsage,
   Progress,
 } from "./types.ts";
 
@@ -65,7 +69,11 @@ export type {
  * ```ts
  * import { createEngine } from "@swapmoe/swapmoe";
  *
- * await using engine = await createEngine({ model: "path/to/checkpoint", policy: "swapmoe", budget: "60%" });
+ * await using engine = await createEngine({
+ *   model: "./models/OLMoE-1B-7B-0924", // a Hugging Face checkpoint folder
+ *   policy: "swapmoe",
+ *   budget: "60%",
+ * });
  * let text = "";
  * for await (const chunk of engine.generate({ prompt: "The state of the Union is", maxTokens: 16 })) {
  *   text += chunk.text;
@@ -91,6 +99,8 @@ interface PolicySettings {
 
 /** What a {@link MoeEngine} is made of once loaded. */
 interface Parts extends GpuModel {
+  /** The quantized copies' store (mapped cache files), closed with the engine. */
+  quantized: QuantStore | undefined;
   arch: Architecture<ModelSpec>;
   tokenizer: Tokenizer;
   modelDir: string;
@@ -106,9 +116,12 @@ class MoeEngine implements Engine {
   readonly spec: ModelSpec;
   readonly tokenizer: Tokenizer;
   readonly modelDir: string;
+  readonly chat: ChatApi = chatApi(this);
+  readonly completions: Completions = completionsApi(this);
   readonly #arch: Architecture<ModelSpec>;
   readonly #gpu: Gpu;
   readonly #ckpt: Checkpoint;
+  readonly #quantized: QuantStore | undefined;
   readonly #memory: GpuMemory;
   readonly #ctx: KernelContext;
   readonly #step: GPUBuffer;
@@ -140,6 +153,7 @@ class MoeEngine implements Engine {
     this.#arch = p.arch;
     this.#gpu = p.gpu;
     this.#ckpt = p.ckpt;
+    this.#quantized = p.quantized;
     this.#memory = p.memory;
     this.#ctx = p.ctx;
     this.#step = p.step;
@@ -178,17 +192,37 @@ class MoeEngine implements Engine {
       options = { ...options, model: resolved.dir };
     }
     const planned = await planModel(options, (stage) => progress({ stage, done: 0, total: 1 }));
-    const { modelDir, arch, ckpt, shape, plan, staticSets } = planned;
+    const { modelDir, arch, ckpt, shape, plan, staticSets, tensors, precisions } = planned;
     let loaded: GpuModel | undefined;
+    let quantized: QuantStore | undefined;
     try {
       progress({ stage: "tokenizer", done: 0, total: 1 });
       const tokenizer = await Tokenizer.load(modelDir);
       const budget = plan.resolve(options.budget);
+      // copies at precisions the checkpoint does not store: quantized once, then from the cache
+      const derived = precisions.filter((p) => p !== arch.nativePrecision);
+      if (derived.length > 0) {
+        quantized = await openQuantStore(
+          {
+            files: ckpt.files,
+            moeLayers: arch.moeLayers,
+            experts: arch.spec.numExperts,
+            matrices: arch.expertMatrices,
+            pieces: tensors.expertPieces,
+            bytes: (n) => ckpt.bytes(n),
+          },
+          derived,
+          {
+            onProgress: (q) => progress({ stage: "quantize", done: q.bytes, total: q.totalBytes, ...q }),
+          },
+        );
+      }
       loaded = await loadGpuModel(planned, {
         budget,
         slots: plan.slots(budget),
         masked: isMasked(plan.policy),
         options: options as Record<string, unknown>,
+        derived: quantized,
         progress,
       });
       const { gpu, memory, cache, store } = loaded;
@@ -196,7 +230,7 @@ class MoeEngine implements Engine {
         arch.moeLayers,
         arch.spec.numExperts,
         options.importanceDecay ?? 0.97,
-        expertNorms(store, arch.moeLayers, arch.spec.numExperts, arch.expertMatrices),
+        expertNorms(store, arch.moeLayers, arch.spec.numExperts, arch.expertMatrices, arch.nativePrecision),
       );
       const engine = new MoeEngine({
         ...loaded,
@@ -208,21 +242,16 @@ class MoeEngine implements Engine {
         budget,
         shape,
         importance,
+        quantized,
         settings: {
           updateInterval: options.updateInterval ?? 16,
-          maxUploadBytesPerStep: options.maxUploadBytesPerStep ?? 2 * cache.slotBytes,
+          maxUploadBytesPerStep: options.maxUploadBytesPerStep ?? 2 * cache.copyBytes[0]!,
           profile: options.profile,
           staticSets,
         },
       });
-      engine.#fill((done, total) =>
-        progress({
-          stage: "experts",
-          done,
-          total,
-          bytes: done * cache.slotBytes,
-          totalBytes: total * cache.slotBytes,
-        })
+      engine.#fill((done, total, bytes, totalBytes) =>
+        progress({ stage: "experts", done, total, bytes, totalBytes })
       );
       plan.audit(memory, cache.capacity);
       await gpu.device.queue.onSubmittedWorkDone();
@@ -232,6 +261,7 @@ class MoeEngine implements Engine {
     } catch (e) {
       loaded?.memory.freeAll();
       loaded?.gpu.device.destroy();
+      quantized?.[Symbol.dispose]();
       ckpt.close();
       throw e;
     }
@@ -329,7 +359,7 @@ class MoeEngine implements Engine {
       staging.unmap();
       const groups = lru.groups(this.#cache, layer.moeLayer, ids);
       for (const [g, group] of groups.entries()) {
-        if (g > 0) { for (const e of groups[g - 1]!) this.#cache.evict(layer.moeLayer, e); }
+        if (g > 0) { for (const e of groups[g - 1]!) this.#cache.evict(layer.moeLayer, e, 0); }
         lru.ensure(this.#cache, layer.moeLayer, group);
         this.#cache.flush();
         if (g < groups.length - 1) submit(layer.experts);
@@ -435,6 +465,7 @@ class MoeEngine implements Engine {
     signal: AbortSignal | undefined,
     done: () => void,
   ): AsyncGenerator<GenerateChunk> {
+    const askedAt = performance.now();
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
     const prev = this.#busy;
@@ -442,7 +473,7 @@ class MoeEngine implements Engine {
     await prev.catch(() => {});
     try {
       this.#assertOpen();
-      yield* this.#decode(prompt, sampling, maxTokens, stop, signal);
+      yield* this.#decode(prompt, sampling, maxTokens, stop, signal, askedAt);
     } catch (e) {
       throw await this.#gpu.explain(e);
     } finally {
@@ -454,7 +485,7 @@ class MoeEngine implements Engine {
   /**
    * One generation: the prompt through the encoder (encoder-decoder) or the decoder's prefill, whose
    * last chunk samples token 0 on the GPU; then the decode loop, where step g feeds token g − 1 back
-   * from the GPU and samples token g.
+   * from the GPU and samples token g. `askedAt` is when the request asked for the engine (its usage).
    */
   async *#decode(
     prompt: number[],
@@ -462,6 +493,7 @@ class MoeEngine implements Engine {
     maxTokens: number,
     stop: string[],
     signal: AbortSignal | undefined,
+    askedAt: number,
   ): AsyncGenerator<GenerateChunk> {
     const queue = this.#gpu.device.queue;
     const program = this.#program;
@@ -478,14 +510,15 @@ class MoeEngine implements Engine {
     // what the decoder's prefill reads: the prompt, or after an encoder the decoder start token
     let rows = prompt;
     if (this.encoderDecoder) {
-      await this.#encode(prompt);
+      if (!signal?.aborted) await this.#encode(prompt);
       rows = [this.#arch.decoderStartTokenId!];
     }
     // prompt and new tokens share a decoder-only model's context; a decoder's own holds ctxLen new tokens
     const tokenAllowance = Math.min(maxTokens, this.encoderDecoder ? ctxLen : ctxLen - prompt.length);
     this.#pump();
     const maxRows = this.#shape.maxRows;
-    for (let start = 0; start < rows.length; start += maxRows) {
+    // a request cancelled before or during its prefill stops between chunks: the loop then ends it
+    for (let start = 0; start < rows.length && !signal?.aborted; start += maxRows) {
       const t = Math.min(maxRows, rows.length - start);
       const last = start + t === rows.length;
       queue.writeBuffer(io.ids, 0, new Uint32Array(rows.slice(start, start + t)));
@@ -505,6 +538,7 @@ class MoeEngine implements Engine {
       stop,
       signal,
       maxTokens: tokenAllowance,
+      request: { promptTokens: prompt.length, askedAt, startedAt: t0 },
       generated: io.generated,
       staging: this.#tokenStaging,
       statsAt: this.#shape.maxGenerated * 4,
@@ -587,23 +621,34 @@ class MoeEngine implements Engine {
     return new Set([...this.spec.eosTokenIds, ...(t !== undefined ? [t] : [])]);
   }
 
-  /** Fills the slots: everything (full), the given or profiled set (static), the best guess (swapmoe, lru). */
-  #fill(progress: (done: number, total: number) => void): void {
+  /**
+   * Fills the slots: everything (full), the given or profiled sets (static), the best guess (swapmoe,
+   * lru) — the top experts at the high tier, the next at the low.
+   */
+  #fill(progress: (done: number, total: number, bytes: number, totalBytes: number) => void): void {
     const cache = this.#cache;
     const cap = cache.capacity;
-    const total = cap.reduce((a, b) => a + b, 0);
+    const total = cap.reduce((a, tier) => a + tier.reduce((x, n) => x + n, 0), 0);
+    const totalBytes = cap.reduce(
+      (a, tier, t) => a + tier.reduce((x, n) => x + n, 0) * cache.copyBytes[t]!,
+      0,
+    );
     const { staticSets, profile } = this.#settings;
     let done = 0;
+    let bytes = 0;
     for (let l = 0; l < cache.moeLayers; l++) {
-      const set = initialResidents(cap[l]!, {
+      const sets = initialResidents(cap.map((c) => c[l]!), {
         set: staticSets?.[l],
         profile: profile?.[l],
         importance: this.#importance.score(l),
       });
-      for (const e of set) {
-        cache.load(l, e);
-        progress(++done, total);
-      }
+      sets.forEach((set, tier) => {
+        for (const e of set) {
+          cache.load(l, e, tier);
+          bytes += cache.copyBytes[tier]!;
+          progress(++done, total, bytes, totalBytes);
+        }
+      });
     }
     cache.flush();
   }
@@ -618,14 +663,29 @@ class MoeEngine implements Engine {
       budgetBytes: this.#budget,
       minimumBudgetBytes: this.#plan.minimumBytes,
       fullBytes: this.#plan.fullBytes,
-      expertBytes: cache.slotBytes,
+      expertBytes: cache.copyBytes[0]!,
+      expertPrecision: cache.precisions.join("+"),
+      expertBytesByPrecision: Object.fromEntries(cache.precisions.map((p, t) => [p, cache.copyBytes[t]!])),
+      gpuBytesByPrecision: Object.fromEntries(cache.precisions.map((p, t) => [
+        p,
+        cache.capacity[t]!.reduce((a, n) => a + n, 0) * cache.copyBytes[t]!,
+      ])),
       contextLength: this.#shape.contextLength,
       gpuBytesByKind: this.#memory.byCategory(),
       policy: this.#plan.policy,
-      expertSlots: cache.capacity,
-      residentExperts: Array.from({ length: cache.moeLayers }, (_, l) => cache.resident(l)),
+      expertSlots: Array.from(
+        { length: cache.moeLayers },
+        (_, l) => cache.capacity.reduce((a, c) => a + c[l]!, 0),
+      ),
+      expertSlotsByPrecision: Object.fromEntries(cache.precisions.map((p, t) => [p, cache.capacity[t]!])),
+      residentExperts: Array.from({ length: cache.moeLayers }, (_, l) => cache.residentAny(l)),
+      residentByPrecision: Object.fromEntries(cache.precisions.map((p, t) => [
+        p,
+        Array.from({ length: cache.moeLayers }, (_, l) => cache.resident(l, t)),
+      ])),
       expertUsage: imp.usage.map((r) => Array.from(r)),
       hitRate: this.#lru ? 1 : imp.hitRate,
+      highPrecisionHitRate: this.#lru ? 1 : imp.highHitRate,
       routedChoices: imp.choices,
       cacheHitRate: imp.hitRate,
       swaps: this.#swap?.swaps ?? this.#lru?.misses ?? 0,
@@ -675,6 +735,7 @@ class MoeEngine implements Engine {
     } finally {
       this.#memory.freeAll();
       this.#gpu.device.destroy();
+      this.#quantized?.[Symbol.dispose]();
       this.#ckpt.close();
     }
   }

@@ -10,7 +10,7 @@ import { contextOver, type KernelContext } from "../gpu/dispatch.ts";
 import { GpuMemory, type TrackedBuffer } from "../gpu/memory.ts";
 import type { ModelProgram } from "../models/family.ts";
 import { formatBytes } from "../moe/budget.ts";
-import { checkpointExpertStore, ExpertCache, type ExpertStore } from "../moe/expert_cache.ts";
+import { checkpointExpertStore, ExpertCache, type ExpertStore, writePadded } from "../moe/expert_cache.ts";
 import { OptionError } from "../errors.ts";
 import { SLOT_TABLE } from "./layout.ts";
 import type { ModelPlan } from "./model_plan.ts";
@@ -33,7 +33,7 @@ export interface GpuModel {
 
 /**
  * Opens a GPU and loads `planned` under `budget` bytes: the allocator's limit is the budget, every
- * fixed buffer is allocated, the dense weights uploaded, and `slots[l]` expert slots made per MoE
+ * fixed buffer is allocated, the dense weights uploaded, and `slots[t][l]` expert slots made per tier and MoE
  * layer. On failure everything allocated is freed and the device destroyed (the checkpoint stays
  * open: the caller owns it).
  * @throws {OptionError} when a run-state buffer exceeds what the device binds, GPU errors as they come
@@ -42,7 +42,9 @@ export async function loadGpuModel(
   planned: ModelPlan,
   o: {
     budget: number;
-    slots: readonly number[];
+    slots: readonly (readonly number[])[];
+    /** Copies of the experts at precisions other than the checkpoint's (quantized: src/quant/store.ts). */
+    derived?: ExpertStore;
     masked: boolean;
     options: Readonly<Record<string, unknown>>;
     progress?: (p: Progress) => void;
@@ -91,7 +93,13 @@ export async function loadGpuModel(
       progress({ stage: "weights", done: i + 1, total: tensors.dense.length, bytes, totalBytes });
     }
 
-    const store = checkpointExpertStore((n) => ckpt.bytes(n), tensors.experts);
+    const store = checkpointExpertStore(
+      (n) => ckpt.bytes(n),
+      tensors.expertPieces,
+      arch.expertMatrices.length,
+      arch.nativePrecision,
+      o.derived,
+    );
     const cache = new ExpertCache(
       gpu.device,
       memory,
@@ -99,6 +107,7 @@ export async function loadGpuModel(
       arch.expertMatrices,
       arch.moeLayers,
       arch.spec.numExperts,
+      planned.precisions,
       store,
     );
     cache.resize(o.slots);
@@ -132,20 +141,4 @@ function longestContext(planned: ModelPlan, limit: number): number {
     else hi = mid - 1;
   }
   return lo;
-}
-
-/** Writes `bytes` at `offset`, padded with zeros to the 4-byte multiple `writeBuffer` needs. */
-function writePadded(
-  queue: GPUQueue,
-  buffer: GPUBuffer,
-  offset: number,
-  bytes: Uint8Array<ArrayBuffer>,
-): void {
-  if (bytes.byteLength % 4 === 0) {
-    queue.writeBuffer(buffer, offset, bytes);
-    return;
-  }
-  const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
-  padded.set(bytes);
-  queue.writeBuffer(buffer, offset, padded);
 }

@@ -8,7 +8,9 @@
  */
 import type { ModelSpec } from "../models/registry.ts";
 import { describeSpec } from "../models/registry.ts";
+import { expertCopyBytes } from "../models/family.ts";
 import { BudgetPlan, parseBudget } from "../moe/budget.ts";
+import { type Precision, precisionChoices } from "../quant/formats.ts";
 import { POLICIES, type PolicyName } from "../moe/policies.ts";
 import { planModel } from "./model_plan.ts";
 import type { EngineOptions } from "./types.ts";
@@ -19,8 +21,8 @@ export interface PolicyFit {
   minimumBytes: number;
   /** The most it ever holds (every expert resident). */
   maximumBytes: number;
-  /** Expert slots per MoE layer at the budget asked about; null when the budget is below the minimum. */
-  expertSlots: number[] | null;
+  /** Expert slots per precision tier and MoE layer at the budget asked about; null below the minimum. */
+  expertSlots: number[][] | null;
 }
 
 /** The report of {@link inspectModel}. */
@@ -42,8 +44,12 @@ export interface ModelReport {
     /** Parameters one token passes through: all but the routed experts, plus top-k experts per MoE layer. */
     activePerToken: number;
   };
+  /** The precision tiers the plan holds experts at (`expertPrecision`), high first. */
+  precisions: Precision[];
+  /** Per precision this model's experts can be held at: one expert's bytes, and every expert's (with the rest). */
+  atPrecision: Partial<Record<Precision, { expert: number; full: number }>>;
   bytes: {
-    /** GPU bytes of one expert slot. */
+    /** GPU bytes of one expert at the checkpoint's precision. */
     expert: number;
     /** GPU bytes of every expert of every MoE layer. */
     allExperts: number;
@@ -69,18 +75,21 @@ export interface ModelReport {
  * reports what it needs; `budget` (default `options.budget`) is resolved against the footprint.
  */
 export async function inspectModel(options: EngineOptions, budget = options.budget): Promise<ModelReport> {
-  const planned = await planModel({ ...options, budget: undefined, policy: "full" });
+  // plan as swapmoe: it takes every expertPrecision (full and lru take one precision)
+  const planned = await planModel({ ...options, budget: undefined, policy: "swapmoe" });
   try {
     const { arch, ckpt, tensors, layout, plan, shape, modelDir } = planned;
     let total = 0;
     for (const t of ckpt.tensors.values()) total += t.shape.reduce((a, b) => a * b, 1);
     const perExpert = arch.expertMatrices.reduce((a, m) => a + m.rows * m.cols, 0);
-    const experts = tensors.experts.length * arch.spec.numExperts * perExpert;
+    const experts = arch.moeLayers * arch.spec.numExperts * perExpert;
     const f = plan.footprint;
     const budgetBytes = budget === undefined ? null : parseBudget(budget, plan.basis);
     const policies = {} as Record<PolicyName, PolicyFit>;
     for (const p of POLICIES) {
-      const under = new BudgetPlan(f, p, planned.staticSets, plan.planning);
+      // full and lru hold one precision: the high tier of a pair
+      const tiers = p === "full" || p === "lru" ? { ...f, copyBytes: f.copyBytes.slice(0, 1) } : f;
+      const under = new BudgetPlan(tiers, p, planned.staticSets, plan.planning);
       policies[p] = {
         minimumBytes: under.minimumBytes,
         maximumBytes: under.fullBytes,
@@ -101,8 +110,8 @@ export async function inspectModel(options: EngineOptions, budget = options.budg
         activePerToken: total - experts + arch.moeLayers * arch.spec.topK * perExpert,
       },
       bytes: {
-        expert: f.slotBytes,
-        allExperts: f.moeLayers * f.experts * f.slotBytes,
+        expert: f.nativeCopyBytes,
+        allExperts: f.moeLayers * f.experts * f.nativeCopyBytes,
         dense: layout.dense.reduce((a, d) => a + d.bytes, 0),
         kv: layout.state.filter((a) => a.category === "kv").reduce((a, d) => a + d.bytes, 0),
         fixed: f.fixedBytes,
@@ -111,6 +120,13 @@ export async function inspectModel(options: EngineOptions, budget = options.budg
       },
       budgetBytes,
       policies,
+      precisions: planned.precisions,
+      atPrecision: Object.fromEntries(
+        precisionChoices(arch.nativePrecision).filter((c) => !c.includes("+")).map((c) => {
+          const expert = expertCopyBytes(arch.expertMatrices, c as Precision);
+          return [c, { expert, full: f.fixedBytes + f.moeLayers * f.experts * expert }];
+        }),
+      ),
     };
   } finally {
     planned.ckpt.close();

@@ -9,7 +9,8 @@
 import type { TensorInfo } from "../checkpoint/safetensors.ts";
 import { contextTables } from "../gpu/dispatch.ts";
 import { type Allocation, allocationBytes } from "../gpu/memory.ts";
-import { type Architecture, expertBytes, type ModelTensors, type RunShape } from "../models/family.ts";
+import { type Architecture, expertCopyBytes, type ModelTensors, type RunShape } from "../models/family.ts";
+import type { Precision } from "../quant/formats.ts";
 import type { Footprint } from "../moe/budget.ts";
 
 /** Name of the slot table in {@link EngineLayout.tables}: [moeLayers, E] i32. */
@@ -86,11 +87,17 @@ export function engineLayout(
   };
 }
 
-/** The footprint of a layout: its buffers' bytes, and one expert slot's. */
-export function footprintOf(arch: Architecture, layout: EngineLayout, shape: RunShape): Footprint {
+/** The footprint of a layout: its buffers' bytes, and one expert copy's at each of `precisions` (high first). */
+export function footprintOf(
+  arch: Architecture,
+  layout: EngineLayout,
+  shape: RunShape,
+  precisions: readonly Precision[],
+): Footprint {
   return {
     fixedBytes: allocationBytes([...layout.dense, ...layout.state, ...layout.tables, ...layout.staging]),
-    slotBytes: expertBytes(arch.expertMatrices),
+    copyBytes: precisions.map((p) => expertCopyBytes(arch.expertMatrices, p)),
+    nativeCopyBytes: expertCopyBytes(arch.expertMatrices, arch.nativePrecision),
     moeLayers: arch.moeLayers,
     experts: arch.spec.numExperts,
     topK: arch.spec.topK,

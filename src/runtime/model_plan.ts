@@ -13,6 +13,7 @@ import { FAMILY_OPTION_KEYS, loadModelConfig, type ModelSpec } from "../models/r
 import { BudgetPlan } from "../moe/budget.ts";
 import type { PolicyName } from "../moe/policies.ts";
 import { OptionError } from "../errors.ts";
+import { matrixLayout, parsePrecision, type Precision } from "../quant/formats.ts";
 import { type EngineLayout, engineLayout, footprintOf } from "./layout.ts";
 import { checkExpertOptions, validateOptions } from "./requests.ts";
 import type { EngineOptions } from "./types.ts";
@@ -51,6 +52,8 @@ export interface ModelPlan {
   readonly plan: BudgetPlan;
   /** `static` with `residentExperts`: the sets, deduplicated and sorted. */
   readonly staticSets: number[][] | undefined;
+  /** The precision tiers the experts are held at, high first (`expertPrecision`). */
+  readonly precisions: Precision[];
 }
 
 /**
@@ -80,6 +83,17 @@ export async function planModel(
     spec.topK,
     arch.routerOrder,
   );
+  const policy = policyOf(options);
+  const precisions = parsePrecision(options.expertPrecision ?? arch.nativePrecision, arch.nativePrecision);
+  if (precisions.length > 1 && (policy === "full" || policy === "lru" || staticSets)) {
+    throw new OptionError(
+      `Invalid expertPrecision: "${options.expertPrecision}" is a pair of tiers, which only swapmoe and static (planned from a profile) use; ${
+        staticSets ? "static with residentExperts" : policy
+      } takes one precision, e.g. "${precisions[1]}"`,
+    );
+  }
+  // every expert matrix must fit each format's groups (an OptionError names the width otherwise)
+  for (const p of precisions) for (const m of arch.expertMatrices) matrixLayout(p, m.rows, m.cols, m.bias);
   const contextLength = options.contextLength ?? Math.min(spec.maxPositionEmbeddings, MAX_DEFAULT_CONTEXT);
   if (arch.maxContext !== undefined && contextLength > arch.maxContext) {
     throw new OptionError(
@@ -96,11 +110,11 @@ export async function planModel(
   try {
     const tensors = arch.tensors(ckpt.tensors, modelDir);
     const layout = engineLayout(arch, tensors, ckpt.tensors, shape);
-    const plan = new BudgetPlan(footprintOf(arch, layout, shape), policyOf(options), staticSets, {
+    const plan = new BudgetPlan(footprintOf(arch, layout, shape, precisions), policy, staticSets, {
       planner: options.planner ?? "uniform",
       profile: options.profile,
     });
-    return { modelDir, family, arch, ckpt, tensors, shape, layout, plan, staticSets };
+    return { modelDir, family, arch, ckpt, tensors, shape, layout, plan, staticSets, precisions };
   } catch (e) {
     ckpt.close();
     throw e;

@@ -9,7 +9,8 @@ import type { SamplingParams } from "../kernels/sample.ts";
 import { FAMILY_OPTION_KEYS } from "../models/registry.ts";
 import { parseBudget } from "../moe/budget.ts";
 import { POLICIES } from "../moe/policies.ts";
-import type { Tokenizer } from "../text/tokenizer.ts";
+import { parsePrecision } from "../quant/formats.ts";
+import { chatMessageFault, type Tokenizer } from "../text/tokenizer.ts";
 import type { EngineOptions, GenerateRequest } from "./types.ts";
 
 /** An integer in [1, max], or an OptionError naming the option. */
@@ -33,6 +34,7 @@ export const OPTION_KEYS = [
   "updateInterval",
   "maxUploadBytesPerStep",
   "importanceDecay",
+  "expertPrecision",
   "onProgress",
 ] as const;
 
@@ -77,6 +79,8 @@ export function validateOptions(o: EngineOptions): void {
   if (o.profile !== undefined && (!Array.isArray(o.profile) || !o.profile.every((r) => Array.isArray(r)))) {
     throw new OptionError("Invalid profile: expected one list of importance numbers per MoE layer");
   }
+  // one precision or a pair; which this model's experts take is checked once its config is read
+  if (o.expertPrecision !== undefined) parsePrecision(o.expertPrecision);
   if (o.onProgress !== undefined && typeof o.onProgress !== "function") {
     throw new OptionError("Invalid onProgress: expected a function");
   }
@@ -115,6 +119,10 @@ export function validateRequest(r: GenerateRequest): void {
   if (r.messages !== undefined && !Array.isArray(r.messages)) {
     throw new OptionError("Invalid messages: expected a list of {role, content} messages");
   }
+  r.messages?.forEach((m, i) => {
+    const fault = chatMessageFault(m, i);
+    if (fault) throw new OptionError(fault.message);
+  });
   if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) {
     throw new OptionError("Invalid signal: expected an AbortSignal");
   }
@@ -188,9 +196,8 @@ export function promptIds(tokenizer: Tokenizer, r: GenerateRequest): number[] {
     if (typeof r.prompt !== "string") throw new OptionError("Invalid prompt: expected a string");
     return tokenizer.encode(r.prompt);
   }
-  const text = tokenizer.applyChatTemplate(r.messages!, { addGenerationPrompt: true });
-  // the template writes its own special tokens
-  return tokenizer.encode(text, { addSpecialTokens: false });
+  // the template writes its own special tokens; those typed into messages are text
+  return tokenizer.encodeChat(r.messages!, { addGenerationPrompt: true });
 }
 
 /** A request's sampler settings, token limit and stop strings, validated; `eos` end generation. */

@@ -9,11 +9,21 @@ import type { Budget } from "../moe/budget.ts";
 import type { PlannerKind } from "../moe/planner.ts";
 import type { PolicyName } from "../moe/policies.ts";
 import type { ChatMessage, Tokenizer } from "../text/tokenizer.ts";
+import type { ChatApi, Completions } from "../server/openai_types.ts";
 
 /** Loading progress, for a progress bar. */
 export interface Progress {
   /** What is happening now. */
-  stage: "download" | "config" | "checkpoint" | "tokenizer" | "gpu" | "weights" | "experts" | "ready";
+  stage:
+    | "download"
+    | "config"
+    | "checkpoint"
+    | "quantize"
+    | "tokenizer"
+    | "gpu"
+    | "weights"
+    | "experts"
+    | "ready";
   /** Units done for this stage (e.g. weight buffers or experts uploaded). */
   done: number;
   /** Units in all for this stage. */
@@ -56,6 +66,14 @@ export interface EngineOptions {
   maxUploadBytesPerStep?: number;
   /** `swapmoe`: per-token decay of the importance sums, in (0, 1]; default 0.97. */
   importanceDecay?: number;
+  /**
+   * The precision the routed experts are held at on the GPU: `"bf16"` (as the checkpoint stores them,
+   * the default), `"int8"` or `"int4"` (quantized from it once, kept in a cache: see the README), or a
+   * high+low pair such as `"bf16+int4"` or `"int8+int4"`: every expert the budget allows gets a low
+   * copy, and the most important also a high one (swapmoe and static only). A checkpoint that stores
+   * its experts in mxfp4 (gpt-oss) holds them as `"mxfp4"`.
+   */
+  expertPrecision?: string;
   /** Loading progress. */
   onProgress?: (p: Progress) => void;
   /**
@@ -113,6 +131,38 @@ export interface GenerateChunk {
   text: string;
   /** Set on the last chunk. */
   finishReason?: FinishReason;
+  /** Set on the last chunk (the one with `finishReason`): the request's token counts and timing. */
+  usage?: GenerateUsage;
+}
+
+/**
+ * One generation's token counts and timing, on its last chunk. Times are wall-clock seconds from the
+ * first read of the generator (when the request asks for the engine); a figure with nothing to measure
+ * (no token read back, one token only) is 0.
+ */
+export interface GenerateUsage {
+  /** Prompt tokens: the ids given, the prompt or the rendered chat encoded (an encoder's input for encoder-decoders). */
+  promptTokens: number;
+  /**
+   * Tokens handed out in the chunks' `ids`. The end-of-sequence token that stopped generation is not
+   * counted (as OpenAI's `completion_tokens`); a token that completed a stop string is.
+   */
+  completionTokens: number;
+  /** `promptTokens + completionTokens`. */
+  totalTokens: number;
+  /** Waiting for the engine while earlier calls held it. */
+  queueSeconds: number;
+  /** Until the first generated token was read back: the wait, the prefill and the first step. */
+  timeToFirstTokenSeconds: number;
+  /** Prompt tokens per second, from taking the engine to the first token (prefill and first step). */
+  prefillTokensPerSecond: number;
+  /**
+   * Tokens per second after the first one: the tokens read back after the first (the one that stopped
+   * generation included) over the time from the first to the last.
+   */
+  decodeTokensPerSecond: number;
+  /** Until this last chunk. */
+  totalSeconds: number;
 }
 
 /** What {@link Engine.stats} reports. */
@@ -125,24 +175,36 @@ export interface EngineStats {
   budgetBytes: number;
   /** The smallest budget the policy runs with: every expert under `full`, the sets under `static` with `residentExperts`, else top-k experts per MoE layer. */
   minimumBudgetBytes: number;
-  /** The all-resident footprint (`gpuBytes` under `full` with the same options). */
+  /** The all-resident footprint at the checkpoint's precision: what a `"50%"` budget is a share of. */
   fullBytes: number;
-  /** GPU bytes of one expert slot. */
+  /** GPU bytes of one expert copy at the high (or only) precision tier. */
   expertBytes: number;
+  /** The precision tiers the experts are held at: `"bf16"`, `"int4"`, `"bf16+int4"`, … */
+  expertPrecision: string;
+  /** GPU bytes of one expert copy at each tier's precision. */
+  expertBytesByPrecision: Record<string, number>;
+  /** GPU bytes of the expert slots at each precision (part of `gpuBytesByKind.experts`). */
+  gpuBytesByPrecision: Record<string, number>;
   /** Positions the KV cache holds (prompt plus generated tokens of one request). */
   contextLength: number;
   /** GPU bytes by what they hold. */
   gpuBytesByKind: Record<string, number>;
   /** The residency policy. */
   policy: PolicyName;
-  /** Slots per MoE layer. */
+  /** Slots per MoE layer (all tiers). */
   expertSlots: number[];
-  /** Per MoE layer, the experts usable now. */
+  /** Slots per MoE layer at each precision. */
+  expertSlotsByPrecision: Record<string, number[]>;
+  /** Per MoE layer, the experts usable now (a copy at some precision). */
   residentExperts: number[][];
+  /** Per precision and MoE layer, the experts with a copy at that precision. */
+  residentByPrecision: Record<string, number[][]>;
   /** Per MoE layer and expert, how often the unmasked router chose it since the engine started. */
   expertUsage: number[][];
-  /** Share of (token, top-k choice) pairs served by the expert the unmasked router chose. */
+  /** Share of (token, top-k choice) pairs served by the expert the unmasked router chose (at any precision). */
   hitRate: number;
+  /** Share of (token, top-k choice) pairs served by the chosen expert at the high precision tier. */
+  highPrecisionHitRate: number;
   /** (token, top-k choice) pairs routed since the engine started (the denominator of `hitRate`). */
   routedChoices: number;
   /**
@@ -187,8 +249,16 @@ export interface Engine extends AsyncDisposable {
    * `options.decoderIds` (default: the decoder start token alone).
    */
   forward(ids: readonly number[], options?: EncoderDecoderOptions): Promise<Float32Array>;
-  /** Streams generated tokens. */
+  /** Streams generated tokens; the last chunk carries the request's `usage`. */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
+  /**
+   * OpenAI's chat completions in-process: `engine.chat.completions.create({ messages, stream })`
+   * answers with the objects and stream chunks the server's `POST /v1/chat/completions` sends, usage
+   * included, after the same checks (a bad field is a `RequestError`, an `OptionError`).
+   */
+  readonly chat: ChatApi;
+  /** OpenAI's (legacy) text completions in-process: `engine.completions.create({ prompt })`, as `chat`. */
+  readonly completions: Completions;
   /** Memory, residency, routing and speed figures as of now. */
   stats(): EngineStats;
   /** Changes the budget while the engine lives: shrinking evicts, growing adds slots. */

@@ -4,7 +4,14 @@
  *
  * @module
  */
-import { BudgetError, EngineClosedError, OptionError, SwapMoeError, TokenizerError } from "../errors.ts";
+import {
+  BudgetError,
+  EngineClosedError,
+  OptionError,
+  RequestError,
+  SwapMoeError,
+  TokenizerError,
+} from "../errors.ts";
 
 /** The body of every error response. */
 export interface OpenAiErrorBody {
@@ -62,39 +69,48 @@ export class HttpError extends Error {
   }
 }
 
-/** 400 for a request field: `Invalid temperature: 3, expected a number in [0, 2]`. */
-export function badParam(param: string, message: string, code = "invalid_value"): HttpError {
-  return new HttpError(400, message, { param, code });
-}
-
 /** The server is shutting down or the engine was closed. */
 export function unavailable(message = "The server is shutting down"): HttpError {
   return new HttpError(503, message, { code: "server_shutting_down" });
 }
 
 /**
- * Maps an error thrown while a request is validated or started: the engine's option and template
- * errors are the client's (400), a closed engine is 503, anything else is the server's (500).
- * Errors thrown once generation runs are always 500: use `internal` for them.
+ * Maps an error thrown while a request is validated or started: a request field at fault is answered
+ * with its status (400, 404 for an unknown model), the engine's option and template errors are the
+ * client's (400), a closed engine is 503, anything else is the server's (500). Errors thrown once
+ * generation runs are always 500: use `internal` for them.
  */
 export function fromEngineError(e: unknown): HttpError {
-  if (e instanceof HttpError) return e;
+  if (e instanceof HttpError || e instanceof RequestError) return internal(e);
   if (e instanceof OptionError || e instanceof TokenizerError) {
-    return new HttpError(400, e.message, { code: "invalid_value", cause: e });
+    return new HttpError(400, withoutPaths(e.message), { code: "invalid_value", cause: e });
   }
   if (e instanceof BudgetError) {
-    return new HttpError(400, e.message, { param: "budget", code: "budget_too_small" });
+    return new HttpError(400, withoutPaths(e.message), { param: "budget", code: "budget_too_small" });
   }
   if (e instanceof EngineClosedError) return unavailable(e.message);
   return internal(e);
 }
 
-/** 500 carrying the message of whatever went wrong. */
+/** 500 carrying the message of whatever went wrong; an HTTP or request error keeps its own status. */
 export function internal(e: unknown): HttpError {
   if (e instanceof HttpError) return e;
+  // built from the request alone: its message is sent as it is
+  if (e instanceof RequestError) {
+    return new HttpError(e.status, e.message, { param: e.param ?? undefined, code: e.code, cause: e });
+  }
   if (e instanceof EngineClosedError) return unavailable(e.message);
   const message = e instanceof SwapMoeError
     ? `${e.name}: ${e.message}`
     : `Internal server error: ${e instanceof Error ? e.message : String(e)}`;
-  return new HttpError(500, message, { code: "internal_error", cause: e });
+  return new HttpError(500, withoutPaths(message), { code: "internal_error", cause: e });
+}
+
+/**
+ * `message` with every absolute path cut to its last component: an engine error names the file at
+ * fault (`/srv/models/x/chat_template.jinja`), and a client may learn the file, not where the server
+ * keeps its models (`chat_template.jinja`).
+ */
+export function withoutPaths(message: string): string {
+  return message.replace(/(^|[\s("'`=:])\/(?:[^\s/"'`()]+\/)+([^\s/"'`()]*)/g, "$1$2");
 }

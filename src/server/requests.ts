@@ -1,20 +1,22 @@
 /**
- * Untrusted request bodies → engine requests. Every field OpenAI's API defines for chat and text
- * completions is either honoured, checked and refused with a 400 naming it (`n > 1`, `logprobs`,
- * `tools`, penalties), or harmless and ignored (`user`, `metadata`, `store`); unknown fields are
- * ignored as vLLM does. Defaults are OpenAI's: `temperature` 1, `top_p` 1. Two of vLLM's extensions
- * are honoured: `top_k` and `min_tokens`.
+ * Untrusted request bodies → engine requests, for the server and the in-process API alike. Every
+ * field OpenAI's API defines for chat and text completions is either honoured, checked and refused
+ * with a {@link RequestError} naming it (`n > 1`, `logprobs`, `tools`, penalties; the server answers
+ * 400), or harmless and ignored (`user`, `metadata`, `store`); unknown fields are ignored as vLLM does.
+ * Defaults are OpenAI's: `temperature` 1, `top_p` 1. Two of vLLM's extensions are honoured: `top_k`
+ * and `min_tokens`.
  *
  * @module
  */
-import type { GenerateRequest } from "../runtime/engine.ts";
-import type { ChatMessage } from "../text/tokenizer.ts";
-import { badParam, HttpError } from "./errors.ts";
+import type { GenerateRequest } from "../runtime/types.ts";
+import { BUDGET_FORMS, parseBudget } from "../moe/budget.ts";
+import { type ChatMessage, chatMessageFault } from "../text/tokenizer.ts";
+import { RequestError } from "../errors.ts";
 
 /** A checked generation request: what the engine is asked, and how to answer. */
 export interface Job {
   kind: "chat" | "completion";
-  /** For the engine; `maxTokens` is settled by {@link fitContext}, `signal` by the server. */
+  /** For the engine; `maxTokens` is settled by {@link fitContext}, the prompt ids and `signal` when it starts. */
   request: GenerateRequest;
   /** `max_tokens` / `max_completion_tokens` as asked, and which of them was used. */
   maxTokens?: number;
@@ -36,10 +38,13 @@ export interface Limits {
 
 type Body = Record<string, unknown>;
 
-/** OpenAI's roles that a plain chat template renders; `developer` is OpenAI's newer name for `system`. */
-const ROLES = new Set(["system", "developer", "user", "assistant"]);
 /** Most stop sequences per request, as OpenAI's API. */
 const MAX_STOPS = 4;
+
+/** A bad value of the field `param`: `Invalid temperature: 3, expected a number in [0, 2]`. */
+export function badParam(param: string, message: string, code = "invalid_value"): RequestError {
+  return new RequestError(message, { param, code });
+}
 
 function isObject(v: unknown): v is Body {
   return typeof v === "object" && v !== null && !Array.isArray(v);
@@ -57,7 +62,7 @@ function field(body: Body, key: string): unknown {
   return v === null ? undefined : v;
 }
 
-function wrongType(param: string, v: unknown, expected: string): HttpError {
+function wrongType(param: string, v: unknown, expected: string): RequestError {
   return badParam(param, `Invalid ${param}: ${show(v)}, expected ${expected}`, "invalid_type");
 }
 
@@ -107,9 +112,10 @@ function checkModel(body: Body, limits: Limits): void {
   if (model === undefined) return; // OpenAI requires it; a single-model server can do without
   if (typeof model !== "string") throw wrongType("model", model, "a model id string");
   if (model !== limits.modelId) {
-    throw new HttpError(404, `The model "${model}" does not exist: this server serves "${limits.modelId}"`, {
+    throw new RequestError(`The model "${model}" does not exist: this server serves "${limits.modelId}"`, {
       param: "model",
       code: "model_not_found",
+      status: 404,
     });
   }
 }
@@ -223,13 +229,9 @@ function parseMessages(v: unknown): ChatMessage[] {
     if (!isObject(m)) throw wrongType(`messages[${i}]`, m, "an object {role, content}");
     const role = m.role;
     if (typeof role !== "string") throw wrongType(`messages[${i}].role`, role, "a role string");
-    if (!ROLES.has(role)) {
-      throw badParam(
-        `messages[${i}].role`,
-        `Unsupported role: ${show(role)}, expected one of ${[...ROLES].join(", ")}`,
-        "unsupported_value",
-      );
-    }
+    // the library's rule for roles (content parts become its string content below)
+    const fault = chatMessageFault({ role, content: "" }, i);
+    if (fault) throw badParam(fault.param, fault.message, "unsupported_value");
     return { role: role === "developer" ? "system" : role, content: messageContent(m.content, role, i) };
   });
 }
@@ -324,4 +326,26 @@ export function fitContext(
     );
   }
   return job.maxTokens;
+}
+
+/**
+ * Checks the `budget` of `PUT /v1/engine/budget` before it reaches the engine: a number or a string
+ * the engine's budget parser accepts (whole bytes up to 2^53 − 1, a size, a share, experts per layer);
+ * `fullBytes` is the all-resident footprint a percentage refers to.
+ */
+export function checkBudget(budget: unknown, fullBytes: number): asserts budget is number | string {
+  if (typeof budget !== "string" && typeof budget !== "number") {
+    throw badParam(
+      "budget",
+      budget === undefined
+        ? `Missing budget: expected {"budget": ...} with ${BUDGET_FORMS}`
+        : `Invalid budget: ${show(budget)}, expected ${BUDGET_FORMS}`,
+      budget === undefined ? "missing_required_parameter" : "invalid_type",
+    );
+  }
+  try {
+    parseBudget(budget, fullBytes);
+  } catch (e) {
+    throw badParam("budget", (e as Error).message);
+  }
 }

@@ -13,6 +13,9 @@
  * Generation requests take turns on the engine in arrival order through a bounded
  * {@link RequestQueue} (503 when full); a client that leaves, mid-stream or while waiting, cancels
  * its generation. Every failure is answered in OpenAI's error shape; no request can crash the server.
+ * Requests are checked and answered by `openai.ts`, the mapping that `engine.chat.completions.create`
+ * uses too. {@link createHandler} gives the routes as a handler for your own `Deno.serve`;
+ * {@link createServer} puts that handler on `Deno.serve` itself.
  *
  * @example Serve the bundled model on a free port
  * ```ts
@@ -31,30 +34,21 @@
  *
  * @module
  */
-import { basename } from "node:path";
-import type { Engine, EngineStats, FinishReason, GenerateChunk, GenerateRequest } from "../runtime/engine.ts";
-import { BudgetError, OptionError } from "../errors.ts";
+import type { Engine, EngineStats, GenerateChunk } from "../runtime/types.ts";
+import { BudgetError, OptionError, RequestError } from "../errors.ts";
 import { fromEngineError, HttpError, internal, unavailable } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.ts";
-import type {
-  BudgetReport,
-  ChatCompletion,
-  ChatCompletionChunk,
-  Completion,
-  Model,
-  ModelList,
-  OpenAiFinishReason,
-  Usage,
-} from "./openai_types.ts";
-import { fitContext, type Job, type Limits, parseChatRequest, parseCompletionRequest } from "./requests.ts";
+import { Answer, type ApiSettings, apiSettings, parseJob, type StartedJob, startJob } from "./openai.ts";
+import type { BudgetReport, Model, ModelList } from "./openai_types.ts";
+import { checkBudget, type Job } from "./requests.ts";
 import { type Release, RequestQueue } from "./queue.ts";
 
-/** Options of {@link createServer}. */
+/** Options of {@link createHandler} and {@link createServer}. */
 export interface ServerOptions {
   /**
-   * The `contextLength` the engine was created with: prompt + `max_tokens` beyond it get a 400.
-   * Default: the engine's own default, `max_position_embeddings` capped at 4096.
+   * Positions a request may fill: prompt + `max_tokens` beyond it get a 400. Default: the engine's
+   * context length (its `contextLength` option, else `max_position_embeddings` capped at 4096).
    */
   contextLength?: number;
   /** The model id clients name; default the model folder's basename. */
@@ -69,19 +63,32 @@ export interface ServerOptions {
   defaultMaxTokens?: number;
   /** Called once per answered request, e.g. to print an access log. */
   onLog?: (entry: AccessLog) => void;
+  /**
+   * Aborting it stops serving: new requests get 503, running and waiting generations end (their
+   * clients get a 503 error or the end of their stream); `createServer`'s listeners shut down. For a
+   * handler in your own `Deno.serve`, pass the signal that stops it.
+   */
+  signal?: AbortSignal;
 }
 
 /** One line of the access log. */
 export interface AccessLog {
+  /** The request's method. */
   method: string;
+  /** The request's path. */
   path: string;
   /** The HTTP status, or 499 when the client left before the answer ended. */
   status: number;
   /** Arrival to the last byte of the answer. */
   milliseconds: number;
+  /** Prompt tokens of a generation request. */
   promptTokens?: number;
+  /** Tokens a generation request generated. */
   completionTokens?: number;
 }
+
+/** A `Deno.serve` handler: answers one request. */
+export type ServeHandler = (request: Request, info?: Deno.ServeHandlerInfo) => Promise<Response>;
 
 /** Where {@link Server.listen} binds. */
 export interface ListenOptions {
@@ -96,9 +103,12 @@ export interface ListenOptions {
 /** The server: a fetch-style handler, and `listen` to put it on `Deno.serve`. */
 export interface Server extends AsyncDisposable {
   /** Answers one request; usable without `listen`, e.g. behind another `Deno.serve`. */
-  readonly handler: (request: Request) => Promise<Response>;
+  readonly handler: ServeHandler;
+  /** The model id clients name. */
   readonly modelId: string;
+  /** Positions a request may fill. */
   readonly contextLength: number;
+  /** The counters behind `GET /metrics`. */
   readonly metrics: Metrics;
   /** Serves on `Deno.serve`; call more than once to bind more addresses. */
   listen(options?: ListenOptions): Deno.HttpServer<Deno.NetAddr>;
@@ -112,13 +122,48 @@ export interface Server extends AsyncDisposable {
 
 const DEFAULT_MAX_QUEUE = 16;
 const DEFAULT_MAX_BODY = 1 << 20;
-const DEFAULT_MAX_TOKENS = 256;
-/** The engine's own cap on the default context length. */
-const ENGINE_DEFAULT_CONTEXT = 4096;
 
-/** Creates the server for `engine`; the engine must stay open while the server runs. */
+/**
+ * The server's routes as a handler for your own `Deno.serve` (or anything that speaks `Request` and
+ * `Response`): OpenAI's chat and text completions, the model list, `/health`, `/metrics` and the
+ * budget route, with the admission queue, the API key and the error shapes of {@link createServer}.
+ * The engine must stay open while the handler serves; abort `options.signal` to end the generations
+ * in flight when you stop serving.
+ *
+ * @example Mount it in your own Deno.serve, under a prefix of your own
+ * ```ts
+ * import { createEngine, createHandler } from "@swapmoe/swapmoe";
+ *
+ * await using engine = await createEngine({ policy: "swapmoe", budget: "60%" });
+ * const stop = new AbortController();
+ * const openai = createHandler(engine, { signal: stop.signal });
+ * const server = Deno.serve({ hostname: "127.0.0.1", port: 0, signal: stop.signal }, (req, info) => {
+ *   const url = new URL(req.url);
+ *   if (url.pathname === "/") return new Response("my app");
+ *   if (!url.pathname.startsWith("/ai/")) return new Response("Not found", { status: 404 });
+ *   url.pathname = url.pathname.slice("/ai".length); // /ai/v1/chat/completions → /v1/chat/completions
+ *   return openai(new Request(url, req), info);
+ * });
+ * const res = await fetch(`http://localhost:${server.addr.port}/ai/v1/chat/completions`, {
+ *   method: "POST",
+ *   body: JSON.stringify({ messages: [{ role: "user", content: "The Union" }], max_tokens: 8, min_tokens: 8 }),
+ * });
+ * console.log((await res.json()).choices[0].message.content);
+ * stop.abort();
+ * await server.finished;
+ * ```
+ *
+ * @throws {OptionError} for an invalid option
+ */
+export function createHandler(engine: Engine, options: ServerOptions = {}): ServeHandler {
+  return new ApiHandler(engine, options).handler;
+}
+
+/** Creates the server for `engine`, on {@link createHandler}'s handler; the engine must stay open while the server runs. */
 export function createServer(engine: Engine, options: ServerOptions = {}): Server {
-  return new ServerImpl(engine, options);
+  const server = new ServerImpl(new ApiHandler(engine, options));
+  options.signal?.addEventListener("abort", () => server.close(), { once: true });
+  return server;
 }
 
 type Handler = (request: Request, arrived: number, path: string) => Promise<Response> | Response;
@@ -139,7 +184,8 @@ class ClientGone extends Error {
   }
 }
 
-class ServerImpl implements Server {
+/** The routes and their state: the queue, the metrics, the generations in flight. */
+class ApiHandler {
   readonly modelId: string;
   readonly contextLength: number;
   readonly metrics = new Metrics();
@@ -147,16 +193,14 @@ class ServerImpl implements Server {
   readonly #queue: RequestQueue;
   readonly #apiKey: Uint8Array | undefined;
   readonly #maxBody: number;
-  readonly #defaultMaxTokens: number;
+  readonly #settings: ApiSettings;
   readonly #onLog: ((entry: AccessLog) => void) | undefined;
-  readonly #limits: Limits;
   readonly #created = Math.floor(Date.now() / 1000);
   readonly #routes: Record<string, Route>;
   /** Generation requests in progress (waiting or running): aborted by close(). */
   readonly #active = new Set<AbortController>();
   /** Their work, awaited by close(). */
   readonly #tasks = new Set<Promise<unknown>>();
-  readonly #listeners: Deno.HttpServer<Deno.NetAddr>[] = [];
   #closing: Promise<void> | undefined;
 
   constructor(engine: Engine, o: ServerOptions) {
@@ -166,23 +210,25 @@ class ServerImpl implements Server {
       }
       return v;
     };
+    if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) {
+      throw new OptionError("Invalid signal: expected an AbortSignal");
+    }
     this.#engine = engine;
-    this.modelId = o.modelId ?? basename(engine.modelDir.replace(/[\\/]+$/, ""));
-    this.contextLength = Math.min(
-      engine.spec.maxPositionEmbeddings,
-      positive("contextLength", o.contextLength) ?? ENGINE_DEFAULT_CONTEXT,
-    );
+    this.#settings = apiSettings(engine, {
+      modelId: o.modelId,
+      contextLength: Math.min(
+        engine.spec.maxPositionEmbeddings,
+        positive("contextLength", o.contextLength) ?? engine.stats().contextLength,
+      ),
+      defaultMaxTokens: positive("defaultMaxTokens", o.defaultMaxTokens),
+    });
+    this.modelId = this.#settings.modelId;
+    this.contextLength = this.#settings.contextLength;
     this.#queue = new RequestQueue(positive("maxQueue", o.maxQueue, 0) ?? DEFAULT_MAX_QUEUE);
     this.#maxBody = positive("maxBodyBytes", o.maxBodyBytes) ?? DEFAULT_MAX_BODY;
-    this.#defaultMaxTokens = positive("defaultMaxTokens", o.defaultMaxTokens) ?? DEFAULT_MAX_TOKENS;
     if (o.apiKey !== undefined && o.apiKey === "") throw new OptionError("Invalid apiKey: empty");
     this.#apiKey = o.apiKey !== undefined ? new TextEncoder().encode(o.apiKey) : undefined;
     this.#onLog = o.onLog;
-    this.#limits = {
-      modelId: this.modelId,
-      contextLength: this.contextLength,
-      vocabSize: engine.spec.vocabSize,
-    };
     this.#routes = {
       "/health": { methods: { GET: () => this.#health() }, open: true },
       "/metrics": { methods: { GET: () => this.#metrics() } },
@@ -203,9 +249,17 @@ class ServerImpl implements Server {
         },
       },
     };
+    if (o.signal?.aborted) this.close();
+    o.signal?.addEventListener("abort", () => this.close(), { once: true });
   }
 
-  readonly handler = (request: Request): Promise<Response> => this.#handle(request);
+  readonly handler = (request: Request, _info?: Deno.ServeHandlerInfo): Promise<Response> =>
+    this.#handle(request);
+
+  /** Whether {@link close} was called. */
+  get closing(): boolean {
+    return this.#closing !== undefined;
+  }
 
   async #handle(request: Request): Promise<Response> {
     const arrived = performance.now();
@@ -221,6 +275,8 @@ class ServerImpl implements Server {
         ? "/v1/models/*"
         : "other";
       route = this.#routes[key];
+      // the key before anything else: without it a client learns nothing, not even which routes exist
+      if (!route?.open) this.#authorise(request);
       if (!route) throw new HttpError(404, `Unknown route: ${request.method} ${path}`, { code: "not_found" });
       // own keys only: a method named "constructor" must not find Object's
       const method = request.method === "HEAD" ? "GET" : request.method; // Deno.serve drops HEAD bodies
@@ -232,41 +288,23 @@ class ServerImpl implements Server {
           headers: { allow },
         });
       }
-      if (!route.open) this.#authorise(request);
       if (this.#closing) throw unavailable();
       response = await handle(request, arrived, path);
       if (route.countsItself) return response;
     } catch (e) {
-      response = (e instanceof HttpError ? e : internal(e)).response();
+      response = internal(e).response();
     }
     this.#record(request.method, path, key, response.status, arrived);
     return response;
   }
 
-  listen(options: ListenOptions = {}): Deno.HttpServer<Deno.NetAddr> {
-    if (this.#closing) throw unavailable();
-    const server = Deno.serve({
-      hostname: options.hostname ?? "127.0.0.1",
-      port: options.port ?? 8000,
-      onListen: options.onListen ?? (() => {}),
-      // a backstop: the handler answers its own failures
-      onError: (e) => internal(e).response(),
-    }, this.handler);
-    this.#listeners.push(server);
-    return server;
-  }
-
+  /** New requests get 503; running and waiting generations end. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       for (const ac of this.#active) ac.abort(unavailable());
       await Promise.allSettled([...this.#tasks]);
-      await Promise.all(this.#listeners.map((s) => s.shutdown()));
     })();
     return this.#closing;
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
   }
 
   #record(method: string, path: string, route: string, status: number, arrived: number, tokens?: {
@@ -344,19 +382,11 @@ class ServerImpl implements Server {
     const budget = typeof json === "object" && json !== null
       ? (json as Record<string, unknown>).budget
       : undefined;
-    if (typeof budget !== "string" && typeof budget !== "number") {
-      throw new HttpError(
-        400,
-        'Invalid budget: expected {"budget": bytes} or {"budget": "50%" | "512MiB" | "2GiB"}',
-        {
-          param: "budget",
-          code: budget === undefined ? "missing_required_parameter" : "invalid_type",
-        },
-      );
-    }
     try {
+      checkBudget(budget, this.#engine.stats().fullBytes);
       return Response.json(budgetReport(await this.#engine.setBudget(budget)));
     } catch (e) {
+      if (e instanceof RequestError) throw fromEngineError(e);
       if (e instanceof OptionError) {
         throw new HttpError(400, e.message, { param: "budget", code: "invalid_value" });
       }
@@ -365,29 +395,21 @@ class ServerImpl implements Server {
     }
   }
 
-  /** Tokens of the prompt as the engine will see it (usage and the context check). */
-  #promptTokens(r: GenerateRequest): number {
-    const tok = this.#engine.tokenizer;
-    if (r.ids) return r.ids.length;
-    if (r.prompt !== undefined) return tok.encode(r.prompt).length;
-    // as the engine renders `messages`: the template writes its own special tokens
-    const text = tok.applyChatTemplate(r.messages!, { addGenerationPrompt: true });
-    return tok.encode(text, { addSpecialTokens: false }).length;
-  }
-
   async #generate(request: Request, arrived: number, path: string, kind: Job["kind"]): Promise<Response> {
     const json = await readJson(request, this.#maxBody);
-    const job = kind === "chat"
-      ? parseChatRequest(json, this.#limits)
-      : parseCompletionRequest(json, this.#limits);
-    const ac = new AbortController();
-    let chunks: AsyncGenerator<GenerateChunk>;
-    let promptTokens: number;
+    let job: Job;
     try {
-      promptTokens = this.#promptTokens(job.request);
-      const maxTokens = fitContext(job, promptTokens, this.contextLength, this.#defaultMaxTokens);
-      // checks the request now; the engine is taken only when the generator first runs
-      chunks = this.#engine.generate({ ...job.request, maxTokens, signal: ac.signal });
+      job = parseJob(kind, json, this.#settings);
+    } catch (e) {
+      throw fromEngineError(e);
+    }
+    const ac = new AbortController();
+    let started: StartedJob;
+    // a macrotask boundary: requests that arrived together tokenize one at a time with I/O between them
+    await new Promise((r) => setTimeout(r, 0));
+    try {
+      // checks the request now; the engine is taken only when the chunks are first read
+      started = startJob(this.#engine, this.#settings, job, ac.signal);
     } catch (e) {
       throw fromEngineError(e);
     }
@@ -400,16 +422,7 @@ class ServerImpl implements Server {
         { code: "queue_full", headers: { "retry-after": "1" } },
       );
     }
-    const gen: Generation = {
-      job,
-      chunks,
-      turn,
-      ac,
-      arrived,
-      promptTokens,
-      id: `${kind === "chat" ? "chatcmpl" : "cmpl"}-${crypto.randomUUID().replaceAll("-", "")}`,
-      created: Math.floor(Date.now() / 1000),
-    };
+    const gen: Generation = { started, turn, ac, arrived };
     const onGone = () => ac.abort(new ClientGone());
     request.signal.addEventListener("abort", onGone, { once: true });
     this.#active.add(ac);
@@ -422,90 +435,40 @@ class ServerImpl implements Server {
       this.#tasks.delete(task);
       this.metrics.duration.observe((performance.now() - arrived) / 1000);
       this.#record(request.method, path, path, status, arrived, {
-        prompt: promptTokens,
+        prompt: started.promptTokens,
         completion: completionTokens,
       });
       finished();
     };
-    if (job.stream) return this.#streamed(gen, done);
-    let text = "";
-    try {
-      const out = await this.#run(gen, (t) => text += t);
-      if (out.finish === "abort") {
-        const response = abortedResponse(ac.signal.reason);
-        done(response.status, out.tokens);
-        return response;
-      }
-      const usage = usageOf(promptTokens, out.tokens);
-      const body: ChatCompletion | Completion = kind === "chat"
-        ? {
-          id: gen.id,
-          object: "chat.completion",
-          created: gen.created,
-          model: this.modelId,
-          choices: [{
-            index: 0,
-            message: { role: "assistant", content: text, refusal: null },
-            logprobs: null,
-            finish_reason: out.finish,
-          }],
-          usage,
-        }
-        : {
-          id: gen.id,
-          object: "text_completion",
-          created: gen.created,
-          model: this.modelId,
-          choices: [{ index: 0, text, logprobs: null, finish_reason: out.finish }],
-          usage,
-        };
-      done(200, out.tokens);
-      return Response.json(body);
-    } catch (e) {
-      const err = internal(e);
-      done(err.status, 0);
-      return err.response();
-    }
+    return job.stream ? this.#streamed(gen, done) : this.#whole(gen, done);
   }
 
-  /** Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. */
-  #streamed(gen: Generation, done: (status: number, completionTokens: number) => void): Response {
+  /**
+   * The answer to an admitted generation: status 200 and the headers at once, the body as `produce`
+   * writes it; `produce` resolves to the status and token count for the log and metrics.
+   *
+   * The head goes out before the generation runs, also for a non-streamed answer, because only then
+   * does Deno's HTTP server (hyper) notice a client that closes its connection: while no response
+   * has begun, it sees the close only if the whole request arrived in the same read as its headers,
+   * which a body of more than a few hundred bytes (Deno's fetch writes the body apart from the head;
+   * a large body spans TCP segments anyway) does not. A client that leaves cancels the body stream,
+   * which aborts the generation, waiting or running. The cost: an error after this point (the server
+   * closing, a GPU failure) reaches the client in the body with status 200, as in a stream.
+   */
+  #respond(
+    gen: Generation,
+    done: (status: number, completionTokens: number) => void,
+    contentType: string,
+    produce: (write: (text: string) => void) => Promise<{ status: number; tokens: number }>,
+  ): Response {
     const encoder = new TextEncoder();
-    const { job, id, created } = gen;
-    const model = this.modelId;
-    const withUsage = job.includeUsage ? { usage: null } : {};
-    const chunk = (text: string | undefined, finish: OpenAiFinishReason | null, role = false) =>
-      job.kind === "chat"
-        ? {
-          id,
-          object: "chat.completion.chunk",
-          created,
-          model,
-          choices: [{
-            index: 0,
-            delta: finish ? {} : { ...(role ? { role: "assistant" } : {}), content: text ?? "" },
-            logprobs: null,
-            finish_reason: finish,
-          }],
-          ...withUsage,
-        } satisfies ChatCompletionChunk
-        : {
-          id,
-          object: "text_completion",
-          created,
-          model,
-          choices: [{ index: 0, text: text ?? "", logprobs: null, finish_reason: finish }],
-          ...withUsage,
-        } satisfies Completion;
     let open = true;
     const body = new ReadableStream<Uint8Array>({
       start: (controller) => {
-        const send = (data: unknown) => {
+        const write = (text: string) => {
           if (!open) return;
           try {
-            controller.enqueue(
-              encoder.encode(`data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`),
-            );
+            controller.enqueue(encoder.encode(text));
           } catch {
             open = false; // the client went away between our check and the write
           }
@@ -514,30 +477,7 @@ class ServerImpl implements Server {
           let status = 200;
           let tokens = 0;
           try {
-            const out = await this.#run(gen, (text) => send(chunk(text, null)), () => {
-              if (job.kind === "chat") send(chunk("", null, true));
-            });
-            tokens = out.tokens;
-            if (out.finish === "abort") {
-              const reason = gen.ac.signal.reason;
-              status = reason instanceof HttpError ? reason.status : 499;
-              if (reason instanceof HttpError) send(reason.body());
-            } else {
-              send(chunk(undefined, out.finish));
-              if (job.includeUsage) {
-                send({
-                  ...chunk(undefined, null),
-                  choices: [],
-                  usage: usageOf(gen.promptTokens, out.tokens),
-                });
-              }
-              send("[DONE]");
-            }
-          } catch (e) {
-            const err = internal(e);
-            status = err.status;
-            send(err.body());
-            send("[DONE]");
+            ({ status, tokens } = await produce(write));
           } finally {
             if (open) {
               open = false;
@@ -554,88 +494,172 @@ class ServerImpl implements Server {
         gen.ac.abort(new ClientGone());
       },
     });
-    return new Response(body, {
-      headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" },
+    return new Response(body, { headers: { "content-type": contentType, "cache-control": "no-cache" } });
+  }
+
+  /** The whole answer as one JSON object (a completion, or an error object when it failed). */
+  #whole(gen: Generation, done: (status: number, completionTokens: number) => void): Response {
+    return this.#respond(gen, done, "application/json", async (write) => {
+      try {
+        const ran = await this.#run(gen, (chunks) => new Answer(gen.started, chunks).whole());
+        if (!ran?.value) return this.#aborted(gen, write, ran?.tokens ?? 0);
+        write(JSON.stringify(ran.value));
+        return { status: 200, tokens: ran.tokens };
+      } catch (e) {
+        const err = internal(e);
+        write(JSON.stringify(err.body()));
+        return { status: err.status, tokens: 0 };
+      }
+    });
+  }
+
+  /** Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. */
+  #streamed(gen: Generation, done: (status: number, completionTokens: number) => void): Response {
+    return this.#respond(gen, done, "text/event-stream; charset=utf-8", async (write) => {
+      const send = (data: unknown) =>
+        write(`data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`);
+      try {
+        const ran = await this.#run(gen, async (chunks) => {
+          const answer = new Answer(gen.started, chunks);
+          for await (const c of answer.stream()) send(c);
+          return answer.finish;
+        });
+        if (!ran || ran.value === "abort") return this.#aborted(gen, send, ran?.tokens ?? 0);
+        send("[DONE]");
+        return { status: 200, tokens: ran.tokens };
+      } catch (e) {
+        const err = internal(e);
+        send(err.body());
+        send("[DONE]");
+        return { status: err.status, tokens: 0 };
+      }
     });
   }
 
   /**
-   * Waits for the engine, then runs the generation, handing each piece of text to `emit`. Returns
-   * why it ended (`"abort"`: the client left or the server closed, while waiting or running) and
-   * how many tokens it generated. The engine is released before this returns.
+   * The end of an answer whose generation was cancelled: nothing more when its client left (499), the
+   * error that stopped it otherwise (the server closing: 503).
    */
-  async #run(
+  #aborted(
     gen: Generation,
-    emit: (text: string) => void,
-    onStart?: () => void,
-  ): Promise<{ finish: FinishReason; tokens: number }> {
+    send: (data: string) => void,
+    tokens: number,
+  ): { status: number; tokens: number } {
+    const reason = gen.ac.signal.reason;
+    if (!(reason instanceof HttpError)) return { status: 499, tokens };
+    send(JSON.stringify(reason.body()));
+    return { status: reason.status, tokens };
+  }
+
+  /**
+   * Waits for the engine, then hands `consume` the generation's chunks, counted for the metrics.
+   * Returns what `consume` returned and the tokens generated, or undefined when the request was
+   * cancelled while waiting (the client left or the server closed: the engine was never asked). The
+   * engine is released before this returns.
+   */
+  async #run<T>(
+    gen: Generation,
+    consume: (chunks: AsyncIterable<GenerateChunk>) => Promise<T>,
+  ): Promise<{ value: T; tokens: number } | undefined> {
     let release: Release;
     try {
       release = await gen.turn;
     } catch {
-      return { finish: "abort", tokens: 0 }; // left while waiting: the engine was never asked
+      return undefined;
     }
     if (gen.ac.signal.aborted) {
       release();
-      return { finish: "abort", tokens: 0 };
+      return undefined;
     }
     const m = this.metrics;
     const started = performance.now();
     m.queueWait.observe((started - gen.arrived) / 1000);
-    let tokens = 0;
-    let firstTokens = 0;
-    let first = 0;
-    let last = 0;
-    let finish: FinishReason = "length";
-    try {
-      onStart?.();
-      for await (const c of gen.chunks) {
+    const t = { tokens: 0, firstTokens: 0, first: 0, last: 0 };
+    async function* counted(): AsyncGenerator<GenerateChunk> {
+      for await (const c of gen.started.chunks) {
         if (c.ids.length > 0) {
-          last = performance.now();
-          if (tokens === 0) {
-            first = last;
-            firstTokens = c.ids.length;
-            m.timeToFirstToken.observe((first - gen.arrived) / 1000);
+          t.last = performance.now();
+          if (t.tokens === 0) {
+            t.first = t.last;
+            t.firstTokens = c.ids.length;
+            m.timeToFirstToken.observe((t.first - gen.arrived) / 1000);
           }
-          tokens += c.ids.length;
+          t.tokens += c.ids.length;
         }
-        // breaking out returns the engine's generator, which settles its GPU work and frees the engine
-        if (gen.ac.signal.aborted) {
-          finish = "abort";
-          break;
-        }
-        if (c.text) emit(c.text);
-        if (c.finishReason) finish = c.finishReason;
+        yield c;
       }
+    }
+    try {
+      return { value: await consume(counted()), tokens: t.tokens };
     } finally {
       release();
-      m.promptTokens += gen.promptTokens;
-      m.completionTokens += tokens;
-      if (tokens > firstTokens) m.interTokenLatency.observe((last - first) / 1000 / (tokens - firstTokens));
+      m.promptTokens += gen.started.promptTokens;
+      m.completionTokens += t.tokens;
+      if (t.tokens > t.firstTokens) {
+        m.interTokenLatency.observe((t.last - t.first) / 1000 / (t.tokens - t.firstTokens));
+      }
     }
-    return { finish, tokens };
+  }
+}
+
+/** The server: {@link ApiHandler} on listeners of its own. */
+class ServerImpl implements Server {
+  readonly #api: ApiHandler;
+  readonly #listeners: Deno.HttpServer<Deno.NetAddr>[] = [];
+  #closing: Promise<void> | undefined;
+
+  constructor(api: ApiHandler) {
+    this.#api = api;
+  }
+
+  get handler(): ServeHandler {
+    return this.#api.handler;
+  }
+
+  get modelId(): string {
+    return this.#api.modelId;
+  }
+
+  get contextLength(): number {
+    return this.#api.contextLength;
+  }
+
+  get metrics(): Metrics {
+    return this.#api.metrics;
+  }
+
+  listen(options: ListenOptions = {}): Deno.HttpServer<Deno.NetAddr> {
+    if (this.#api.closing) throw unavailable();
+    const server = Deno.serve({
+      hostname: options.hostname ?? "127.0.0.1",
+      port: options.port ?? 8000,
+      onListen: options.onListen ?? (() => {}),
+      // a backstop: the handler answers its own failures
+      onError: (e) => internal(e).response(),
+    }, this.handler);
+    this.#listeners.push(server);
+    return server;
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.#api.close();
+      await Promise.all(this.#listeners.map((s) => s.shutdown()));
+    })();
+    return this.#closing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
 }
 
 /** A generation request between admission and its answer. */
 interface Generation {
-  job: Job;
-  chunks: AsyncGenerator<GenerateChunk>;
+  started: StartedJob;
   turn: Promise<Release>;
   ac: AbortController;
   arrived: number;
-  promptTokens: number;
-  id: string;
-  created: number;
-}
-
-function usageOf(prompt: number, completion: number): Usage {
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
-}
-
-/** The answer nobody may read: 499 when the client left, the close() error when the server stopped. */
-function abortedResponse(reason: unknown): Response {
-  return reason instanceof HttpError ? reason.response() : new Response(null, { status: 499 });
 }
 
 function budgetReport(s: EngineStats): BudgetReport {
@@ -671,7 +695,16 @@ async function readJson(request: Request, limit: number): Promise<unknown> {
   if (request.body) {
     const reader = request.body.getReader();
     for (;;) {
-      const { done, value } = await reader.read();
+      let read: ReadableStreamReadResult<Uint8Array>;
+      try {
+        read = await reader.read();
+      } catch (e) {
+        throw new HttpError(499, "The client closed the connection before sending the whole body", {
+          code: "client_closed_request",
+          cause: e,
+        });
+      }
+      const { done, value } = read;
       if (done) break;
       size += value.byteLength;
       if (size > limit) {

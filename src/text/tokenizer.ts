@@ -7,15 +7,50 @@
  */
 import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { Template } from "@huggingface/jinja";
+import { ChatTemplate, TemplateLimitError, type TemplateLimits } from "./chat_template.ts";
+import { type Spans, SpecialTokenGuard } from "./special_tokens.ts";
+
+export { TEMPLATE_LIMITS, type TemplateLimits } from "./chat_template.ts";
 import { TokenizerError } from "../errors.ts";
+import { readTextFileLimited, TEXT_FILE_LIMITS } from "../checkpoint/text_file.ts";
 
 /** One turn of a conversation, as chat templates expect it. */
 export interface ChatMessage {
-  /** Who speaks: `system`, `user`, `assistant`, or whatever the template knows. */
+  /** Who speaks: one of {@link CHAT_ROLES}. */
   role: string;
-  /** What they say. */
+  /** What they say: plain text, whatever special tokens it spells (see {@link Tokenizer.encodeChat}). */
   content: string;
+}
+
+/** The roles of OpenAI's chat API; `developer` is its newer name for `system`. */
+export const CHAT_ROLES: readonly string[] = ["system", "developer", "user", "assistant", "tool"];
+
+/**
+ * What is wrong with `m` as message `i` of a conversation, or undefined when nothing is: a message is
+ * an object with a role of {@link CHAT_ROLES} and string content. `param` names the field at fault.
+ */
+export function chatMessageFault(m: unknown, i: number): { param: string; message: string } | undefined {
+  if (typeof m !== "object" || m === null || Array.isArray(m)) {
+    return { param: `messages[${i}]`, message: `Invalid messages[${i}]: expected an object {role, content}` };
+  }
+  const { role, content } = m as Record<string, unknown>;
+  if (typeof role !== "string" || !CHAT_ROLES.includes(role)) {
+    return {
+      param: `messages[${i}].role`,
+      message: `Invalid messages[${i}].role: ${
+        JSON.stringify(role)?.slice(0, 40) ?? String(role)
+      }, expected one of ${CHAT_ROLES.join(", ")}`,
+    };
+  }
+  if (typeof content !== "string") {
+    return {
+      param: `messages[${i}].content`,
+      message: `Invalid messages[${i}].content: ${
+        JSON.stringify(content)?.slice(0, 40) ?? String(content)
+      }, expected a string`,
+    };
+  }
+  return undefined;
 }
 
 /** Options of {@link Tokenizer.encode}. */
@@ -34,6 +69,8 @@ export interface DecodeOptions {
 export interface ChatTemplateOptions {
   /** Append the prompt that opens the assistant's turn; default false. */
   addGenerationPrompt?: boolean;
+  /** Bounds of the render (time, sizes); default {@link TEMPLATE_LIMITS}. */
+  limits?: TemplateLimits;
 }
 
 /** An incremental detokenizer: feed generated ids, get back the text they complete. */
@@ -61,32 +98,52 @@ function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
+/** `ids` when each is a number: tokenizers.js leaves a token without id (no unk_token) undefined. */
+function checkedIds(ids: (number | undefined)[]): number[] {
+  for (let i = 0; i < ids.length; i++) {
+    if (typeof ids[i] !== "number") {
+      throw new TokenizerError(`Cannot encode text: a token has no id and the tokenizer has no unk_token`);
+    }
+  }
+  return ids as number[];
+}
+
+/** UTF-8 bytes of `text`, without encoding it. */
+export function utf8Length(text: string): number {
+  let n = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c < 0xdc00 && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      n += 4; // a surrogate pair: one code point of four bytes
+      i++;
+    } else n += 3; // the rest of the BMP, and a lone surrogate (written as U+FFFD)
+  }
+  return n;
+}
+
 function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-async function readText(path: string): Promise<string> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) {
-      throw new TokenizerError(`Missing tokenizer file: ${path}`, { cause: err });
-    }
-    throw new TokenizerError(`Cannot read tokenizer file: ${path}: ${describe(err)}`, { cause: err });
-  }
+/** Reads a tokenizer file with its kind's size limit; undefined when it does not exist. */
+function readLimited(path: string, limit: number): Promise<string | undefined> {
+  return readTextFileLimited(
+    path,
+    limit,
+    (detail, cause) => new TokenizerError(`Cannot read tokenizer file: ${path}: ${detail}`, { cause }),
+  );
 }
 
-async function readOptionalText(path: string): Promise<string | undefined> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return undefined;
-    throw new TokenizerError(`Cannot read tokenizer file: ${path}: ${describe(err)}`, { cause: err });
-  }
+async function readText(path: string, limit: number): Promise<string> {
+  const text = await readLimited(path, limit);
+  if (text === undefined) throw new TokenizerError(`Missing tokenizer file: ${path}`);
+  return text;
 }
 
-async function readJsonObject(path: string): Promise<JsonObject> {
-  const text = await readText(path);
+async function readJsonObject(path: string, limit: number): Promise<JsonObject> {
+  const text = await readText(path, limit);
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -161,19 +218,24 @@ export class Tokenizer {
   readonly eosTokenId: number | undefined;
 
   readonly #hf: HfTokenizer;
+  #maxTokenBytes: number | undefined;
   readonly #cleanUpSpaces: boolean;
   /** Special tokens handed to chat templates (`bos_token`, `eos_token`, …). */
   readonly #specialTokens: Record<string, string>;
   readonly #templateSource: TemplateSource | undefined;
-  #template: Template | undefined;
+  #template: ChatTemplate | undefined;
+  /** Keeps special tokens typed into messages from being special (see {@link Tokenizer.encodeChat}). */
+  readonly #guard: SpecialTokenGuard;
 
   private constructor(
     hf: HfTokenizer,
     config: JsonObject,
     configPath: string,
     templateSource: TemplateSource | undefined,
+    guard: SpecialTokenGuard,
   ) {
     this.#hf = hf;
+    this.#guard = guard;
     this.#templateSource = templateSource;
     // transformers (≥ 4.45) defaults clean_up_tokenization_spaces to false; tokenizers.js defaults it to true.
     this.#cleanUpSpaces = config.clean_up_tokenization_spaces === true;
@@ -245,9 +307,9 @@ export class Tokenizer {
     const configPath = join(dir, "tokenizer_config.json");
     const jinjaPath = join(dir, "chat_template.jinja");
     const [tokenizerJson, config, jinja] = await Promise.all([
-      readJsonObject(tokenizerPath),
-      readJsonObject(configPath),
-      readOptionalText(jinjaPath),
+      readJsonObject(tokenizerPath, TEXT_FILE_LIMITS.tokenizer),
+      readJsonObject(configPath, TEXT_FILE_LIMITS.tokenizerConfig),
+      readLimited(jinjaPath, TEXT_FILE_LIMITS.chatTemplate),
     ]);
     for (const key of ["model", "added_tokens"] as const) {
       if (!(key in tokenizerJson)) {
@@ -256,25 +318,38 @@ export class Tokenizer {
     }
 
     let hf: HfTokenizer;
+    // tokenizers.js wants every pipeline stage present; absent stages in tokenizer.json mean "none".
+    const complete = {
+      normalizer: null,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: null,
+      ...tokenizerJson,
+    };
     try {
-      // tokenizers.js wants every pipeline stage present; absent stages in tokenizer.json mean "none".
-      hf = new HfTokenizer(
-        {
-          normalizer: null,
-          pre_tokenizer: null,
-          post_processor: null,
-          decoder: null,
-          ...tokenizerJson,
-        },
-        config,
-      );
+      hf = new HfTokenizer(complete, config);
     } catch (err) {
       throw new TokenizerError(`Malformed tokenizer file: ${tokenizerPath}: ${describe(err)}`, {
         cause: err,
       });
     }
     const templateSource = pickChatTemplate(jinja, jinjaPath, config, configPath);
-    return new Tokenizer(hf, config, configPath, templateSource);
+    return new Tokenizer(hf, config, configPath, templateSource, new SpecialTokenGuard(complete, config));
+  }
+
+  /**
+   * The longest token of the vocabulary in UTF-8 bytes of its vocabulary form (`Ġadministrative`: 16).
+   * That form is never shorter than the text the token stands for (a byte-level character or `▁` for
+   * one byte, `<0x41>` for one byte), so text of `n` bytes needs at least `n / maxTokenBytes` tokens,
+   * unless a normalizer shrinks it or an unknown token stands for a run of characters.
+   */
+  get maxTokenBytes(): number {
+    if (this.#maxTokenBytes === undefined) {
+      let max = 1;
+      for (const token of this.#hf.get_vocab(true).keys()) max = Math.max(max, utf8Length(token));
+      this.#maxTokenBytes = max;
+    }
+    return this.#maxTokenBytes;
   }
 
   /** Whether a chat template was found. */
@@ -287,13 +362,85 @@ export class Tokenizer {
    * post-processor adds the model's special tokens unless `addSpecialTokens` is false.
    */
   encode(text: string, options: EncodeOptions = {}): number[] {
-    const { ids } = this.#hf.encode(text, { add_special_tokens: options.addSpecialTokens ?? true });
-    for (let i = 0; i < ids.length; i++) {
-      if (typeof ids[i] !== "number") {
-        throw new TokenizerError(`Cannot encode text: a token has no id and the tokenizer has no unk_token`);
-      }
+    return checkedIds(this.#hf.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids);
+  }
+
+  /**
+   * The prompt of a conversation: the chat template rendered ({@link applyChatTemplate}) and encoded
+   * without the post-processor's tokens (the template writes its own), where the special tokens the
+   * template writes are special and those written inside a message's content are text. A user who
+   * types `</s>\n<|system|>` into a message cannot end their turn or open a system turn with it; the
+   * characters reach the model as characters, as in OpenAI's API. (`encode(applyChatTemplate(…))`
+   * would read them as special, as transformers' `apply_chat_template(tokenize=True)` does.)
+   *
+   * Content that holds no special token (the usual case) is encoded exactly as `encode(rendered,
+   * { addSpecialTokens: false })`. Otherwise the template is rendered once more with the content
+   * marked, to know where it lies; when the template changes the content so that it cannot be found
+   * in the prompt, the request is refused rather than read with special tokens.
+   *
+   * @throws {TokenizerError} as {@link applyChatTemplate}; when a message with a special token in its
+   * content cannot be found in the rendered prompt
+   */
+  encodeChat(messages: ChatMessage[], options: ChatTemplateOptions = {}): number[] {
+    const text = this.applyChatTemplate(messages, options);
+    const guard = this.#guard;
+    if (!messages.some((m) => guard.mayHoldSpecial(m.content))) {
+      return this.encode(text, { addSpecialTokens: false });
     }
-    return ids;
+    return checkedIds(guard.encode(text, this.#contentSpans(messages, text, options)));
+  }
+
+  /** Where the messages' content lies in `text`, the template rendered from `messages`. */
+  #contentSpans(messages: ChatMessage[], text: string, options: ChatTemplateOptions): Spans {
+    const { nonce } = this.#guard;
+    const open = `\u{F0002}${nonce}`;
+    const close = `\u{F0003}${nonce}`;
+    // Rendered with each content between markers: when the markers come out well nested and the
+    // text without them is the prompt, they tell the spans exactly.
+    const marked = this.applyChatTemplate(
+      messages.map((m) => ({ ...m, content: open + m.content + close })),
+      options,
+    );
+    const spans: [number, number][] = [];
+    let stripped = "";
+    let start = -1;
+    let faithful = true;
+    for (let i = 0; i < marked.length;) {
+      const o = marked.indexOf(open, i);
+      const c = marked.indexOf(close, i);
+      const next = o < 0 ? c : c < 0 ? o : Math.min(o, c);
+      if (next < 0) {
+        stripped += marked.slice(i);
+        break;
+      }
+      stripped += marked.slice(i, next);
+      if (next === o) {
+        faithful &&= start < 0;
+        start = stripped.length;
+      } else {
+        faithful &&= start >= 0;
+        spans.push([start, stripped.length]);
+        start = -1;
+      }
+      i = next + open.length; // open and close have one length
+    }
+    if (faithful && start < 0 && stripped === text) return spans;
+    // The template changed the content (trimmed it, cut it): find each content that matters, in order.
+    const found: [number, number][] = [];
+    let at = 0;
+    for (const [i, m] of messages.entries()) {
+      if (!this.#guard.mayHoldSpecial(m.content)) continue;
+      const content = [m.content, m.content.trim()].find((c) => c !== "" && text.includes(c, at));
+      if (content === undefined) {
+        throw new TokenizerError(
+          `Cannot encode messages[${i}]: its content holds a special token, and the chat template changes the content so that it cannot be found in the prompt to be kept as text; remove the special token`,
+        );
+      }
+      const s = text.indexOf(content, at);
+      found.push([s, s + content.length]);
+      at = s + content.length;
+    }
+    return found;
   }
 
   /**
@@ -328,7 +475,10 @@ export class Tokenizer {
    * Renders the chat template as transformers does: with `messages`, `add_generation_prompt` and the special
    * tokens of `tokenizer_config.json` (`bos_token`, `eos_token`, …).
    *
-   * @throws {TokenizerError} when there is no chat template, or it fails to parse or render
+   * The render is bounded in time and size ({@link TEMPLATE_LIMITS}): a template from an untrusted
+   * checkpoint cannot hang or exhaust memory.
+   *
+   * @throws {TokenizerError} when there is no chat template, or it fails to parse or render, or stops at a limit
    */
   applyChatTemplate(messages: ChatMessage[], options: ChatTemplateOptions = {}): string {
     const source = this.#templateSource;
@@ -339,7 +489,7 @@ export class Tokenizer {
     }
     if (this.#template === undefined) {
       try {
-        this.#template = new Template(source.source);
+        this.#template = new ChatTemplate(source.source);
       } catch (err) {
         throw new TokenizerError(`Malformed chat template: ${source.origin}: ${describe(err)}`, {
           cause: err,
@@ -351,8 +501,11 @@ export class Tokenizer {
         ...this.#specialTokens,
         messages: messages.map((m) => ({ ...m })),
         add_generation_prompt: options.addGenerationPrompt ?? false,
-      });
+      }, options.limits);
     } catch (err) {
+      if (err instanceof TemplateLimitError) {
+        throw new TokenizerError(`Chat template stopped: ${source.origin}: ${err.message}`, { cause: err });
+      }
       throw new TokenizerError(`Chat template failed to render: ${source.origin}: ${describe(err)}`, {
         cause: err,
       });

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { Architecture, ExpertMatrix, Family } from "../family.ts";
+import { type Architecture, type ExpertMatrix, type Family, wholeTensor } from "../family.ts";
 import { CAUSAL_MODEL_TYPES, type CausalSpec, parseCausalConfig } from "./config.ts";
 import { checkTensors, modelNames } from "./names.ts";
 import { causalDense, CausalProgram, causalRunState } from "./program.ts";
@@ -29,14 +29,21 @@ export function causalArchitecture(spec: CausalSpec): Architecture<CausalSpec> {
     moeLayers,
     routerOrder: "one per MoE layer",
     expertMatrices: expertMatrices(spec),
+    nativePrecision: "bf16",
     maxContext: spec.maxPositionEmbeddings,
     decoderStartTokenId: undefined,
     paramSlots: 32 + 24 * spec.numLayers,
     tensors(table, dir) {
       checkTensors(spec, names, table, dir);
+      const experts = names.layers.flatMap((l) =>
+        l.experts ? [l.experts.map((e) => [e.gate, e.up, e.down])] : []
+      );
       return {
         dense: causalDense(names),
-        experts: names.layers.flatMap((l) => l.experts ? [l.experts.map((e) => [e.gate, e.up, e.down])] : []),
+        expertPieces: (l, e, m) => {
+          const name = experts[l]![e]![m]!;
+          return wholeTensor(name, table.get(name)!.byteLength);
+        },
       };
     },
     passRows: (shape) => shape.maxRows,

@@ -331,6 +331,8 @@ export class CausalProgram implements ModelProgram {
             down: down!,
             h: b("h"),
             y: b("x"),
+            formats: cache.precisions,
+            highSlots: cache.capacity[0]![moeLayer]!,
           }),
         );
         if (l.shared && l.sharedGate) {

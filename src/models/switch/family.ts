@@ -6,7 +6,7 @@
  * @module
  */
 import { OptionError } from "../../errors.ts";
-import type { Architecture, ExpertMatrix, Family } from "../family.ts";
+import { type Architecture, type ExpertMatrix, type Family, wholeTensor } from "../family.ts";
 import { parseSwitchConfig, SWITCH_MODEL_TYPE, switchSparseLayers, type SwitchSpec } from "./config.ts";
 import { checkSwitchTensors, switchExperts, type SwitchNames, switchNames } from "./names.ts";
 import { switchDense, switchPassRows, SwitchProgram, switchRunState } from "./program.ts";
@@ -30,6 +30,7 @@ export function switchArchitecture(spec: SwitchSpec): Architecture<SwitchSpec> {
     moeLayers,
     routerOrder: "one per MoE layer: encoder routers, then decoder routers",
     expertMatrices: expertMatrices(spec),
+    nativePrecision: "bf16",
     maxContext: undefined,
     decoderStartTokenId: spec.decoderStartTokenId,
     paramSlots: 32 + 24 * blocks,
@@ -38,9 +39,13 @@ export function switchArchitecture(spec: SwitchSpec): Architecture<SwitchSpec> {
       const n = switchNames(spec, (t) => table.has(t));
       checkSwitchTensors(spec, n, table, dir);
       names = n;
+      const experts = switchExperts(n).map((l) => l.map((e) => [e.wi, e.wo]));
       return {
         dense: switchDense(n),
-        experts: switchExperts(n).map((l) => l.map((e) => [e.wi, e.wo])),
+        expertPieces: (l, e, m) => {
+          const name = experts[l]![e]![m]!;
+          return wholeTensor(name, table.get(name)!.byteLength);
+        },
       };
     },
     passRows: (shape) => switchPassRows(shape),

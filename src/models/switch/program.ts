@@ -360,6 +360,8 @@ export class SwitchProgram implements ModelProgram {
               down: wo!,
               h: b("h"),
               y: b("x"),
+              formats: cache.precisions,
+              highSlots: cache.capacity[0]![moeLayer]!,
             }),
           );
         } else if (blk.mlp) {

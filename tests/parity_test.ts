@@ -15,7 +15,9 @@ interface Reference {
 }
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
-const MODELS = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe"];
+// tiny-gpt-oss: experts in MXFP4 as published, read and kept in MXFP4 (its references come from
+// transformers on the dequantized weights, which are exact in bf16)
+const MODELS = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe", "tiny-gpt-oss"];
 
 async function greedy(
   engine: Awaited<ReturnType<typeof createEngine>>,

@@ -9,17 +9,20 @@ import { ConfigError } from "../errors.ts";
 import type { Architecture, Family } from "./family.ts";
 import { causalFamily } from "./causal/family.ts";
 import { switchFamily } from "./switch/family.ts";
+import { gptOssFamily } from "./gpt_oss/family.ts";
 import type { CausalSpec } from "./causal/config.ts";
 import type { SwitchSpec } from "./switch/config.ts";
+import type { GptOssSpec } from "./gpt_oss/config.ts";
 
 /** Every family, one line each. */
 export const FAMILIES = [
   causalFamily,
   switchFamily,
+  gptOssFamily,
 ] as const;
 
 /** The constants of a model of any family: a union over {@link FAMILIES}, told apart by `modelType`. */
-export type ModelSpec = CausalSpec | SwitchSpec;
+export type ModelSpec = CausalSpec | SwitchSpec | GptOssSpec;
 
 // Written out for the documentation (a type derived from FAMILIES is private to it); a family added
 // to FAMILIES without its spec above stops the build here.

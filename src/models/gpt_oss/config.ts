@@ -49,7 +49,10 @@ export interface GptOssSpec extends SpecBase {
   readonly attentionBias: boolean;
   /** Clamp of the experts' SwiGLU: gate ≤ limit, −limit ≤ up ≤ limit (`swiglu_limit`). */
   readonly swigluLimit: number;
-  /** Sigmoid gain of the experts' SwiGLU (`swiglu_alpha`). */
+  /**
+   * Sigmoid gain of the experts' SwiGLU: 1.702, a constant of transformers' GptOssExperts, which no
+   * config field sets (a `swiglu_alpha` in config.json is ignored there, and here).
+   */
   readonly swigluAlpha: number;
   /** How the routed experts are stored (`quantization_config.quant_method`). */
   readonly quantization: "mxfp4";
@@ -66,6 +69,9 @@ const DEFAULT_ROPE: Json = {
   truncate: false,
   original_max_position_embeddings: 4096,
 };
+
+/** The experts' sigmoid gain, fixed in transformers' GptOssExperts. */
+const SWIGLU_ALPHA = 1.702;
 
 /** The rope types this engine computes (transformers' ROPE_INIT_FUNCTIONS has more). */
 const ROPE_TYPES = ["yarn", "default"];
@@ -293,7 +299,8 @@ export function parseGptOssConfig(json: unknown, file = "config.json"): GptOssSp
     slidingWindow,
     attentionBias: bool("attention_bias", true),
     swigluLimit: num("swiglu_limit", 7.0),
-    swigluAlpha: num("swiglu_alpha", 1.702),
+    // torch: self.alpha = 1.702; self.limit = config.swiglu_limit (GptOssExperts)
+    swigluAlpha: SWIGLU_ALPHA,
     quantization: "mxfp4",
     tieWordEmbeddings: bool("tie_word_embeddings", false),
     bosTokenId: optionalId("bos_token_id"),

@@ -103,6 +103,16 @@ Deno.test("parseGptOssConfig: transformers 5's rope_parameters (θ inside) reads
   assert.deepEqual(parseGptOssConfig(v5), published);
 });
 
+Deno.test("parseGptOssConfig: the experts' alpha is transformers' constant 1.702, swiglu_limit is read", () => {
+  // torch (GptOssExperts): self.alpha = 1.702; self.limit = config.swiglu_limit
+  const spec = parseGptOssConfig(edited((c) => {
+    c.swiglu_alpha = 3;
+    c.swiglu_limit = 5.5;
+  }, GPT_OSS_20B_CONFIG));
+  assert.equal(spec.swigluAlpha, 1.702);
+  assert.equal(spec.swigluLimit, 5.5);
+});
+
 Deno.test("parseGptOssConfig: transformers 5.17's defaults", () => {
   const bare = edited((c) => {
     for (const k of ["rope_scaling", "rope_theta", "layer_types", "swiglu_limit", "attention_bias"]) {

@@ -12,7 +12,8 @@
  */
 import type { TensorInfo } from "../../checkpoint/safetensors.ts";
 import { CheckpointError } from "../../errors.ts";
-import { checkTensorShapes } from "../family.ts";
+import { checkTensorShapes, type TensorPiece } from "../family.ts";
+import { matrixLayout } from "../../quant/formats.ts";
 import type { GptOssSpec } from "./config.ts";
 
 /** Values per MXFP4 block: one e8m0 scale for 32 e2m1 values, 16 bytes. */
@@ -281,4 +282,36 @@ export function expertRanges(spec: GptOssSpec, names: GptOssNames, layer: number
 export function storedExpertBytes(spec: GptOssSpec): number {
   const { hiddenSize: D, intermediateSize: I } = spec;
   return (2 * I * D) / 2 + (2 * I * D) / MXFP4_BLOCK + 4 * I + (D * I) / 2 + (D * I) / MXFP4_BLOCK + 2 * D;
+}
+
+/**
+ * Matrix `m` of expert `e` of decoder layer `layer` (0: gate_up [2I, D], 1: down [D, I], family.ts'
+ * `expertMatrices` order) as pieces of the fused tensors, placed in the mxfp4 layout with a bias
+ * (src/quant/formats.ts `matrixLayout("mxfp4", rows, cols, true)`): the blocks are the codes (two e2m1
+ * per byte, the even element low, as the kernels read them), then the scales one byte per 32, then the
+ * bf16 bias of each row. The slot copy is the stored bytes, nothing converted.
+ */
+export function expertPieces(
+  spec: GptOssSpec,
+  names: GptOssNames,
+  layer: number,
+  e: number,
+  m: number,
+): TensorPiece[] {
+  const { hiddenSize: D, intermediateSize: I } = spec;
+  const r = expertRanges(spec, names, layer, e);
+  const [blocks, scales, bias, rows, cols] = m === 0
+    ? [r.gateUpBlocks, r.gateUpScales, r.gateUpBias, 2 * I, D]
+    : m === 1
+    ? [r.downBlocks, r.downScales, r.downBias, D, I]
+    : [];
+  if (!blocks || !scales || !bias || !rows || !cols) throw new RangeError(`No expert matrix ${m}`);
+  const layout = matrixLayout("mxfp4", rows, cols, true);
+  const piece = (range: ByteRange, at: number): TensorPiece => ({
+    tensor: range.tensor,
+    offset: range.byteOffset,
+    bytes: range.byteLength,
+    at,
+  });
+  return [piece(blocks, 0), piece(scales, layout.scalesAt), piece(bias, layout.biasAt)];
 }

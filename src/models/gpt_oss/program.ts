@@ -3,18 +3,15 @@
  * weights, and the dispatches of one pass, recorded once and replayed for every call. The pass reads as
  * transformers' GptOssForCausalLM: embed → per layer (input norm → q, k, v with biases → YaRN rotary →
  * attention with sinks over the layer's window → o with bias → post-attention norm → router with bias →
- * top-k → the routed experts) → final norm → lm_head.
- *
- * PHASE 2 GAP: the routed experts' dispatches come from a {@link RoutedExperts} function; the default,
- * {@link routedExpertsPhase2}, throws until the MXFP4 expert storage and kernels exist. Everything else
- * here is real.
+ * top-k → the routed experts, kept in MXFP4 in the expert slots, with their clamped SwiGLU and biases)
+ * → final norm → lm_head.
  *
  * Axes: T = rows in a call (≤ maxRows), D = hidden, H / Hkv = query / key-value heads, hd = head width,
  * E = experts, K = experts per token, I = expert width, V = vocabulary, ctx = context length.
  *
  * @module
  */
-import type { Dispatch, KernelContext } from "../../gpu/dispatch.ts";
+import type { Dispatch } from "../../gpu/dispatch.ts";
 import type { Allocation } from "../../gpu/memory.ts";
 import {
   attention,
@@ -24,6 +21,7 @@ import {
   yarnRopeTable,
 } from "../../kernels/attention.ts";
 import { embed } from "../../kernels/embed.ts";
+import { experts } from "../../kernels/experts.ts";
 import { matmul } from "../../kernels/matmul.ts";
 import { rmsNorm } from "../../kernels/norm.ts";
 import { router, routerStats } from "../../kernels/router.ts";
@@ -42,38 +40,6 @@ import {
 } from "../family.ts";
 import type { GptOssSpec } from "./config.ts";
 import type { GptOssNames } from "./names.ts";
-
-/** What the routed experts of one layer read and write. */
-export interface RoutedExpertsInit {
-  label: string;
-  /** The decoder layer, which is also its MoE layer (every gpt-oss layer has experts). */
-  layer: number;
-  spec: GptOssSpec;
-  names: GptOssNames;
-  /** The expert slots and the slot table ([layers, E] i32: slot or −1). */
-  cache: ExpertCache;
-  /** [T, K] u32 and [T, K] f32: the chosen experts and their weights (softmax over the K logits). */
-  topkIds: GPUBuffer;
-  topkW: GPUBuffer;
-  /** [T, D] f32: the post-attention-normed hidden state, the experts' input. */
-  x: GPUBuffer;
-  /** [T·K, I] f32 scratch: one activated row per (token, choice). */
-  h: GPUBuffer;
-  /** [T, D] f32: the residual stream, which y = Σₖ wₖ · expertₖ(x) is added into. */
-  y: GPUBuffer;
-}
-
-/** Records one layer's routed experts. */
-export type RoutedExperts = (ctx: KernelContext, o: RoutedExpertsInit) => Promise<Dispatch[]>;
-
-/**
- * PHASE 2 GAP, filled by the lead with the MXFP4 expert storage: for each row t and choice k,
- * y[t] += topk_w[t, k] · (W_down · act(W_gateUp · x[t] + b_gateUp) + b_down) of expert topk_ids[t, k]
- * (see reference.ts `expertForward` for the exact math and names.ts `expertRanges` for the bytes).
- */
-export function routedExpertsPhase2(): Promise<Dispatch[]> {
-  throw new Error("gpt-oss experts: phase 2");
-}
 
 /**
  * Every run-state buffer for `shape`: the one list that the footprint counts and the engine allocates.
@@ -132,7 +98,7 @@ export function gptOssRunState(spec: GptOssSpec, shape: RunShape): Allocation[] 
 /**
  * The dense weights, each buffer once: the tensors as stored, except q, k and v (and their biases),
  * whose rows are concatenated into one buffer per layer so that one GEMV computes all three. The
- * experts' biases are not here: they belong to the experts (phase 2).
+ * experts' biases are not here: they travel with the experts, in each copy (family.ts).
  */
 export function gptOssDense(names: GptOssNames): DenseWeight[] {
   const single = new Set<string>();
@@ -157,16 +123,14 @@ export class GptOssProgram implements ModelProgram {
   readonly shape: RunShape;
   readonly io: ProgramIo;
   readonly #init: BuildInit;
-  readonly #experts: RoutedExperts;
   decoder: Pass = { pre: [], layers: [], post: [] };
   sample!: Dispatch;
 
-  private constructor(spec: GptOssSpec, names: GptOssNames, init: BuildInit, experts: RoutedExperts) {
+  private constructor(spec: GptOssSpec, names: GptOssNames, init: BuildInit) {
     this.spec = spec;
     this.names = names;
     this.shape = init.shape;
     this.#init = init;
-    this.#experts = experts;
     const b = (n: string) => bufferNamed(init.state, n);
     this.io = {
       ids: b("ids"),
@@ -178,14 +142,9 @@ export class GptOssProgram implements ModelProgram {
     };
   }
 
-  /** Fills the rotary table and records every dispatch; `experts` records each layer's routed experts. */
-  static async build(
-    spec: GptOssSpec,
-    names: GptOssNames,
-    init: BuildInit,
-    experts: RoutedExperts = routedExpertsPhase2,
-  ): Promise<GptOssProgram> {
-    const program = new GptOssProgram(spec, names, init, experts);
+  /** Fills the rotary table and records every dispatch. */
+  static async build(spec: GptOssSpec, names: GptOssNames, init: BuildInit): Promise<GptOssProgram> {
+    const program = new GptOssProgram(spec, names, init);
     const ctx = init.shape.contextLength;
     init.ctx.device.queue.writeBuffer(
       bufferNamed(init.state, "rope"),
@@ -319,17 +278,25 @@ export class GptOssProgram implements ModelProgram {
         }),
       ];
       // torch: routed_out = self.experts(hidden_states, router_indices, routing_weights); residual + routed_out
-      const routed = await this.#experts(ctx, {
+      const [gateUp, down] = cache.buffers(i); // slot buffers in expertMatrices order (family.ts)
+      const routed = await experts(ctx, {
         label: `${p}.experts`,
         layer: i,
-        spec,
-        names,
-        cache,
+        dim: D,
+        inter: spec.intermediateSize,
+        topK: K,
+        experts: E,
         topkIds: b("topk_ids"),
         topkW: b("topk_w"),
+        slots: cache.tableBuffer.buffer,
         x: b("xn"),
+        gate: gateUp!,
+        down: down!,
         h: b("h"),
         y: b("x"),
+        formats: cache.precisions,
+        highSlots: cache.capacity[0]![i]!,
+        clampedSwiglu: { limit: spec.swigluLimit, alpha: spec.swigluAlpha },
       });
       layers.push({ beforeExperts: before, experts: routed, afterExperts: [], moeLayer: i });
     }

@@ -1,18 +1,17 @@
 /**
- * The gpt-oss program on a real WebGPU device (lavapipe in CI), everything but the routed experts
- * (phase 2): the program is built with experts that add nothing, and compared with the CPU reference
- * run without experts — embedding, norms, q/k/v and o with biases, YaRN, sinks, sliding and full
- * layers across prefill chunks and decode steps, the router with its bias, full and masked, the head.
- * The CPU reference itself matches transformers on the fixture with its experts (reference_test.ts).
+ * The gpt-oss program on a real WebGPU device (lavapipe in CI) against the CPU reference (reference.ts,
+ * which matches transformers on the fixture: reference_test.ts): embedding, norms, q/k/v and o with
+ * biases, YaRN, sinks, sliding and full layers across prefill chunks and decode steps, the router with
+ * its bias, full and masked, the routed experts read in MXFP4 from their slots with their clamped
+ * SwiGLU and biases, and the head. The fixture's biases are zero and its norms one, so the same runs on
+ * a copy with random biases, norm weights and sinks.
  */
 import assert from "node:assert/strict";
 import { Checkpoint } from "../../checkpoint/shards.ts";
 import { type CallShape, encode } from "../../gpu/dispatch.ts";
 import { packStep } from "../../kernels/step.ts";
-import { BudgetPlan } from "../../moe/budget.ts";
 import { type GpuModel, loadGpuModel } from "../../runtime/gpu_model.ts";
-import { engineLayout, footprintOf } from "../../runtime/layout.ts";
-import type { ModelPlan } from "../../runtime/model_plan.ts";
+import { planModel } from "../../runtime/model_plan.ts";
 import {
   assertLogitsClose,
   copyFixture,
@@ -21,43 +20,45 @@ import {
   FIXTURES,
   readSafetensors,
 } from "../../../tests/support/hostile.ts";
-import { type Architecture, passDispatches, type RunShape } from "../family.ts";
+import { passDispatches } from "../family.ts";
 import { type GptOssSpec, parseGptOssConfig } from "./config.ts";
-import { gptOssArchitecture, gptOssFamily } from "./family.ts";
 import { gptOssNames } from "./names.ts";
 import { CpuGptOss } from "./reference.ts";
 
 const FIXTURE = `${FIXTURES}tiny-gpt-oss`;
 // 16 rows per pass: the 27-token prompt takes two chunks, the second starting past the window (6)
-const SHAPE: RunShape = { maxRows: 16, contextLength: 64, maxGenerated: 64 };
+const SHAPE = { maxBatchTokens: 16, contextLength: 64 };
 
 interface Reference {
   masked_routing: { allowed: number[][] };
   prompts: { ids: number[] }[];
 }
 
-/** A checkpoint planned by hand (the family is not registered yet) and loaded on the GPU. */
-async function load(
-  ckpt: Checkpoint,
-  arch: Architecture<GptOssSpec>,
-  o: { masked: boolean; slots: number[] },
-): Promise<GpuModel> {
-  const tensors = arch.tensors(ckpt.tensors, ckpt.dir);
-  const layout = engineLayout(arch, tensors, ckpt.tensors, SHAPE);
-  const plan = new BudgetPlan(footprintOf(arch, layout, SHAPE), "full", undefined, { planner: "uniform" });
-  // ModelPlan's spec is the registered families' union, which gpt-oss joins in phase 2
-  const planned: ModelPlan = {
-    modelDir: ckpt.dir,
-    family: gptOssFamily as unknown as ModelPlan["family"],
-    arch: arch as unknown as ModelPlan["arch"],
-    ckpt,
-    tensors,
-    shape: SHAPE,
-    layout,
-    plan,
-    staticSets: undefined,
-  };
-  return await loadGpuModel(planned, { budget: Infinity, slots: o.slots, masked: o.masked, options: {} });
+/**
+ * The checkpoint in `dir` planned as the engine plans it and loaded on the GPU with its experts: every
+ * one (full), or the `allowed` ones (static, masked routing).
+ */
+async function load(dir: string, allowed?: number[][]): Promise<GpuModel> {
+  const planned = await planModel(
+    allowed ? { model: dir, ...SHAPE, policy: "static", residentExperts: allowed } : { model: dir, ...SHAPE },
+  );
+  try {
+    const budget = planned.plan.resolve(undefined);
+    const m = await loadGpuModel(planned, {
+      budget,
+      slots: planned.plan.slots(budget),
+      masked: allowed !== undefined,
+      options: {},
+    });
+    const E = planned.arch.spec.numExperts;
+    for (let l = 0; l < planned.arch.moeLayers; l++) {
+      for (const e of allowed?.[l] ?? Array.from({ length: E }, (_, i) => i)) m.cache.load(l, e, 0);
+    }
+    m.cache.flush();
+    return m;
+  } finally {
+    planned.ckpt.close();
+  }
 }
 
 /** Runs the decoder pass over `ids` at `pos0` (one chunk) and reads back its logits rows and the last layer's choices. */
@@ -121,33 +122,23 @@ const rows = (l: Float32Array, V: number, from: number, to: number) => l.slice(f
 /** The last layer's choices of rows `from` … `to` − 1, flattened. */
 const choices = (topk: number[][][], from: number, to: number) => topk.at(-1)!.slice(from, to).flat();
 
-/** Everything but the experts on the GPU against the CPU reference without experts, full and masked. */
-async function compareWithoutExperts(dir: string): Promise<void> {
+/** The whole model on the GPU against the CPU reference, full and masked. */
+async function compare(dir: string): Promise<void> {
   const spec = parseGptOssConfig(JSON.parse(Deno.readTextFileSync(`${dir}/config.json`)));
   const ref: Reference = JSON.parse(Deno.readTextFileSync(`${dir}/reference.json`));
   using ckpt = Checkpoint.open(dir);
   const cpu = new CpuGptOss(spec, gptOssNames(spec), (n) => ckpt.bytes(n), SHAPE.contextLength);
   const V = spec.vocabSize;
-  const noExperts = () => Promise.resolve([]);
   for (const masked of [false, true]) {
-    const allowed = ref.masked_routing.allowed;
-    const m = await load(ckpt, gptOssArchitecture(spec, noExperts), {
-      masked,
-      slots: masked ? allowed.map((a) => a.length) : [1, 1],
-    });
+    const allowed = masked ? ref.masked_routing.allowed : undefined;
+    const m = await load(dir, allowed);
     try {
-      // masked routing: the allowed experts are the resident ones (no bytes needed without experts)
-      if (masked) {
-        allowed.forEach((set, l) => set.forEach((e, slot) => m.cache.slots.assign(l, e, slot)));
-        m.gpu.device.queue.writeBuffer(m.cache.tableBuffer.buffer, 0, m.cache.slots.table);
-      }
-      const options = { noExperts: true, allowed: masked ? allowed : undefined };
       const prompt = ref.prompts[1]!.ids; // 27 tokens
       const extra = [7, 300, 42];
-      const want = cpu.forward([...prompt, ...extra], options);
+      const want = cpu.forward([...prompt, ...extra], { allowed });
       const what = masked ? "masked" : "full";
-      for (let start = 0; start < prompt.length; start += SHAPE.maxRows) {
-        const end = Math.min(prompt.length, start + SHAPE.maxRows);
+      for (let start = 0; start < prompt.length; start += SHAPE.maxBatchTokens) {
+        const end = Math.min(prompt.length, start + SHAPE.maxBatchTokens);
         const got = await run(m, spec, prompt.slice(start, end), start);
         assertLogitsClose(
           got.logits,
@@ -173,24 +164,15 @@ async function compareWithoutExperts(dir: string): Promise<void> {
   }
 }
 
-Deno.test("gpt-oss program: everything but the experts equals the CPU reference, prefill in chunks and decode", async () => {
-  await compareWithoutExperts(FIXTURE);
+Deno.test("gpt-oss program: the whole model with its MXFP4 experts equals the CPU reference, prefill in chunks and decode", async () => {
+  await compare(FIXTURE);
 });
 
-Deno.test("gpt-oss program: with random biases, norm weights and sinks (the fixture's are 0, 1 and small)", async () => {
+Deno.test("gpt-oss program: with random biases (experts' too), norm weights and sinks (the fixture's are 0, 1 and small)", async () => {
   const dir = await withRandomBiases();
   try {
-    await compareWithoutExperts(dir);
+    await compare(dir);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
-});
-
-Deno.test("gpt-oss program: the routed experts are a marked gap until phase 2", async () => {
-  const spec = parseGptOssConfig(JSON.parse(Deno.readTextFileSync(`${FIXTURE}/config.json`)));
-  using ckpt = Checkpoint.open(FIXTURE);
-  await assert.rejects(
-    () => load(ckpt, gptOssArchitecture(spec), { masked: false, slots: [1, 1] }),
-    (e: Error) => e.message === "gpt-oss experts: phase 2",
-  );
 });

@@ -65,7 +65,7 @@ export function bf16ToF32(bytes: Uint8Array): Float32Array {
   return out;
 }
 
-/** The clamped SwiGLU's settings (`swiglu_limit`, `swiglu_alpha`). */
+/** The clamped SwiGLU's settings (`swiglu_limit`, and transformers' constant alpha 1.702). */
 export interface SwigluOptions {
   readonly limit: number;
   readonly alpha: number;
@@ -158,8 +158,6 @@ export interface CpuForward {
 export interface CpuForwardOptions {
   /** Masked routing: per layer, the experts that may be chosen (the others' logits are −∞). */
   readonly allowed?: readonly (readonly number[])[];
-  /** Leave the routed experts out (their output 0), to test everything else on its own. */
-  readonly noExperts?: boolean;
 }
 
 /** y [T, out] = x [T, in] · Wᵀ (+ b), W [out, in]. */
@@ -300,7 +298,6 @@ export class CpuGptOss {
         //        router_top_value = torch.nn.functional.softmax(router_top_value, dim=1)
         const idx = row.map((_, e) => e).sort((a, b) => row[b]! - row[a]! || a - b).slice(0, K);
         chosen.push(idx);
-        if (options.noExperts) continue;
         const m = row[idx[0]!]!;
         const p = idx.map((e) => Math.exp(row[e]! - m));
         const z = p.reduce((a, b) => a + b, 0);

@@ -1,6 +1,7 @@
 /**
  * gpt-oss test data: openai/gpt-oss-20b's `config.json` as published on the Hugging Face hub, for config
- * tests and the `gpt-oss-20b` preset of bench/synth.ts.
+ * tests and the `gpt-oss-20b` preset of bench/synth.ts; a chat template in the shape of its harmony
+ * template, for chat tests.
  *
  * @module
  */
@@ -57,3 +58,33 @@ export const GPT_OSS_20B_CONFIG: Readonly<Json> = {
   use_cache: true,
   vocab_size: 201088,
 };
+
+/**
+ * A template in the shape of gpt-oss's harmony template (chat_template.jinja of openai/gpt-oss-20b),
+ * using each Jinja feature the published one uses; its markers are `<|start|>`, `<|message|>`, `<|end|>`,
+ * `<|channel|>` and `<|return|>`.
+ */
+export const HARMONY_LIKE = `{#- harmony-shaped: system block, developer instructions, final channel #}
+{%- macro system_block() -%}
+  {%- if reasoning_effort is not defined %}{%- set reasoning_effort = "medium" %}{%- endif %}
+  {{- "Current date: " + strftime_now("%Y-%m-%d") + "\\n\\nReasoning: " + reasoning_effort }}
+{%- endmacro -%}
+{{- "<|start|>system<|message|>" + system_block() + "<|end|>" }}
+{%- if messages[0].role == "system" %}
+  {%- set loop_messages = messages[1:] %}
+  {{- "<|start|>developer<|message|># Instructions\\n\\n" + messages[0].content + "<|end|>" }}
+{%- else %}{%- set loop_messages = messages %}{%- endif %}
+{%- set last = namespace(role=none) %}
+{%- for m in loop_messages -%}
+  {%- if m.role == "assistant" -%}
+    {%- if "<|channel|>" in m.content %}{{- raise_exception("Pass channels in thinking, not content") }}{%- endif %}
+    {{- "<|start|>assistant<|channel|>final<|message|>" + m.content }}
+    {{- "<|return|>" if loop.last and not add_generation_prompt else "<|end|>" }}
+  {%- elif m.role == "tool" -%}
+    {{- "<|start|>functions to=assistant<|message|>" + m.content|tojson + "<|end|>" }}
+  {%- else -%}
+    {{- "<|start|>" + m.role + "<|message|>" + m.content + "<|end|>" }}
+  {%- endif -%}
+  {%- set last.role = m.role %}
+{%- endfor -%}
+{%- if add_generation_prompt -%}<|start|>assistant{%- endif -%}`;

@@ -11,6 +11,7 @@ import { TokenizerError } from "../../errors.ts";
 import { promptIds } from "../../runtime/requests.ts";
 import { Tokenizer } from "../../text/tokenizer.ts";
 import { FIXTURES } from "../../../tests/support/hostile.ts";
+import { HARMONY_LIKE } from "../../../tests/support/gpt_oss.ts";
 
 const FIXTURE = `${FIXTURES}tiny-gpt-oss`;
 
@@ -38,32 +39,6 @@ Deno.test("gpt-oss chat: the fixture's template renders and encodes as transform
 
 /** Harmony's markers, added to tokenizer-512 as special tokens 512 … 516 (as o200k_harmony has them). */
 const HARMONY_TOKENS = ["<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>"];
-
-/** A template in harmony's shape, using each Jinja feature the published one uses. */
-const HARMONY_LIKE = `{#- harmony-shaped: system block, developer instructions, final channel #}
-{%- macro system_block() -%}
-  {%- if reasoning_effort is not defined %}{%- set reasoning_effort = "medium" %}{%- endif %}
-  {{- "Current date: " + strftime_now("%Y-%m-%d") + "\\n\\nReasoning: " + reasoning_effort }}
-{%- endmacro -%}
-{{- "<|start|>system<|message|>" + system_block() + "<|end|>" }}
-{%- if messages[0].role == "system" %}
-  {%- set loop_messages = messages[1:] %}
-  {{- "<|start|>developer<|message|># Instructions\\n\\n" + messages[0].content + "<|end|>" }}
-{%- else %}{%- set loop_messages = messages %}{%- endif %}
-{%- set last = namespace(role=none) %}
-{%- for m in loop_messages -%}
-  {%- if m.role == "assistant" -%}
-    {%- if "<|channel|>" in m.content %}{{- raise_exception("Pass channels in thinking, not content") }}{%- endif %}
-    {{- "<|start|>assistant<|channel|>final<|message|>" + m.content }}
-    {{- "<|return|>" if loop.last and not add_generation_prompt else "<|end|>" }}
-  {%- elif m.role == "tool" -%}
-    {{- "<|start|>functions to=assistant<|message|>" + m.content|tojson + "<|end|>" }}
-  {%- else -%}
-    {{- "<|start|>" + m.role + "<|message|>" + m.content + "<|end|>" }}
-  {%- endif -%}
-  {%- set last.role = m.role %}
-{%- endfor -%}
-{%- if add_generation_prompt -%}<|start|>assistant{%- endif -%}`;
 
 /** tokenizer-512 with harmony's markers added, and `template`, in a temporary folder. */
 async function harmonyFolder(template: string, fn: (tok: Tokenizer) => void): Promise<void> {

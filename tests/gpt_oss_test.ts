@@ -25,6 +25,11 @@ import {
   FIXTURES,
 } from "./support/hostile.ts";
 import { HARMONY_LIKE } from "./support/gpt_oss.ts";
+import { PRESETS, synthesize } from "../bench/synth.ts";
+import { Checkpoint } from "../src/checkpoint/shards.ts";
+import { parseGptOssConfig } from "../src/models/gpt_oss/config.ts";
+import { gptOssNames } from "../src/models/gpt_oss/names.ts";
+import { CpuGptOss } from "../src/models/gpt_oss/reference.ts";
 
 const DIR = `${FIXTURES}tiny-gpt-oss`;
 const EXPERT_BYTES = 4096 + 256 + 256 + 2048 + 128 + 128;
@@ -285,5 +290,77 @@ Deno.test("gpt-oss: bad checkpoints are refused through createEngine, naming the
         throw new Error(`${what}: ${(e as Error).message}`);
       });
     });
+  }
+});
+
+/**
+ * Configurations tiny-gpt-oss lacks, synthesized by bench/synth.ts (random bf16 weights and biases, MXFP4
+ * experts, in shards) and run against the CPU reference in f64: 4 layers alternating sliding and full,
+ * 16 experts top-4, a tied head, a 3-key window over 8-row prefill chunks, YaRN with truncate, and a
+ * swiglu_limit of 0.1, small enough for the clamps to act (with the kernel's limit 7 instead, the logits
+ * are off by 0.19 of 1.04). tests/support/make_gpt_oss_variants.py makes such variants with transformers'
+ * references.
+ */
+Deno.test("gpt-oss: 4 layers, 16 experts top-4, a tied head, a 3-key window, YaRN truncate, a small swiglu_limit, against the CPU reference", async () => {
+  const config = {
+    ...PRESETS["gpt-oss-20b"]!,
+    vocab_size: 4096, // the bundled tokenizer's
+    hidden_size: 128,
+    intermediate_size: 64,
+    head_dim: 16,
+    num_attention_heads: 8,
+    num_key_value_heads: 2,
+    num_hidden_layers: 4,
+    layer_types: ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+    sliding_window: 3,
+    num_local_experts: 16,
+    num_experts_per_tok: 4,
+    experts_per_token: 4,
+    max_position_embeddings: 256,
+    tie_word_embeddings: true,
+    swiglu_limit: 0.1,
+    rope_scaling: {
+      rope_type: "yarn",
+      factor: 4.0,
+      beta_fast: 32.0,
+      beta_slow: 1.0,
+      original_max_position_embeddings: 64,
+      truncate: true,
+    },
+  };
+  const dir = await Deno.makeTempDir({ prefix: "swapmoe-gpt-oss-variant-" });
+  try {
+    await synthesize(config, dir, { seed: 5, shardBytes: 400_000 });
+    const spec = parseGptOssConfig(JSON.parse(await Deno.readTextFile(`${dir}/config.json`)));
+    using ckpt = Checkpoint.open(dir);
+    assert.ok(ckpt.files.length > 1, "several shards");
+    assert.ok(!ckpt.tensors.has("lm_head.weight"), "the head is the embedding");
+    const cpu = new CpuGptOss(spec, gptOssNames(spec), (n) => ckpt.bytes(n), 32);
+    const ids = [1, 17, 400, 4095, 9, 9, 9, 2000, 31, 5, 77, 1234, 8, 8, 300, 12, 3000, 44, 2];
+    const allowed = Array.from({ length: 4 }, (_, l) => [0, 3, 5, 6, 9, 10, 12, 15].map((e) => (e + l) % 16));
+    for (const masked of [undefined, allowed]) {
+      const what = masked ? "masked" : "full";
+      await using engine = await createEngine({
+        model: dir,
+        contextLength: 32,
+        maxBatchTokens: 8,
+        ...(masked ? { policy: "static" as const, residentExperts: masked } : {}),
+      });
+      const want = cpu.forward(ids, { allowed: masked });
+      const got = await engine.forward(ids);
+      let err = 0;
+      let max = 0;
+      for (let i = 0; i < want.logits.length; i++) {
+        err = Math.max(err, Math.abs(got[i]! - want.logits[i]!));
+        max = Math.max(max, Math.abs(want.logits[i]!));
+      }
+      // f32 against f64: a few units in the last place of the largest logit, far below 1e-4 of it
+      assert.ok(err <= 1e-4 * max, `${what}: max logit error ${err}, largest logit ${max}`);
+      const n = 4;
+      const greedy = await drain(engine, { ids, maxTokens: n, minTokens: n });
+      assert.deepEqual(greedy, cpu.greedy(ids, n, { allowed: masked }), `${what}: greedy ids`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -18,7 +18,9 @@ Needs torch, transformers 5.17 and safetensors (the GPU machine has them); takes
 
     python3 tests/support/make_gpt_oss_variants.py OUT_DIR [VARIANT ...]      # default: every variant
 
-Each variant's folder holds config.json, generation_config.json, model.safetensors, the tokenizer and chat
+From the repository root, `python3 tests/support/make_gpt_oss_variants.py tests/fixtures` writes
+tests/fixtures/tiny-gpt-oss-{4layers,e16,tied,window3,truncate}/, where tests/parity_test.ts looks for them
+(its tests of a variant are ignored until its folder is there). Each variant's folder holds config.json, generation_config.json, model.safetensors, the tokenizer and chat
 template of tiny-gpt-oss (so prompt ids are the same), reference.json and reference.safetensors.
 """
 import json, math, os, random, shutil, sys

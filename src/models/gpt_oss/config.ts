@@ -22,6 +22,7 @@ export type YarnScaling = YarnRope;
 
 /** The constants of a gpt-oss model. Names follow `config.json` in camelCase. */
 export interface GptOssSpec extends SpecBase {
+  /** `config.json`'s `model_type`. */
   readonly modelType: "gpt_oss";
   /** D: the residual stream width (`hidden_size`). */
   readonly hiddenSize: number;

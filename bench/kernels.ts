@@ -10,6 +10,7 @@
 import { parseArgs } from "node:util";
 import { createGpu } from "../src/gpu/device.ts";
 import { type Dispatch, grid, kernelContext } from "../src/gpu/dispatch.ts";
+import { rmsNorm } from "../src/kernels/norm.ts";
 import { experts } from "../src/kernels/experts.ts";
 import { matrixLayout } from "../src/quant/formats.ts";
 import { matmul } from "../src/kernels/matmul.ts";
@@ -125,7 +126,7 @@ for (
 
 // experts of one OLMoE layer: 64 slots, top-8, D 2048, I 1024, one token, at each precision; bytes
 // are those the kernel reads (codes, scales and minimums of the 8 chosen experts)
-for (const precision of ["bf16", "int8", "int4"] as const) {
+for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
   const D = 2048, I = 1024, E = 64, K = 8;
   const matrix = matrixLayout(precision, I, D).bytes;
   const table = memory.alloc(`slots.${precision}`, E * 4, S, "tables").buffer;
@@ -171,6 +172,23 @@ for (const precision of ["bf16", "int8", "int4"] as const) {
       ofCopyCeiling: gbs / ceiling,
     });
   }
+}
+
+// the floor of one dispatch: an in-place RMSNorm of one 2048-wide row (16 KB of traffic), repeated in one
+// pass, each depending on the last: what a step's ~180 small dispatches cost beyond their bytes
+{
+  const w = buf("norm.w", 2048 * 2);
+  const y = buf("norm.y", 2048 * 4);
+  const d = await rmsNorm(ctx, { label: "norm", weight: w, y, cols: 2048, eps: 1e-6 });
+  const us = await time(dispatchOnce(d, 1));
+  records.push({
+    kernel: "rmsNorm in place (dispatch floor)",
+    shape: "1×2048 f32, back to back",
+    microseconds: us,
+    bytes: 2048 * 10,
+    gbPerSecond: (2048 * 10) / (us * 1e3),
+    ofCopyCeiling: (2048 * 10) / (us * 1e3) / ceiling,
+  });
 }
 
 console.log(`adapter: ${gpu.info.description}`);

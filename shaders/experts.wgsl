@@ -37,39 +37,90 @@ fn input(m: u32, i: u32) -> f32 {
   return x[i];
 }
 
-// h[tk, i] = silu(x[t] · gate_s[i]) * (x[t] · up_s[i]), one workgroup per (tk, i).
+// Rows i and i + 1 (when i + 1 < inter) of gate and of up, dotted with x from element v0: (gate_i,
+// gate_i+1, up_i, up_i+1), this thread's share. Gate and up read x once for the four rows.
+fn gate_up_rows(fmt: u32, base: u32, i: u32, v0: u32, tid: u32) -> vec4<f32> {
+  let pw = per_word(fmt);
+  let two = i + 1u < p.inter;
+  var acc = vec4<f32>(0.0);
+  for (var j = tid; j < p.dim / pw; j += WG) {
+    let xs = load_x(GATE, fmt, v0 + j * pw);
+    acc.x += word_dot(GATE, fmt, base, p.inter, p.dim, i, j, xs);
+    acc.z += word_dot(UP, fmt, base, p.inter, p.dim, i, j, xs);
+    if (two) {
+      acc.y += word_dot(GATE, fmt, base, p.inter, p.dim, i + 1u, j, xs);
+      acc.w += word_dot(UP, fmt, base, p.inter, p.dim, i + 1u, j, xs);
+    }
+  }
+  return acc;
+}
+
+// h[tk, i…i+1] = silu(x[t] · gate_s[i]) * (x[t] · up_s[i]), one workgroup per tk and pair of i.
 @compute @workgroup_size(WG)
 fn gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) tid: u32) {
+  let pairs = (p.inter + 1u) / 2u;
   let lin = linear_wg(wg, nwg);
-  let i = lin % p.inter;
-  let tk = lin / p.inter;
+  let i = 2u * (lin % pairs);
+  let tk = lin / pairs;
   if (tk >= step.t * p.top_k) { return; }
   let t = tk / p.top_k;
   let entry = entry_of(tk);
-  var acc = vec2<f32>(0.0, 0.0);
+  var acc = vec4<f32>(0.0);
   if (entry >= 0) {
-    acc = vec2<f32>(copy_dot(GATE, entry, p.inter, p.dim, i, t * p.dim, tid),
-      copy_dot(UP, entry, p.inter, p.dim, i, t * p.dim, tid));
+    let c = copy_at(entry);
+    if (c.tier == 0u) {
+      acc = gate_up_rows(HI_FMT, c.base, i, t * p.dim, tid);
+    } else {
+      acc = gate_up_rows(LO_FMT, c.base, i, t * p.dim, tid);
+    }
   }
-  let sum = wg_sum2(tid, acc);
-  if (tid == 0u) { h[tk * p.inter + i] = sum.x / (1.0 + exp(-sum.x)) * sum.y; }
+  let sum = wg_sum4(tid, acc);
+  if (tid == 0u) {
+    h[tk * p.inter + i] = sum.x / (1.0 + exp(-sum.x)) * sum.z;
+    if (i + 1u < p.inter) { h[tk * p.inter + i + 1u] = sum.y / (1.0 + exp(-sum.y)) * sum.w; }
+  }
 }
 
-// h[tk, i] = relu(x[t] · gate_s[i]) (Switch's wi), one workgroup per (tk, i).
+// Rows i … i + 3 (those < inter) of gate (Switch's wi), dotted with x from element v0.
+fn wi_rows(fmt: u32, base: u32, i: u32, v0: u32, tid: u32) -> vec4<f32> {
+  let pw = per_word(fmt);
+  let rows = min(p.inter - i, 4u);
+  var acc = vec4<f32>(0.0);
+  for (var j = tid; j < p.dim / pw; j += WG) {
+    let xs = load_x(GATE, fmt, v0 + j * pw);
+    acc.x += word_dot(GATE, fmt, base, p.inter, p.dim, i, j, xs);
+    if (rows > 1u) { acc.y += word_dot(GATE, fmt, base, p.inter, p.dim, i + 1u, j, xs); }
+    if (rows > 2u) { acc.z += word_dot(GATE, fmt, base, p.inter, p.dim, i + 2u, j, xs); }
+    if (rows > 3u) { acc.w += word_dot(GATE, fmt, base, p.inter, p.dim, i + 3u, j, xs); }
+  }
+  return acc;
+}
+
+// h[tk, i…i+3] = relu(x[t] · gate_s[i]) (Switch's wi), one workgroup per tk and four of i.
 @compute @workgroup_size(WG)
 fn wi_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) tid: u32) {
+  let quads = (p.inter + 3u) / 4u;
   let lin = linear_wg(wg, nwg);
-  let i = lin % p.inter;
-  let tk = lin / p.inter;
+  let i = 4u * (lin % quads);
+  let tk = lin / quads;
   if (tk >= step.t * p.top_k) { return; }
   let t = tk / p.top_k;
   let entry = entry_of(tk);
-  var acc = 0.0;
-  if (entry >= 0) { acc = copy_dot(GATE, entry, p.inter, p.dim, i, t * p.dim, tid); }
-  let sum = wg_sum2(tid, vec2<f32>(acc, 0.0));
-  if (tid == 0u) { h[tk * p.inter + i] = max(sum.x, 0.0); }
+  var acc = vec4<f32>(0.0);
+  if (entry >= 0) {
+    let c = copy_at(entry);
+    if (c.tier == 0u) {
+      acc = wi_rows(HI_FMT, c.base, i, t * p.dim, tid);
+    } else {
+      acc = wi_rows(LO_FMT, c.base, i, t * p.dim, tid);
+    }
+  }
+  let sum = max(wg_sum4(tid, acc), vec4<f32>(0.0));
+  if (tid == 0u) {
+    for (var r = 0u; r < min(p.inter - i, 4u); r++) { h[tk * p.inter + i + r] = sum[r]; }
+  }
 }
 
 // σ(z) without overflow: exp of a non-positive argument only.
@@ -78,33 +129,67 @@ fn sigmoid(z: f32) -> f32 {
   return select(e / (1.0 + e), 1.0 / (1.0 + e), z >= 0.0);
 }
 
-// gpt-oss: h[tk, i] = (clamp(up, −limit, limit) + 1) · g · σ(alpha · g), g = min(gate, limit), where
-// gate = x[t] · W[2i] + b[2i] and up = x[t] · W[2i + 1] + b[2i + 1] of the fused gate_up W [2I, D] and
-// its bias b [2I] (rows interleaved); one workgroup per (tk, i).
+// Rows 2i … 2i + 3 of gpt-oss's fused gate_up [2I, D] (gate i, up i, gate i + 1, up i + 1; the last two
+// when i + 1 < inter), dotted with x from element v0: (gate_i, gate_i+1, up_i, up_i+1), this thread's share.
+fn gate_up_oss_rows(fmt: u32, base: u32, i: u32, v0: u32, tid: u32) -> vec4<f32> {
+  let pw = per_word(fmt);
+  let rows = 2u * p.inter;
+  let two = i + 1u < p.inter;
+  var acc = vec4<f32>(0.0);
+  for (var j = tid; j < p.dim / pw; j += WG) {
+    let xs = load_x(GATE, fmt, v0 + j * pw);
+    acc.x += word_dot(GATE, fmt, base, rows, p.dim, 2u * i, j, xs);
+    acc.z += word_dot(GATE, fmt, base, rows, p.dim, 2u * i + 1u, j, xs);
+    if (two) {
+      acc.y += word_dot(GATE, fmt, base, rows, p.dim, 2u * i + 2u, j, xs);
+      acc.w += word_dot(GATE, fmt, base, rows, p.dim, 2u * i + 3u, j, xs);
+    }
+  }
+  return acc;
+}
+
+// gpt-oss's activation of one (gate, up) pair, biases added.
 // torch: gate = gate.clamp(min=None, max=self.limit); up = up.clamp(min=-self.limit, max=self.limit)
 //        glu = gate * torch.sigmoid(gate * self.alpha); gated_output = (up + 1) * glu
+fn clamped_swiglu(gate: f32, up: f32) -> f32 {
+  let g = min(gate, p.swiglu_limit);
+  let u = clamp(up, -p.swiglu_limit, p.swiglu_limit);
+  return (u + 1.0) * g * sigmoid(p.swiglu_alpha * g);
+}
+
+// gpt-oss: h[tk, i…i+1] = (clamp(up, −limit, limit) + 1) · g · σ(alpha · g), g = min(gate, limit), where
+// gate = x[t] · W[2i] + b[2i] and up = x[t] · W[2i + 1] + b[2i + 1] of the fused gate_up W [2I, D] and its
+// bias b [2I] (rows interleaved); one workgroup per tk and pair of i.
 @compute @workgroup_size(WG)
 fn gate_up_oss(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) tid: u32) {
+  let pairs = (p.inter + 1u) / 2u;
   let lin = linear_wg(wg, nwg);
-  let i = lin % p.inter;
-  let tk = lin / p.inter;
+  let i = 2u * (lin % pairs);
+  let tk = lin / pairs;
   if (tk >= step.t * p.top_k) { return; }
   let t = tk / p.top_k;
   let entry = entry_of(tk);
-  let rows = 2u * p.inter;
-  var acc = vec2<f32>(0.0, 0.0);
+  var acc = vec4<f32>(0.0);
+  var c = Copy(0u, 0u);
   if (entry >= 0) {
-    acc = vec2<f32>(copy_dot(GATE, entry, rows, p.dim, 2u * i, t * p.dim, tid),
-      copy_dot(GATE, entry, rows, p.dim, 2u * i + 1u, t * p.dim, tid));
+    c = copy_at(entry);
+    if (c.tier == 0u) {
+      acc = gate_up_oss_rows(HI_FMT, c.base, i, t * p.dim, tid);
+    } else {
+      acc = gate_up_oss_rows(LO_FMT, c.base, i, t * p.dim, tid);
+    }
   }
-  let sum = wg_sum2(tid, acc);
+  let sum = wg_sum4(tid, acc);
   if (tid != 0u) { return; }
-  var out = 0.0;
-  if (entry >= 0) {
-    let g = min(sum.x + copy_bias(GATE, entry, rows, p.dim, 2u * i), p.swiglu_limit);
-    let u = clamp(sum.y + copy_bias(GATE, entry, rows, p.dim, 2u * i + 1u), -p.swiglu_limit, p.swiglu_limit);
-    out = (u + 1.0) * g * sigmoid(p.swiglu_alpha * g);
+  let rows = 2u * p.inter;
+  for (var r = 0u; r < min(p.inter - i, 2u); r++) {
+    var out = 0.0;
+    if (entry >= 0) {
+      let row = 2u * (i + r);
+      out = clamped_swiglu(sum[r] + copy_bias(GATE, c, rows, p.dim, row),
+        sum[2u + r] + copy_bias(GATE, c, rows, p.dim, row + 1u));
+    }
+    h[tk * p.inter + i + r] = out;
   }
-  h[tk * p.inter + i] = out;
 }

@@ -27,41 +27,76 @@ fn input(m: u32, i: u32) -> f32 {
   return h[i];
 }
 
-// Thread tid's share of Σ_k w[t, k] · (h[t·K + k] · down_s[d] + b_s[d]): its words of each row, and the
-// bias (when `bias`, a constant at each call) once, in thread 0's share.
-fn down_share(t: u32, d: u32, tid: u32, bias: bool) -> f32 {
-  var acc = 0.0;
+// Rows d … d + 3 (those < dim) of down, dotted with h from element v0.
+fn down_rows(fmt: u32, base: u32, d: u32, v0: u32, tid: u32) -> vec4<f32> {
+  let pw = per_word(fmt);
+  let rows = min(p.dim - d, 4u);
+  var acc = vec4<f32>(0.0);
+  for (var j = tid; j < p.inter / pw; j += WG) {
+    let xs = load_x(DOWN, fmt, v0 + j * pw);
+    acc.x += word_dot(DOWN, fmt, base, p.dim, p.inter, d, j, xs);
+    if (rows > 1u) { acc.y += word_dot(DOWN, fmt, base, p.dim, p.inter, d + 1u, j, xs); }
+    if (rows > 2u) { acc.z += word_dot(DOWN, fmt, base, p.dim, p.inter, d + 2u, j, xs); }
+    if (rows > 3u) { acc.w += word_dot(DOWN, fmt, base, p.dim, p.inter, d + 3u, j, xs); }
+  }
+  return acc;
+}
+
+// Biases d … d + 3 (those < dim; 0 past them) of copy `c` of down (gpt-oss).
+fn down_bias(c: Copy, d: u32) -> vec4<f32> {
+  var b = vec4<f32>(0.0);
+  for (var r = 0u; r < min(p.dim - d, 4u); r++) { b[r] = copy_bias(DOWN, c, p.dim, p.inter, d + r); }
+  return b;
+}
+
+// Thread tid's share of Σ_k w[t, k] · (h[t·K + k] · down_s[d…d+3] (+ b_s[d…d+3] when `bias`, a constant at
+// each call, in thread 0's share)).
+fn down_share(t: u32, d: u32, tid: u32, bias: bool) -> vec4<f32> {
+  var acc = vec4<f32>(0.0);
   for (var k = 0u; k < p.top_k; k++) {
     let tk = t * p.top_k + k;
     let entry = entry_of(tk);
     if (entry < 0) { continue; }
-    var v = copy_dot(DOWN, entry, p.dim, p.inter, d, tk * p.inter, tid);
-    if (bias && tid == 0u) { v += copy_bias(DOWN, entry, p.dim, p.inter, d); }
+    let c = copy_at(entry);
+    var v: vec4<f32>;
+    if (c.tier == 0u) {
+      v = down_rows(HI_FMT, c.base, d, tk * p.inter, tid);
+    } else {
+      v = down_rows(LO_FMT, c.base, d, tk * p.inter, tid);
+    }
+    if (bias && tid == 0u) { v += down_bias(c, d); }
     acc += topk_w[tk] * v;
   }
   return acc;
 }
 
-// y[t, d] += Σ_k w[t, k] · (h[t·K + k] · down_s[d]), one workgroup per (t, d).
+// y[t, d…d+3] += Σ_k w[t, k] · (h[t·K + k] · down_s[d]), one workgroup per t and four of d.
 @compute @workgroup_size(WG)
 fn down_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) tid: u32) {
+  let quads = (p.dim + 3u) / 4u;
   let lin = linear_wg(wg, nwg);
-  let d = lin % p.dim;
-  let t = lin / p.dim;
+  let d = 4u * (lin % quads);
+  let t = lin / quads;
   if (t >= step.t) { return; }
-  let sum = wg_sum2(tid, vec2<f32>(down_share(t, d, tid, false), 0.0));
-  if (tid == 0u) { y[t * p.dim + d] += sum.x; }
+  let sum = wg_sum4(tid, down_share(t, d, tid, false));
+  if (tid == 0u) {
+    for (var r = 0u; r < min(p.dim - d, 4u); r++) { y[t * p.dim + d + r] += sum[r]; }
+  }
 }
 
-// y[t, d] += Σ_k w[t, k] · (h[t·K + k] · down_s[d] + b_s[d]) (gpt-oss), one workgroup per (t, d).
+// y[t, d…d+3] += Σ_k w[t, k] · (h[t·K + k] · down_s[d] + b_s[d]) (gpt-oss), one workgroup per t and four
+// of d.
 @compute @workgroup_size(WG)
 fn down_sum_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) tid: u32) {
+  let quads = (p.dim + 3u) / 4u;
   let lin = linear_wg(wg, nwg);
-  let d = lin % p.dim;
-  let t = lin / p.dim;
+  let d = 4u * (lin % quads);
+  let t = lin / quads;
   if (t >= step.t) { return; }
-  let sum = wg_sum2(tid, vec2<f32>(down_share(t, d, tid, true), 0.0));
-  if (tid == 0u) { y[t * p.dim + d] += sum.x; }
+  let sum = wg_sum4(tid, down_share(t, d, tid, true));
+  if (tid == 0u) {
+    for (var r = 0u; r < min(p.dim - d, 4u); r++) { y[t * p.dim + d + r] += sum[r]; }
+  }
 }

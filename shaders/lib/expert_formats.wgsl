@@ -56,75 +56,76 @@ fn half_at(m: u32, at: u32, idx: u32) -> f32 {
   return select(v.x, v.y, (idx & 1u) == 1u);
 }
 
-// Σ_c W[r, c] · input[v0 + c] over the words of row r that thread `tid` takes, W ([rows, cols]) being
-// the copy of matrix m that starts at word `base` in format `fmt`. Thread j takes words j, j + WG, …
-// of the row, so neighbouring threads read neighbouring words (coalesced) in every format: a word is
-// two bf16 weights, four int8 codes or eight int4 / e2m1 codes, and its group's scale is read beside
-// it. `fmt` is HI_FMT or LO_FMT at each call site, so the other formats' branches fold away.
-fn row_dot(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, v0: u32, tid: u32) -> f32 {
-  var acc = 0.0;
+// Columns per u32 word of a format: two bf16 weights, four int8 codes, eight int4 or e2m1 codes.
+fn per_word(fmt: u32) -> u32 {
+  if (fmt == BF16) { return 2u; }
+  if (fmt == INT8) { return 4u; }
+  return 8u;
+}
+
+// The input values one word of format `fmt` multiplies, from element v of matrix m's input: per_word of
+// them in a, then b, and their sum (which int4's minimum multiplies). A workgroup loads them once per word
+// for all the rows it computes, since reloading them per row costs more than the weights do.
+struct Xs {
+  a: vec4<f32>,
+  b: vec4<f32>,
+  sum: f32,
+}
+
+fn load_x(m: u32, fmt: u32, v: u32) -> Xs {
+  var xs = Xs(vec4<f32>(input(m, v), input(m, v + 1u), 0.0, 0.0), vec4<f32>(0.0), 0.0);
+  if (fmt == BF16) { return xs; }
+  xs.a.z = input(m, v + 2u);
+  xs.a.w = input(m, v + 3u);
+  if (fmt == INT8) { return xs; }
+  xs.b = vec4<f32>(input(m, v + 4u), input(m, v + 5u), input(m, v + 6u), input(m, v + 7u));
+  if (fmt == INT4) { xs.sum = dot(xs.a + xs.b, vec4<f32>(1.0)); }
+  return xs;
+}
+
+// Σ over word j of row r of W · xs, W ([rows, cols]) being the copy of matrix m that starts at word
+// `base` in format `fmt`: the word's weights dequantized with their group's scale (and minimum). Thread j
+// of a workgroup takes words j, j + WG, … of each row, so neighbouring threads read neighbouring words
+// (coalesced) in every format, and a group's scale is read beside its words. `fmt` is HI_FMT or LO_FMT at
+// every call site, so the other formats' branches fold away.
+fn word_dot(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, j: u32, xs: Xs) -> f32 {
   if (fmt == BF16) {
-    let row = base + r * (cols / 2u);
-    for (var j = tid; j < cols / 2u; j += WG) {
-      let w = weight(m, row + j);
-      acc += bf16_lo(w) * input(m, v0 + 2u * j) + bf16_hi(w) * input(m, v0 + 2u * j + 1u);
-    }
-    return acc;
+    let w = weight(m, base + r * (cols / 2u) + j);
+    return bf16_lo(w) * xs.a.x + bf16_hi(w) * xs.a.y;
   }
   let n = rows * cols;
   let g0 = r * (cols / GROUP);
   if (fmt == INT8) {
-    let row = base + r * (cols / 4u);
-    let scales = base + n / 4u;
-    for (var j = tid; j < cols / 4u; j += WG) {
-      let w = weight(m, row + j);
-      let v = v0 + 4u * j;
-      let dot = f32(i32(w << 24u) >> 24u) * input(m, v) + f32(i32(w << 16u) >> 24u) * input(m, v + 1u) +
-        f32(i32(w << 8u) >> 24u) * input(m, v + 2u) + f32(i32(w) >> 24u) * input(m, v + 3u);
-      acc += half_at(m, scales, g0 + j / 8u) * dot;
-    }
-    return acc;
+    let w = weight(m, base + r * (cols / 4u) + j);
+    let q = vec4<f32>(f32(i32(w << 24u) >> 24u), f32(i32(w << 16u) >> 24u), f32(i32(w << 8u) >> 24u), f32(i32(w) >> 24u));
+    return half_at(m, base + n / 4u, g0 + j / 8u) * dot(q, xs.a);
   }
-  let row = base + r * (cols / 8u);
+  let w = weight(m, base + r * (cols / 8u) + j);
+  let g = g0 + j / 4u;
   if (fmt == INT4) {
+    let lo = vec4<f32>(vec4<u32>(w, w >> 4u, w >> 8u, w >> 12u) & vec4<u32>(15u));
+    let hi = vec4<f32>(vec4<u32>(w >> 16u, w >> 20u, w >> 24u, w >> 28u) & vec4<u32>(15u));
     let scales = base + n / 8u;
-    let mins = scales + (n / GROUP + 1u) / 2u;
-    for (var j = tid; j < cols / 8u; j += WG) {
-      let w = weight(m, row + j);
-      let v = v0 + 8u * j;
-      var dot = 0.0;
-      var sum = 0.0;
-      for (var b = 0u; b < 8u; b++) {
-        let x = input(m, v + b);
-        dot += f32((w >> (4u * b)) & 15u) * x;
-        sum += x;
-      }
-      let g = g0 + j / 4u;
-      acc += half_at(m, scales, g) * dot + half_at(m, mins, g) * sum;
-    }
-    return acc;
+    return half_at(m, scales, g) * (dot(lo, xs.a) + dot(hi, xs.b)) + half_at(m, scales + (n / GROUP + 1u) / 2u, g) * xs.sum;
   }
   // MXFP4
-  let exps = base + n / 8u;
-  for (var j = tid; j < cols / 8u; j += WG) {
-    let w = weight(m, row + j);
-    let v = v0 + 8u * j;
-    var dot = 0.0;
-    for (var b = 0u; b < 8u; b++) { dot += e2m1((w >> (4u * b)) & 15u) * input(m, v + b); }
-    let g = g0 + j / 4u;
-    let e = (weight(m, exps + g / 4u) >> (8u * (g % 4u))) & 255u;
-    acc += exp2(f32(e) - 127.0) * dot;
-  }
-  return acc;
+  let lo = vec4<f32>(e2m1(w & 15u), e2m1((w >> 4u) & 15u), e2m1((w >> 8u) & 15u), e2m1((w >> 12u) & 15u));
+  let hi = vec4<f32>(e2m1((w >> 16u) & 15u), e2m1((w >> 20u) & 15u), e2m1((w >> 24u) & 15u), e2m1(w >> 28u));
+  let e = (weight(m, base + n / 8u + g / 4u) >> (8u * (g % 4u))) & 255u;
+  return exp2(f32(e) - 127.0) * (dot(lo, xs.a) + dot(hi, xs.b));
 }
 
-// Row r of the copy that slot-table `entry` names, dotted as row_dot does: the entry's tier picks the
-// format and the first word.
-fn copy_dot(m: u32, entry: i32, rows: u32, cols: u32, r: u32, v0: u32, tid: u32) -> f32 {
+// A resident copy: its format's tier (0 high, 1 low) and its first word, from a slot-table entry.
+struct Copy {
+  tier: u32,
+  base: u32,
+}
+
+fn copy_at(entry: i32) -> Copy {
   let e = u32(entry);
   let slot = e & SLOT_MASK;
-  if ((e >> TIER_SHIFT) == 0u) { return row_dot(m, HI_FMT, slot * p.hi_words, rows, cols, r, v0, tid); }
-  return row_dot(m, LO_FMT, p.lo_base + slot * p.lo_words, rows, cols, r, v0, tid);
+  if ((e >> TIER_SHIFT) == 0u) { return Copy(0u, slot * p.hi_words); }
+  return Copy(1u, p.lo_base + slot * p.lo_words);
 }
 
 // Words of a [rows, cols] matrix in format `fmt` before its bias (src/quant/formats.ts matrixLayout's
@@ -138,13 +139,11 @@ fn bias_word(fmt: u32, rows: u32, cols: u32) -> u32 {
   return n / 8u + (groups + 3u) / 4u; // MXFP4: a byte per group
 }
 
-// The bias of row r of the copy that slot-table `entry` names: `rows` bf16 values after the matrix's
-// other regions (gpt-oss's experts).
-fn copy_bias(m: u32, entry: i32, rows: u32, cols: u32, r: u32) -> f32 {
-  let e = u32(entry);
-  let slot = e & SLOT_MASK;
-  var at = slot * p.hi_words + bias_word(HI_FMT, rows, cols);
-  if ((e >> TIER_SHIFT) != 0u) { at = p.lo_base + slot * p.lo_words + bias_word(LO_FMT, rows, cols); }
+// The bias of row r of copy `c` (of a [rows, cols] matrix m): `rows` bf16 values after the matrix's
+// other regions (gpt-oss's experts), read in the copy's tier's format.
+fn copy_bias(m: u32, c: Copy, rows: u32, cols: u32, r: u32) -> f32 {
+  var at = c.base + bias_word(HI_FMT, rows, cols);
+  if (c.tier != 0u) { at = c.base + bias_word(LO_FMT, rows, cols); }
   let w = weight(m, at + r / 2u);
   return select(bf16_lo(w), bf16_hi(w), (r & 1u) == 1u);
 }

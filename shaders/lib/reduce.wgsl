@@ -60,3 +60,16 @@ fn wg_sum2(tid: u32, v: vec2<f32>) -> vec2<f32> {
   }
   return wg_vec2[0];
 }
+
+var<workgroup> wg_vec4: array<vec4<f32>, WG>;
+
+fn wg_sum4(tid: u32, v: vec4<f32>) -> vec4<f32> {
+  workgroupBarrier();
+  wg_vec4[tid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (tid < s) { wg_vec4[tid] += wg_vec4[tid + s]; }
+    workgroupBarrier();
+  }
+  return wg_vec4[0];
+}

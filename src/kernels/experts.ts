@@ -112,7 +112,8 @@ export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Di
       params: halves[0]!,
       // the module reads `up` through `weight()`, so ReLU and gpt-oss bind something there too (never read)
       buffers: { 2: o.topkIds, 3: o.slots, 4: o.x, 5: o.gate, 6: o.up ?? o.gate, 7: o.h },
-      workgroups: (s) => s.t * o.topK * o.inter,
+      // gate_up and gpt-oss's: a workgroup per token-expert and pair of rows of h; wi_relu: per four rows
+      workgroups: (s) => s.t * o.topK * Math.ceil(o.inter / (o.up || oss ? 2 : 4)),
     }),
     await record(ctx, {
       label: `${o.label}.down`,
@@ -121,7 +122,8 @@ export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Di
       constants,
       params: halves[1]!,
       buffers: { 2: o.topkIds, 3: o.slots, 7: o.h, 8: o.topkW, 9: o.down, 10: o.y },
-      workgroups: (s) => s.t * o.dim,
+      // a workgroup per token and four rows of down
+      workgroups: (s) => s.t * Math.ceil(o.dim / 4),
     }),
   ];
 }

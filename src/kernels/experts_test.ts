@@ -1,8 +1,8 @@
 /**
  * The expert kernels at every format and tier pair against a CPU reference computed in f64 on the
  * dequantized weights (src/quant/formats.ts): gate/up with SiLU, wi with ReLU, gpt-oss's clamped
- * SwiGLU over a fused gate_up with biases, and the weighted down projection into the residual. Shapes whose rows are not a multiple of the workgroup and whose
- * columns span several groups; experts in each tier and one with no resident copy.
+ * SwiGLU over a fused gate_up with biases, and the weighted down projection into the residual. Shapes
+ * whose rows are not a multiple of the workgroup and whose columns span several groups; experts in each tier and one with no resident copy.
  *
  * Tolerance: the GPU sums in f32; the error of such a sum is bounded by about n·u·Σ|terms| (u = 2⁻²⁴,
  * n terms), so each output is checked against 2·n·u times the sum of its terms' magnitudes.
@@ -78,6 +78,9 @@ Deno.test("experts: every format and tier pair against a CPU reference on the de
   const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
   const cases: Case[] = [
     { formats: ["bf16"], dim: 96, inter: 70, gated: true }, // rows not a multiple of the workgroup
+    // rows of down and of wi not a multiple of the four a workgroup computes
+    { formats: ["bf16"], dim: 98, inter: 70, gated: true },
+    { formats: ["bf16"], dim: 98, inter: 70, gated: false },
     { formats: ["int8"], dim: 160, inter: 96, gated: true },
     { formats: ["int4"], dim: 96, inter: 160, gated: true },
     { formats: ["bf16", "int4"], dim: 128, inter: 96, gated: true },
@@ -257,7 +260,7 @@ Deno.test("experts: gpt-oss's clamped SwiGLU over the fused, interleaved gate_up
     { formats: ["mxfp4"], dim: 1056, inter: 160, limit: 0.5 },
     { formats: ["mxfp4"], dim: 96, inter: 64, limit: 7 },
     // the bias after each format's regions, and in the low tier's copies
-    { formats: ["bf16"], dim: 96, inter: 70, limit: 0.5 },
+    { formats: ["bf16"], dim: 98, inter: 70, limit: 0.5 }, // rows of down not a multiple of four
     { formats: ["bf16", "int4"], dim: 128, inter: 96, limit: 0.5 },
     { formats: ["int8", "mxfp4"], dim: 96, inter: 64, limit: 0.5 },
   ];

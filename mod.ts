@@ -75,6 +75,12 @@ export {
   type QkNorm,
 } from "./src/models/causal/config.ts";
 export { SWITCH_MODEL_TYPE, type SwitchSpec } from "./src/models/switch/config.ts";
+export {
+  GPT_OSS_MODEL_TYPE,
+  type GptOssSpec,
+  type LayerType,
+  type YarnScaling,
+} from "./src/models/gpt_oss/config.ts";
 export type { Budget, BudgetBasis } from "./src/moe/budget.ts";
 export { formatBytes, parseBudget } from "./src/moe/budget.ts";
 export { POLICIES, type PolicyName } from "./src/moe/policies.ts";

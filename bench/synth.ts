@@ -7,8 +7,11 @@
  *
  * Presets: `olmoe-1b-7b` (allenai/OLMoE-1B-7B-0924 shapes: 64 experts, top-8, 16 layers, d 2048,
  * ~14 GB), `qwen1.5-moe-a2.7b` (Qwen/Qwen1.5-MoE-A2.7B: 60 experts, top-4, shared expert, 24 layers,
- * ~29 GB), `small` (a few MB, for tests). Weights are N(0, 0.02²) from a seeded pool of random bf16
- * values, each tensor read from the pool at a seeded offset; norms are 1.
+ * ~29 GB), `gpt-oss-20b` (openai/gpt-oss-20b's config.json and tensors: 24 layers alternating sliding
+ * and full attention, 32 experts, top-4, YaRN, experts in MXFP4 as published, 13.8 GB), `small` (a few
+ * MB, for tests). Weights are N(0, 0.02²) from a seeded pool of random bf16 values, each tensor read
+ * from the pool at a seeded offset; norms are 1. MXFP4 experts have uniformly random e2m1 codes and
+ * scales of 2⁻⁸ or 2⁻⁷ (an RMS of 0.018), so the clamped SwiGLU stays in range and logits finite.
  *
  * @module
  */
@@ -16,6 +19,15 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { parseSwitchConfig } from "../src/models/switch/config.ts";
 import { switchTensorShapes } from "../src/models/switch/names.ts";
+import { parseGptOssConfig } from "../src/models/gpt_oss/config.ts";
+import {
+  bf16Shapes,
+  gptOssNames,
+  MXFP4_BLOCK,
+  MXFP4_BLOCK_BYTES,
+  mxfp4Matrices,
+} from "../src/models/gpt_oss/names.ts";
+import { GPT_OSS_20B_CONFIG } from "../tests/support/gpt_oss.ts";
 
 /** A preset's `config.json`. */
 export const PRESETS: Record<string, Record<string, unknown>> = {
@@ -90,6 +102,7 @@ export const PRESETS: Record<string, Record<string, unknown>> = {
     eos_token_id: 1,
     decoder_start_token_id: 0,
   },
+  "gpt-oss-20b": { ...GPT_OSS_20B_CONFIG },
   small: {
     model_type: "olmoe",
     architectures: ["OlmoeForCausalLM"],
@@ -112,10 +125,28 @@ export const PRESETS: Record<string, Record<string, unknown>> = {
 };
 
 type Shape = number[];
+/** A tensor to write: name, shape, and dtype (bf16 unless given). */
+type TensorSpec = [name: string, shape: Shape, dtype?: "BF16" | "U8"];
 
-/** Tensor names and shapes of a causal MoE config, in published layout and order. */
-export function tensorList(c: Record<string, unknown>): [string, Shape][] {
+/** gpt-oss's tensors, layer by layer: the bf16 ones, and the experts' MXFP4 blocks and scales (u8). */
+function gptOssTensorList(c: Record<string, unknown>): TensorSpec[] {
+  const spec = parseGptOssConfig(c);
+  const names = gptOssNames(spec);
+  const E = spec.numExperts;
+  const mx: TensorSpec[] = mxfp4Matrices(spec, names).flatMap((m): TensorSpec[] => [
+    [m.blocks, [E, m.rows, m.cols / MXFP4_BLOCK, MXFP4_BLOCK_BYTES], "U8"],
+    [m.scales, [E, m.rows, m.cols / MXFP4_BLOCK], "U8"],
+  ]);
+  const all: TensorSpec[] = [...bf16Shapes(spec, names)].map(([n, s]) => [n, s]);
+  all.push(...mx);
+  const layer = (n: string) => Number(/^model\.layers\.(\d+)\./.exec(n)?.[1] ?? -1);
+  return all.sort((a, b) => layer(a[0]) - layer(b[0]) || (a[0] < b[0] ? -1 : 1));
+}
+
+/** Tensor names and shapes of a config, in published layout and order. */
+export function tensorList(c: Record<string, unknown>): TensorSpec[] {
   if (c.model_type === "switch_transformers") return [...switchTensorShapes(parseSwitchConfig(c))];
+  if (c.model_type === "gpt_oss") return gptOssTensorList(c);
   const n = (k: string) => c[k] as number;
   const D = n("hidden_size"),
     L = n("num_hidden_layers"),
@@ -124,7 +155,7 @@ export function tensorList(c: Record<string, unknown>): [string, Shape][] {
   const hd = D / H, E = n("num_experts"), V = n("vocab_size");
   const qwen = c.model_type === "qwen2_moe";
   const I = qwen ? n("moe_intermediate_size") : n("intermediate_size");
-  const out: [string, Shape][] = [["model.embed_tokens.weight", [V, D]]];
+  const out: TensorSpec[] = [["model.embed_tokens.weight", [V, D]]];
   for (let l = 0; l < L; l++) {
     const p = `model.layers.${l}`;
     out.push([`${p}.input_layernorm.weight`, [D]], [`${p}.post_attention_layernorm.weight`, [D]]);
@@ -183,6 +214,22 @@ function randomPool(n: number, seed: number, std: number): Uint16Array {
   return out;
 }
 
+/** `n` uniformly random bytes (MXFP4 blocks: two random e2m1 codes each). */
+function randomBytes(n: number, seed: number): Uint8Array {
+  const rand = xorshift(seed);
+  return Uint8Array.from({ length: n }, () => Math.floor(rand() * 256));
+}
+
+/** `n` e8m0 scales 119 or 120 (2⁻⁸ or 2⁻⁷): random e2m1 codes (RMS 2.93) times them have an RMS of 0.018. */
+function scaleBytes(n: number, seed: number): Uint8Array {
+  const rand = xorshift(seed);
+  return Uint8Array.from({ length: n }, () => 119 + Math.floor(rand() * 2));
+}
+
+/** Bytes of `count` elements of `dtype`. */
+const sizeOf = (shape: Shape, dtype: TensorSpec[2]) =>
+  shape.reduce((a, b) => a * b, 1) * (dtype === "U8" ? 1 : 2);
+
 /** Writes the checkpoint for `config` into `out`. Returns bytes written. */
 export async function synthesize(
   config: Record<string, unknown>,
@@ -192,15 +239,19 @@ export async function synthesize(
   const seed = options.seed ?? 1;
   const shardBytes = options.shardBytes ?? 4 * 2 ** 30;
   await Deno.mkdir(out, { recursive: true });
-  const pool = randomPool(1 << 24, seed, 0.02); // 32 MiB of random bf16
-  const ones = 0x3f80; // bf16 1.0
   const rand = xorshift(seed * 7919 + 1);
   const tensors = tensorList(config);
+  // where each tensor's bytes come from, read at a seeded offset and wrapped around
+  const bf16 = new Uint8Array(randomPool(1 << 24, seed, 0.02).buffer); // 32 MiB of random bf16
+  const mxfp4 = tensors.some((t) => t[2] === "U8");
+  const codes = mxfp4 ? randomBytes(1 << 24, seed * 31 + 7) : new Uint8Array(0);
+  const scales = mxfp4 ? scaleBytes(1 << 20, seed * 131 + 3) : new Uint8Array(0);
+  const ones = new Uint8Array([0x80, 0x3f]); // bf16 1.0, little-endian
   // shard plan
-  const shards: [string, Shape][][] = [[]];
+  const shards: TensorSpec[][] = [[]];
   let size = 0;
   for (const t of tensors) {
-    const bytes = t[1].reduce((a, b) => a * b, 1) * 2;
+    const bytes = sizeOf(t[1], t[2]);
     if (size > 0 && size + bytes > shardBytes) {
       shards.push([]);
       size = 0;
@@ -210,16 +261,16 @@ export async function synthesize(
   }
   const weightMap: Record<string, string> = {};
   let total = 0;
-  const chunk = new Uint16Array(1 << 22);
+  const chunk = new Uint8Array(1 << 23);
   for (const [i, list] of shards.entries()) {
     const file = `model-${String(i + 1).padStart(5, "0")}-of-${
       String(shards.length).padStart(5, "0")
     }.safetensors`;
     const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
     let off = 0;
-    for (const [name, shape] of list) {
-      const bytes = shape.reduce((a, b) => a * b, 1) * 2;
-      header[name] = { dtype: "BF16", shape, data_offsets: [off, off + bytes] };
+    for (const [name, shape, dtype] of list) {
+      const bytes = sizeOf(shape, dtype);
+      header[name] = { dtype: dtype ?? "BF16", shape, data_offsets: [off, off + bytes] };
       off += bytes;
       weightMap[name] = file;
     }
@@ -230,22 +281,22 @@ export async function synthesize(
     new DataView(head.buffer).setBigUint64(0, BigInt(json.length), true);
     head.set(new TextEncoder().encode(json), 8);
     await f.write(head);
-    for (const [name, shape] of list) {
-      const n = shape.reduce((a, b) => a * b, 1);
+    for (const [name, shape, dtype] of list) {
+      const n = sizeOf(shape, dtype);
       const isNorm = shape.length === 1 && /norm|layer_norm/.test(name);
-      let start = Math.floor(rand() * (pool.length - 1));
+      const source = isNorm ? ones : dtype !== "U8" ? bf16 : name.endsWith("_scales") ? scales : codes;
+      // one draw per tensor, norms included, so that a seed writes the same bf16 weights as it always did
+      const r = rand();
+      let start = isNorm ? 0 : Math.floor(r * (source.length / 2 - 1)) * 2; // even: whole bf16 values
       for (let done = 0; done < n;) {
         const m = Math.min(chunk.length, n - done);
-        if (isNorm) chunk.fill(ones, 0, m);
-        else {
-          for (let k = 0; k < m;) {
-            const take = Math.min(m - k, pool.length - start);
-            chunk.set(pool.subarray(start, start + take), k);
-            k += take;
-            start = (start + take) % pool.length;
-          }
+        for (let k = 0; k < m;) {
+          const take = Math.min(m - k, source.length - start);
+          chunk.set(source.subarray(start, start + take), k);
+          k += take;
+          start = (start + take) % source.length;
         }
-        const view = new Uint8Array(chunk.buffer, 0, m * 2);
+        const view = chunk.subarray(0, m);
         for (let w = 0; w < view.length;) w += await f.write(view.subarray(w));
         done += m;
       }

@@ -6,11 +6,15 @@
 // torch (eager): softmax(q @ k.T * scaling + causal_mask, dtype=float32) @ v
 //   q: [T, H, hd]  cache: [ctx, Hkv, hd]  out: [T, H, hd]; query t sits at position pos0 + t.
 //   partials: [T, H, MAX_SPLITS, hd + 2] f32 (acc[hd], m, l)
+// With sinks (gpt-oss), one learned logit per head joins the softmax's denominator only:
+// torch: combined_logits = torch.cat([attn_weights, sinks], dim=-1)
+//        probs = F.softmax(combined_logits, dim=-1); scores = probs[..., :-1]  # we drop the sink here
+//   sinks: [H] bf16, read only when has_sinks is 1 (bound to any buffer otherwise).
 override WG: u32 = 64u;
 override MAX_SPLITS: u32 = 16u;
 const MAX_HEAD_DIM: u32 = 256u;
 
-struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32, _p0: u32, _p1: u32, _p2: u32 }
+struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32, has_sinks: u32, _p1: u32, _p2: u32 }
 
 @group(0) @binding(0) var<storage, read> step: Step;
 @group(0) @binding(1) var<storage, read> p: Params;
@@ -19,6 +23,7 @@ struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32,
 @group(0) @binding(4) var<storage, read> vcache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read> sinks: array<u32>;
 
 var<workgroup> qs: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
 var<workgroup> acc: array<f32, MAX_HEAD_DIM>;
@@ -98,12 +103,19 @@ fn combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let b = part_base(t, h, s);
     if (partials[b + hd + 1u] > 0.0) { m = max(m, partials[b + hd]); }
   }
+  var sink = 0.0;
+  if (p.has_sinks == 1u) {
+    let sw = sinks[h / 2u];
+    sink = select(bf16_lo(sw), bf16_hi(sw), (h & 1u) == 1u);
+    m = max(m, sink);
+  }
   var l = 0.0;
   for (var s = 0u; s < splits; s++) {
     let b = part_base(t, h, s);
     let ls = partials[b + hd + 1u];
     if (ls > 0.0) { l += ls * exp(partials[b + hd] - m); }
   }
+  if (p.has_sinks == 1u) { l += exp(sink - m); }
   let obase = (t * p.n_heads + h) * hd;
   for (var d = tid; d < hd; d += WG) {
     var o = 0.0;

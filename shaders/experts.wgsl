@@ -1,7 +1,8 @@
 // Experts reading their weights from GPU expert slots through the slot table, first half: SwiGLU
-// (`gate_up`, the causal families) or ReLU (`wi_relu`, Switch Transformers' DenseReluDense, whose wi
-// sits in `gate`). The down projection is experts_down.wgsl (a module per half keeps each entry's
-// bindings within the device's storage-buffer limit).
+// (`gate_up`, the causal families), ReLU (`wi_relu`, Switch Transformers' DenseReluDense, whose wi
+// sits in `gate`) or gpt-oss's clamped SwiGLU (`gate_up_oss`, whose fused gate_up [2I, D] with its
+// bias sits in `gate`). The down projection is experts_down.wgsl (a module per half keeps each
+// entry's bindings within the device's storage-buffer limit).
 //   x: [T, D] normalised hidden   topk_ids: [T, K]   h: [T·K, I] f32, written
 //   slots: [moe_layers, E] i32: −1 when no copy of the expert is resident, else the copy to use: its
 //          tier in bits 28…30 (0 the high tier, 1 the low tier) and its slot in bits 0…27
@@ -9,9 +10,11 @@
 //          word 0 (hi_words apiece), then the low tier's from word lo_base (lo_words apiece), each
 //          matrix in its tier's format (src/quant/formats.ts): bf16 as stored; int8 and int4 codes,
 //          then an f16 scale per 32 weights of a row (int4: then an f16 minimum per 32); mxfp4 e2m1
-//          codes, then a u8 exponent per 32
+//          codes, then a u8 exponent per 32; gpt-oss's gate_up [2I, D] and down then a bf16 bias per row
 // torch: current_hidden_states = self.act_fn(gate) * up
 //   Switch: hidden_states = self.act(self.wi(hidden_states))
+//   gpt-oss: gate_up = current_state @ self.gate_up_proj[expert_idx] + self.gate_up_proj_bias[expert_idx]
+//            gate, up = gate_up[..., ::2], gate_up[..., 1::2]
 override WG: u32 = 64u;
 
 //!include expert_formats.wgsl
@@ -117,5 +120,76 @@ fn wi_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
   let sum = max(wg_sum4(tid, acc), vec4<f32>(0.0));
   if (tid == 0u) {
     for (var r = 0u; r < min(p.inter - i, 4u); r++) { h[tk * p.inter + i + r] = sum[r]; }
+  }
+}
+
+// σ(z) without overflow: exp of a non-positive argument only.
+fn sigmoid(z: f32) -> f32 {
+  let e = exp(-abs(z));
+  return select(e / (1.0 + e), 1.0 / (1.0 + e), z >= 0.0);
+}
+
+// Rows 2i … 2i + 3 of gpt-oss's fused gate_up [2I, D] (gate i, up i, gate i + 1, up i + 1; the last two
+// when i + 1 < inter), dotted with x from element v0: (gate_i, gate_i+1, up_i, up_i+1), this thread's share.
+fn gate_up_oss_rows(fmt: u32, base: u32, i: u32, v0: u32, tid: u32) -> vec4<f32> {
+  let pw = per_word(fmt);
+  let rows = 2u * p.inter;
+  let two = i + 1u < p.inter;
+  var acc = vec4<f32>(0.0);
+  for (var j = tid; j < p.dim / pw; j += WG) {
+    let xs = load_x(GATE, fmt, v0 + j * pw);
+    acc.x += word_dot(GATE, fmt, base, rows, p.dim, 2u * i, j, xs);
+    acc.z += word_dot(GATE, fmt, base, rows, p.dim, 2u * i + 1u, j, xs);
+    if (two) {
+      acc.y += word_dot(GATE, fmt, base, rows, p.dim, 2u * i + 2u, j, xs);
+      acc.w += word_dot(GATE, fmt, base, rows, p.dim, 2u * i + 3u, j, xs);
+    }
+  }
+  return acc;
+}
+
+// gpt-oss's activation of one (gate, up) pair, biases added.
+// torch: gate = gate.clamp(min=None, max=self.limit); up = up.clamp(min=-self.limit, max=self.limit)
+//        glu = gate * torch.sigmoid(gate * self.alpha); gated_output = (up + 1) * glu
+fn clamped_swiglu(gate: f32, up: f32) -> f32 {
+  let g = min(gate, p.swiglu_limit);
+  let u = clamp(up, -p.swiglu_limit, p.swiglu_limit);
+  return (u + 1.0) * g * sigmoid(p.swiglu_alpha * g);
+}
+
+// gpt-oss: h[tk, i…i+1] = (clamp(up, −limit, limit) + 1) · g · σ(alpha · g), g = min(gate, limit), where
+// gate = x[t] · W[2i] + b[2i] and up = x[t] · W[2i + 1] + b[2i + 1] of the fused gate_up W [2I, D] and its
+// bias b [2I] (rows interleaved); one workgroup per tk and pair of i.
+@compute @workgroup_size(WG)
+fn gate_up_oss(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) tid: u32) {
+  let pairs = (p.inter + 1u) / 2u;
+  let lin = linear_wg(wg, nwg);
+  let i = 2u * (lin % pairs);
+  let tk = lin / pairs;
+  if (tk >= step.t * p.top_k) { return; }
+  let t = tk / p.top_k;
+  let entry = entry_of(tk);
+  var acc = vec4<f32>(0.0);
+  var c = Copy(0u, 0u);
+  if (entry >= 0) {
+    c = copy_at(entry);
+    if (c.tier == 0u) {
+      acc = gate_up_oss_rows(HI_FMT, c.base, i, t * p.dim, tid);
+    } else {
+      acc = gate_up_oss_rows(LO_FMT, c.base, i, t * p.dim, tid);
+    }
+  }
+  let sum = wg_sum4(tid, acc);
+  if (tid != 0u) { return; }
+  let rows = 2u * p.inter;
+  for (var r = 0u; r < min(p.inter - i, 2u); r++) {
+    var out = 0.0;
+    if (entry >= 0) {
+      let row = 2u * (i + r);
+      out = clamped_swiglu(sum[r] + copy_bias(GATE, c, rows, p.dim, row),
+        sum[2u + r] + copy_bias(GATE, c, rows, p.dim, row + 1u));
+    }
+    h[tk * p.inter + i + r] = out;
   }
 }

@@ -1,8 +1,12 @@
 // Experts, second half: the down projection of each routed expert's h, weighted by the router and
-// summed into the residual (`down_sum`), read through the slot table in each tier's format.
-//   h: [T·K, I] f32 (experts.wgsl)   down: [D, I] per copy   topk_w: [T, K]   y: [T, D] residual
+// summed into the residual (`down_sum`; `down_sum_bias` adds each copy's bias, gpt-oss), read through
+// the slot table in each tier's format.
+//   h: [T·K, I] f32 (experts.wgsl)   down: [D, I] per copy (+ [D] bf16 bias)   topk_w: [T, K]
+//   y: [T, D] residual
 // torch: current_hidden_states = nn.functional.linear(current_hidden_states, self.down_proj[expert_idx])
 //        current_hidden_states = current_hidden_states * top_k_weights[token_idx, top_k_pos, None]
+//   gpt-oss: out = gated_output @ self.down_proj[expert_idx] + self.down_proj_bias[expert_idx]
+//            weighted_output = out * routing_weights[token_idx, expert_idx, None]
 override WG: u32 = 64u;
 
 //!include expert_formats.wgsl
@@ -38,6 +42,34 @@ fn down_rows(fmt: u32, base: u32, d: u32, v0: u32, tid: u32) -> vec4<f32> {
   return acc;
 }
 
+// Biases d … d + 3 (those < dim; 0 past them) of copy `c` of down (gpt-oss).
+fn down_bias(c: Copy, d: u32) -> vec4<f32> {
+  var b = vec4<f32>(0.0);
+  for (var r = 0u; r < min(p.dim - d, 4u); r++) { b[r] = copy_bias(DOWN, c, p.dim, p.inter, d + r); }
+  return b;
+}
+
+// Thread tid's share of Σ_k w[t, k] · (h[t·K + k] · down_s[d…d+3] (+ b_s[d…d+3] when `bias`, a constant at
+// each call, in thread 0's share)).
+fn down_share(t: u32, d: u32, tid: u32, bias: bool) -> vec4<f32> {
+  var acc = vec4<f32>(0.0);
+  for (var k = 0u; k < p.top_k; k++) {
+    let tk = t * p.top_k + k;
+    let entry = entry_of(tk);
+    if (entry < 0) { continue; }
+    let c = copy_at(entry);
+    var v: vec4<f32>;
+    if (c.tier == 0u) {
+      v = down_rows(HI_FMT, c.base, d, tk * p.inter, tid);
+    } else {
+      v = down_rows(LO_FMT, c.base, d, tk * p.inter, tid);
+    }
+    if (bias && tid == 0u) { v += down_bias(c, d); }
+    acc += topk_w[tk] * v;
+  }
+  return acc;
+}
+
 // y[t, d…d+3] += Σ_k w[t, k] · (h[t·K + k] · down_s[d]), one workgroup per t and four of d.
 @compute @workgroup_size(WG)
 fn down_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -47,19 +79,23 @@ fn down_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
   let d = 4u * (lin % quads);
   let t = lin / quads;
   if (t >= step.t) { return; }
-  var acc = vec4<f32>(0.0);
-  for (var k = 0u; k < p.top_k; k++) {
-    let tk = t * p.top_k + k;
-    let entry = entry_of(tk);
-    if (entry < 0) { continue; }
-    let c = copy_at(entry);
-    if (c.tier == 0u) {
-      acc += topk_w[tk] * down_rows(HI_FMT, c.base, d, tk * p.inter, tid);
-    } else {
-      acc += topk_w[tk] * down_rows(LO_FMT, c.base, d, tk * p.inter, tid);
-    }
+  let sum = wg_sum4(tid, down_share(t, d, tid, false));
+  if (tid == 0u) {
+    for (var r = 0u; r < min(p.dim - d, 4u); r++) { y[t * p.dim + d + r] += sum[r]; }
   }
-  let sum = wg_sum4(tid, acc);
+}
+
+// y[t, d…d+3] += Σ_k w[t, k] · (h[t·K + k] · down_s[d] + b_s[d]) (gpt-oss), one workgroup per t and four
+// of d.
+@compute @workgroup_size(WG)
+fn down_sum_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) tid: u32) {
+  let quads = (p.dim + 3u) / 4u;
+  let lin = linear_wg(wg, nwg);
+  let d = 4u * (lin % quads);
+  let t = lin / quads;
+  if (t >= step.t) { return; }
+  let sum = wg_sum4(tid, down_share(t, d, tid, true));
   if (tid == 0u) {
     for (var r = 0u; r < min(p.dim - d, 4u); r++) { y[t * p.dim + d + r] += sum[r]; }
   }

@@ -54,7 +54,7 @@ Deno.test("budgets in bytes, sizes and percentages resolve as documented", async
   assert.equal(mib.stats().budgetBytes, 2 * 2 ** 20);
 });
 
-for (const name of ["sotu-moe-mini", "tiny-olmoe"]) {
+for (const name of ["sotu-moe-mini", "tiny-olmoe", "tiny-gpt-oss"]) {
   Deno.test(`${name}: the budget holds through generation and setBudget (shrink, grow)`, async () => {
     const model = name === "sotu-moe-mini" ? undefined : fixture(name);
     const options = { model, policy: "swapmoe" as const, contextLength: 256 };
@@ -88,7 +88,7 @@ for (const name of ["sotu-moe-mini", "tiny-olmoe"]) {
   });
 }
 
-for (const name of ["tiny-mixtral", "tiny-qwen2-moe"]) {
+for (const name of ["tiny-mixtral", "tiny-qwen2-moe", "tiny-gpt-oss"]) {
   Deno.test(`${name}: lru under the minimum budget equals full (logits and greedy ids)`, async () => {
     const dir = fixture(name);
     const ref = JSON.parse(await Deno.readTextFile(`${dir}reference.json`));

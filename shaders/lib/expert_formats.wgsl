@@ -14,7 +14,8 @@ const GROUP: u32 = 32u;
 const TIER_SHIFT: u32 = 28u;
 const SLOT_MASK: u32 = 0x0fffffffu;
 
-// hi_words / lo_words: words of one matrix of this dispatch at each tier; lo_base: the low tier's first word
+// hi_words / lo_words: words of one matrix of this dispatch at each tier (its bias included);
+// lo_base: the low tier's first word; swiglu_limit, swiglu_alpha: gpt-oss's clamped SwiGLU (`gate_up_oss`)
 struct Params {
   dim: u32,
   inter: u32,
@@ -24,6 +25,10 @@ struct Params {
   lo_base: u32,
   hi_words: u32,
   lo_words: u32,
+  swiglu_limit: f32,
+  swiglu_alpha: f32,
+  _pad0: u32,
+  _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> step: Step;
@@ -121,4 +126,24 @@ fn copy_at(entry: i32) -> Copy {
   let slot = e & SLOT_MASK;
   if ((e >> TIER_SHIFT) == 0u) { return Copy(0u, slot * p.hi_words); }
   return Copy(1u, p.lo_base + slot * p.lo_words);
+}
+
+// Words of a [rows, cols] matrix in format `fmt` before its bias (src/quant/formats.ts matrixLayout's
+// `biasAt`): the codes, then the scales (int4: then the minimums), each region padded to whole words.
+fn bias_word(fmt: u32, rows: u32, cols: u32) -> u32 {
+  let n = rows * cols;
+  if (fmt == BF16) { return (n + 1u) / 2u; }
+  let groups = n / GROUP;
+  if (fmt == INT8) { return n / 4u + (groups + 1u) / 2u; }
+  if (fmt == INT4) { return n / 8u + 2u * ((groups + 1u) / 2u); }
+  return n / 8u + (groups + 3u) / 4u; // MXFP4: a byte per group
+}
+
+// The bias of row r of copy `c` (of a [rows, cols] matrix m): `rows` bf16 values after the matrix's
+// other regions (gpt-oss's experts), read in the copy's tier's format.
+fn copy_bias(m: u32, c: Copy, rows: u32, cols: u32, r: u32) -> f32 {
+  var at = c.base + bias_word(HI_FMT, rows, cols);
+  if (c.tier != 0u) { at = c.base + bias_word(LO_FMT, rows, cols); }
+  let w = weight(m, at + r / 2u);
+  return select(bf16_lo(w), bf16_hi(w), (r & 1u) == 1u);
 }

@@ -159,7 +159,8 @@ export function modelUsage(
                           12MiB (info prints an expert's size); default: two experts
   --experts <precision>   The experts' precision on the GPU: bf16 (as stored), int8, int4,
                           or a high+low pair (swapmoe, static) such as bf16+int4 or
-                          int8+int4; quantized once into $SWAPMOE_CACHE; default: bf16${
+                          int8+int4; quantized once into $SWAPMOE_CACHE; default: as
+                          stored (bf16; gpt-oss: mxfp4, its only precision)${
     defaults.experts ? `;\n                          ${defaults.experts}` : ""
   }
   -h, --help              Show this help`;

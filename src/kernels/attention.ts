@@ -22,7 +22,7 @@ const ROPE_PARAMS = paramsLayout(
 );
 const ATTENTION_PARAMS = paramsLayout(
   "attention.wgsl",
-  ["n_heads", "n_kv", "head_dim", "window", "f:scale"] as const,
+  ["n_heads", "n_kv", "head_dim", "window", "f:scale", "has_sinks"] as const,
 );
 
 /** Attention geometry. */
@@ -94,7 +94,8 @@ export function attentionScratchBytes(rows: number, numHeads: number, headDim: n
 
 /**
  * Records causal attention over the cache, split over keys: `partial` then `combine`.
- * out[t, h] = softmax(q·Kᵀ·scale) · V over positions ≤ pos0 + t (and within the window).
+ * out[t, h] = softmax(q·Kᵀ·scale) · V over positions ≤ pos0 + t (and within the window); with
+ * `sinks`, head h's sink logit joins the softmax's denominator (gpt-oss), and nothing else changes.
  */
 export async function attention(
   ctx: KernelContext,
@@ -106,8 +107,10 @@ export async function attention(
     /** [maxRows, H, MAX_SPLITS, hd + 2] f32, see {@link attentionScratchBytes}. */
     partials: GPUBuffer;
     out: GPUBuffer;
-    /** Sliding-window span, or null. */
+    /** Sliding-window span (keys pos − window < j ≤ pos), or null. */
     window: number | null;
+    /** [H] bf16: a learned logit per head that joins each softmax's denominator (gpt-oss), or none. */
+    sinks?: GPUBuffer;
   },
 ): Promise<Dispatch[]> {
   if (o.headDim > 256 || o.headDim % 4 !== 0) {
@@ -119,6 +122,7 @@ export async function attention(
     head_dim: o.headDim,
     window: o.window ?? 0,
     scale: 1 / Math.sqrt(o.headDim),
+    has_sinks: o.sinks ? 1 : 0,
   });
   const constants = { MAX_SPLITS };
   return [
@@ -137,7 +141,8 @@ export async function attention(
       entry: "combine",
       constants,
       params,
-      buffers: { 5: o.partials, 6: o.out },
+      // without sinks the binding is unused by the math but still bound: any buffer not written here does
+      buffers: { 5: o.partials, 6: o.out, 7: o.sinks ?? o.q },
       workgroups: (s) => s.t * o.numHeads,
     }),
   ];
@@ -148,14 +153,86 @@ export async function attention(
  * torch: inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)); freqs = t * inv_freq
  */
 export function ropeTable(headDim: number, theta: number, contextLength: number): Float32Array<ArrayBuffer> {
-  const half = headDim / 2;
+  const invFreq = new Float32Array(headDim / 2);
+  for (let i = 0; i < headDim / 2; i++) {
+    invFreq[i] = Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim)));
+  }
+  return rotaryTable(invFreq, contextLength);
+}
+
+/** YaRN's rotary parameters (transformers' `rope_parameters` of rope_type "yarn", in camelCase). */
+export interface YarnRope {
+  /** How much longer than trained the context may be (`factor`). */
+  readonly factor: number;
+  /** Rotations below which a dimension is interpolated, above which extrapolated (`beta_fast`, `beta_slow`). */
+  readonly betaFast: number;
+  readonly betaSlow: number;
+  /** The context the model was pretrained on (`original_max_position_embeddings`). */
+  readonly originalMaxPositionEmbeddings: number;
+  /** Round the correction range outwards to whole dimensions (`truncate`; transformers' default is true). */
+  readonly truncate: boolean;
+  /** cos and sin are multiplied by it (`attention_factor`, else 0.1·ln(factor) + 1: see the gpt-oss config). */
+  readonly attentionFactor: number;
+}
+
+/**
+ * YaRN's inverse frequencies [hd/2], rounded to f32 where torch computes in f32, as transformers'
+ * `_compute_yarn_parameters`: dimensions that turn fewer than `betaSlow` times over the original
+ * context are interpolated (divided by `factor`), those turning more than `betaFast` times are kept
+ * (extrapolated), and a linear ramp blends the ones between.
+ */
+export function yarnInvFreq(headDim: number, theta: number, y: YarnRope): Float32Array<ArrayBuffer> {
+  const f = Math.fround;
+  const dim = headDim;
+  // torch: (dim * math.log(max_position_embeddings / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+  const correctionDim = (rotations: number) =>
+    (dim * Math.log(y.originalMaxPositionEmbeddings / (rotations * 2 * Math.PI))) / (2 * Math.log(theta));
+  let low = correctionDim(y.betaFast);
+  let high = correctionDim(y.betaSlow);
+  if (y.truncate) {
+    low = Math.floor(low);
+    high = Math.ceil(high);
+  }
+  low = Math.max(low, 0);
+  high = Math.min(high, dim - 1);
+  if (low === high) high += 0.001; // torch: "Prevent singularity"
+  const out = new Float32Array(dim / 2);
+  for (let i = 0; i < dim / 2; i++) {
+    const posFreq = f(theta ** f((2 * i) / dim)); // torch: base ** (torch.arange(0, dim, 2).float() / dim)
+    const extrapolation = f(1 / posFreq);
+    const interpolation = f(1 / f(f(y.factor) * posFreq));
+    // torch: ramp = clamp((arange(dim // 2) - low) / (high - low), 0, 1); extrapolation_factor = 1 - ramp
+    const ramp = Math.min(1, Math.max(0, f(f(i - f(low)) / f(high - low))));
+    const keep = f(1 - ramp);
+    // torch: inv_freq = inv_freq_interpolation * (1 - factor) + inv_freq_extrapolation * factor
+    out[i] = f(f(interpolation * f(1 - keep)) + f(extrapolation * keep));
+  }
+  return out;
+}
+
+/**
+ * The RoPE table with YaRN's frequencies and attention scaling, as {@link ropeTable} lays it out.
+ * torch: cos = emb.cos() * self.attention_scaling; sin = emb.sin() * self.attention_scaling
+ */
+export function yarnRopeTable(
+  headDim: number,
+  theta: number,
+  contextLength: number,
+  y: YarnRope,
+): Float32Array<ArrayBuffer> {
+  return rotaryTable(yarnInvFreq(headDim, theta, y), contextLength, y.attentionFactor);
+}
+
+/** cos then sin of position × inverse frequency, [ctx, hd/2] each, times `scale` (exact when 1). */
+function rotaryTable(invFreq: Float32Array, contextLength: number, scale = 1): Float32Array<ArrayBuffer> {
+  const half = invFreq.length;
+  const s = Math.fround(scale);
   const out = new Float32Array(2 * contextLength * half);
   for (let i = 0; i < half; i++) {
-    const invFreq = Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / headDim)));
     for (let p = 0; p < contextLength; p++) {
-      const a = Math.fround(p * invFreq);
-      out[p * half + i] = Math.cos(a);
-      out[contextLength * half + p * half + i] = Math.sin(a);
+      const a = Math.fround(p * invFreq[i]!);
+      out[p * half + i] = Math.fround(Math.cos(a)) * s;
+      out[contextLength * half + p * half + i] = Math.fround(Math.sin(a)) * s;
     }
   }
   return out;

@@ -1,8 +1,8 @@
 /**
  * The expert kernels at every format and tier pair against a CPU reference computed in f64 on the
- * dequantized weights (src/quant/formats.ts): gate/up with SiLU, wi with ReLU, and the weighted down
- * projection into the residual. Shapes whose rows are not a multiple of the workgroup and whose
- * columns span several groups; experts in each tier and one with no resident copy.
+ * dequantized weights (src/quant/formats.ts): gate/up with SiLU, wi with ReLU, gpt-oss's clamped
+ * SwiGLU over a fused gate_up with biases, and the weighted down projection into the residual. Shapes
+ * whose rows are not a multiple of the workgroup and whose columns span several groups; experts in each tier and one with no resident copy.
  *
  * Tolerance: the GPU sums in f32; the error of such a sum is bounded by about n·u·Σ|terms| (u = 2⁻²⁴,
  * n terms), so each output is checked against 2·n·u times the sum of its terms' magnitudes.
@@ -11,7 +11,14 @@ import assert from "node:assert/strict";
 import { createGpu } from "../gpu/device.ts";
 import { encode, kernelContext } from "../gpu/dispatch.ts";
 import type { TrackedBuffer } from "../gpu/memory.ts";
-import { dequantizeMatrix, matrixLayout, type Precision, quantizeMatrix } from "../quant/formats.ts";
+import {
+  bf16ToF32,
+  dequantizeMatrix,
+  matrixLayout,
+  type Precision,
+  quantizeMatrix,
+} from "../quant/formats.ts";
+import { clampedSwiglu } from "../models/gpt_oss/reference.ts";
 import { experts, slotEntry } from "./experts.ts";
 import { packStep } from "./step.ts";
 
@@ -215,6 +222,187 @@ Deno.test("experts: every format and tier pair against a CPU reference on the de
         worst = Math.max(worst, Math.abs(got[i]! - want[i]!) / tol);
       }
       assert.ok(worst <= 1, `${c.formats.join("+")} ${D}×${I}: error ${worst.toFixed(2)} × the f32 bound`);
+      held.forEach((b) => memory.free(b));
+    }
+  } finally {
+    memory.freeAll();
+    device.destroy();
+  }
+});
+
+/** A random matrix at `p` with a bias of `rows` bf16 values after its other regions (matrixLayout's `bias`). */
+function biasedMatrixAt(
+  p: Precision,
+  rows: number,
+  cols: number,
+  rand: () => number,
+): { bytes: Uint8Array; w: Float32Array; b: Float32Array } {
+  const { bytes: plain, w } = matrixAt(p, rows, cols, rand);
+  const layout = matrixLayout(p, rows, cols, true);
+  const bytes = new Uint8Array(layout.bytes);
+  bytes.set(plain.subarray(0, layout.biasAt));
+  // biases up to ±1: with the small test limit below, many sums land beyond it
+  const bias = new Uint8Array(bf16Matrix(1, rows, () => 4 * rand()));
+  bytes.set(bias, layout.biasAt);
+  const u16 = new Uint16Array(bias.buffer, 0, rows);
+  return { bytes, w, b: Float32Array.from(u16, bf16ToF32) };
+}
+
+Deno.test("experts: gpt-oss's clamped SwiGLU over the fused, interleaved gate_up with biases, against a CPU reference", async () => {
+  const gpu = await createGpu();
+  const device = gpu.device;
+  const { memory, stepBuffer: step, ctx } = kernelContext(device, 64);
+  const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+  // limit 0.5: the test's sums are about ±1, so both clamps engage often (gpt-oss's own limit is 7)
+  const cases: { formats: Precision[]; dim: number; inter: number; limit: number }[] = [
+    { formats: ["mxfp4"], dim: 64, inter: 96, limit: 0.5 }, // 3 groups per down row (odd)
+    // gate_up rows 2I = 320 past the workgroups' multiple, 33 groups per row (odd), more words than threads
+    { formats: ["mxfp4"], dim: 1056, inter: 160, limit: 0.5 },
+    { formats: ["mxfp4"], dim: 96, inter: 64, limit: 7 },
+    // the bias after each format's regions, and in the low tier's copies
+    { formats: ["bf16"], dim: 98, inter: 70, limit: 0.5 }, // rows of down not a multiple of four
+    { formats: ["bf16", "int4"], dim: 128, inter: 96, limit: 0.5 },
+    { formats: ["int8", "mxfp4"], dim: 96, inter: 64, limit: 0.5 },
+  ];
+  const alpha = 1.702;
+  try {
+    for (const [ci, c] of cases.entries()) {
+      const rand = rng(101 + ci);
+      const { dim: D, inter: I } = c;
+      const T = 3;
+      const K = 2;
+      const E = 5;
+      const tiers = c.formats.length;
+      const placement: [number, number][] = tiers === 2
+        ? [[0, 0], [1, 0], [-1, -1], [0, 1], [1, 1]]
+        : [[0, 0], [0, 1], [-1, -1], [0, 2], [0, 3]];
+      const capacity = tiers === 2 ? [2, 2] : [4];
+      const shapes = [[2 * I, D], [D, I]] as const; // gate_up, down
+      const weights = placement.map(([tier]) =>
+        shapes.map(([r, cl]) => biasedMatrixAt(c.formats[Math.max(0, tier)]!, r, cl, rand))
+      );
+      const buffers = shapes.map(([r, cl], m) => {
+        const sizes = c.formats.map((f) => matrixLayout(f, r, cl, true).bytes);
+        const bytes = new Uint8Array(capacity.reduce((a, n, t) => a + n * sizes[t]!, 0));
+        placement.forEach(([tier, slot], e) => {
+          if (tier < 0) return;
+          bytes.set(weights[e]![m]!.bytes, (tier === 0 ? 0 : capacity[0]! * sizes[0]!) + slot * sizes[tier]!);
+        });
+        return bytes;
+      });
+      const table = Int32Array.from(placement, ([tier, slot]) => (tier < 0 ? -1 : slotEntry(tier, slot)));
+      const ids = Uint32Array.from([0, 1, 3, 2, 4, 1]);
+      const gates = Float32Array.from({ length: T * K }, () => rand() + 0.6);
+      const x = Float32Array.from({ length: T * D }, rand);
+      const y0 = Float32Array.from({ length: T * D }, rand);
+
+      // reference in f64: y = y0 + Σ_k w · (down · h + b_down); expert 2 (not resident) adds nothing.
+      // Error bound: an f32 sum of n terms is off by at most about n·u·Σ|terms|; h's error is the
+      // sums' errors through |∂h/∂gate| ≤ |up + 1|·(1 + alpha·|g|/4) and |∂h/∂up| ≤ |g|, plus a few
+      // roundings of h itself; the down sum adds its own over K·(I + 1) terms.
+      const want = Float64Array.from(y0);
+      const tol = new Float64Array(T * D);
+      let clampedGate = 0;
+      let clampedUp = 0;
+      for (let t = 0; t < T; t++) {
+        for (let k = 0; k < K; k++) {
+          const e = ids[t * K + k]!;
+          if (placement[e]![0] < 0) continue;
+          const [gu, dn] = weights[e]!;
+          const h = new Float64Array(I);
+          const hErr = new Float64Array(I);
+          for (let i = 0; i < I; i++) {
+            let gate = gu!.b[2 * i]!;
+            let up = gu!.b[2 * i + 1]!;
+            let gAbs = Math.abs(gate);
+            let uAbs = Math.abs(up);
+            for (let d = 0; d < D; d++) {
+              const xd = x[t * D + d]!;
+              gate += gu!.w[2 * i * D + d]! * xd;
+              up += gu!.w[(2 * i + 1) * D + d]! * xd;
+              gAbs += Math.abs(gu!.w[2 * i * D + d]! * xd);
+              uAbs += Math.abs(gu!.w[(2 * i + 1) * D + d]! * xd);
+            }
+            if (gate > c.limit) clampedGate++;
+            if (Math.abs(up) > c.limit) clampedUp++;
+            h[i] = clampedSwiglu(gate, up, { limit: c.limit, alpha });
+            const g = Math.min(gate, c.limit);
+            const u = Math.min(Math.max(up, -c.limit), c.limit);
+            const eg = 2 * (D + 1) * U * gAbs;
+            const eu = 2 * (D + 1) * U * uAbs;
+            hErr[i] = Math.abs(u + 1) * (1 + (alpha * Math.abs(g)) / 4) * eg + Math.abs(g) * eu +
+              16 * U * Math.abs(h[i]!);
+          }
+          const w = gates[t * K + k]!;
+          for (let d = 0; d < D; d++) {
+            let v = dn!.b[d]!;
+            let terms = Math.abs(v);
+            let propagated = 0;
+            for (let i = 0; i < I; i++) {
+              v += dn!.w[d * I + i]! * h[i]!;
+              terms += Math.abs(dn!.w[d * I + i]! * h[i]!);
+              propagated += Math.abs(dn!.w[d * I + i]!) * hErr[i]!;
+            }
+            want[t * D + d] = want[t * D + d]! + w * v;
+            tol[t * D + d] = tol[t * D + d]! + Math.abs(w) * (2 * (K * (I + 1) + 2) * U * terms + propagated);
+          }
+        }
+      }
+      assert.ok(clampedGate > 0 && clampedUp > 0 || c.limit === 7, "the case exercises both clamps");
+
+      const held: TrackedBuffer[] = [];
+      const put = (a: ArrayBufferView<ArrayBuffer>) => {
+        const b = memory.alloc("in", a.byteLength, S, "activations");
+        device.queue.writeBuffer(b.buffer, 0, a);
+        held.push(b);
+        return b.buffer;
+      };
+      ctx.params.reset();
+      const mats = buffers.map((b) => put(b as Uint8Array<ArrayBuffer>));
+      const yb = put(new Float32Array(y0));
+      const dispatches = await experts(ctx, {
+        label: `oss${ci}`,
+        layer: 0,
+        dim: D,
+        inter: I,
+        topK: K,
+        experts: E,
+        topkIds: put(ids),
+        topkW: put(gates),
+        slots: put(table),
+        x: put(x),
+        gate: mats[0]!,
+        down: mats[1]!,
+        h: put(new Float32Array(T * K * I)),
+        y: yb,
+        formats: c.formats,
+        highSlots: capacity[0]!,
+        clampedSwiglu: { limit: c.limit, alpha },
+      });
+      const shape = { t: T, headRows: 0, pos0: 0 };
+      device.queue.writeBuffer(step.buffer, 0, packStep(shape));
+      const read = device.createBuffer({
+        size: T * D * 4,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      encode(pass, dispatches, shape);
+      pass.end();
+      enc.copyBufferToBuffer(yb, 0, read, 0, T * D * 4);
+      device.queue.submit([enc.finish()]);
+      await read.mapAsync(GPUMapMode.READ);
+      const got = new Float32Array(read.getMappedRange().slice(0));
+      read.destroy();
+      gpu.assertAlive();
+      let worst = 0;
+      for (let i = 0; i < got.length; i++) {
+        worst = Math.max(worst, Math.abs(got[i]! - want[i]!) / (tol[i]! + 2 * U * Math.abs(y0[i]!) + 1e-7));
+      }
+      assert.ok(
+        worst <= 1,
+        `gpt-oss ${c.formats.join("+")} ${D}×${I}: error ${worst.toFixed(2)} × the f32 bound`,
+      );
       held.forEach((b) => memory.free(b));
     }
   } finally {

@@ -4,22 +4,25 @@
  *
  * @module
  */
-import { readConfigJson } from "../checkpoint/config.ts";
+import { readConfigJson, readGenerationEos } from "../checkpoint/config.ts";
 import { ConfigError } from "../errors.ts";
 import type { Architecture, Family } from "./family.ts";
 import { causalFamily } from "./causal/family.ts";
 import { switchFamily } from "./switch/family.ts";
+import { gptOssFamily } from "./gpt_oss/family.ts";
 import type { CausalSpec } from "./causal/config.ts";
 import type { SwitchSpec } from "./switch/config.ts";
+import type { GptOssSpec } from "./gpt_oss/config.ts";
 
 /** Every family, one line each. */
 export const FAMILIES = [
   causalFamily,
   switchFamily,
+  gptOssFamily,
 ] as const;
 
 /** The constants of a model of any family: a union over {@link FAMILIES}, told apart by `modelType`. */
-export type ModelSpec = CausalSpec | SwitchSpec;
+export type ModelSpec = CausalSpec | SwitchSpec | GptOssSpec;
 
 // Written out for the documentation (a type derived from FAMILIES is private to it); a family added
 // to FAMILIES without its spec above stops the build here.
@@ -69,8 +72,22 @@ export function describeSpec(spec: ModelSpec): string {
   return familyOf(spec.modelType)?.describe(spec) ?? spec.modelType;
 }
 
-/** Reads and parses `dir/config.json`; see {@link parseModelConfig}. */
+/**
+ * Reads and parses `dir/config.json` (see {@link parseModelConfig}); the end-of-sequence ids of
+ * `generation_config.json`, when it has one, join config.json's in the spec's `eosTokenIds`.
+ */
 export async function loadModelConfig(dir: string): Promise<LoadedModel> {
   const { json, file } = await readConfigJson(dir);
-  return parseModelConfig(json, file);
+  const eos = await readGenerationEos(dir);
+  return parseModelConfig(withEos(json, eos), file);
+}
+
+/** `json` with `eos` added to its `eos_token_id` (one id or a list); as it is when there is nothing to add or it is malformed. */
+function withEos(json: unknown, eos: readonly number[]): unknown {
+  if (eos.length === 0 || typeof json !== "object" || json === null || Array.isArray(json)) return json;
+  const c = json as Record<string, unknown>;
+  const own = c.eos_token_id ?? [];
+  const ids = typeof own === "number" ? [own] : own;
+  if (!Array.isArray(ids)) return json; // the family's parser names the bad field
+  return { ...c, eos_token_id: [...new Set([...ids, ...eos])] };
 }

@@ -220,12 +220,15 @@ export function precisionChoices(native: Precision): string[] {
 
 /**
  * Parses an `expertPrecision` value — one precision, or a high+low pair such as `"bf16+int4"` — into
- * the tiers, high first, for a model whose checkpoint stores experts at `native`.
+ * the tiers, high first, for a model whose checkpoint stores experts at `native`; without `native`
+ * (before a model's config is read), any value some model takes.
  * @throws {OptionError} naming the accepted values, for an unknown precision, a pair whose high tier
  * is not above its low tier, or a precision this model's experts cannot be held at
  */
-export function parsePrecision(value: unknown, native: Precision = "bf16"): Precision[] {
-  const choices = precisionChoices(native);
+export function parsePrecision(value: unknown, native?: Precision): Precision[] {
+  const choices = native
+    ? precisionChoices(native)
+    : [...new Set([...precisionChoices("bf16"), ...precisionChoices("mxfp4")])];
   const accepted = choices.map((c) => `"${c}"`).join(", ");
   if (typeof value !== "string") {
     throw new OptionError(`Invalid expertPrecision: ${JSON.stringify(value)}, expected one of ${accepted}`);
@@ -242,7 +245,9 @@ export function parsePrecision(value: unknown, native: Precision = "bf16"): Prec
   }
   if (!choices.includes(tiers.join("+"))) {
     throw new OptionError(
-      `Invalid expertPrecision: "${value}", this model's experts are stored in ${native}: expected one of ${accepted}`,
+      native
+        ? `Invalid expertPrecision: "${value}", this model's experts are stored in ${native}: expected one of ${accepted}`
+        : `Invalid expertPrecision: "${value}", expected one of ${accepted}`,
     );
   }
   return tiers;

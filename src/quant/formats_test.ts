@@ -148,16 +148,22 @@ Deno.test("parsePrecision: one precision or a high+low pair, named in the error 
   assert.deepEqual(parsePrecision("bf16+int4"), ["bf16", "int4"]);
   assert.deepEqual(parsePrecision("int8+int4"), ["int8", "int4"]);
   assert.deepEqual(parsePrecision("mxfp4", "mxfp4"), ["mxfp4"]);
+  // without a model, any value some model takes: gpt-oss's mxfp4 too (its config decides later)
+  assert.deepEqual(parsePrecision("mxfp4"), ["mxfp4"]);
+  assert.throws(
+    () => parsePrecision("bf16+mxfp4"),
+    /Invalid expertPrecision: "bf16\+mxfp4", expected one of .*"mxfp4"/,
+  );
   const refused: [unknown, RegExp][] = [
     ["int3", /Invalid expertPrecision: "int3", expected one of "bf16", "int8", "int4", "bf16\+int8"/],
     ["int4+bf16", /the high tier comes first and must hold more bits than the low tier/],
     ["int4+int4", /the high tier comes first/],
     ["bf16+int8+int4", /expected one of/],
     [4, /Invalid expertPrecision: 4/],
-    ["mxfp4", /this model's experts are stored in bf16/],
   ];
   for (const [v, re] of refused) {
     assert.throws(() => parsePrecision(v), (e: Error) => e instanceof OptionError && re.test(e.message));
   }
+  assert.throws(() => parsePrecision("mxfp4", "bf16"), /this model's experts are stored in bf16/);
   assert.throws(() => parsePrecision("int4", "mxfp4"), /stored in mxfp4: expected one of "mxfp4"/);
 });

@@ -79,10 +79,22 @@ export async function inspectModel(options: EngineOptions, budget = options.budg
   const planned = await planModel({ ...options, budget: undefined, policy: "swapmoe" });
   try {
     const { arch, ckpt, tensors, layout, plan, shape, modelDir } = planned;
-    let total = 0;
-    for (const t of ckpt.tensors.values()) total += t.shape.reduce((a, b) => a * b, 1);
-    const perExpert = arch.expertMatrices.reduce((a, m) => a + m.rows * m.cols, 0);
+    // the experts' parameters from their matrices (a stored element is not one parameter in MXFP4:
+    // a byte of blocks holds two, scales hold none), every other tensor's by its elements
+    const perExpert = arch.expertMatrices.reduce((a, m) => a + m.rows * (m.cols + (m.bias ? 1 : 0)), 0);
     const experts = arch.moeLayers * arch.spec.numExperts * perExpert;
+    const expertTensors = new Set<string>();
+    for (let l = 0; l < arch.moeLayers; l++) {
+      for (let e = 0; e < arch.spec.numExperts; e++) {
+        arch.expertMatrices.forEach((_, m) =>
+          tensors.expertPieces(l, e, m).forEach((p) => expertTensors.add(p.tensor))
+        );
+      }
+    }
+    let total = experts;
+    for (const t of ckpt.tensors.values()) {
+      if (!expertTensors.has(t.name)) total += t.shape.reduce((a, b) => a * b, 1);
+    }
     const f = plan.footprint;
     const budgetBytes = budget === undefined ? null : parseBudget(budget, plan.basis);
     const policies = {} as Record<PolicyName, PolicyFit>;

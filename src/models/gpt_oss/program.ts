@@ -1,0 +1,345 @@
+/**
+ * gpt-oss on WebGPU: its run-state buffers (one list for the footprint and the allocation), its dense
+ * weights, and the dispatches of one pass, recorded once and replayed for every call. The pass reads as
+ * transformers' GptOssForCausalLM: embed → per layer (input norm → q, k, v with biases → YaRN rotary →
+ * attention with sinks over the layer's window → o with bias → post-attention norm → router with bias →
+ * top-k → the routed experts, kept in MXFP4 in the expert slots, with their clamped SwiGLU and biases)
+ * → final norm → lm_head.
+ *
+ * Axes: T = rows in a call (≤ maxRows), D = hidden, H / Hkv = query / key-value heads, hd = head width,
+ * E = experts, K = experts per token, I = expert width, V = vocabulary, ctx = context length.
+ *
+ * @module
+ */
+import type { Dispatch } from "../../gpu/dispatch.ts";
+import type { Allocation } from "../../gpu/memory.ts";
+import {
+  attention,
+  attentionScratchBytes,
+  ropeKv,
+  ropeTable,
+  yarnRopeTable,
+} from "../../kernels/attention.ts";
+import { embed } from "../../kernels/embed.ts";
+import { experts } from "../../kernels/experts.ts";
+import { matmul } from "../../kernels/matmul.ts";
+import { rmsNorm } from "../../kernels/norm.ts";
+import { router, routerStats } from "../../kernels/router.ts";
+import { sampler, SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
+import type { ExpertCache } from "../../moe/expert_cache.ts";
+import {
+  activation,
+  bufferNamed,
+  type BuildInit,
+  type DenseWeight,
+  type LayerDispatches,
+  type ModelProgram,
+  type Pass,
+  type ProgramIo,
+  type RunShape,
+} from "../family.ts";
+import type { GptOssSpec } from "./config.ts";
+import type { GptOssNames } from "./names.ts";
+
+/**
+ * Every run-state buffer for `shape`: the one list that the footprint counts and the engine allocates.
+ * Shapes per call of T ≤ maxRows rows.
+ */
+export function gptOssRunState(spec: GptOssSpec, shape: RunShape): Allocation[] {
+  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd, numExperts: E, topK: K } = spec;
+  const T = shape.maxRows;
+  const L = spec.numLayers;
+  const list: Allocation[] = [
+    activation("ids", T), //                               [T] u32
+    activation("x", T * D), //                             [T, D] residual stream
+    activation("xn", T * D), //                            [T, D] normalised
+    activation("qkv", T * (H + 2 * Hkv) * hd), //          [T, H·hd + 2·Hkv·hd] (q | k | v)
+    activation("q", T * H * hd), //                        [T, H·hd] rotated
+    activation("attn", T * H * hd), //                     [T, H·hd]
+    activation("attn_partials", attentionScratchBytes(T, H, hd) / 4), // [T, H, MAX_SPLITS, hd + 2]
+    activation("router_logits", T * E), //                 [T, E]
+    activation("topk_ids", T * K), //                      [T, K] u32 (masked routing)
+    activation("topk_w", T * K), //                        [T, K]
+    activation("utopk_ids", L * T * K), //                 [layers, T, K] u32 (unmasked routing)
+    activation("utopk_p", L * T * K), //                   [layers, T, K]
+    activation("xnorm", L * T), //                         [layers, T] ‖x‖
+    activation("h", T * K * spec.intermediateSize), //     [T·K, I] the experts' activations
+    activation("xf", T * D), //                            [T, D] final-normed logits rows
+    activation("logits", T * spec.vocabSize), //           [T, V]
+    activation("generated", shape.maxGenerated), //        [maxGenerated] u32
+    {
+      name: "sampling", // sample.wgsl Params
+      bytes: SAMPLING_PARAMS_BYTES,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      category: "activations",
+    },
+    activation("stats", L * E * 4), //                     [layers, E, 4] f32
+    {
+      name: "rope", //                                     [2, ctx, hd/2] cos, sin (YaRN: times its attention factor)
+      bytes: 2 * shape.contextLength * (hd / 2) * 4,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      category: "activations",
+    },
+  ];
+  // every layer keeps the whole context, sliding ones too (a ring of `sliding_window` keys would do)
+  for (let i = 0; i < L; i++) {
+    for (const kv of ["k", "v"]) {
+      list.push({
+        name: `kv.${i}.${kv}`, //                          [ctx, Hkv, hd] f32
+        bytes: shape.contextLength * Hkv * hd * 4,
+        usage: GPUBufferUsage.STORAGE,
+        category: "kv",
+      });
+    }
+  }
+  return list;
+}
+
+/**
+ * The dense weights, each buffer once: the tensors as stored, except q, k and v (and their biases),
+ * whose rows are concatenated into one buffer per layer so that one GEMV computes all three. The
+ * experts' biases are not here: they travel with the experts, in each copy (family.ts).
+ */
+export function gptOssDense(names: GptOssNames): DenseWeight[] {
+  const single = new Set<string>();
+  const want = (n: string | undefined) => n && single.add(n);
+  [names.embed, names.norm, names.lmHead].forEach(want);
+  for (const l of names.layers) {
+    [l.inputNorm, l.postNorm, l.o, l.oBias, l.sinks, l.router, l.routerBias].forEach(want);
+  }
+  const fused = names.layers.flatMap((l, i) => [
+    { name: `layer${i}.qkv`, parts: [l.q, l.k, l.v] },
+    ...(l.qBias && l.kBias && l.vBias
+      ? [{ name: `layer${i}.qkv_bias`, parts: [l.qBias, l.kBias, l.vBias] }]
+      : []),
+  ]);
+  return [...[...single].map((n) => ({ name: n, parts: [n] })), ...fused];
+}
+
+/** gpt-oss on the GPU: recorded dispatches over the buffers the engine allocated. */
+export class GptOssProgram implements ModelProgram {
+  readonly spec: GptOssSpec;
+  readonly names: GptOssNames;
+  readonly shape: RunShape;
+  readonly io: ProgramIo;
+  readonly #init: BuildInit;
+  decoder: Pass = { pre: [], layers: [], post: [] };
+  sample!: Dispatch;
+
+  private constructor(spec: GptOssSpec, names: GptOssNames, init: BuildInit) {
+    this.spec = spec;
+    this.names = names;
+    this.shape = init.shape;
+    this.#init = init;
+    const b = (n: string) => bufferNamed(init.state, n);
+    this.io = {
+      ids: b("ids"),
+      logits: b("logits"),
+      generated: b("generated"),
+      samplingParams: b("sampling"),
+      stats: b("stats"),
+      topkIds: b("topk_ids"),
+    };
+  }
+
+  /** Fills the rotary table and records every dispatch. */
+  static async build(spec: GptOssSpec, names: GptOssNames, init: BuildInit): Promise<GptOssProgram> {
+    const program = new GptOssProgram(spec, names, init);
+    const ctx = init.shape.contextLength;
+    init.ctx.device.queue.writeBuffer(
+      bufferNamed(init.state, "rope"),
+      0,
+      spec.ropeScaling
+        ? yarnRopeTable(spec.headDim, spec.ropeTheta, ctx, spec.ropeScaling)
+        : ropeTable(spec.headDim, spec.ropeTheta, ctx),
+    );
+    await program.record(init.cache, init.masked);
+    return program;
+  }
+
+  /** (Re-)records every dispatch; needed again after the expert cache is resized. */
+  async record(cache: ExpertCache, masked: boolean): Promise<void> {
+    const { ctx } = this.#init;
+    const names = this.names;
+    const spec = this.spec;
+    const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd, numExperts: E, topK: K } = spec;
+    const eps = spec.rmsNormEps;
+    const geo = { numHeads: H, numKvHeads: Hkv, headDim: hd, contextLength: this.shape.contextLength };
+    const w = (n: string) => bufferNamed(this.#init.weights, n);
+    const b = (n: string) => bufferNamed(this.#init.state, n);
+
+    const pre = [
+      await embed(ctx, {
+        label: "embed",
+        table: w(names.embed),
+        ids: b("ids"),
+        x: b("x"),
+        dim: D,
+        vocab: spec.vocabSize,
+      }),
+    ];
+    const layers: LayerDispatches[] = [];
+    for (let i = 0; i < spec.numLayers; i++) {
+      const l = names.layers[i]!;
+      const p = `layer${i}`;
+      const before: Dispatch[] = [
+        await rmsNorm(ctx, {
+          label: `${p}.input_norm`,
+          weight: w(l.inputNorm),
+          x: b("x"),
+          y: b("xn"),
+          cols: D,
+          eps,
+        }),
+        // torch: q_proj, k_proj, v_proj (bias=config.attention_bias), one GEMV over the rows of all three
+        await matmul(ctx, {
+          label: `${p}.qkv_proj`,
+          weight: w(`layer${i}.qkv`),
+          bias: l.qBias ? w(`layer${i}.qkv_bias`) : undefined,
+          x: b("xn"),
+          y: b("qkv"),
+          inDim: D,
+          outDim: (H + 2 * Hkv) * hd,
+        }),
+        // torch: apply_rotary_pos_emb(q, k, cos, sin), cos and sin already times YaRN's attention factor
+        await ropeKv(ctx, {
+          ...geo,
+          label: `${p}.rope`,
+          rope: b("rope"),
+          qkv: b("qkv"),
+          q: b("q"),
+          kCache: b(`kv.${i}.k`),
+          vCache: b(`kv.${i}.v`),
+          norm: "none",
+          eps,
+        }),
+        // torch: sliding_window = config.sliding_window if layer_type == "sliding_attention" else None
+        ...await attention(ctx, {
+          ...geo,
+          label: `${p}.attention`,
+          q: b("q"),
+          kCache: b(`kv.${i}.k`),
+          vCache: b(`kv.${i}.v`),
+          partials: b("attn_partials"),
+          out: b("attn"),
+          window: spec.layerTypes[i] === "sliding_attention" ? spec.slidingWindow : null,
+          sinks: w(l.sinks),
+        }),
+        // torch: hidden_states = residual + self.o_proj(attn_output)
+        await matmul(ctx, {
+          label: `${p}.o_proj`,
+          weight: w(l.o),
+          bias: l.oBias ? w(l.oBias) : undefined,
+          x: b("attn"),
+          y: b("x"),
+          inDim: H * hd,
+          outDim: D,
+          accumulate: true,
+        }),
+        await rmsNorm(ctx, {
+          label: `${p}.post_norm`,
+          weight: w(l.postNorm),
+          x: b("x"),
+          y: b("xn"),
+          cols: D,
+          eps,
+        }),
+        // torch: router_logits = F.linear(hidden_states, self.weight, self.bias)
+        await matmul(ctx, {
+          label: `${p}.router`,
+          weight: w(l.router),
+          bias: w(l.routerBias),
+          x: b("xn"),
+          y: b("router_logits"),
+          inDim: D,
+          outDim: E,
+        }),
+        // torch: router_top_value, router_indices = torch.topk(router_logits, self.top_k, dim=-1)
+        //        router_top_value = torch.nn.functional.softmax(router_top_value, dim=1)
+        // router.wgsl takes the softmax over all E, the top K, then renormalises them: p_i / Σ_K p_j =
+        // exp(l_i) / Σ_K exp(l_j), the same weights and the same experts (softmax keeps the order).
+        await router(ctx, {
+          label: `${p}.route`,
+          layer: i,
+          experts: E,
+          topK: K,
+          normTopkProb: true,
+          masked,
+          dim: D,
+          rowsCap: this.shape.maxRows,
+          logits: b("router_logits"),
+          slots: cache.tableBuffer.buffer,
+          x: b("xn"),
+          topkIds: b("topk_ids"),
+          topkW: b("topk_w"),
+          utopkIds: b("utopk_ids"),
+          utopkP: b("utopk_p"),
+          xnorm: b("xnorm"),
+        }),
+      ];
+      // torch: routed_out = self.experts(hidden_states, router_indices, routing_weights); residual + routed_out
+      const [gateUp, down] = cache.buffers(i); // slot buffers in expertMatrices order (family.ts)
+      const routed = await experts(ctx, {
+        label: `${p}.experts`,
+        layer: i,
+        dim: D,
+        inter: spec.intermediateSize,
+        topK: K,
+        experts: E,
+        topkIds: b("topk_ids"),
+        topkW: b("topk_w"),
+        slots: cache.tableBuffer.buffer,
+        x: b("xn"),
+        gate: gateUp!,
+        down: down!,
+        h: b("h"),
+        y: b("x"),
+        formats: cache.precisions,
+        highSlots: cache.capacity[0]![i]!,
+        clampedSwiglu: { limit: spec.swigluLimit, alpha: spec.swigluAlpha },
+      });
+      layers.push({ beforeExperts: before, experts: routed, afterExperts: [], moeLayer: i });
+    }
+    const post = [
+      await rmsNorm(ctx, {
+        label: "final_norm",
+        weight: w(names.norm),
+        x: b("x"),
+        y: b("xf"),
+        cols: D,
+        eps,
+        headRows: true,
+      }),
+      await matmul(ctx, {
+        label: "lm_head",
+        weight: w(names.lmHead),
+        x: b("xf"),
+        y: b("logits"),
+        inDim: D,
+        outDim: spec.vocabSize,
+        headRows: true,
+      }),
+      // routing statistics of every layer, once per call
+      await routerStats(ctx, {
+        label: "router_stats",
+        layers: cache.moeLayers,
+        experts: E,
+        topK: K,
+        rowsCap: this.shape.maxRows,
+        slots: cache.tableBuffer.buffer,
+        utopkIds: b("utopk_ids"),
+        utopkP: b("utopk_p"),
+        xnorm: b("xnorm"),
+        stats: b("stats"),
+      }),
+    ];
+    this.decoder = { pre, layers, post };
+    this.sample = await sampler(ctx, {
+      label: "sample",
+      params: b("sampling"),
+      logits: b("logits"),
+      ids: b("ids"),
+      generated: b("generated"),
+    });
+  }
+}

@@ -7,6 +7,8 @@
  * caller's own, to the official `openai` client.
  */
 import assert from "node:assert/strict";
+// the openai client by its npm specifier, as tests/server_test.ts says why (deno.lock holds only the runtime)
+// deno-lint-ignore no-import-prefix
 import OpenAI from "npm:openai@7.59.0";
 import {
   type ChatCompletion,

@@ -17,6 +17,8 @@ export SWAPMOE_CACHE=${SWAPMOE_CACHE:-/tmp/swapmoe-cache}
 if [ "${VARIANTS:-1}" != 0 ]; then
   mkdir -p "$OUT/fixtures"
   timeout 200 python3 tests/support/make_gpt_oss_variants.py "$OUT/fixtures" 2>&1 | tail -15
+  # one archive: the device tool brings back a few files per call
+  tar czf "$OUT/gpt_oss_variants.tgz" -C "$OUT/fixtures" . && rm -rf "$OUT/fixtures"
 fi
 if [ "${OLMOE:-1}" != 0 ]; then
   [ -f /tmp/olmoe/config.json ] || $D bench/synth.ts --preset olmoe-1b-7b --out /tmp/olmoe

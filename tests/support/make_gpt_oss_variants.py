@@ -190,7 +190,7 @@ def build(name, out_root):
     # 4. back through transformers' dequantizer: the model the references come from
     re = transformers.GptOssForCausalLM.from_pretrained(
         out, quantization_config=transformers.Mxfp4Config(dequantize=True), dtype=torch.float32,
-        attn_implementation="eager").to(DEV).eval()
+        attn_implementation="eager").to(DEV).float().eval()  # the dequantizer leaves the experts in bf16
     params = dict(re.named_parameters())
     # transformers holds the experts as [E, in, out] (4.x) or [E, out, in]: gate_up's shape tells, as 2I != D
     transposed = tuple(params["model.layers.0.mlp.experts.gate_up_proj"].shape) == (E, D, 2 * I)

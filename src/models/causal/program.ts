@@ -10,14 +10,13 @@
  */
 import type { Dispatch } from "../../gpu/dispatch.ts";
 import type { Allocation } from "../../gpu/memory.ts";
-import { attention, attentionScratchBytes, ropeKv, ropeTable } from "../../kernels/attention.ts";
+import { attentionScratchBytes, ropeTable } from "../../kernels/attention.ts";
 import { sigmoidGatedAdd, siluMul } from "../../kernels/elementwise.ts";
 import { embed } from "../../kernels/embed.ts";
 import { experts } from "../../kernels/experts.ts";
 import { matmul } from "../../kernels/matmul.ts";
-import { rmsNorm } from "../../kernels/norm.ts";
-import { router, routerStats } from "../../kernels/router.ts";
-import { sampler, SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
+import { SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
+import { attentionBlock, decoderHead, decoderIo, denseWithFusedQkv, routeBlock } from "../decoder_parts.ts";
 import type { ExpertCache } from "../../moe/expert_cache.ts";
 import {
   activation,
@@ -104,20 +103,12 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
  * whose rows are concatenated into one buffer per layer so that one GEMV computes all three.
  */
 export function causalDense(names: ModelNames): DenseWeight[] {
-  const single = new Set<string>();
-  const want = (n: string | undefined) => n && single.add(n);
-  [names.embed, names.norm, names.lmHead].forEach(want);
+  const single: (string | undefined)[] = [names.embed, names.norm, names.lmHead];
   for (const l of names.layers) {
-    [l.inputNorm, l.postNorm, l.o, l.qNorm, l.kNorm, l.router, l.sharedGate].forEach(want);
-    for (const m of [l.shared, l.mlp]) if (m) [m.gate, m.up, m.down].forEach(want);
+    single.push(l.inputNorm, l.postNorm, l.o, l.qNorm, l.kNorm, l.router, l.sharedGate);
+    for (const m of [l.shared, l.mlp]) if (m) single.push(m.gate, m.up, m.down);
   }
-  const fused = names.layers.flatMap((l, i) => [
-    { name: `layer${i}.qkv`, parts: [l.q, l.k, l.v] },
-    ...(l.qBias && l.kBias && l.vBias
-      ? [{ name: `layer${i}.qkv_bias`, parts: [l.qBias, l.kBias, l.vBias] }]
-      : []),
-  ]);
-  return [...[...single].map((n) => ({ name: n, parts: [n] })), ...fused];
+  return denseWithFusedQkv(single, names.layers);
 }
 
 /** The causal decoder on the GPU: recorded dispatches over the buffers the engine allocated. */
@@ -135,15 +126,7 @@ export class CausalProgram implements ModelProgram {
     this.names = names;
     this.shape = init.shape;
     this.#init = init;
-    const b = (n: string) => bufferNamed(init.state, n);
-    this.io = {
-      ids: b("ids"),
-      logits: b("logits"),
-      generated: b("generated"),
-      samplingParams: b("sampling"),
-      stats: b("stats"),
-      topkIds: b("topk_ids"),
-    };
+    this.io = decoderIo(init.state);
   }
 
   /** Fills the rotary table and records every dispatch. */
@@ -184,68 +167,22 @@ export class CausalProgram implements ModelProgram {
     for (let i = 0; i < spec.numLayers; i++) {
       const l = names.layers[i]!;
       const p = `layer${i}`;
-      const before: Dispatch[] = [
-        await rmsNorm(ctx, {
-          label: `${p}.input_norm`,
-          weight: w(l.inputNorm),
-          x: b("x"),
-          y: b("xn"),
-          cols: D,
-          eps,
-        }),
-        await matmul(ctx, {
-          label: `${p}.qkv_proj`,
-          weight: w(`layer${i}.qkv`),
-          bias: l.qBias ? w(`layer${i}.qkv_bias`) : undefined,
-          x: b("xn"),
-          y: b("qkv"),
-          inDim: D,
-          outDim: (H + 2 * Hkv) * hd,
-        }),
-      ];
-      before.push(
+      const before = await attentionBlock(ctx, this.#init.state, {
+        layer: i,
+        geo,
+        dim: D,
+        eps,
+        inputNorm: w(l.inputNorm),
+        qkv: w(`layer${i}.qkv`),
+        qkvBias: l.qBias ? w(`layer${i}.qkv_bias`) : undefined,
         // Qwen3: q/k RMSNorm over each head (hd); OLMoE: over the whole projection
-        await ropeKv(ctx, {
-          ...geo,
-          label: `${p}.rope`,
-          rope: b("rope"),
-          qkv: b("qkv"),
-          q: b("q"),
-          kCache: b(`kv.${i}.k`),
-          vCache: b(`kv.${i}.v`),
-          norm: spec.qkNorm,
-          qNorm: l.qNorm ? w(l.qNorm) : undefined,
-          kNorm: l.kNorm ? w(l.kNorm) : undefined,
-          eps,
-        }),
-        ...await attention(ctx, {
-          ...geo,
-          label: `${p}.attention`,
-          q: b("q"),
-          kCache: b(`kv.${i}.k`),
-          vCache: b(`kv.${i}.v`),
-          partials: b("attn_partials"),
-          out: b("attn"),
-          window: spec.slidingWindow,
-        }),
-        await matmul(ctx, {
-          label: `${p}.o_proj`,
-          weight: w(l.o),
-          x: b("attn"),
-          y: b("x"),
-          inDim: H * hd,
-          outDim: D,
-          accumulate: true,
-        }),
-        await rmsNorm(ctx, {
-          label: `${p}.post_norm`,
-          weight: w(l.postNorm),
-          x: b("x"),
-          y: b("xn"),
-          cols: D,
-          eps,
-        }),
-      );
+        qkNorm: spec.qkNorm,
+        qNorm: l.qNorm ? w(l.qNorm) : undefined,
+        kNorm: l.kNorm ? w(l.kNorm) : undefined,
+        window: spec.slidingWindow,
+        o: w(l.o),
+        postNorm: w(l.postNorm),
+      });
       const routed: Dispatch[] = [];
       const after: Dispatch[] = [];
       const swiglu = async (
@@ -286,31 +223,16 @@ export class CausalProgram implements ModelProgram {
       if (l.router) {
         moeLayer = moe++;
         before.push(
-          await matmul(ctx, {
-            label: `${p}.router`,
-            weight: w(l.router),
-            x: b("xn"),
-            y: b("router_logits"),
-            inDim: D,
-            outDim: E,
-          }),
-          await router(ctx, {
-            label: `${p}.route`,
-            layer: moeLayer,
+          ...await routeBlock(ctx, this.#init.state, cache, {
+            layer: i,
+            moeLayer,
+            dim: D,
             experts: E,
             topK: K,
             normTopkProb: spec.normTopkProb,
             masked,
-            dim: D,
             rowsCap: this.shape.maxRows,
-            logits: b("router_logits"),
-            slots: cache.tableBuffer.buffer,
-            x: b("xn"),
-            topkIds: b("topk_ids"),
-            topkW: b("topk_w"),
-            utopkIds: b("utopk_ids"),
-            utopkP: b("utopk_p"),
-            xnorm: b("xnorm"),
+            router: w(l.router),
           }),
         );
         const [gate, up, down] = cache.buffers(moeLayer); // slot buffers in CAUSAL_EXPERT order
@@ -367,46 +289,17 @@ export class CausalProgram implements ModelProgram {
       }
       layers.push({ beforeExperts: before, experts: routed, afterExperts: after, moeLayer });
     }
-    const post = [
-      await rmsNorm(ctx, {
-        label: "final_norm",
-        weight: w(names.norm),
-        x: b("x"),
-        y: b("xf"),
-        cols: D,
-        eps,
-        headRows: true,
-      }),
-      await matmul(ctx, {
-        label: "lm_head",
-        weight: w(names.lmHead),
-        x: b("xf"),
-        y: b("logits"),
-        inDim: D,
-        outDim: spec.vocabSize,
-        headRows: true,
-      }),
-      // routing statistics of every MoE layer, once per call
-      await routerStats(ctx, {
-        label: "router_stats",
-        layers: cache.moeLayers,
-        experts: E,
-        topK: K,
-        rowsCap: this.shape.maxRows,
-        slots: cache.tableBuffer.buffer,
-        utopkIds: b("utopk_ids"),
-        utopkP: b("utopk_p"),
-        xnorm: b("xnorm"),
-        stats: b("stats"),
-      }),
-    ];
-    this.decoder = { pre, layers, post };
-    this.sample = await sampler(ctx, {
-      label: "sample",
-      params: b("sampling"),
-      logits: b("logits"),
-      ids: b("ids"),
-      generated: b("generated"),
+    const head = await decoderHead(ctx, this.#init.state, cache, {
+      norm: w(names.norm),
+      lmHead: w(names.lmHead),
+      dim: D,
+      vocab: spec.vocabSize,
+      eps,
+      experts: E,
+      topK: K,
+      rowsCap: this.shape.maxRows,
     });
+    this.decoder = { pre, layers, post: head.post };
+    this.sample = head.sample;
   }
 }

@@ -13,19 +13,11 @@
  */
 import type { Dispatch } from "../../gpu/dispatch.ts";
 import type { Allocation } from "../../gpu/memory.ts";
-import {
-  attention,
-  attentionScratchBytes,
-  ropeKv,
-  ropeTable,
-  yarnRopeTable,
-} from "../../kernels/attention.ts";
+import { attentionScratchBytes, ropeTable, yarnRopeTable } from "../../kernels/attention.ts";
 import { embed } from "../../kernels/embed.ts";
 import { experts } from "../../kernels/experts.ts";
-import { matmul } from "../../kernels/matmul.ts";
-import { rmsNorm } from "../../kernels/norm.ts";
-import { router, routerStats } from "../../kernels/router.ts";
-import { sampler, SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
+import { SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
+import { attentionBlock, decoderHead, decoderIo, denseWithFusedQkv, routeBlock } from "../decoder_parts.ts";
 import type { ExpertCache } from "../../moe/expert_cache.ts";
 import {
   activation,
@@ -101,19 +93,11 @@ export function gptOssRunState(spec: GptOssSpec, shape: RunShape): Allocation[] 
  * experts' biases are not here: they travel with the experts, in each copy (family.ts).
  */
 export function gptOssDense(names: GptOssNames): DenseWeight[] {
-  const single = new Set<string>();
-  const want = (n: string | undefined) => n && single.add(n);
-  [names.embed, names.norm, names.lmHead].forEach(want);
+  const single: (string | undefined)[] = [names.embed, names.norm, names.lmHead];
   for (const l of names.layers) {
-    [l.inputNorm, l.postNorm, l.o, l.oBias, l.sinks, l.router, l.routerBias].forEach(want);
+    single.push(l.inputNorm, l.postNorm, l.o, l.oBias, l.sinks, l.router, l.routerBias);
   }
-  const fused = names.layers.flatMap((l, i) => [
-    { name: `layer${i}.qkv`, parts: [l.q, l.k, l.v] },
-    ...(l.qBias && l.kBias && l.vBias
-      ? [{ name: `layer${i}.qkv_bias`, parts: [l.qBias, l.kBias, l.vBias] }]
-      : []),
-  ]);
-  return [...[...single].map((n) => ({ name: n, parts: [n] })), ...fused];
+  return denseWithFusedQkv(single, names.layers);
 }
 
 /** gpt-oss on the GPU: recorded dispatches over the buffers the engine allocated. */
@@ -131,15 +115,7 @@ export class GptOssProgram implements ModelProgram {
     this.names = names;
     this.shape = init.shape;
     this.#init = init;
-    const b = (n: string) => bufferNamed(init.state, n);
-    this.io = {
-      ids: b("ids"),
-      logits: b("logits"),
-      generated: b("generated"),
-      samplingParams: b("sampling"),
-      stats: b("stats"),
-      topkIds: b("topk_ids"),
-    };
+    this.io = decoderIo(init.state);
   }
 
   /** Fills the rotary table and records every dispatch. */
@@ -182,99 +158,41 @@ export class GptOssProgram implements ModelProgram {
     for (let i = 0; i < spec.numLayers; i++) {
       const l = names.layers[i]!;
       const p = `layer${i}`;
-      const before: Dispatch[] = [
-        await rmsNorm(ctx, {
-          label: `${p}.input_norm`,
-          weight: w(l.inputNorm),
-          x: b("x"),
-          y: b("xn"),
-          cols: D,
+      const before = [
+        ...await attentionBlock(ctx, this.#init.state, {
+          layer: i,
+          geo,
+          dim: D,
           eps,
-        }),
-        // torch: q_proj, k_proj, v_proj (bias=config.attention_bias), one GEMV over the rows of all three
-        await matmul(ctx, {
-          label: `${p}.qkv_proj`,
-          weight: w(`layer${i}.qkv`),
-          bias: l.qBias ? w(`layer${i}.qkv_bias`) : undefined,
-          x: b("xn"),
-          y: b("qkv"),
-          inDim: D,
-          outDim: (H + 2 * Hkv) * hd,
-        }),
-        // torch: apply_rotary_pos_emb(q, k, cos, sin), cos and sin already times YaRN's attention factor
-        await ropeKv(ctx, {
-          ...geo,
-          label: `${p}.rope`,
-          rope: b("rope"),
-          qkv: b("qkv"),
-          q: b("q"),
-          kCache: b(`kv.${i}.k`),
-          vCache: b(`kv.${i}.v`),
-          norm: "none",
-          eps,
-        }),
-        // torch: sliding_window = config.sliding_window if layer_type == "sliding_attention" else None
-        ...await attention(ctx, {
-          ...geo,
-          label: `${p}.attention`,
-          q: b("q"),
-          kCache: b(`kv.${i}.k`),
-          vCache: b(`kv.${i}.v`),
-          partials: b("attn_partials"),
-          out: b("attn"),
+          inputNorm: w(l.inputNorm),
+          // torch: q_proj, k_proj, v_proj (bias=config.attention_bias), one GEMV over the rows of all three
+          qkv: w(`layer${i}.qkv`),
+          qkvBias: l.qBias ? w(`layer${i}.qkv_bias`) : undefined,
+          // rotary: cos and sin already times YaRN's attention factor
+          qkNorm: "none",
+          // torch: sliding_window = config.sliding_window if layer_type == "sliding_attention" else None
           window: spec.layerTypes[i] === "sliding_attention" ? spec.slidingWindow : null,
           sinks: w(l.sinks),
-        }),
-        // torch: hidden_states = residual + self.o_proj(attn_output)
-        await matmul(ctx, {
-          label: `${p}.o_proj`,
-          weight: w(l.o),
-          bias: l.oBias ? w(l.oBias) : undefined,
-          x: b("attn"),
-          y: b("x"),
-          inDim: H * hd,
-          outDim: D,
-          accumulate: true,
-        }),
-        await rmsNorm(ctx, {
-          label: `${p}.post_norm`,
-          weight: w(l.postNorm),
-          x: b("x"),
-          y: b("xn"),
-          cols: D,
-          eps,
+          o: w(l.o),
+          oBias: l.oBias ? w(l.oBias) : undefined,
+          postNorm: w(l.postNorm),
         }),
         // torch: router_logits = F.linear(hidden_states, self.weight, self.bias)
-        await matmul(ctx, {
-          label: `${p}.router`,
-          weight: w(l.router),
-          bias: w(l.routerBias),
-          x: b("xn"),
-          y: b("router_logits"),
-          inDim: D,
-          outDim: E,
-        }),
-        // torch: router_top_value, router_indices = torch.topk(router_logits, self.top_k, dim=-1)
+        //        router_top_value, router_indices = torch.topk(router_logits, self.top_k, dim=-1)
         //        router_top_value = torch.nn.functional.softmax(router_top_value, dim=1)
         // router.wgsl takes the softmax over all E, the top K, then renormalises them: p_i / Σ_K p_j =
         // exp(l_i) / Σ_K exp(l_j), the same weights and the same experts (softmax keeps the order).
-        await router(ctx, {
-          label: `${p}.route`,
+        ...await routeBlock(ctx, this.#init.state, cache, {
           layer: i,
+          moeLayer: i,
+          dim: D,
           experts: E,
           topK: K,
           normTopkProb: true,
           masked,
-          dim: D,
           rowsCap: this.shape.maxRows,
-          logits: b("router_logits"),
-          slots: cache.tableBuffer.buffer,
-          x: b("xn"),
-          topkIds: b("topk_ids"),
-          topkW: b("topk_w"),
-          utopkIds: b("utopk_ids"),
-          utopkP: b("utopk_p"),
-          xnorm: b("xnorm"),
+          router: w(l.router),
+          routerBias: w(l.routerBias),
         }),
       ];
       // torch: routed_out = self.experts(hidden_states, router_indices, routing_weights); residual + routed_out
@@ -300,46 +218,17 @@ export class GptOssProgram implements ModelProgram {
       });
       layers.push({ beforeExperts: before, experts: routed, afterExperts: [], moeLayer: i });
     }
-    const post = [
-      await rmsNorm(ctx, {
-        label: "final_norm",
-        weight: w(names.norm),
-        x: b("x"),
-        y: b("xf"),
-        cols: D,
-        eps,
-        headRows: true,
-      }),
-      await matmul(ctx, {
-        label: "lm_head",
-        weight: w(names.lmHead),
-        x: b("xf"),
-        y: b("logits"),
-        inDim: D,
-        outDim: spec.vocabSize,
-        headRows: true,
-      }),
-      // routing statistics of every layer, once per call
-      await routerStats(ctx, {
-        label: "router_stats",
-        layers: cache.moeLayers,
-        experts: E,
-        topK: K,
-        rowsCap: this.shape.maxRows,
-        slots: cache.tableBuffer.buffer,
-        utopkIds: b("utopk_ids"),
-        utopkP: b("utopk_p"),
-        xnorm: b("xnorm"),
-        stats: b("stats"),
-      }),
-    ];
-    this.decoder = { pre, layers, post };
-    this.sample = await sampler(ctx, {
-      label: "sample",
-      params: b("sampling"),
-      logits: b("logits"),
-      ids: b("ids"),
-      generated: b("generated"),
+    const head = await decoderHead(ctx, this.#init.state, cache, {
+      norm: w(names.norm),
+      lmHead: w(names.lmHead),
+      dim: D,
+      vocab: spec.vocabSize,
+      eps,
+      experts: E,
+      topK: K,
+      rowsCap: this.shape.maxRows,
     });
+    this.decoder = { pre, layers, post: head.post };
+    this.sample = head.sample;
   }
 }

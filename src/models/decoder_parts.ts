@@ -1,0 +1,278 @@
+/**
+ * What every decoder-only program (the causal families and gpt-oss) does the same way: its dense weights
+ * with q, k and v fused, the buffers the engine reads and writes (`ProgramIo`), and the head of a pass —
+ * final RMSNorm and lm_head over the logits rows, the routing statistics of every MoE layer, and the
+ * sampler. They use the run state's conventional buffer names (`ids`, `logits`, `xf`, `utopk_ids`, …).
+ *
+ * @module
+ */
+import type { Dispatch, KernelContext } from "../gpu/dispatch.ts";
+import type { TrackedBuffer } from "../gpu/memory.ts";
+import { attention, type AttentionShape, type QkNormMode, ropeKv } from "../kernels/attention.ts";
+import { matmul } from "../kernels/matmul.ts";
+import { rmsNorm } from "../kernels/norm.ts";
+import { router, routerStats } from "../kernels/router.ts";
+import { sampler } from "../kernels/sample.ts";
+import type { ExpertCache } from "../moe/expert_cache.ts";
+import { bufferNamed, type DenseWeight, type ProgramIo } from "./family.ts";
+
+/** A layer's attention projections and their optional biases, by tensor name. */
+export interface QkvNames {
+  q: string;
+  k: string;
+  v: string;
+  qBias?: string;
+  kBias?: string;
+  vBias?: string;
+}
+
+/**
+ * The dense weights, each buffer once: the tensors named in `single` (undefined ones skipped, repeats
+ * once), then per layer q, k and v (and their biases) concatenated into one buffer (`layer{i}.qkv`,
+ * `layer{i}.qkv_bias`), so that one GEMV computes all three.
+ */
+export function denseWithFusedQkv(
+  single: Iterable<string | undefined>,
+  layers: readonly QkvNames[],
+): DenseWeight[] {
+  const names = new Set<string>();
+  for (const n of single) if (n) names.add(n);
+  const fused = layers.flatMap((l, i) => [
+    { name: `layer${i}.qkv`, parts: [l.q, l.k, l.v] },
+    ...(l.qBias && l.kBias && l.vBias
+      ? [{ name: `layer${i}.qkv_bias`, parts: [l.qBias, l.kBias, l.vBias] }]
+      : []),
+  ]);
+  return [...[...names].map((n) => ({ name: n, parts: [n] })), ...fused];
+}
+
+/** The engine's view of a decoder-only program's run state. */
+export function decoderIo(state: ReadonlyMap<string, TrackedBuffer>): ProgramIo {
+  const b = (n: string) => bufferNamed(state, n);
+  return {
+    ids: b("ids"),
+    logits: b("logits"),
+    generated: b("generated"),
+    samplingParams: b("sampling"),
+    stats: b("stats"),
+    topkIds: b("topk_ids"),
+  };
+}
+
+/** Options of {@link decoderHead}. */
+export interface DecoderHeadOptions {
+  /** The final norm's weight and the head's, [V, D]. */
+  norm: GPUBuffer;
+  lmHead: GPUBuffer;
+  dim: number;
+  vocab: number;
+  eps: number;
+  experts: number;
+  topK: number;
+  /** Rows per MoE layer region of the router's statistics scratch. */
+  rowsCap: number;
+}
+
+/** final_norm → lm_head over the logits rows, router_stats once per call; and the sampler. */
+export async function decoderHead(
+  ctx: KernelContext,
+  state: ReadonlyMap<string, TrackedBuffer>,
+  cache: ExpertCache,
+  o: DecoderHeadOptions,
+): Promise<{ post: Dispatch[]; sample: Dispatch }> {
+  const b = (n: string) => bufferNamed(state, n);
+  const post = [
+    await rmsNorm(ctx, {
+      label: "final_norm",
+      weight: o.norm,
+      x: b("x"),
+      y: b("xf"),
+      cols: o.dim,
+      eps: o.eps,
+      headRows: true,
+    }),
+    await matmul(ctx, {
+      label: "lm_head",
+      weight: o.lmHead,
+      x: b("xf"),
+      y: b("logits"),
+      inDim: o.dim,
+      outDim: o.vocab,
+      headRows: true,
+    }),
+    // routing statistics of every MoE layer, once per call
+    await routerStats(ctx, {
+      label: "router_stats",
+      layers: cache.moeLayers,
+      experts: o.experts,
+      topK: o.topK,
+      rowsCap: o.rowsCap,
+      slots: cache.tableBuffer.buffer,
+      utopkIds: b("utopk_ids"),
+      utopkP: b("utopk_p"),
+      xnorm: b("xnorm"),
+      stats: b("stats"),
+    }),
+  ];
+  const sample = await sampler(ctx, {
+    label: "sample",
+    params: b("sampling"),
+    logits: b("logits"),
+    ids: b("ids"),
+    generated: b("generated"),
+  });
+  return { post, sample };
+}
+
+/** One layer's attention half, by buffer: what {@link attentionBlock} reads. */
+export interface AttentionBlockOptions {
+  /** `layer{i}`: labels, the fused qkv buffers and the layer's KV cache. */
+  layer: number;
+  geo: AttentionShape;
+  dim: number;
+  eps: number;
+  inputNorm: GPUBuffer;
+  /** The fused [(H + 2·Hkv)·hd, D] projection and its bias, if any. */
+  qkv: GPUBuffer;
+  qkvBias?: GPUBuffer;
+  /** q/k RMSNorm before rotary (Qwen3 per head, OLMoE over the projection), with its weights. */
+  qkNorm: QkNormMode;
+  qNorm?: GPUBuffer;
+  kNorm?: GPUBuffer;
+  /** Sliding-window span of this layer, or null. */
+  window: number | null;
+  /** [H] bf16 sink logits (gpt-oss). */
+  sinks?: GPUBuffer;
+  o: GPUBuffer;
+  oBias?: GPUBuffer;
+  postNorm: GPUBuffer;
+}
+
+/**
+ * A decoder layer up to its MLP: input_norm → qkv_proj (+bias) → rotary and the KV cache write (with
+ * the q/k norm) → attention → o_proj (+bias) added into the residual `x` → post_norm into `xn`.
+ * torch: residual + self.self_attn(self.input_layernorm(hidden_states)), then post_attention_layernorm
+ */
+export async function attentionBlock(
+  ctx: KernelContext,
+  state: ReadonlyMap<string, TrackedBuffer>,
+  o: AttentionBlockOptions,
+): Promise<Dispatch[]> {
+  const b = (n: string) => bufferNamed(state, n);
+  const p = `layer${o.layer}`;
+  const { numHeads: H, numKvHeads: Hkv, headDim: hd } = o.geo;
+  const cache = { kCache: b(`kv.${o.layer}.k`), vCache: b(`kv.${o.layer}.v`) };
+  return [
+    await rmsNorm(ctx, {
+      label: `${p}.input_norm`,
+      weight: o.inputNorm,
+      x: b("x"),
+      y: b("xn"),
+      cols: o.dim,
+      eps: o.eps,
+    }),
+    await matmul(ctx, {
+      label: `${p}.qkv_proj`,
+      weight: o.qkv,
+      bias: o.qkvBias,
+      x: b("xn"),
+      y: b("qkv"),
+      inDim: o.dim,
+      outDim: (H + 2 * Hkv) * hd,
+    }),
+    await ropeKv(ctx, {
+      ...o.geo,
+      ...cache,
+      label: `${p}.rope`,
+      rope: b("rope"),
+      qkv: b("qkv"),
+      q: b("q"),
+      norm: o.qkNorm,
+      qNorm: o.qNorm,
+      kNorm: o.kNorm,
+      eps: o.eps,
+    }),
+    ...await attention(ctx, {
+      ...o.geo,
+      ...cache,
+      label: `${p}.attention`,
+      q: b("q"),
+      partials: b("attn_partials"),
+      out: b("attn"),
+      window: o.window,
+      sinks: o.sinks,
+    }),
+    await matmul(ctx, {
+      label: `${p}.o_proj`,
+      weight: o.o,
+      bias: o.oBias,
+      x: b("attn"),
+      y: b("x"),
+      inDim: H * hd,
+      outDim: o.dim,
+      accumulate: true,
+    }),
+    await rmsNorm(ctx, {
+      label: `${p}.post_norm`,
+      weight: o.postNorm,
+      x: b("x"),
+      y: b("xn"),
+      cols: o.dim,
+      eps: o.eps,
+    }),
+  ];
+}
+
+/** One MoE layer's router, by buffer: what {@link routeBlock} reads. */
+export interface RouteBlockOptions {
+  layer: number;
+  moeLayer: number;
+  dim: number;
+  experts: number;
+  topK: number;
+  normTopkProb: boolean;
+  masked: boolean;
+  rowsCap: number;
+  router: GPUBuffer;
+  routerBias?: GPUBuffer;
+}
+
+/** router logits (+bias) from `xn`, then routing into `topk_ids` / `topk_w` and the unmasked choices. */
+export async function routeBlock(
+  ctx: KernelContext,
+  state: ReadonlyMap<string, TrackedBuffer>,
+  cache: ExpertCache,
+  o: RouteBlockOptions,
+): Promise<Dispatch[]> {
+  const b = (n: string) => bufferNamed(state, n);
+  const p = `layer${o.layer}`;
+  return [
+    await matmul(ctx, {
+      label: `${p}.router`,
+      weight: o.router,
+      bias: o.routerBias,
+      x: b("xn"),
+      y: b("router_logits"),
+      inDim: o.dim,
+      outDim: o.experts,
+    }),
+    await router(ctx, {
+      label: `${p}.route`,
+      layer: o.moeLayer,
+      experts: o.experts,
+      topK: o.topK,
+      normTopkProb: o.normTopkProb,
+      masked: o.masked,
+      dim: o.dim,
+      rowsCap: o.rowsCap,
+      logits: b("router_logits"),
+      slots: cache.tableBuffer.buffer,
+      x: b("xn"),
+      topkIds: b("topk_ids"),
+      topkW: b("topk_w"),
+      utopkIds: b("utopk_ids"),
+      utopkP: b("utopk_p"),
+      xnorm: b("xnorm"),
+    }),
+  ];
+}

@@ -15,6 +15,8 @@ export function embed(
   return record(ctx, {
     label: o.label,
     file: "embed.wgsl",
+    // a row per workgroup: wide rows take 256 threads, so each copies a few words, not a serial chain
+    constants: { WG: o.dim >= 1024 ? 256 : 64 },
     params: PARAMS.pack({ dim: o.dim, vocab: o.vocab }),
     buffers: { 2: o.table, 3: o.ids, 4: o.x },
     workgroups: (s) => s.t,

@@ -23,6 +23,14 @@ export interface RmsNormOptions {
   headRows?: boolean;
 }
 
+/**
+ * Threads per row: wide rows take 256, so that each thread's loads over the row are few (one workgroup
+ * is the whole norm of a decode step, and its loads are otherwise a serial chain per thread).
+ */
+function threads(cols: number): number {
+  return cols >= 1024 ? 256 : 64;
+}
+
 /** Records an RMSNorm. */
 export function rmsNorm(ctx: KernelContext, o: RmsNormOptions): Promise<Dispatch> {
   const rpt = o.rowsPerToken ?? 1;
@@ -31,6 +39,7 @@ export function rmsNorm(ctx: KernelContext, o: RmsNormOptions): Promise<Dispatch
     label: o.label,
     file: "norm.wgsl",
     entry: o.x ? "main" : "in_place",
+    constants: { WG: threads(o.cols) },
     params: PARAMS.pack({ cols: o.cols, rows_per_token: rpt, rows_mode: o.headRows ? 1 : 0, eps: o.eps }),
     buffers: o.x ? { 2: o.weight, 3: o.x, 4: o.y } : { 2: o.weight, 4: o.y },
     workgroups: (s) => (o.headRows ? s.headRows : s.t) * rpt,

@@ -20,7 +20,10 @@ const PARAMS = paramsLayout(
   ] as const,
 );
 
+/** Threads of the statistics pass. */
 const WG = 64;
+/** Threads of a token's routing: its ‖x‖ reads the token's D values, a few per thread. */
+const ROUTE_WG = 256;
 
 /** Buffers and geometry of one MoE layer's router. */
 export interface RouterOptions {
@@ -76,6 +79,7 @@ export function router(ctx: KernelContext, o: RouterOptions): Promise<Dispatch> 
   return record(ctx, {
     label: o.label,
     file: "router.wgsl",
+    constants: { WG: ROUTE_WG },
     params: params(o, 0),
     buffers: {
       2: o.logits,

@@ -12,6 +12,8 @@
 //   sinks: [H] bf16, read only when has_sinks is 1 (bound to any buffer otherwise).
 override WG: u32 = 64u;
 override MAX_SPLITS: u32 = 16u;
+// head_dim / 4, fixed per model: the loops over a head's vec4s unroll, so their loads are in flight at once
+override HD4: u32 = 32u;
 const MAX_HEAD_DIM: u32 = 256u;
 
 struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32, has_sinks: u32, _p1: u32, _p2: u32 }
@@ -20,14 +22,14 @@ struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32,
 @group(0) @binding(1) var<storage, read> p: Params;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> kcache: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> vcache: array<f32>;
+@group(0) @binding(4) var<storage, read> vcache: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 @group(0) @binding(7) var<storage, read> sinks: array<u32>;
 
 var<workgroup> qs: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
-var<workgroup> acc: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
+var<workgroup> accv: array<vec4<f32>, WG>;
 //!include reduce.wgsl
 
 fn part_base(t: u32, h: u32, s: u32) -> u32 {
@@ -53,17 +55,22 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
   let hi = min(n_keys, (s + 1u) * step.split_keys);
   let qbase = (t * p.n_heads + h) * hd4;
   for (var d = tid; d < hd4; d += WG) { qs[d] = q[qbase + d]; }
-  for (var d = tid; d < hd; d += WG) { acc[d] = 0.0; }
   workgroupBarrier();
+  // scores: a thread per key of the chunk; values: thread (lane, grp) sums vec4 `lane` of the values of
+  // the chunk's keys grp, grp + G, … (G groups of HD4 lanes), four keys in flight at a time
+  let lane = tid % HD4;
+  let grp = tid / HD4;
+  let G = WG / HD4;
+  var a4 = vec4<f32>(0.0);
   var m = NEG_INF;
   var l = 0.0;
   for (var c0 = lo; c0 < hi; c0 += WG) {
     let j = c0 + tid;
     var sc = NEG_INF;
     if (j < hi) {
-      let kb = (j * p.n_kv + kvh) * hd4;
+      let kb = (j * p.n_kv + kvh) * HD4;
       var dot = vec4<f32>(0.0);
-      for (var d = 0u; d < hd4; d++) { dot += qs[d] * kcache[kb + d]; }
+      for (var d = 0u; d < HD4; d++) { dot += qs[d] * kcache[kb + d]; }
       sc = (dot.x + dot.y + dot.z + dot.w) * p.scale;
     }
     let m_new = max(m, wg_max(tid, sc));
@@ -73,16 +80,38 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     probs[tid] = pj;
     l = l * alpha + wg_sum(tid, pj);
     let n = min(WG, hi - c0);
-    for (var d = tid; d < hd; d += WG) {
-      var a = acc[d] * alpha;
-      for (var i = 0u; i < n; i++) { a += probs[i] * vcache[((c0 + i) * p.n_kv + kvh) * hd + d]; }
-      acc[d] = a;
+    if (grp < G) {
+      let vb = (c0 * p.n_kv + kvh) * HD4 + lane;
+      let stride = p.n_kv * HD4;
+      var s0 = vec4<f32>(0.0);
+      var s1 = vec4<f32>(0.0);
+      var s2 = vec4<f32>(0.0);
+      var s3 = vec4<f32>(0.0);
+      var i = grp;
+      for (; i + 3u * G < n; i += 4u * G) {
+        s0 += probs[i] * vcache[vb + i * stride];
+        s1 += probs[i + G] * vcache[vb + (i + G) * stride];
+        s2 += probs[i + 2u * G] * vcache[vb + (i + 2u * G) * stride];
+        s3 += probs[i + 3u * G] * vcache[vb + (i + 3u * G) * stride];
+      }
+      for (; i < n; i += G) { s0 += probs[i] * vcache[vb + i * stride]; }
+      a4 = a4 * alpha + ((s0 + s1) + (s2 + s3));
     }
     m = m_new;
     workgroupBarrier();
   }
+  // the groups' sums of each lane, added
+  accv[tid] = a4;
+  workgroupBarrier();
   let base = part_base(t, h, s);
-  for (var d = tid; d < hd; d += WG) { partials[base + d] = acc[d]; }
+  if (grp == 0u) {
+    var sum = accv[lane];
+    for (var g = 1u; g < G; g++) { sum += accv[g * HD4 + lane]; }
+    partials[base + 4u * lane] = sum.x;
+    partials[base + 4u * lane + 1u] = sum.y;
+    partials[base + 4u * lane + 2u] = sum.z;
+    partials[base + 4u * lane + 3u] = sum.w;
+  }
   if (tid == 0u) {
     partials[base + hd] = m;
     partials[base + hd + 1u] = l;

@@ -92,6 +92,9 @@ export function attentionScratchBytes(rows: number, numHeads: number, headDim: n
   return rows * numHeads * MAX_SPLITS * (headDim + 2) * 4;
 }
 
+/** Threads of an attention workgroup (shaders/attention.wgsl `WG`): a chunk of keys. */
+const WG = 64;
+
 /**
  * Records causal attention over the cache, split over keys: `partial` then `combine`.
  * out[t, h] = softmax(q·Kᵀ·scale) · V over positions ≤ pos0 + t (and within the window); with
@@ -116,6 +119,7 @@ export async function attention(
   if (o.headDim > 256 || o.headDim % 4 !== 0) {
     throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} must be a multiple of 4 up to 256`);
   }
+  if (o.headDim / 4 > WG) throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} exceeds ${4 * WG}`);
   const params = ATTENTION_PARAMS.pack({
     n_heads: o.numHeads,
     n_kv: o.numKvHeads,
@@ -124,7 +128,7 @@ export async function attention(
     scale: 1 / Math.sqrt(o.headDim),
     has_sinks: o.sinks ? 1 : 0,
   });
-  const constants = { MAX_SPLITS };
+  const constants = { MAX_SPLITS, HD4: o.headDim / 4 };
   return [
     await record(ctx, {
       label: `${o.label}.partial`,

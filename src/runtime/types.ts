@@ -249,7 +249,15 @@ export interface Engine extends AsyncDisposable {
    * `options.decoderIds` (default: the decoder start token alone).
    */
   forward(ids: readonly number[], options?: EncoderDecoderOptions): Promise<Float32Array>;
-  /** Streams generated tokens; the last chunk carries the request's `usage`. */
+  /**
+   * Streams generated tokens; the last chunk carries the request's `usage`.
+   *
+   * The generation takes the engine when its first chunk is read. At each chunk it hands out, it
+   * pauses: if another call waits for the engine and the consumer has not asked for the next chunk
+   * within a turn of the event loop, the other call runs, and this generation later rebuilds its
+   * state (a prefill over its prompt and tokens) and goes on with the tokens it would have given
+   * alone. An iterator dropped without `return()` blocks nothing; iterators read in turn all progress.
+   */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
   /**
    * OpenAI's chat completions in-process: `engine.chat.completions.create({ messages, stream })`

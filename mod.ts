@@ -109,6 +109,7 @@ export {
   EngineClosedError,
   GpuError,
   HubError,
+  NonFiniteError,
   OptionError,
   RequestError,
   ShaderCompileError,

@@ -7,6 +7,8 @@
  *
  * @module
  */
+import { NonFiniteError } from "../errors.ts";
+import { NON_FINITE_TOKEN } from "../kernels/sample.ts";
 import type { Tokenizer } from "../text/tokenizer.ts";
 import type { FinishReason, GenerateChunk, GenerateUsage } from "./types.ts";
 
@@ -151,6 +153,7 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
       if (b.start === 0) td = lastRead;
       const newIds: number[] = [];
       for (const tok of toks) {
+        if (tok === NON_FINITE_TOKEN) throw new NonFiniteError(`for generated token ${consumed}`);
         consumed++;
         if (o.eos.has(tok) && consumed > o.minTokens) {
           finish = "stop";

@@ -246,11 +246,13 @@ export interface Engine extends AsyncDisposable {
   /**
    * Logits [T × V] row-major for every position of `ids`, as one request from position 0. An
    * encoder-decoder (Switch) encodes `ids` and returns the decoder's logits [T_dec × V] for
-   * `options.decoderIds` (default: the decoder start token alone).
+   * `options.decoderIds` (default: the decoder start token alone). The logits come back as computed,
+   * NaN or infinite ones included (`perplexity` and `generate` raise `NonFiniteError` for those).
    */
   forward(ids: readonly number[], options?: EncoderDecoderOptions): Promise<Float32Array>;
   /**
-   * Streams generated tokens; the last chunk carries the request's `usage`.
+   * Streams generated tokens; the last chunk carries the request's `usage`. Logits that are NaN or
+   * infinite (non-finite weights, or an overflow) throw `NonFiniteError` rather than give tokens.
    *
    * The generation takes the engine when its first chunk is read. At each chunk it hands out, it
    * pauses: if another call waits for the engine and the consumer has not asked for the next chunk

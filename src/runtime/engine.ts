@@ -42,6 +42,7 @@ import { type GpuModel, loadGpuModel } from "./gpu_model.ts";
 import { stagingSizes } from "./layout.ts";
 import { planModel } from "./model_plan.ts";
 import { parseGeneration, promptIds, validateOptions } from "./requests.ts";
+import { type GenerationDefaults, readGenerationConfig } from "../checkpoint/generation_config.ts";
 import type {
   EncoderDecoderOptions,
   Engine,
@@ -117,6 +118,8 @@ interface Parts extends GpuModel {
   quantized: QuantStore | undefined;
   arch: Architecture<ModelSpec>;
   tokenizer: Tokenizer;
+  /** What generation_config.json sets for requests that do not say. */
+  defaults: GenerationDefaults;
   modelDir: string;
   ckpt: Checkpoint;
   plan: BudgetPlan;
@@ -133,6 +136,7 @@ class MoeEngine implements Engine {
   readonly chat: ChatApi = chatApi(this);
   readonly completions: Completions = completionsApi(this);
   readonly #arch: Architecture<ModelSpec>;
+  readonly #defaults: GenerationDefaults;
   readonly #gpu: Gpu;
   readonly #ckpt: Checkpoint;
   readonly #quantized: QuantStore | undefined;
@@ -170,6 +174,7 @@ class MoeEngine implements Engine {
     this.tokenizer = p.tokenizer;
     this.modelDir = p.modelDir;
     this.#arch = p.arch;
+    this.#defaults = p.defaults;
     this.#gpu = p.gpu;
     this.#ckpt = p.ckpt;
     this.#quantized = p.quantized;
@@ -217,6 +222,7 @@ class MoeEngine implements Engine {
     try {
       progress({ stage: "tokenizer", done: 0, total: 1 });
       const tokenizer = await Tokenizer.load(modelDir);
+      const defaults = await readGenerationConfig(modelDir);
       const budget = plan.resolve(options.budget);
       // copies at precisions the checkpoint does not store: quantized once, then from the cache
       const derived = precisions.filter((p) => p !== arch.nativePrecision);
@@ -255,6 +261,7 @@ class MoeEngine implements Engine {
         ...loaded,
         arch,
         tokenizer,
+        defaults,
         modelDir,
         ckpt,
         plan,
@@ -481,7 +488,12 @@ class MoeEngine implements Engine {
     this.#assertOpen();
     const ids = promptIds(this.tokenizer, request);
     this.#checkIds("ids", ids, this.#shape.contextLength);
-    const { sampling, maxTokens, stop } = parseGeneration(request, this.spec.vocabSize, this.#eos);
+    const { sampling, maxTokens, stop } = parseGeneration(
+      request,
+      this.spec.vocabSize,
+      this.#eos,
+      this.#defaults,
+    );
     const gen: AsyncGenerator<GenerateChunk> = this.#generate(
       ids,
       sampling,

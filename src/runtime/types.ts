@@ -112,7 +112,10 @@ export interface GenerateRequest {
   topP?: number;
   /** Seed of the sampler; default random. */
   seed?: number;
-  /** End-of-sequence cannot be sampled before this many new tokens (transformers' `min_new_tokens`); default 0. */
+  /**
+   * End-of-sequence cannot be sampled before this many new tokens (transformers' `min_new_tokens`);
+   * default: the model's `generation_config.json` `min_new_tokens`, else 0.
+   */
   minTokens?: number;
   /** Strings that end generation (not included in the output). */
   stop?: string[];

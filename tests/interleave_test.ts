@@ -74,6 +74,18 @@ for (const name of ["tiny-mixtral", "tiny-switch"]) {
   });
 }
 
+Deno.test("interleave: lru, with the prompt and the rebuilt state in chunks of 4 rows, gives what each gives alone", async () => {
+  await using engine = await createEngine({
+    model: `${FIXTURES}tiny-qwen3-moe`,
+    policy: "lru",
+    budget: "90%",
+    maxBatchTokens: 4,
+  });
+  const a = { ...A, ids: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] };
+  const alone = [await drain(engine, a), await drain(engine, B)];
+  assert.deepEqual(await interleave([engine.generate(a), engine.generate(B)]), alone);
+});
+
 Deno.test("interleave: sampled generations read in turn give what they give alone (the same seed)", async () => {
   await using engine = await createEngine({ model: `${FIXTURES}tiny-qwen3-moe` });
   const a = { ...A, temperature: 1, topP: 0.9, seed: 7 };

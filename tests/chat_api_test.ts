@@ -7,8 +7,6 @@
  * caller's own, to the official `openai` client.
  */
 import assert from "node:assert/strict";
-// the openai client is for tests only: deno.extra.lock (what `deno task test` uses) holds it
-// deno-lint-ignore no-import-prefix
 import OpenAI from "npm:openai@7.59.0";
 import {
   type ChatCompletion,

@@ -78,7 +78,7 @@ export async function inspectModel(options: EngineOptions, budget = options.budg
   // plan as swapmoe: it takes every expertPrecision (full and lru take one precision)
   const planned = await planModel({ ...options, budget: undefined, policy: "swapmoe" });
   try {
-    const { arch, ckpt, layout, plan, shape, modelDir } = planned;
+    const { arch, ckpt, tensors, layout, plan, shape, modelDir } = planned;
     let total = 0;
     for (const t of ckpt.tensors.values()) total += t.shape.reduce((a, b) => a * b, 1);
     const perExpert = arch.expertMatrices.reduce((a, m) => a + m.rows * m.cols, 0);

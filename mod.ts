@@ -115,6 +115,7 @@ export {
   EngineClosedError,
   GpuError,
   HubError,
+  NonFiniteError,
   OptionError,
   RequestError,
   ShaderCompileError,

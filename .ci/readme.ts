@@ -190,7 +190,13 @@ const CHECKS: Check[] = [
     match: /generate (?!.*--json)/,
     check: (r) => (r.stdout.trim() === "" ? "no text on stdout" : undefined),
   },
-  { match: /(^|\s)chat(\s|$)/, stdin: "Hello\n/stats\n/exit\n", check: (r) => has(r, /hit rate/) },
+  {
+    match: /(^|\s)chat(\s|$)/,
+    stdin: "Hello\n/stats\n/exit\n",
+    // a reply, not the note that the model ended its turn at once (generation_config's min_new_tokens)
+    check: (r) =>
+      has(r, /hit rate/) ?? (/\(no reply/.test(r.stdout) ? "the reply to Hello was empty" : undefined),
+  },
   {
     match: /\binfo --json/,
     check: (r) => fields(r, ["model", "spec", "parameters", "bytes", "policies", "gpu"]),
@@ -201,9 +207,9 @@ const CHECKS: Check[] = [
     check: (r) => {
       const v = json(r) as { choices?: { message?: { content?: unknown } }[] } | string;
       if (typeof v === "string") return v;
-      return typeof v.choices?.[0]?.message?.content === "string"
-        ? undefined
-        : `no choices[0].message.content`;
+      const content = v.choices?.[0]?.message?.content;
+      if (typeof content !== "string") return "no choices[0].message.content";
+      return content.trim() === "" ? "empty choices[0].message.content" : undefined;
     },
   },
   {

@@ -1,12 +1,15 @@
 // Token sampling on the GPU, one workgroup: greedy (argmax) or temperature → top-k → top-p → draw.
 // Writes the token into ids[0] (the next step's input) and generated[step.gen_index] (read back in
-// batches), so decoding needs no CPU round trip per token.
+// batches), so decoding needs no CPU round trip per token. A row holding a NaN or an infinity gives
+// NON_FINITE instead of a token, which the decode loop reports when it reads it back.
 //   logits: [head_rows, V] f32 — the last row is sampled
 // top-k and top-p are thresholds on an order-preserving u32 key of the logits, found exactly by a
 // 32-pass radix select: τ_k is the k-th largest key; τ_p the largest key c such that the tokens with
 // key ≥ c carry at least top_p of the probability mass left after top-k (transformers'
 // TopPLogitsWarper: the smallest top set whose mass reaches top_p).
 override WG: u32 = 256u;
+// Written instead of a token when the logits are not all finite (src/kernels/sample.ts sets it).
+override NON_FINITE: u32;
 
 struct Params {
   vocab: u32,
@@ -29,6 +32,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> generated: array<u32>;
 
 //!include reduce.wgsl
+
+// Exponent all ones: NaN or ±infinity (a bit test: `f != f` may be folded away by a compiler).
+fn is_finite(f: f32) -> bool {
+  return (bitcast<u32>(f) & 0x7f800000u) != 0x7f800000u;
+}
 
 fn key(f: f32) -> u32 {
   let b = bitcast<u32>(f);
@@ -66,9 +74,16 @@ fn main(@builtin(local_invocation_index) tid: u32) {
   // argmax (lowest index among equals): greedy, and the fallback of sampling
   var bv = NEG_INF;
   var bi = 0xffffffffu;
+  var finite = 1u;
   for (var i = lo; i < hi; i++) {
+    if (!is_finite(logits[base + i])) { finite = 0u; }
     let v = lg(base, i);
     if (bi == 0xffffffffu || v > bv) { bv = v; bi = i; }
+  }
+  // non-finite weights, or activations that overflowed: no token can be trusted
+  if (wg_min_u32(tid, finite) == 0u) {
+    if (tid == 0u) { emit(NON_FINITE); }
+    return;
   }
   let m = wg_max(tid, bv);
   let best = wg_min_u32(tid, select(0xffffffffu, bi, bv == m && bi != 0xffffffffu));

@@ -72,6 +72,21 @@ export class GpuError extends SwapMoeError {}
 /** A WGSL shader failed to compile; the message carries the compiler's messages. */
 export class ShaderCompileError extends GpuError {}
 
+/**
+ * The model computed logits that are NaN or infinite: its weights hold NaN or infinite values, or its
+ * activations overflowed. Raised by `generate` (the sampler flags the row on the GPU), `forward` and
+ * perplexity, instead of tokens or numbers that mean nothing.
+ */
+export class NonFiniteError extends SwapMoeError {
+  /** Creates the error; `where` says which logits, e.g. `"for generated token 3"`. */
+  constructor(where: string, options?: ErrorOptions) {
+    super(
+      `Non-finite logits (NaN or infinity) ${where}: the checkpoint's weights likely hold NaN or infinite values, or the activations overflowed; check that every tensor of the checkpoint is finite`,
+      options,
+    );
+  }
+}
+
 /** The engine was used after `close()`. */
 export class EngineClosedError extends SwapMoeError {}
 

@@ -439,6 +439,29 @@ const CASES: Case[] = [
   },
   // ---- tensors against config.json -------------------------------------------------------------------
   {
+    name: "config.json with fewer layers than the weights",
+    fixture: "tiny-mixtral",
+    corrupt: (d) => config(d, (c) => (c.num_hidden_layers = 1)),
+    error: CheckpointError,
+    file: S2,
+    parts: [
+      "Checkpoint has more layers than config.json describes: it holds model.layers.1, config.json describes 1 layer (model.layers.0); 31 tensors would be left out",
+      "correct config.json's layer count",
+    ],
+  },
+  {
+    name: "switch config.json with fewer decoder layers than the weights",
+    fixture: "tiny-switch",
+    corrupt: (d) =>
+      config(d, (c) => {
+        c.num_decoder_layers = 1;
+        c.num_sparse_decoder_layers = 0;
+      }),
+    error: CheckpointError,
+    file: SINGLE,
+    parts: ["it holds decoder.block.1, config.json describes 1 layer (decoder.block.0)"],
+  },
+  {
     name: "tensor missing for the architecture",
     fixture: "tiny-olmoe",
     corrupt: (d) =>

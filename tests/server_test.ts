@@ -715,6 +715,26 @@ Deno.test("a template error names the file, not the folder the server keeps the 
   }
 });
 
+Deno.test("a chat request with default settings gets a non-empty answer (generation_config's min_new_tokens)", async () => {
+  // as `deno task serve` starts: swapmoe at 70% (with fewer tokens by default, to be quick on lavapipe)
+  const options = { engine: { policy: "swapmoe", budget: "70%" }, server: { defaultMaxTokens: 24 } } as const;
+  await withServer(options, async ({ base, client }) => {
+    const messages = [{ role: "user" as const, content: "The state of the Union" }];
+    // the README's curl, as written
+    const res = await post(base, CHAT, { messages, max_tokens: 16 });
+    assert.equal(res.status, 200);
+    const body = await res.json();
+    assert.ok(body.choices[0].message.content.trim().length > 0, JSON.stringify(body));
+    assert.ok(body.usage.completion_tokens >= 8, JSON.stringify(body.usage));
+    // the openai client with nothing but the messages (OpenAI's temperature 1, the server's max_tokens)
+    for (let i = 0; i < 3; i++) {
+      const chat = await client.chat.completions.create({ model: "sotu-moe-mini", messages });
+      assert.ok(chat.choices[0]!.message.content!.trim().length > 0, `request ${i}: empty content`);
+      assert.ok(chat.usage!.completion_tokens >= 8, `request ${i}: ${chat.usage!.completion_tokens} tokens`);
+    }
+  });
+});
+
 Deno.test("a full queue answers 503 at once (--max-queue 1)", async () => {
   await withServer({ server: { maxQueue: 1 } }, async ({ base }) => {
     const slow = { prompt: PROMPT, max_tokens: 6, min_tokens: 6 };

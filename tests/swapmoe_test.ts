@@ -192,3 +192,29 @@ Deno.test("swapmoe uploads at most maxUploadBytesPerStep per decode step, and th
   );
   assert.ok(free > capped, `without the cap ${free} swaps, with it ${capped}: the cap did not bind`);
 });
+
+Deno.test("sotu-moe-mini: static with a profile gives the same greedy output for the same request, whatever came between", async () => {
+  // the README's recipe for repeatable output: swapmoe's resident set follows the requests, static's does not
+  const { usage } = JSON.parse(
+    await Deno.readTextFile(new URL("../models/sotu-moe-mini/expert_profile.json", import.meta.url)),
+  );
+  const sotu = "Mr. Speaker, Mr. Vice President, Members of Congress, my fellow Americans: Tonight we gather";
+  const moby = "Call me Ishmael. Some years ago—never mind how long precisely—having little or no money";
+  const request = { prompt: sotu, maxTokens: 24, minTokens: 24 };
+  for (const policy of ["static", "swapmoe"] as const) {
+    await using engine = await createEngine({ policy, budget: "8/16", profile: usage, contextLength: 256 });
+    const first = await generateIds(engine, request);
+    const resident = JSON.stringify(engine.stats().residentExperts);
+    await generateIds(engine, { prompt: moby, maxTokens: 32, minTokens: 32 });
+    const moved = JSON.stringify(engine.stats().residentExperts) !== resident;
+    const again = await generateIds(engine, request);
+    if (policy === "static") {
+      assert.equal(moved, false, "static's resident experts moved");
+      assert.deepEqual(again, first);
+      assert.equal(engine.stats().swaps, 0);
+    } else {
+      // what makes swapmoe's output depend on earlier requests (the README says so)
+      assert.equal(moved, true, "swapmoe's resident experts did not follow the other text");
+    }
+  }
+});

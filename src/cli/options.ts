@@ -288,7 +288,8 @@ export const SAMPLING_OPTIONS = {
 export function samplingUsage(maxTokens: number): string {
   return `Sampling options:
   --max-tokens <n>        Most new tokens; default ${maxTokens}
-  --min-tokens <n>        End of text cannot come before this many new tokens; default 0
+  --min-tokens <n>        End of text cannot come before this many new tokens; default the
+                          model's generation_config.json min_new_tokens, else 0
   --temperature <t>       0 is greedy (default); higher samples more freely, at most 100
   --top-p <p>             Nucleus sampling, in (0, 1]; default 1 (off)
   --top-k <k>             Sample among the k most likely tokens; default 0 (off)

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { OptionError } from "../errors.ts";
+import { NonFiniteError, OptionError } from "../errors.ts";
 import type { Engine } from "../runtime/engine.ts";
 
 /** Options of {@link perplexity}. */
@@ -49,9 +49,15 @@ export function windowsOf(ids: readonly number[], window: number, maxWindows = I
 
 /**
  * Sum over rows r < T−1 of −log softmax(logits[r])[ids[r+1]], from row-major logits [T × V], in
- * float64 with the max subtracted.
+ * float64 with the max subtracted. `offset` is row 0's position in the text (for the error).
+ * @throws {NonFiniteError} when a row's loss is not finite (a NaN or infinite logit in it)
  */
-export function nextTokenNll(logits: Float32Array, ids: readonly number[], vocab: number): number {
+export function nextTokenNll(
+  logits: Float32Array,
+  ids: readonly number[],
+  vocab: number,
+  offset = 0,
+): number {
   const T = ids.length;
   if (logits.length !== T * vocab) {
     throw new RangeError(`logits hold ${logits.length} values, expected ${T} × ${vocab}`);
@@ -64,7 +70,9 @@ export function nextTokenNll(logits: Float32Array, ids: readonly number[], vocab
     let sum = 0;
     for (let v = 0; v < vocab; v++) sum += Math.exp(row[v]! - max);
     const target = ids[r + 1]!;
-    total += max + Math.log(sum) - row[target]!;
+    const nll = max + Math.log(sum) - row[target]!;
+    if (!Number.isFinite(nll)) throw new NonFiniteError(`at position ${offset + r} of the ids (loss ${nll})`);
+    total += nll;
   }
   return total;
 }
@@ -94,7 +102,7 @@ export async function perplexity(
   let tokens = 0;
   for (const [i, w] of windows.entries()) {
     const logits = await engine.forward(w);
-    nll += nextTokenNll(logits, w, V);
+    nll += nextTokenNll(logits, w, V, i * window);
     tokens += w.length - 1;
     options.onWindow?.(i, windows.length, Math.exp(nll / tokens));
   }

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { NonFiniteError } from "../errors.ts";
 import { nextTokenNll, windowsOf } from "./perplexity.ts";
 
 Deno.test("windowsOf: non-overlapping windows, the partial last one dropped, at most maxWindows", () => {
@@ -26,4 +27,23 @@ Deno.test("nextTokenNll: cross-entropy of rows 0..T-2 against ids 1..T-1, as a n
   const big = new Float32Array(2 * V).fill(1e4);
   assert.ok(Math.abs(nextTokenNll(big, [0, 1], V) - Math.log(V)) < 1e-9);
   assert.throws(() => nextTokenNll(new Float32Array(3), ids, V), RangeError);
+});
+
+Deno.test("nextTokenNll: a NaN or an infinity in a scored row is a NonFiniteError naming its position", () => {
+  const V = 4;
+  const ids = [0, 1, 2];
+  for (const bad of [NaN, Infinity, -Infinity]) {
+    const logits = new Float32Array(3 * V);
+    logits[1 * V + (bad === -Infinity ? 2 : 3)] = bad; // row 1; -inf only hurts as the target's logit
+    assert.throws(() => nextTokenNll(logits, ids, V, 10), (e: Error) => {
+      assert.ok(e instanceof NonFiniteError, String(e));
+      assert.match(e.message, /^Non-finite logits \(NaN or infinity\) at position 11 of the ids/);
+      return true;
+    });
+  }
+  // the last row is not scored, and -inf elsewhere than the target is a probability of 0
+  const logits = new Float32Array(3 * V);
+  logits[2 * V] = NaN;
+  logits[0 * V + 3] = -Infinity;
+  assert.ok(Number.isFinite(nextTokenNll(logits, ids, V)));
 });

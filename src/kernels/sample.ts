@@ -1,6 +1,7 @@
 /**
  * `shaders/sample.wgsl`: greedy or temperature/top-k/top-p sampling of the last logits row on the
- * GPU, writing the token where the next step's embedding reads it.
+ * GPU, writing the token where the next step's embedding reads it, or {@link NON_FINITE_TOKEN} for a
+ * row that is not all finite.
  *
  * @module
  */
@@ -36,6 +37,12 @@ const PARAMS = paramsLayout(
   ] as const,
 );
 
+/**
+ * What the sampler writes instead of a token when the logits row holds a NaN or an infinity (the
+ * shader's `NON_FINITE`): never a vocabulary id.
+ */
+export const NON_FINITE_TOKEN = 0xffff_ffff;
+
 /** Bytes of the sampler's `Params`. */
 export const SAMPLING_PARAMS_BYTES = 48;
 
@@ -66,7 +73,7 @@ export async function sampler(
   ctx: KernelContext,
   o: { label: string; params: GPUBuffer; logits: GPUBuffer; ids: GPUBuffer; generated: GPUBuffer },
 ): Promise<Dispatch> {
-  const pipeline = await ctx.pipelines.get("sample.wgsl");
+  const pipeline = await ctx.pipelines.get("sample.wgsl", "main", { NON_FINITE: NON_FINITE_TOKEN });
   const bindGroup = ctx.device.createBindGroup({
     label: o.label,
     layout: pipeline.getBindGroupLayout(0),

@@ -261,6 +261,62 @@ export function checkTensorShapes(
       );
     }
   }
+  checkLayerCount(expected, tensors);
+}
+
+/** A layer of a stack: `model.layers.3.…` is layer 3 of `model.layers` (Switch: `encoder.block.3.…`). */
+const LAYER = /^(.+?)\.(\d+)\./;
+
+/**
+ * Refuses a checkpoint with more layers than config.json describes (they would be left out in
+ * silence): for each stack of numbered layers among the `expected` names, a tensor of the checkpoint
+ * numbered past the last expected layer is an error naming those layers.
+ */
+function checkLayerCount(
+  expected: ReadonlyMap<string, readonly number[]>,
+  tensors: ReadonlyMap<string, TensorInfo>,
+): void {
+  const described = new Map<string, number>(); // stack → layers config.json describes
+  for (const name of expected.keys()) {
+    const m = LAYER.exec(name);
+    if (m) described.set(m[1]!, Math.max(described.get(m[1]!) ?? 0, Number(m[2]) + 1));
+  }
+  const extra = new Map<string, Set<number>>(); // stack → layers past them
+  let first: TensorInfo | undefined;
+  let count = 0;
+  for (const t of tensors.values()) {
+    const m = LAYER.exec(t.name);
+    const n = m ? described.get(m[1]!) : undefined;
+    if (!m || n === undefined || Number(m[2]) < n) continue;
+    if (!extra.has(m[1]!)) extra.set(m[1]!, new Set());
+    extra.get(m[1]!)!.add(Number(m[2]));
+    first ??= t;
+    count++;
+  }
+  if (!first) return;
+  const stacks = [...extra].map(([stack, layers]) => {
+    const n = described.get(stack)!;
+    return `it holds ${layerList(stack, [...layers])}, config.json describes ${n} layer${
+      n === 1 ? "" : "s"
+    } (${layerList(stack, [0, n - 1])})`;
+  });
+  throw new CheckpointError(
+    `Checkpoint has more layers than config.json describes: ${
+      stacks.join("; ")
+    }; ${count} tensors would be left out, e.g. "${first.name}"; correct config.json's layer count, or use the weights it was written with`,
+    first.file,
+  );
+}
+
+/** `model.layers.4`, `model.layers.4 to model.layers.9` (a run), or a list of a few. */
+function layerList(stack: string, layers: number[]): string {
+  const s = [...new Set(layers)].sort((a, b) => a - b);
+  const name = (i: number) => `${stack}.${i}`;
+  if (s.length === 1) return name(s[0]!);
+  if (s[s.length - 1]! - s[0]! === s.length - 1) return `${name(s[0]!)} to ${name(s[s.length - 1]!)}`;
+  return s.length <= 6
+    ? s.map(name).join(", ")
+    : `${s.slice(0, 5).map(name).join(", ")}, … ${name(s.at(-1)!)}`;
 }
 
 /** Buffer usage of the run state's activations: read and written by kernels, cleared and copied by the engine. */

@@ -7,6 +7,8 @@
  *
  * @module
  */
+import { NonFiniteError } from "../errors.ts";
+import { NON_FINITE_TOKEN } from "../kernels/sample.ts";
 import type { Tokenizer } from "../text/tokenizer.ts";
 import type { FinishReason, GenerateChunk, GenerateUsage } from "./types.ts";
 
@@ -14,6 +16,17 @@ import type { FinishReason, GenerateChunk, GenerateUsage } from "./types.ts";
 export const READ_SIZES = [1, 2, 4, 8, 16];
 /** A submit slower than this ran the GPU work on the CPU (lavapipe): yield to the event loop after it. */
 const SLOW_SUBMIT_MS = 5;
+
+/** A batch of steps whose tokens and statistics are being read back. */
+interface Batch {
+  staging: GPUBuffer;
+  /** Its first token's index, and its token count. */
+  start: number;
+  n: number;
+  map: Promise<void>;
+  /** Its tokens, once read. */
+  tokens?: Promise<number[]>;
+}
 
 /** What the loop needs from its engine. */
 export interface DecodeLoopOptions {
@@ -31,8 +44,18 @@ export interface DecodeLoopOptions {
   /** Two MAP_READ buffers: tokens at 0, statistics at `statsAt`. */
   staging: readonly GPUBuffer[];
   statsAt: number;
-  /** Encodes and submits the step that samples token g. */
-  step(g: number): Promise<void>;
+  /**
+   * Encodes and submits the step that samples token g. `tokens` are those read back so far, in order
+   * (all of 0 … g − 1 after a `park`): what rebuilds the sequence when other calls ran in between.
+   */
+  step(g: number, tokens: readonly number[]): Promise<void>;
+  /**
+   * Before each chunk is handed out: `park` settles the readbacks in flight (their tokens join
+   * `tokens`), after which the engine may run other calls until the next `step`.
+   */
+  pause?(park: () => Promise<void>): void;
+  /** After the consumer came back (or left): waits for a park under way. */
+  resume?(): Promise<void>;
   /** Inside `enc`: copy the routing statistics since the last copy to `staging` at `offset`, and clear them. */
   copyStats(enc: GPUCommandEncoder, staging: GPUBuffer, offset: number): void;
   /** A batch of tokens [start, start + n) was read; its statistics are mapped in `staging` at `offset`. */
@@ -64,7 +87,32 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
   let lastRead = 0; // when the last batch handled was read back
   let batchNo = 0;
   let finish: FinishReason | undefined;
-  const inflight: { staging: GPUBuffer; start: number; n: number; map: Promise<void> }[] = [];
+  const inflight: Batch[] = [];
+  const sampled: number[] = []; // every token read back, in order (those computed ahead included)
+
+  /** Reads batch `b` once (the loop, or a park): its tokens join `sampled`; its statistics are handed on. */
+  const read = (b: Batch): Promise<number[]> =>
+    b.tokens ??= (async () => {
+      await b.map;
+      const toks = Array.from(new Uint32Array(b.staging.getMappedRange(0, b.n * 4).slice(0)));
+      if (!finish) o.onBatch(b.staging, o.statsAt, b.start, b.n);
+      b.staging.unmap();
+      sampled.push(...toks);
+      return toks;
+    })();
+  /** Settles the readbacks in flight, so that the engine can serve another call while a chunk is out. */
+  const park = async () => {
+    for (const b of inflight) await read(b);
+  };
+  /** Hands `chunk` to the consumer with the engine paused. */
+  async function* handOut(chunk: GenerateChunk): AsyncGenerator<GenerateChunk> {
+    o.pause?.(park);
+    try {
+      yield chunk;
+    } finally {
+      await o.resume?.();
+    }
+  }
 
   const submitBatch = async () => {
     const n = Math.min(READ_SIZES[Math.min(batchNo, READ_SIZES.length - 1)]!, o.maxTokens - generated);
@@ -77,7 +125,7 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
         break;
       }
       const t = performance.now();
-      await o.step(generated);
+      await o.step(generated, sampled);
       // A software adapter runs the work inside submit: let timers and I/O (a server's other
       // requests, disconnects) run between such steps. A real GPU's submit returns at once.
       if (performance.now() - t > SLOW_SUBMIT_MS) await new Promise((r) => setTimeout(r, 0));
@@ -99,15 +147,13 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
     while (inflight.length > 0) {
       if (!finish) await submitBatch();
       const b = inflight.shift()!;
-      await b.map;
-      const toks = Array.from(new Uint32Array(b.staging.getMappedRange(0, b.n * 4).slice(0)));
-      if (!finish) o.onBatch(b.staging, o.statsAt, b.start, b.n);
-      b.staging.unmap();
+      const toks = await read(b);
       if (finish) continue; // tokens computed ahead, past the end
       lastRead = performance.now();
       if (b.start === 0) td = lastRead;
       const newIds: number[] = [];
       for (const tok of toks) {
+        if (tok === NON_FINITE_TOKEN) throw new NonFiniteError(`for generated token ${consumed}`);
         consumed++;
         if (o.eos.has(tok) && consumed > o.minTokens) {
           finish = "stop";
@@ -136,10 +182,12 @@ export async function* decodeLoop(o: DecodeLoopOptions): AsyncGenerator<Generate
         chunk.finishReason = finish;
         chunk.usage = usage();
       }
-      yield chunk;
+      yield* handOut(chunk);
     }
     // nothing was left to read because the signal stopped the encoding (before the first batch, too)
-    if (!finish) yield { ids: [], text: text.slice(emitted), finishReason: "abort", usage: usage() };
+    if (!finish) {
+      yield* handOut({ ids: [], text: text.slice(emitted), finishReason: "abort", usage: usage() });
+    }
   } finally {
     // a consumer that stops early leaves readbacks in flight: settle them before the next request
     for (const b of inflight) {

@@ -37,10 +37,12 @@ import { Tokenizer } from "../text/tokenizer.ts";
 import { chatApi, completionsApi } from "../server/openai.ts";
 import type { ChatApi, Completions } from "../server/openai_types.ts";
 import { decodeLoop, type DecodeLoopOptions } from "./decode_loop.ts";
+import { EngineLock, type Lease } from "./engine_lock.ts";
 import { type GpuModel, loadGpuModel } from "./gpu_model.ts";
 import { stagingSizes } from "./layout.ts";
 import { planModel } from "./model_plan.ts";
 import { parseGeneration, promptIds, validateOptions } from "./requests.ts";
+import { type GenerationDefaults, readGenerationConfig } from "../checkpoint/generation_config.ts";
 import type {
   EncoderDecoderOptions,
   Engine,
@@ -97,12 +99,27 @@ interface PolicySettings {
   staticSets: number[][] | undefined;
 }
 
+/**
+ * One generation's own state: what rebuilds its KV cache (and an encoder's output) when other calls
+ * ran between its chunks, and its hold on the engine.
+ */
+interface Sequence {
+  /** The prompt: the decoder's first rows, or an encoder-decoder's encoder input. */
+  prompt: number[];
+  /** What the decoder's prefill reads: the prompt, or after an encoder the decoder start token. */
+  rows: number[];
+  sampling: SamplingParams;
+  lease: Lease;
+}
+
 /** What a {@link MoeEngine} is made of once loaded. */
 interface Parts extends GpuModel {
   /** The quantized copies' store (mapped cache files), closed with the engine. */
   quantized: QuantStore | undefined;
   arch: Architecture<ModelSpec>;
   tokenizer: Tokenizer;
+  /** What generation_config.json sets for requests that do not say. */
+  defaults: GenerationDefaults;
   modelDir: string;
   ckpt: Checkpoint;
   plan: BudgetPlan;
@@ -119,6 +136,7 @@ class MoeEngine implements Engine {
   readonly chat: ChatApi = chatApi(this);
   readonly completions: Completions = completionsApi(this);
   readonly #arch: Architecture<ModelSpec>;
+  readonly #defaults: GenerationDefaults;
   readonly #gpu: Gpu;
   readonly #ckpt: Checkpoint;
   readonly #quantized: QuantStore | undefined;
@@ -140,8 +158,13 @@ class MoeEngine implements Engine {
   /** The budget in force, in bytes. */
   #budget: number;
   #closed = false;
-  #busy: Promise<unknown> = Promise.resolve();
-  /** Generations not finished yet: `close` ends them, as one left suspended holds the engine. */
+  /** `close` has begun: a generation that takes the engine again from now on ends. */
+  #closing = false;
+  /** Calls take the GPU state one at a time; a generation gives it up between chunks (engine_lock.ts). */
+  readonly #lock = new EngineLock();
+  /** The generation whose KV cache, step input and sampler settings are on the GPU, if any. */
+  #resident: Sequence | undefined;
+  /** Generations not finished yet: `close` ends them. */
   readonly #generators = new Set<AsyncGenerator<GenerateChunk>>();
   #tokensSinceRevision = 0;
   readonly #counters = { prefillTokens: 0, decodeTokens: 0, prefillSeconds: 0, decodeSeconds: 0 };
@@ -151,6 +174,7 @@ class MoeEngine implements Engine {
     this.tokenizer = p.tokenizer;
     this.modelDir = p.modelDir;
     this.#arch = p.arch;
+    this.#defaults = p.defaults;
     this.#gpu = p.gpu;
     this.#ckpt = p.ckpt;
     this.#quantized = p.quantized;
@@ -198,6 +222,7 @@ class MoeEngine implements Engine {
     try {
       progress({ stage: "tokenizer", done: 0, total: 1 });
       const tokenizer = await Tokenizer.load(modelDir);
+      const defaults = await readGenerationConfig(modelDir);
       const budget = plan.resolve(options.budget);
       // copies at precisions the checkpoint does not store: quantized once, then from the cache
       const derived = precisions.filter((p) => p !== arch.nativePrecision);
@@ -236,6 +261,7 @@ class MoeEngine implements Engine {
         ...loaded,
         arch,
         tokenizer,
+        defaults,
         modelDir,
         ckpt,
         plan,
@@ -275,13 +301,20 @@ class MoeEngine implements Engine {
     this.#gpu.assertAlive();
   }
 
-  /** Runs `fn` after every earlier call finished (calls never interleave on the GPU state). */
-  #serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#busy.then(fn, fn).catch(async (e) => {
+  /**
+   * Runs `fn` holding the engine: after the calls that asked before, and before those that ask later
+   * (a generation paused between chunks gives the engine up to it: see `generate`).
+   */
+  async #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const lease = await this.#lock.acquire();
+    try {
+      this.#resident = undefined; // forward's passes and setBudget's new slots overwrite a generation's state
+      return await fn();
+    } catch (e) {
       throw await this.#gpu.explain(e);
-    });
-    this.#busy = run.catch(() => {});
-    return run;
+    } finally {
+      lease.release();
+    }
   }
 
   /** Throws unless `ids` are 1 … `max` token ids of this model's vocabulary. */
@@ -438,12 +471,29 @@ class MoeEngine implements Engine {
     });
   }
 
-  /** Streams generated tokens; requests are validated before they queue for the engine. */
+  /**
+   * Streams generated tokens; requests are validated before they queue for the engine.
+   *
+   * The generation asks for the engine when its first chunk is read, and holds it while it computes.
+   * Whenever it hands out a chunk it pauses: if another call (`forward`, `setBudget`, another
+   * generation) is waiting, and this generation's consumer has not asked for the next chunk within a
+   * turn of the event loop, it settles its GPU work and gives the engine up. When its consumer asks
+   * again, it queues for the engine behind the calls that asked before, and rebuilds its state on the
+   * GPU from its prompt and the tokens it generated (a prefill over them, then the next step as
+   * before), so its output is what it would have been alone. An iterator dropped without `return()`
+   * therefore blocks nothing, and generations read in turn both make progress, each paying a
+   * prefill whenever the other ran in between; one read without pause holds the engine to its end.
+   */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk> {
     this.#assertOpen();
     const ids = promptIds(this.tokenizer, request);
     this.#checkIds("ids", ids, this.#shape.contextLength);
-    const { sampling, maxTokens, stop } = parseGeneration(request, this.spec.vocabSize, this.#eos);
+    const { sampling, maxTokens, stop } = parseGeneration(
+      request,
+      this.spec.vocabSize,
+      this.#eos,
+      this.#defaults,
+    );
     const gen: AsyncGenerator<GenerateChunk> = this.#generate(
       ids,
       sampling,
@@ -456,7 +506,7 @@ class MoeEngine implements Engine {
     return gen;
   }
 
-  /** Holds the engine for the whole generation, then releases it. */
+  /** Takes the engine for a generation (which gives it up between chunks when asked), then releases it. */
   async *#generate(
     prompt: number[],
     sampling: SamplingParams,
@@ -466,20 +516,69 @@ class MoeEngine implements Engine {
     done: () => void,
   ): AsyncGenerator<GenerateChunk> {
     const askedAt = performance.now();
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
-    const prev = this.#busy;
-    this.#busy = prev.then(() => held);
-    await prev.catch(() => {});
+    const lease = await this.#lock.acquire();
     try {
       this.#assertOpen();
-      yield* this.#decode(prompt, sampling, maxTokens, stop, signal, askedAt);
+      const rows = this.encoderDecoder ? [this.#arch.decoderStartTokenId!] : prompt;
+      yield* this.#decode({ prompt, rows, sampling, lease }, maxTokens, stop, signal, askedAt);
     } catch (e) {
       throw await this.#gpu.explain(e);
     } finally {
-      release();
+      lease.release();
       done();
     }
+  }
+
+  /**
+   * Writes `seq`'s sampler settings and runs its prefill: the encoder over its prompt (encoder-decoder),
+   * then the decoder over `rows` in chunks. With `sample`, the last chunk samples token 0; without, the
+   * routing statistics of the pass are cleared (they were counted when these rows first ran). A
+   * request cancelled during its first prefill stops between chunks (`signal`).
+   */
+  async #prefill(seq: Sequence, rows: number[], sample: boolean, signal?: AbortSignal): Promise<void> {
+    const queue = this.#gpu.device.queue;
+    const program = this.#program;
+    const io = program.io;
+    this.#resident = seq;
+    queue.writeBuffer(io.samplingParams, 0, packSampling(this.spec.vocabSize, seq.sampling));
+    if (this.encoderDecoder && !signal?.aborted) await this.#encode(seq.prompt);
+    this.#pump();
+    const maxRows = this.#shape.maxRows;
+    for (let start = 0; start < rows.length && !signal?.aborted; start += maxRows) {
+      const t = Math.min(maxRows, rows.length - start);
+      const last = start + t === rows.length;
+      queue.writeBuffer(io.ids, 0, new Uint32Array(rows.slice(start, start + t)));
+      // statistics keep summing on the GPU; the first token readback carries them
+      await this.#run(program.decoder, { t, headRows: last && sample ? 1 : 0, pos0: start }, {
+        headRow0: last && sample ? t - 1 : 0,
+        newPass: start === 0,
+        after: !last
+          ? undefined
+          : sample
+          ? this.#sample
+          : (enc) => enc.clearBuffer(io.stats, 0, this.#statsBytes),
+      });
+    }
+  }
+
+  /** Inside `enc`: samples the last logits row (a pass of its own). */
+  readonly #sample = (enc: GPUCommandEncoder): void => {
+    const cp = enc.beginComputePass({ label: "sample" });
+    encode(cp, [this.#program.sample], { t: 1, headRows: 1, pos0: 0 });
+    cp.end();
+  };
+
+  /**
+   * Before step `g` of `seq`, when other calls ran since its last step: rebuilds its KV cache from
+   * its prompt and tokens 0 … g − 2, and makes token g − 1 the step's input, as its own step g − 1
+   * left it. `tokens` are the tokens read back so far (all of 0 … g − 1 once the sequence was parked).
+   */
+  async #restore(seq: Sequence, g: number, tokens: readonly number[]): Promise<void> {
+    if (tokens.length < g) {
+      throw new Error(`Internal: ${tokens.length} tokens read back, step ${g} needs ${g}`);
+    }
+    await this.#prefill(seq, [...seq.rows, ...tokens.slice(0, g - 1)], false);
+    this.#gpu.device.queue.writeBuffer(this.#program.io.ids, 0, Uint32Array.of(tokens[g - 1]!));
   }
 
   /**
@@ -488,69 +587,49 @@ class MoeEngine implements Engine {
    * from the GPU and samples token g. `askedAt` is when the request asked for the engine (its usage).
    */
   async *#decode(
-    prompt: number[],
-    sampling: SamplingParams,
+    seq: Sequence,
     maxTokens: number,
     stop: string[],
     signal: AbortSignal | undefined,
     askedAt: number,
   ): AsyncGenerator<GenerateChunk> {
-    const queue = this.#gpu.device.queue;
-    const program = this.#program;
-    const io = program.io;
+    const { prompt, rows, lease } = seq;
     const ctxLen = this.#shape.contextLength;
-    queue.writeBuffer(io.samplingParams, 0, packSampling(this.spec.vocabSize, sampling));
     const t0 = performance.now();
-    const sample = (enc: GPUCommandEncoder) => {
-      const cp = enc.beginComputePass({ label: "sample" });
-      encode(cp, [program.sample], { t: 1, headRows: 1, pos0: 0 });
-      cp.end();
-    };
-
-    // what the decoder's prefill reads: the prompt, or after an encoder the decoder start token
-    let rows = prompt;
-    if (this.encoderDecoder) {
-      if (!signal?.aborted) await this.#encode(prompt);
-      rows = [this.#arch.decoderStartTokenId!];
-    }
     // prompt and new tokens share a decoder-only model's context; a decoder's own holds ctxLen new tokens
     const tokenAllowance = Math.min(maxTokens, this.encoderDecoder ? ctxLen : ctxLen - prompt.length);
-    this.#pump();
-    const maxRows = this.#shape.maxRows;
     // a request cancelled before or during its prefill stops between chunks: the loop then ends it
-    for (let start = 0; start < rows.length && !signal?.aborted; start += maxRows) {
-      const t = Math.min(maxRows, rows.length - start);
-      const last = start + t === rows.length;
-      queue.writeBuffer(io.ids, 0, new Uint32Array(rows.slice(start, start + t)));
-      // statistics keep summing on the GPU; the first token readback carries them
-      await this.#run(program.decoder, { t, headRows: last ? 1 : 0, pos0: start }, {
-        headRow0: last ? t - 1 : 0,
-        newPass: start === 0,
-        after: last ? sample : undefined,
-      });
-    }
+    await this.#prefill(seq, rows, true, signal);
 
     yield* decodeLoop({
       device: this.#gpu.device,
       tokenizer: this.tokenizer,
       eos: this.#eos,
-      minTokens: sampling.minTokens,
+      minTokens: seq.sampling.minTokens,
       stop,
       signal,
       maxTokens: tokenAllowance,
       request: { promptTokens: prompt.length, askedAt, startedAt: t0 },
-      generated: io.generated,
+      generated: this.#program.io.generated,
       staging: this.#tokenStaging,
       statsAt: this.#shape.maxGenerated * 4,
-      step: async (g) => {
+      step: async (g, tokens) => {
         if (g === 0) return;
+        if (await lease.hold()) {
+          // parked between chunks: the engine may have closed, and other calls may have run
+          if (this.#closing) throw new EngineClosedError("The engine was closed during the generation");
+          this.#assertOpen();
+        }
+        if (this.#resident !== seq) await this.#restore(seq, g, tokens);
         this.#pump();
-        await this.#run(program.decoder, { t: 1, headRows: 1, pos0: rows.length + g - 1 }, {
+        await this.#run(this.#program.decoder, { t: 1, headRows: 1, pos0: rows.length + g - 1 }, {
           genIndex: g,
           newPass: true,
-          after: sample,
+          after: this.#sample,
         });
       },
+      pause: (park) => lease.pause(park),
+      resume: () => lease.resume(),
       // the first batch's statistics cover the encoder's rows and all prefill rows but the last
       ...this.#decodeHooks(prompt.length, (this.encoderDecoder ? prompt.length : 0) + rows.length - 1, t0),
     });
@@ -725,18 +804,24 @@ class MoeEngine implements Engine {
 
   async close(): Promise<void> {
     if (this.#closed) return;
+    this.#closing = true;
     await Promise.all([...this.#generators].map((g) => g.return(undefined).catch(() => {})));
     this.#generators.clear();
-    await this.#busy.catch(() => {});
-    if (this.#closed) return;
-    this.#closed = true;
+    // after the calls that asked before (a forward in flight completes); those after find it closed
+    const lease = await this.#lock.acquire();
     try {
-      if (!this.#gpu.lost) await this.#gpu.device.queue.onSubmittedWorkDone();
+      if (this.#closed) return;
+      this.#closed = true;
+      try {
+        if (!this.#gpu.lost) await this.#gpu.device.queue.onSubmittedWorkDone();
+      } finally {
+        this.#memory.freeAll();
+        this.#gpu.device.destroy();
+        this.#quantized?.[Symbol.dispose]();
+        this.#ckpt.close();
+      }
     } finally {
-      this.#memory.freeAll();
-      this.#gpu.device.destroy();
-      this.#quantized?.[Symbol.dispose]();
-      this.#ckpt.close();
+      lease.release();
     }
   }
 

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { GenerationDefaults } from "../checkpoint/generation_config.ts";
 import { OptionError } from "../errors.ts";
 import type { SamplingParams } from "../kernels/sample.ts";
 import { FAMILY_OPTION_KEYS } from "../models/registry.ts";
@@ -200,11 +201,15 @@ export function promptIds(tokenizer: Tokenizer, r: GenerateRequest): number[] {
   return tokenizer.encodeChat(r.messages!, { addGenerationPrompt: true });
 }
 
-/** A request's sampler settings, token limit and stop strings, validated; `eos` end generation. */
+/**
+ * A request's sampler settings, token limit and stop strings, validated; `eos` end generation, and
+ * `defaults` (the checkpoint's generation_config.json) fill in what the request leaves out.
+ */
 export function parseGeneration(
   r: GenerateRequest,
   vocab: number,
   eos: ReadonlySet<number>,
+  defaults: GenerationDefaults = {},
 ): { sampling: SamplingParams; maxTokens: number; stop: string[] } {
   const maxTokens = r.maxTokens ?? 128;
   if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) {
@@ -214,11 +219,19 @@ export function parseGeneration(
   if (!Array.isArray(stop) || !stop.every((s) => typeof s === "string" && s.length > 0)) {
     throw new OptionError("Invalid stop: expected a list of non-empty strings");
   }
-  return { sampling: parseSampling(r, vocab, eos), maxTokens, stop };
+  return { sampling: parseSampling(r, vocab, eos, defaults), maxTokens, stop };
 }
 
-/** The sampler's settings from a request, validated; `eos` are the ids that end generation. */
-export function parseSampling(r: GenerateRequest, vocab: number, eos: ReadonlySet<number>): SamplingParams {
+/**
+ * The sampler's settings from a request, validated; `eos` are the ids that end generation. Without
+ * `minTokens`, the checkpoint's `min_new_tokens` applies (`defaults`), else 0.
+ */
+export function parseSampling(
+  r: GenerateRequest,
+  vocab: number,
+  eos: ReadonlySet<number>,
+  defaults: GenerationDefaults = {},
+): SamplingParams {
   const temperature = r.temperature ?? 0;
   const topK = r.topK ?? 0;
   const topP = r.topP ?? 1;
@@ -235,7 +248,7 @@ export function parseSampling(r: GenerateRequest, vocab: number, eos: ReadonlySe
   if (!Number.isSafeInteger(seed) || seed < 0) {
     throw new OptionError(`Invalid seed: ${seed}, expected an integer >= 0`);
   }
-  const minTokens = r.minTokens ?? 0;
+  const minTokens = r.minTokens ?? defaults.minTokens ?? 0;
   if (!Number.isSafeInteger(minTokens) || minTokens < 0) {
     throw new OptionError(`Invalid minTokens: ${minTokens}, expected an integer >= 0`);
   }

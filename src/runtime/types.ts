@@ -112,7 +112,10 @@ export interface GenerateRequest {
   topP?: number;
   /** Seed of the sampler; default random. */
   seed?: number;
-  /** End-of-sequence cannot be sampled before this many new tokens (transformers' `min_new_tokens`); default 0. */
+  /**
+   * End-of-sequence cannot be sampled before this many new tokens (transformers' `min_new_tokens`);
+   * default: the model's `generation_config.json` `min_new_tokens`, else 0.
+   */
   minTokens?: number;
   /** Strings that end generation (not included in the output). */
   stop?: string[];
@@ -246,10 +249,20 @@ export interface Engine extends AsyncDisposable {
   /**
    * Logits [T × V] row-major for every position of `ids`, as one request from position 0. An
    * encoder-decoder (Switch) encodes `ids` and returns the decoder's logits [T_dec × V] for
-   * `options.decoderIds` (default: the decoder start token alone).
+   * `options.decoderIds` (default: the decoder start token alone). The logits come back as computed,
+   * NaN or infinite ones included (`perplexity` and `generate` raise `NonFiniteError` for those).
    */
   forward(ids: readonly number[], options?: EncoderDecoderOptions): Promise<Float32Array>;
-  /** Streams generated tokens; the last chunk carries the request's `usage`. */
+  /**
+   * Streams generated tokens; the last chunk carries the request's `usage`. Logits that are NaN or
+   * infinite (non-finite weights, or an overflow) throw `NonFiniteError` rather than give tokens.
+   *
+   * The generation takes the engine when its first chunk is read. At each chunk it hands out, it
+   * pauses: if another call waits for the engine and the consumer has not asked for the next chunk
+   * within a turn of the event loop, the other call runs, and this generation later rebuilds its
+   * state (a prefill over its prompt and tokens) and goes on with the tokens it would have given
+   * alone. An iterator dropped without `return()` blocks nothing; iterators read in turn all progress.
+   */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;
   /**
    * OpenAI's chat completions in-process: `engine.chat.completions.create({ messages, stream })`

@@ -11,7 +11,7 @@
  */
 import { parseArgs } from "node:util";
 import { type Dispatch, encode, grid } from "../src/gpu/dispatch.ts";
-import { packStep } from "../src/kernels/step.ts";
+import { decodeRow, packRows, packStep } from "../src/kernels/step.ts";
 import { passDispatches } from "../src/models/family.ts";
 import { loadGpuModel } from "../src/runtime/gpu_model.ts";
 import { planModel } from "../src/runtime/model_plan.ts";
@@ -42,7 +42,12 @@ const { gpu, memory, cache, program, step } = await loadGpuModel(planned, {
 const device = gpu.device;
 for (let l = 0; l < cache.moeLayers; l++) for (let e = 0; e < E; e++) cache.load(l, e, 0);
 cache.flush();
-device.queue.writeBuffer(step, 0, packStep({ t: 1, headRows: 1, pos0: pos }));
+/** The Step and row of decode step `s` at position `p` (slot 0, token s + 1 from token s). */
+const writeStep = (p: number, s: number) => {
+  device.queue.writeBuffer(step, 0, packStep({ t: 1, headRows: 1, pos0: p }));
+  device.queue.writeBuffer(program.io.rows, 0, packRows([decodeRow(0, p, s + 1)]));
+};
+writeStep(pos, 0);
 const all: Dispatch[] = [...passDispatches(program.decoder), program.sample];
 await device.queue.onSubmittedWorkDone();
 
@@ -109,7 +114,7 @@ let encodeUs = 0;
 const t0 = performance.now();
 for (let s = 0; s < steps; s++) {
   const te = performance.now();
-  device.queue.writeBuffer(step, 0, packStep({ t: 1, headRows: 1, pos0: pos + s }, 0, s));
+  writeStep(pos + s, s);
   const enc = device.createCommandEncoder();
   const pass = enc.beginComputePass();
   encode(pass, all, { t: 1, headRows: 1, pos0: pos + s });
@@ -158,7 +163,7 @@ if (uploadMiB > 0) {
       for (let c = 0; c < writes; c++) device.queue.writeBuffer(scratch, c * chunk, source);
       const te = performance.now();
       writeUs += (te - tw) * 1000;
-      device.queue.writeBuffer(step, 0, packStep({ t: 1, headRows: 1, pos0: pos + s }, 0, s));
+      writeStep(pos + s, s);
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
       encode(pass, all, { t: 1, headRows: 1, pos0: pos + s });

@@ -3,8 +3,11 @@
 // [s·split_keys, (s+1)·split_keys) that query t may see and writes (m, l, acc[hd]); `combine` — one
 // workgroup per (t, h) — merges the splits. Splitting gives a decode step (T = 1) H × splits
 // workgroups instead of H, and bounds each workgroup's serial work.
+// Each row reads its own `Row` (common.wgsl): query t sits at position rows[t].pos of the sequence in
+// slot rows[t].slot, whose keys are that slot's region of the cache, split rows[t].split_keys at a
+// time; so rows of different sequences share a call, each computing exactly what it would alone.
 // torch (eager): softmax(q @ k.T * scaling + causal_mask, dtype=float32) @ v
-//   q: [T, H, hd]  cache: [ctx, Hkv, hd]  out: [T, H, hd]; query t sits at position pos0 + t.
+//   q: [T, H, hd]  cache: [slots, ctx, Hkv, hd]  out: [T, H, hd]
 //   partials: [T, H, MAX_SPLITS, hd + 2] f32 (acc[hd], m, l)
 // With sinks (gpt-oss), one learned logit per head joins the softmax's denominator only:
 // torch: combined_logits = torch.cat([attn_weights, sinks], dim=-1)
@@ -16,7 +19,7 @@ override MAX_SPLITS: u32 = 16u;
 override HD4: u32 = 32u;
 const MAX_HEAD_DIM: u32 = 256u;
 
-struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32, has_sinks: u32, _p1: u32, _p2: u32 }
+struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32, has_sinks: u32, ctx: u32, _p2: u32 }
 
 @group(0) @binding(0) var<storage, read> step: Step;
 @group(0) @binding(1) var<storage, read> p: Params;
@@ -26,6 +29,7 @@ struct Params { n_heads: u32, n_kv: u32, head_dim: u32, window: u32, scale: f32,
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 @group(0) @binding(7) var<storage, read> sinks: array<u32>;
+@group(0) @binding(8) var<storage, read> rows: array<Row>;
 
 var<workgroup> qs: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
 var<workgroup> probs: array<f32, WG>;
@@ -40,19 +44,21 @@ fn part_base(t: u32, h: u32, s: u32) -> u32 {
 fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) tid: u32) {
   let lin = linear_wg(wg, nwg);
-  let splits = (step.pos0 + step.t + step.split_keys - 1u) / step.split_keys;
-  let s = lin % splits;
-  let h = (lin / splits) % p.n_heads;
-  let t = lin / (splits * p.n_heads);
+  let s = lin % step.splits;
+  let h = (lin / step.splits) % p.n_heads;
+  let t = lin / (step.splits * p.n_heads);
   if (t >= step.t) { return; }
+  let row = rows[t];
+  let n_keys = row.pos + 1u;
+  if (s * row.split_keys >= n_keys) { return; } // past this row's splits (another row's are longer)
   let hd = p.head_dim;
   let hd4 = hd / 4u;
   let kvh = h / (p.n_heads / p.n_kv);
-  let n_keys = step.pos0 + t + 1u;
+  let region = row.slot * p.ctx; // the sequence's first row of the cache
   var first = 0u;
   if (p.window > 0u && n_keys > p.window) { first = n_keys - p.window; }
-  let lo = max(first, s * step.split_keys);
-  let hi = min(n_keys, (s + 1u) * step.split_keys);
+  let lo = max(first, s * row.split_keys);
+  let hi = min(n_keys, (s + 1u) * row.split_keys);
   let qbase = (t * p.n_heads + h) * hd4;
   for (var d = tid; d < hd4; d += WG) { qs[d] = q[qbase + d]; }
   workgroupBarrier();
@@ -68,7 +74,7 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let j = c0 + tid;
     var sc = NEG_INF;
     if (j < hi) {
-      let kb = (j * p.n_kv + kvh) * HD4;
+      let kb = ((region + j) * p.n_kv + kvh) * HD4;
       var dot = vec4<f32>(0.0);
       for (var d = 0u; d < HD4; d++) { dot += qs[d] * kcache[kb + d]; }
       sc = (dot.x + dot.y + dot.z + dot.w) * p.scale;
@@ -81,7 +87,7 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     l = l * alpha + wg_sum(tid, pj);
     let n = min(WG, hi - c0);
     if (grp < G) {
-      let vb = (c0 * p.n_kv + kvh) * HD4 + lane;
+      let vb = ((region + c0) * p.n_kv + kvh) * HD4 + lane;
       let stride = p.n_kv * HD4;
       var s0 = vec4<f32>(0.0);
       var s1 = vec4<f32>(0.0);
@@ -126,7 +132,8 @@ fn combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
   let h = lin % p.n_heads;
   if (t >= step.t) { return; }
   let hd = p.head_dim;
-  let splits = (step.pos0 + step.t + step.split_keys - 1u) / step.split_keys;
+  let row = rows[t];
+  let splits = (row.pos + row.split_keys) / row.split_keys; // this row's: ceil((pos + 1) / split_keys)
   var m = NEG_INF;
   for (var s = 0u; s < splits; s++) {
     let b = part_base(t, h, s);

@@ -1,9 +1,10 @@
 // The attention prologue for one token and head, fused: q/k RMSNorm (none, per head as in Qwen3, or
 // over the whole projection as in OLMoE), rotary embedding (rotate_half, the Llama/HF layout), and
 // the KV-cache write. One workgroup per (token t, head slot): slots [0, H) are query heads, written
-// to q; slots [H, H + Hkv) are key/value heads, written to the caches at position pos0 + t.
+// to q; slots [H, H + Hkv) are key/value heads, written to row t's sequence's cache region at row t's
+// position (rows[t]: common.wgsl `Row`).
 // torch: q_embed = (q * cos) + (rotate_half(q) * sin)
-//   qkv: [T, H·hd + 2·Hkv·hd] (q | k | v per row)   q: [T, H, hd]   caches: [ctx, Hkv, hd]
+//   qkv: [T, H·hd + 2·Hkv·hd] (q | k | v per row)   q: [T, H, hd]   caches: [slots, ctx, Hkv, hd]
 //   rope: [ctx, hd/2] cos then [ctx, hd/2] sin   q_norm, k_norm: bf16, [hd] or [H·hd] / [Hkv·hd]
 override WG: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
@@ -28,6 +29,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> vcache: array<f32>;
 @group(0) @binding(7) var<storage, read> q_norm: array<u32>;
 @group(0) @binding(8) var<storage, read> k_norm: array<u32>;
+@group(0) @binding(9) var<storage, read> rows: array<Row>;
 
 var<workgroup> xs: array<f32, MAX_HEAD_DIM>;
 //!include reduce.wgsl
@@ -72,7 +74,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     xs[i] = x;
   }
   workgroupBarrier();
-  let pos = step.pos0 + t;
+  let r = rows[t];
+  let pos = r.pos;
+  let cache_row = r.slot * p.ctx + pos; // this position's row of the sequence's cache region
   for (var i = tid; i < half; i += WG) {
     let c = rope[pos * half + i];
     let s = rope[p.ctx * half + pos * half + i];
@@ -83,13 +87,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       q[dst + i] = a * c - b * s;
       q[dst + i + half] = b * c + a * s;
     } else {
-      let dst = (pos * p.n_kv + h) * hd;
+      let dst = (cache_row * p.n_kv + h) * hd;
       kcache[dst + i] = a * c - b * s;
       kcache[dst + i + half] = b * c + a * s;
     }
   }
   if (!is_q) {
-    let dst = (pos * p.n_kv + h) * hd;
+    let dst = (cache_row * p.n_kv + h) * hd;
     for (var i = tid; i < hd; i += WG) { vcache[dst + i] = qkv[row + q_dim + kv_dim + h * hd + i]; }
   }
 }

@@ -139,7 +139,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
 @compute @workgroup_size(WG)
 fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>) {
-  if (gid.x >= p.n_layers * p.experts) { return; }
+  // a call over rows counted before (a KV cache rebuilt after its sequence gave up its slot) adds nothing
+  if (gid.x >= p.n_layers * p.experts || step.count_stats == 0u) { return; }
   let layer = p.layer + gid.x / p.experts;
   let e = gid.x % p.experts;
   let le = layer * p.experts + e;

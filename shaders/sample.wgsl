@@ -1,8 +1,10 @@
-// Token sampling on the GPU, one workgroup: greedy (argmax) or temperature → top-k → top-p → draw.
-// Writes the token into ids[0] (the next step's input) and generated[step.gen_index] (read back in
-// batches), so decoding needs no CPU round trip per token. A row holding a NaN or an infinity gives
-// NON_FINITE instead of a token, which the decode loop reports when it reads it back.
-//   logits: [head_rows, V] f32 — the last row is sampled
+// Token sampling on the GPU, one workgroup per logits row: greedy (argmax) or temperature → top-k →
+// top-p → draw. Logits row h belongs to the call's row head_row0 + h (rows: common.wgsl `Row`), of the
+// sequence in its slot: it is sampled with that slot's settings into that slot's generated[gen] (read
+// back in batches), where the next step's embedding reads it, so decoding needs no CPU round trip per
+// token. A row holding a NaN or an infinity gives NON_FINITE instead of a token, which the engine
+// reports when it reads it back.
+//   logits: [head_rows, V] f32   params: [slots] Params   generated: [slots, MAX_GEN] u32
 // top-k and top-p are thresholds on an order-preserving u32 key of the logits, found exactly by a
 // 32-pass radix select: τ_k is the k-th largest key; τ_p the largest key c such that the tokens with
 // key ≥ c carry at least top_p of the probability mass left after top-k (transformers'
@@ -10,6 +12,8 @@
 override WG: u32 = 256u;
 // Written instead of a token when the logits are not all finite (src/kernels/sample.ts sets it).
 override NON_FINITE: u32;
+// Tokens per slot of `generated`: the most one sequence generates.
+override MAX_GEN: u32;
 
 struct Params {
   vocab: u32,
@@ -17,18 +21,17 @@ struct Params {
   top_p: f32,       // 1: off
   temperature: f32, // 0: greedy
   seed: u32,
-  min_tokens: u32,  // end-of-sequence ids are impossible while gen_index < min_tokens
+  min_tokens: u32,  // end-of-sequence ids are impossible while gen < min_tokens
   n_eos: u32,
   _p0: u32,
   eos: vec4<u32>,   // up to 4 end-of-sequence ids
 }
 
 @group(0) @binding(0) var<storage, read> step: Step;
-// The one uniform buffer left (the model allocates it): lavapipe does not recompile this kernel per
-// dispatch (tests/host_memory_test.ts samples with temperature and top-p; see common.wgsl).
-@group(0) @binding(1) var<storage, read> p: Params;
+// Each slot's settings, written when a sequence takes the slot (the model allocates it).
+@group(0) @binding(1) var<storage, read> params: array<Params>;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
-@group(0) @binding(3) var<storage, read_write> ids: array<u32>;
+@group(0) @binding(3) var<storage, read> rows: array<Row>;
 @group(0) @binding(4) var<storage, read_write> generated: array<u32>;
 
 //!include reduce.wgsl
@@ -50,23 +53,25 @@ fn pcg(v: u32) -> u32 {
   return (word >> 22u) ^ word;
 }
 
-// The logit of token i, with end-of-sequence suppressed before min_tokens (transformers' MinNewTokensLengthLogitsProcessor).
-fn lg(base: u32, i: u32) -> f32 {
-  if (step.gen_index < p.min_tokens) {
+// The logit of token i of the row at `base`, with end-of-sequence suppressed before the sequence's
+// min_tokens (transformers' MinNewTokensLengthLogitsProcessor): `gen` is the token being sampled.
+fn lg(p: Params, gen: u32, base: u32, i: u32) -> f32 {
+  if (gen < p.min_tokens) {
     for (var j = 0u; j < p.n_eos; j++) { if (p.eos[j] == i) { return NEG_INF; } }
   }
   return logits[base + i];
 }
 
-fn emit(tok: u32) {
-  ids[0] = tok;
-  generated[step.gen_index] = tok;
-}
-
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_index) tid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let h = wg.x;
+  if (h >= step.head_rows) { return; }
+  let row = rows[step.head_row0 + h];
+  let p = params[row.slot];
+  let gen = row.gen;
+  let out = row.slot * MAX_GEN + gen; // where this row's token goes
   let V = p.vocab;
-  let base = (step.head_rows - 1u) * V;
+  let base = h * V;
   let chunk = (V + WG - 1u) / WG;
   let lo = min(tid * chunk, V);
   let hi = min(lo + chunk, V);
@@ -77,18 +82,18 @@ fn main(@builtin(local_invocation_index) tid: u32) {
   var finite = 1u;
   for (var i = lo; i < hi; i++) {
     if (!is_finite(logits[base + i])) { finite = 0u; }
-    let v = lg(base, i);
+    let v = lg(p, gen, base, i);
     if (bi == 0xffffffffu || v > bv) { bv = v; bi = i; }
   }
   // non-finite weights, or activations that overflowed: no token can be trusted
   if (wg_min_u32(tid, finite) == 0u) {
-    if (tid == 0u) { emit(NON_FINITE); }
+    if (tid == 0u) { generated[out] = NON_FINITE; }
     return;
   }
   let m = wg_max(tid, bv);
   let best = wg_min_u32(tid, select(0xffffffffu, bi, bv == m && bi != 0xffffffffu));
   if (p.temperature <= 0.0) {
-    if (tid == 0u) { emit(best); }
+    if (tid == 0u) { generated[out] = best; }
     return;
   }
 
@@ -98,14 +103,14 @@ fn main(@builtin(local_invocation_index) tid: u32) {
     for (var bit = 31; bit >= 0; bit--) {
       let cand = tk | (1u << u32(bit));
       var c = 0u;
-      for (var i = lo; i < hi; i++) { if (key(lg(base, i)) >= cand) { c += 1u; } }
+      for (var i = lo; i < hi; i++) { if (key(lg(p, gen, base, i)) >= cand) { c += 1u; } }
       if (wg_sum_u32(tid, c) >= p.top_k) { tk = cand; }
     }
   }
   let inv_t = 1.0 / p.temperature;
   var part = 0.0;
   for (var i = lo; i < hi; i++) {
-    let l = lg(base, i);
+    let l = lg(p, gen, base, i);
     if (key(l) >= tk) { part += exp((l - m) * inv_t); }
   }
   let total = wg_sum(tid, part);
@@ -120,7 +125,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
       let thr = max(cand, tk);
       var mass = 0.0;
       for (var i = lo; i < hi; i++) {
-        let l = lg(base, i);
+        let l = lg(p, gen, base, i);
         if (key(l) >= thr) { mass += exp((l - m) * inv_t); }
       }
       if (wg_sum(tid, mass) >= want) { c = cand; }
@@ -131,7 +136,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
   // draw u in [0, kept mass) and find its token by a prefix over per-thread chunks
   var mine = 0.0;
   for (var i = lo; i < hi; i++) {
-    let l = lg(base, i);
+    let l = lg(p, gen, base, i);
     if (key(l) >= tau) { mine += exp((l - m) * inv_t); }
   }
   // each thread's kept mass, side by side in the reductions' scratch
@@ -141,7 +146,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
   if (tid == 0u) {
     var kept = 0.0;
     for (var j = 0u; j < WG; j++) { kept += wg_f32[j]; }
-    let r = pcg(pcg(p.seed) ^ pcg(step.gen_index + 0x9e3779b9u));
+    let r = pcg(pcg(p.seed) ^ pcg(gen + 0x9e3779b9u));
     let u = (f32(r >> 8u) / 16777216.0) * kept;
     var acc = 0.0;
     var tok = best;
@@ -151,7 +156,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
         let jlo = min(j * chunk, V);
         let jhi = min(jlo + chunk, V);
         for (var i = jlo; i < jhi; i++) {
-          let l = lg(base, i);
+          let l = lg(p, gen, base, i);
           if (key(l) >= tau) {
             acc += exp((l - m) * inv_t);
             if (acc > u) { tok = i; found = true; break; }
@@ -162,6 +167,6 @@ fn main(@builtin(local_invocation_index) tid: u32) {
         acc += wg_f32[j];
       }
     }
-    emit(tok);
+    generated[out] = tok;
   }
 }

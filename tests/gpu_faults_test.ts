@@ -54,7 +54,7 @@ Deno.test("gpu faults: a KV cache past the device's binding limit → OptionErro
     await assertRejects(
       () => createEngine({ model: dir, contextLength }),
       OptionError,
-      "Invalid contextLength / maxBatchTokens: the run-state buffer kv.0.k would take",
+      "Invalid contextLength / maxBatchTokens / maxBatchSequences: the run-state buffer kv.0.k would take",
       "maxStorageBufferBindingSize",
       `lower contextLength (${contextLength})`,
       `use contextLength <= ${contextLength - 1}`,

@@ -13,8 +13,13 @@ import { type Constants, PipelineCache } from "./pipelines.ts";
 export interface CallShape {
   readonly t: number;
   readonly headRows: number;
-  /** Absolute position of row 0 (the KV-cache length before the call). */
+  /** Absolute position of row 0 (the KV-cache length before the call) when its rows are one sequence's, in order. */
   readonly pos0: number;
+  /**
+   * The most attention splits of any row (src/kernels/step.ts `callSplits`), for a call whose rows sit
+   * at positions of their own (several sequences); default: those of one sequence's rows from `pos0`.
+   */
+  readonly splits?: number;
 }
 
 /** One replayable kernel launch. */

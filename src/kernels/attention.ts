@@ -22,7 +22,7 @@ const ROPE_PARAMS = paramsLayout(
 );
 const ATTENTION_PARAMS = paramsLayout(
   "attention.wgsl",
-  ["n_heads", "n_kv", "head_dim", "window", "f:scale", "has_sinks"] as const,
+  ["n_heads", "n_kv", "head_dim", "window", "f:scale", "has_sinks", "ctx"] as const,
 );
 
 /** Attention geometry. */
@@ -30,7 +30,7 @@ export interface AttentionShape {
   numHeads: number;
   numKvHeads: number;
   headDim: number;
-  /** Positions the KV cache holds. */
+  /** Positions each sequence's region of the KV cache holds. */
   contextLength: number;
 }
 
@@ -39,14 +39,17 @@ export type QkNormMode = "none" | "per_head" | "whole";
 
 /**
  * Records the attention prologue: q/k RMSNorm, RoPE on q (into `q`) and k (into the cache), v
- * copied beside it. qkv: [T, H·hd + 2·Hkv·hd] (q | k | v); q: [T, H, hd]; caches: [ctx, Hkv, hd];
- * rope: [ctx, hd/2] cos then [ctx, hd/2] sin (see {@link ropeTable}).
+ * copied beside it, each row at its own position in its own sequence's region of the cache (`rows`,
+ * src/kernels/step.ts). qkv: [T, H·hd + 2·Hkv·hd] (q | k | v); q: [T, H, hd]; caches: [slots, ctx,
+ * Hkv, hd]; rope: [ctx, hd/2] cos then [ctx, hd/2] sin (see {@link ropeTable}).
  */
 export function ropeKv(
   ctx: KernelContext,
   o: AttentionShape & {
     label: string;
     rope: GPUBuffer;
+    /** The call's `Row` table. */
+    rows: GPUBuffer;
     qkv: GPUBuffer;
     q: GPUBuffer;
     kCache: GPUBuffer;
@@ -82,6 +85,7 @@ export function ropeKv(
       6: o.vCache,
       7: o.qNorm ?? o.rope,
       8: o.kNorm ?? o.rope,
+      9: o.rows,
     },
     workgroups: (s) => s.t * (o.numHeads + o.numKvHeads),
   });
@@ -97,16 +101,20 @@ const WG = 64;
 
 /**
  * Records causal attention over the cache, split over keys: `partial` then `combine`.
- * out[t, h] = softmax(q·Kᵀ·scale) · V over positions ≤ pos0 + t (and within the window); with
- * `sinks`, head h's sink logit joins the softmax's denominator (gpt-oss), and nothing else changes.
+ * out[t, h] = softmax(q·Kᵀ·scale) · V over the positions ≤ rows[t].pos of row t's sequence (and
+ * within the window); with `sinks`, head h's sink logit joins the softmax's denominator (gpt-oss), and
+ * nothing else changes.
  */
 export async function attention(
   ctx: KernelContext,
   o: AttentionShape & {
     label: string;
     q: GPUBuffer;
+    /** [slots, ctx, Hkv, hd] f32 each. */
     kCache: GPUBuffer;
     vCache: GPUBuffer;
+    /** The call's `Row` table. */
+    rows: GPUBuffer;
     /** [maxRows, H, MAX_SPLITS, hd + 2] f32, see {@link attentionScratchBytes}. */
     partials: GPUBuffer;
     out: GPUBuffer;
@@ -119,7 +127,9 @@ export async function attention(
   if (o.headDim > 256 || o.headDim % 4 !== 0) {
     throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} must be a multiple of 4 up to 256`);
   }
-  if (o.headDim / 4 > WG) throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} exceeds ${4 * WG}`);
+  if (o.headDim / 4 > WG) {
+    throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} exceeds ${4 * WG}`);
+  }
   const params = ATTENTION_PARAMS.pack({
     n_heads: o.numHeads,
     n_kv: o.numKvHeads,
@@ -127,6 +137,7 @@ export async function attention(
     window: o.window ?? 0,
     scale: 1 / Math.sqrt(o.headDim),
     has_sinks: o.sinks ? 1 : 0,
+    ctx: o.contextLength,
   });
   const constants = { MAX_SPLITS, HD4: o.headDim / 4 };
   return [
@@ -136,8 +147,8 @@ export async function attention(
       entry: "partial",
       constants,
       params,
-      buffers: { 2: o.q, 3: o.kCache, 4: o.vCache, 5: o.partials },
-      workgroups: (s) => s.t * o.numHeads * splitCount(s.pos0 + s.t),
+      buffers: { 2: o.q, 3: o.kCache, 4: o.vCache, 5: o.partials, 8: o.rows },
+      workgroups: (s) => s.t * o.numHeads * (s.splits ?? splitCount(s.pos0 + s.t)),
     }),
     await record(ctx, {
       label: `${o.label}.combine`,
@@ -146,7 +157,7 @@ export async function attention(
       constants,
       params,
       // without sinks the binding is unused by the math but still bound: any buffer not written here does
-      buffers: { 5: o.partials, 6: o.out, 7: o.sinks ?? o.q },
+      buffers: { 5: o.partials, 6: o.out, 7: o.sinks ?? o.q, 8: o.rows },
       workgroups: (s) => s.t * o.numHeads,
     }),
   ];

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { createGpu } from "../gpu/device.ts";
 import { encode, kernelContext } from "../gpu/dispatch.ts";
 import { attention, attentionScratchBytes } from "./attention.ts";
-import { packStep } from "./step.ts";
+import { callSplits, chunkRows, decodeRow, packRows, packStep, type RowMeta } from "./step.ts";
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;
@@ -13,27 +13,36 @@ function rng(seed: number): () => number {
   };
 }
 
+/** Where each query sits: its sequence's slot and its position (src/kernels/step.ts `Row`). */
+interface Query {
+  slot: number;
+  pos: number;
+}
+
 /**
- * out[t, h] = softmax(q·Kᵀ/√hd over keys ≤ pos0 + t within the window) · V, in f64; with `sinks`, head h's
- * sink logit is one more column of the softmax whose probability is dropped (transformers' gpt-oss).
+ * out[t, h] = softmax(q·Kᵀ/√hd over the keys of query t's slot at positions ≤ its own, within the
+ * window) · V, in f64; with `sinks`, head h's sink logit is one more column of the softmax whose
+ * probability is dropped (transformers' gpt-oss). k, v: [slots, ctx, Hkv, hd].
  */
 function reference(
   q: Float32Array,
   k: Float32Array,
   v: Float32Array,
-  o: { t: number; pos0: number; H: number; Hkv: number; hd: number; window: number },
+  queries: readonly Query[],
+  o: { ctx: number; H: number; Hkv: number; hd: number; window: number },
   sinks?: Float32Array,
 ): Float32Array {
-  const out = new Float32Array(o.t * o.H * o.hd);
-  for (let t = 0; t < o.t; t++) {
+  const out = new Float32Array(queries.length * o.H * o.hd);
+  queries.forEach(({ slot, pos }, t) => {
+    const row = (j: number, kvh: number) => ((slot * o.ctx + j) * o.Hkv + kvh) * o.hd;
     for (let h = 0; h < o.H; h++) {
       const kvh = Math.floor(h / (o.H / o.Hkv));
-      const n = o.pos0 + t + 1;
+      const n = pos + 1;
       const first = o.window > 0 ? Math.max(0, n - o.window) : 0;
       const s: number[] = [];
       for (let j = first; j < n; j++) {
         let d = 0;
-        for (let i = 0; i < o.hd; i++) d += q[(t * o.H + h) * o.hd + i]! * k[(j * o.Hkv + kvh) * o.hd + i]!;
+        for (let i = 0; i < o.hd; i++) d += q[(t * o.H + h) * o.hd + i]! * k[row(j, kvh) + i]!;
         s.push(d / Math.sqrt(o.hd));
       }
       const sink = sinks?.[h];
@@ -42,11 +51,11 @@ function reference(
       const z = e.reduce((a, b) => a + b, 0) + (sink === undefined ? 0 : Math.exp(sink - m));
       for (let i = 0; i < o.hd; i++) {
         let acc = 0;
-        e.forEach((w, jj) => (acc += w * v[((first + jj) * o.Hkv + kvh) * o.hd + i]!));
+        e.forEach((w, jj) => (acc += w * v[row(first + jj, kvh) + i]!));
         out[(t * o.H + h) * o.hd + i] = acc / z;
       }
     }
-  }
+  });
   return out;
 }
 
@@ -55,7 +64,7 @@ function bf16Values(
   n: number,
   rand: () => number,
   scale: number,
-): { bits: Uint16Array; values: Float32Array } {
+): { bits: Uint16Array<ArrayBuffer>; values: Float32Array<ArrayBuffer> } {
   const values = new Float32Array(n);
   const bits = new Uint16Array(n);
   const u = new Uint32Array(values.buffer);
@@ -67,83 +76,174 @@ function bf16Values(
   return { bits, values };
 }
 
-Deno.test("attention: split-key partials and combine equal the reference", async () => {
-  const gpu = await createGpu();
+/** One attention case: geometry, the call's rows, and the window and sinks. */
+interface Case {
+  H: number;
+  Hkv: number;
+  hd: number;
+  window: number;
+  sinks?: boolean;
+  /** Slots of `ctx` positions in the cache. */
+  slots: number;
+  ctx: number;
+  rows: RowMeta[];
+}
+
+/** A prefill chunk (or decode step, t = 1) of one sequence in slot 0, its cache just long enough. */
+function chunk(
+  c: { t: number; pos0: number; H: number; Hkv: number; hd: number; window: number; sinks?: boolean },
+): Case {
+  return { ...c, slots: 1, ctx: c.pos0 + c.t, rows: chunkRows(0, c.pos0, c.t) };
+}
+
+/** Runs `c` on the GPU with `q` and the cache given, and returns the output [rows, H, hd]. */
+async function runCase(
+  gpu: { device: GPUDevice },
+  c: Case,
+  data: {
+    q: Float32Array<ArrayBuffer>;
+    k: Float32Array<ArrayBuffer>;
+    v: Float32Array<ArrayBuffer>;
+    sinks?: Uint16Array<ArrayBuffer>;
+  },
+): Promise<Float32Array> {
   const device = gpu.device;
   const { memory, stepBuffer: step, ctx } = kernelContext(device, 16);
   try {
-    const cases = [
-      { t: 1, pos0: 300, H: 4, Hkv: 2, hd: 32, window: 0 }, // decode over 5 splits, grouped KV
-      { t: 7, pos0: 130, H: 6, Hkv: 3, hd: 48, window: 0 }, // prefill chunk after a cache
-      { t: 5, pos0: 0, H: 2, Hkv: 2, hd: 16, window: 0 }, // first chunk
-      { t: 3, pos0: 1100, H: 2, Hkv: 1, hd: 64, window: 0 }, // more keys than 16 × 64
-      { t: 4, pos0: 200, H: 4, Hkv: 4, hd: 32, window: 70 }, // sliding window
+    const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+    const upload = (name: string, a: ArrayBufferView<ArrayBuffer>) => {
+      const b = memory.alloc(name, Math.max(4, Math.ceil(a.byteLength / 4) * 4), S, "activations");
+      device.queue.writeBuffer(b.buffer, 0, a.buffer, a.byteOffset, Math.ceil(a.byteLength / 4) * 4);
+      return b.buffer;
+    };
+    const t = c.rows.length;
+    // [H] bf16, padded to 4 bytes
+    const sinkBuf = data.sinks
+      ? upload("sinks", Uint16Array.from({ length: Math.ceil(c.H / 2) * 2 }, (_, i) => data.sinks![i] ?? 0))
+      : undefined;
+    const partials = memory.alloc("partials", attentionScratchBytes(t, c.H, c.hd), S, "activations");
+    const out = memory.alloc("out", t * c.H * c.hd * 4, S, "activations");
+    const read = device.createBuffer({
+      size: out.size,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    const ds = await attention(ctx, {
+      label: "attention",
+      numHeads: c.H,
+      numKvHeads: c.Hkv,
+      headDim: c.hd,
+      contextLength: c.ctx,
+      q: upload("q", data.q),
+      kCache: upload("k", data.k),
+      vCache: upload("v", data.v),
+      rows: upload("rows", packRows(c.rows)),
+      partials: partials.buffer,
+      out: out.buffer,
+      window: c.window || null,
+      sinks: sinkBuf,
+    });
+    const shape = { t, headRows: 0, pos0: c.rows[0]!.pos, splits: callSplits(c.rows) };
+    device.queue.writeBuffer(step.buffer, 0, packStep(shape));
+    const enc = device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    encode(pass, ds, shape);
+    pass.end();
+    enc.copyBufferToBuffer(out.buffer, 0, read, 0, out.size);
+    device.queue.submit([enc.finish()]);
+    await read.mapAsync(GPUMapMode.READ);
+    const got = new Float32Array(read.getMappedRange().slice(0));
+    read.unmap();
+    read.destroy();
+    return got;
+  } finally {
+    memory.freeAll();
+  }
+}
+
+/** Random q and cache for `c`, and its sinks (bf16) when it has them. */
+function inputs(c: Case, rand: () => number) {
+  const q = Float32Array.from({ length: c.rows.length * c.H * c.hd }, rand);
+  const k = Float32Array.from({ length: c.slots * c.ctx * c.Hkv * c.hd }, () => 4 * rand());
+  const v = Float32Array.from({ length: c.slots * c.ctx * c.Hkv * c.hd }, rand);
+  // sinks of either sign and above the scores too, so that they shift the softmax's maximum
+  const sinks = c.sinks ? bf16Values(c.H, rand, 8) : undefined;
+  return { q, k, v, sinks };
+}
+
+Deno.test("attention: split-key partials and combine equal the reference", async () => {
+  const gpu = await createGpu();
+  try {
+    const cases: Case[] = [
+      chunk({ t: 1, pos0: 300, H: 4, Hkv: 2, hd: 32, window: 0 }), // decode over 5 splits, grouped KV
+      chunk({ t: 7, pos0: 130, H: 6, Hkv: 3, hd: 48, window: 0 }), // prefill chunk after a cache
+      chunk({ t: 5, pos0: 0, H: 2, Hkv: 2, hd: 16, window: 0 }), // first chunk
+      chunk({ t: 3, pos0: 1100, H: 2, Hkv: 1, hd: 64, window: 0 }), // more keys than 16 × 64
+      chunk({ t: 4, pos0: 200, H: 4, Hkv: 4, hd: 32, window: 70 }), // sliding window
       // gpt-oss: a sink logit per head, with and without a window shorter than the sequence
-      { t: 9, pos0: 0, H: 4, Hkv: 2, hd: 16, window: 6, sinks: true }, // prefill longer than the window
-      { t: 1, pos0: 140, H: 4, Hkv: 2, hd: 32, window: 0, sinks: true }, // decode over 3 splits
-      { t: 3, pos0: 300, H: 6, Hkv: 2, hd: 16, window: 128, sinks: true }, // window across splits
+      chunk({ t: 9, pos0: 0, H: 4, Hkv: 2, hd: 16, window: 6, sinks: true }), // prefill longer than the window
+      chunk({ t: 1, pos0: 140, H: 4, Hkv: 2, hd: 32, window: 0, sinks: true }), // decode over 3 splits
+      chunk({ t: 3, pos0: 300, H: 6, Hkv: 2, hd: 16, window: 128, sinks: true }), // window across splits
+      // a batched call: decode rows of three sequences in their own slots, at positions far apart (1, 5,
+      // 16 splits), and a prompt chunk of a fourth packed between them
+      {
+        H: 4,
+        Hkv: 2,
+        hd: 32,
+        window: 0,
+        slots: 4,
+        ctx: 1200,
+        rows: [decodeRow(2, 40, 3), ...chunkRows(0, 60, 3), decodeRow(3, 1150, 9), decodeRow(1, 300, 1)],
+      },
+      {
+        H: 4,
+        Hkv: 4,
+        hd: 16,
+        window: 50,
+        sinks: true,
+        slots: 3,
+        ctx: 400,
+        rows: [decodeRow(1, 399, 2), decodeRow(0, 20, 5), ...chunkRows(2, 128, 5)],
+      },
     ];
     const rand = rng(7);
     for (const c of cases) {
-      const ctxLen = c.pos0 + c.t;
-      const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-      const q = Float32Array.from({ length: c.t * c.H * c.hd }, rand);
-      const k = Float32Array.from({ length: ctxLen * c.Hkv * c.hd }, () => 4 * rand());
-      const v = Float32Array.from({ length: ctxLen * c.Hkv * c.hd }, rand);
-      const bufs = [q, k, v].map((a, i) => {
-        const b = memory.alloc(`in${i}`, a.byteLength, S, "activations");
-        device.queue.writeBuffer(b.buffer, 0, a);
-        return b;
-      });
-      // sinks of either sign and above the scores too, so that they shift the softmax's maximum
-      const sinks = "sinks" in c ? bf16Values(c.H, rand, 8) : undefined;
-      const sinkBuf = sinks ? memory.alloc("sinks", Math.ceil(c.H / 2) * 4, S, "activations") : undefined;
-      if (sinks && sinkBuf) {
-        const words = new Uint16Array(Math.ceil(c.H / 2) * 2); // [H] bf16, padded to 4 bytes
-        words.set(sinks.bits);
-        device.queue.writeBuffer(sinkBuf.buffer, 0, words);
-      }
-      const partials = memory.alloc("partials", attentionScratchBytes(c.t, c.H, c.hd), S, "activations");
-      const out = memory.alloc("out", c.t * c.H * c.hd * 4, S, "activations");
-      const read = device.createBuffer({
-        size: out.size,
-        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      });
-      ctx.params.reset();
-      const ds = await attention(ctx, {
-        label: "attention",
-        numHeads: c.H,
-        numKvHeads: c.Hkv,
-        headDim: c.hd,
-        contextLength: ctxLen,
-        q: bufs[0]!.buffer,
-        kCache: bufs[1]!.buffer,
-        vCache: bufs[2]!.buffer,
-        partials: partials.buffer,
-        out: out.buffer,
-        window: c.window || null,
-        sinks: sinkBuf?.buffer,
-      });
-      const shape = { t: c.t, headRows: 0, pos0: c.pos0 };
-      device.queue.writeBuffer(step.buffer, 0, packStep(shape));
-      const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      encode(pass, ds, shape);
-      pass.end();
-      enc.copyBufferToBuffer(out.buffer, 0, read, 0, out.size);
-      device.queue.submit([enc.finish()]);
-      await read.mapAsync(GPUMapMode.READ);
-      const got = new Float32Array(read.getMappedRange().slice(0));
-      read.unmap();
-      read.destroy();
-      const want = reference(q, k, v, c, sinks?.values);
+      const data = inputs(c, rand);
+      const got = await runCase(gpu, c, { ...data, sinks: data.sinks?.bits });
+      const want = reference(data.q, data.k, data.v, c.rows, c, data.sinks?.values);
       let err = 0;
       for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
-      assert.ok(err < 1e-5, `${JSON.stringify(c)}: max error ${err}`);
-      for (const b of [...bufs, partials, out, ...(sinkBuf ? [sinkBuf] : [])]) memory.free(b);
+      assert.ok(err < 1e-5, `${JSON.stringify({ ...c, rows: c.rows.length })}: max error ${err}`);
     }
   } finally {
-    memory.freeAll();
-    device.destroy();
+    gpu.device.destroy();
+  }
+});
+
+Deno.test("attention: a row of a batched call gives exactly what it gives in a call of its own", async () => {
+  const gpu = await createGpu();
+  try {
+    const c: Case = {
+      H: 4,
+      Hkv: 2,
+      hd: 32,
+      window: 0,
+      slots: 3,
+      ctx: 2100,
+      // rows split 128 and 64 keys at a time (positions past and below 16 × 64)
+      rows: [decodeRow(1, 2000, 4), decodeRow(0, 700, 2), ...chunkRows(2, 64, 4), decodeRow(2, 1500, 7)],
+    };
+    const data = inputs(c, rng(11));
+    const batched = await runCase(gpu, c, { ...data, sinks: undefined });
+    const width = c.H * c.hd;
+    for (const [t, row] of c.rows.entries()) {
+      const alone = await runCase(gpu, { ...c, rows: [row] }, {
+        ...data,
+        sinks: undefined,
+        q: data.q.slice(t * width, (t + 1) * width),
+      });
+      assert.deepEqual(batched.slice(t * width, (t + 1) * width), alone, `row ${t} (${JSON.stringify(row)})`);
+    }
+  } finally {
+    gpu.device.destroy();
   }
 });

@@ -1,7 +1,8 @@
 /**
- * `shaders/sample.wgsl`: greedy or temperature/top-k/top-p sampling of the last logits row on the
- * GPU, writing the token where the next step's embedding reads it, or {@link NON_FINITE_TOKEN} for a
- * row that is not all finite.
+ * `shaders/sample.wgsl`: greedy or temperature/top-k/top-p sampling of each logits row on the GPU,
+ * with the settings of the row's sequence, writing the token into that sequence's generated tokens
+ * (where its next step's embedding reads it), or {@link NON_FINITE_TOKEN} for a row that is not all
+ * finite.
  *
  * @module
  */
@@ -43,7 +44,7 @@ const PARAMS = paramsLayout(
  */
 export const NON_FINITE_TOKEN = 0xffff_ffff;
 
-/** Bytes of the sampler's `Params`. */
+/** Bytes of the sampler's `Params`: one slot's settings (the buffer holds one per slot). */
 export const SAMPLING_PARAMS_BYTES = 48;
 
 /** Packs {@link SamplingParams} as the shader's `Params`. */
@@ -66,14 +67,25 @@ export function packSampling(vocab: number, s: SamplingParams): ArrayBuffer {
 }
 
 /**
- * Records the sampler. `params` is a {@link SAMPLING_PARAMS_BYTES}-byte buffer the caller rewrites per request (see
- * {@link packSampling}); logits: [headRows, V]; ids: [rows] u32; generated: [maxNew] u32.
+ * Records the sampler: a workgroup per logits row. `params` holds {@link SAMPLING_PARAMS_BYTES} bytes
+ * per slot, which the caller writes when a sequence takes the slot (see {@link packSampling}); logits:
+ * [headRows, V]; rows: the call's `Row` table; generated: [slots, maxGenerated] u32.
  */
 export async function sampler(
   ctx: KernelContext,
-  o: { label: string; params: GPUBuffer; logits: GPUBuffer; ids: GPUBuffer; generated: GPUBuffer },
+  o: {
+    label: string;
+    params: GPUBuffer;
+    logits: GPUBuffer;
+    rows: GPUBuffer;
+    generated: GPUBuffer;
+    maxGenerated: number;
+  },
 ): Promise<Dispatch> {
-  const pipeline = await ctx.pipelines.get("sample.wgsl", "main", { NON_FINITE: NON_FINITE_TOKEN });
+  const pipeline = await ctx.pipelines.get("sample.wgsl", "main", {
+    NON_FINITE: NON_FINITE_TOKEN,
+    MAX_GEN: o.maxGenerated,
+  });
   const bindGroup = ctx.device.createBindGroup({
     label: o.label,
     layout: pipeline.getBindGroupLayout(0),
@@ -81,9 +93,9 @@ export async function sampler(
       { binding: 0, resource: { buffer: ctx.step } },
       { binding: 1, resource: { buffer: o.params } },
       { binding: 2, resource: { buffer: o.logits } },
-      { binding: 3, resource: { buffer: o.ids } },
+      { binding: 3, resource: { buffer: o.rows } },
       { binding: 4, resource: { buffer: o.generated } },
     ],
   });
-  return { label: o.label, pipeline, bindGroup, workgroups: () => 1 };
+  return { label: o.label, pipeline, bindGroup, workgroups: (s) => s.headRows };
 }

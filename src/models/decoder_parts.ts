@@ -51,6 +51,7 @@ export function decoderIo(state: ReadonlyMap<string, TrackedBuffer>): ProgramIo 
   const b = (n: string) => bufferNamed(state, n);
   return {
     ids: b("ids"),
+    rows: b("rows"),
     logits: b("logits"),
     generated: b("generated"),
     samplingParams: b("sampling"),
@@ -71,6 +72,8 @@ export interface DecoderHeadOptions {
   topK: number;
   /** Rows per MoE layer region of the router's statistics scratch. */
   rowsCap: number;
+  /** Tokens per slot of `generated`. */
+  maxGenerated: number;
 }
 
 /** final_norm → lm_head over the logits rows, router_stats once per call; and the sampler. */
@@ -118,8 +121,9 @@ export async function decoderHead(
     label: "sample",
     params: b("sampling"),
     logits: b("logits"),
-    ids: b("ids"),
+    rows: b("rows"),
     generated: b("generated"),
+    maxGenerated: o.maxGenerated,
   });
   return { post, sample };
 }
@@ -161,7 +165,7 @@ export async function attentionBlock(
   const b = (n: string) => bufferNamed(state, n);
   const p = `layer${o.layer}`;
   const { numHeads: H, numKvHeads: Hkv, headDim: hd } = o.geo;
-  const cache = { kCache: b(`kv.${o.layer}.k`), vCache: b(`kv.${o.layer}.v`) };
+  const cache = { kCache: b(`kv.${o.layer}.k`), vCache: b(`kv.${o.layer}.v`), rows: b("rows") };
   return [
     await rmsNorm(ctx, {
       label: `${p}.input_norm`,

@@ -18,6 +18,8 @@ import type { Dispatch, KernelContext } from "../gpu/dispatch.ts";
 import type { Allocation, TrackedBuffer } from "../gpu/memory.ts";
 import type { ExpertCache } from "../moe/expert_cache.ts";
 import { CheckpointError } from "../errors.ts";
+import { SAMPLING_PARAMS_BYTES } from "../kernels/sample.ts";
+import { ROW_BYTES } from "../kernels/step.ts";
 import { matrixLayout, type Precision } from "../quant/formats.ts";
 
 /** The constants every family's spec has; a family's spec adds its own (with `config.json`'s names). */
@@ -71,8 +73,13 @@ export interface RunShape {
   readonly maxRows: number;
   /** Positions the KV caches hold (and, for an encoder-decoder, the longest encoder input). */
   readonly contextLength: number;
-  /** Most tokens one generation writes on the GPU (the sampler's output buffer). */
+  /** Most tokens one generation writes on the GPU (a slot of the sampler's output buffer). */
   readonly maxGenerated: number;
+  /**
+   * Sequences decoded together, each in a slot of its own: its region of the KV caches, its sampler
+   * settings and its generated tokens (`maxBatchSequences`).
+   */
+  readonly sequences: number;
 }
 
 /** A dense weight buffer: the tensors named in `parts`, concatenated as stored. */
@@ -125,13 +132,15 @@ export function passDispatches(pass: Pass): Dispatch[] {
 
 /** The run-state buffers the engine itself reads and writes. */
 export interface ProgramIo {
-  /** [maxRows] u32: the token ids of a pass (the sampler writes the next one into row 0). */
+  /** [passRows] u32: the token ids of a pass's rows that read theirs from the host. */
   readonly ids: GPUBuffer;
+  /** [passRows] `Row` (src/kernels/step.ts): each row's slot, position, attention split and sampled token. */
+  readonly rows: GPUBuffer;
   /** [maxRows, V] f32: the logits rows of a pass (`headRows` of them, from row 0). */
   readonly logits: GPUBuffer;
-  /** [maxGenerated] u32: where the sampler writes token g. */
+  /** [sequences, maxGenerated] u32: where the sampler writes token g of the sequence in slot s. */
   readonly generated: GPUBuffer;
-  /** The sampler's `Params` (`packSampling`), read-only storage in the shader. */
+  /** [sequences] sampler `Params` (`packSampling`), one per slot, read-only storage in the shader. */
   readonly samplingParams: GPUBuffer;
   /** [moeLayers, E, 4] f32: routing statistics summed since the last copy (router.wgsl `accumulate`). */
   readonly stats: GPUBuffer;
@@ -163,7 +172,7 @@ export interface ModelProgram {
   readonly encoder?: Pass;
   /** The pass that reads and extends the KV caches, ending in the logits rows. */
   readonly decoder: Pass;
-  /** Samples the first logits row into `ids[0]` and `generated[genIndex]`. */
+  /** Samples each logits row into its sequence's `generated[gen]` (its `Row`). */
   readonly sample: Dispatch;
   readonly io: ProgramIo;
   /** Records every dispatch again (after the expert slots were resized: their bind groups changed). */
@@ -190,6 +199,11 @@ export interface Architecture<S extends SpecBase = SpecBase> {
   readonly decoderStartTokenId: number | undefined;
   /** Params blocks the recorded dispatches take in the params arena, at most. */
   readonly paramSlots: number;
+  /**
+   * The most sequences it decodes together ({@link RunShape.sequences}), when it has a limit: an
+   * encoder-decoder's cross-attention keys are one sequence's.
+   */
+  readonly maxSequences?: number;
   /**
    * The checkpoint's tensors for this model, checked: present, of the shape the config implies, bf16.
    * @throws {CheckpointError} naming the tensor and the file
@@ -332,4 +346,23 @@ export function bufferNamed(buffers: ReadonlyMap<string, TrackedBuffer>, name: s
   const t = buffers.get(name);
   if (!t) throw new Error(`Internal: no GPU buffer named ${name}`);
   return t.buffer;
+}
+
+/**
+ * The run state of the rows and their sequences, which every family's embedding and sampler read:
+ * `rows` [passRows] `Row` (src/kernels/step.ts), and per slot its generated tokens (`generated`
+ * [sequences, maxGenerated] u32) and sampler settings (`sampling` [sequences] × `Params`).
+ */
+export function sequenceState(shape: RunShape, passRows: number): Allocation[] {
+  const table = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  return [
+    { name: "rows", bytes: passRows * ROW_BYTES, usage: table, category: "activations" },
+    activation("generated", shape.sequences * shape.maxGenerated),
+    {
+      name: "sampling",
+      bytes: shape.sequences * SAMPLING_PARAMS_BYTES,
+      usage: table,
+      category: "activations",
+    },
+  ];
 }

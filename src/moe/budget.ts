@@ -135,8 +135,10 @@ export interface Footprint {
   readonly experts: number;
   /** Experts per token: the fewest slots a MoE layer can run with. */
   readonly topK: number;
-  /** Positions the KV caches hold (for messages). */
+  /** Positions each sequence's KV caches hold (for messages). */
   readonly contextLength: number;
+  /** Sequences decoded together, each with KV caches of its own, all counted in `fixedBytes` (for messages). */
+  readonly sequences: number;
 }
 
 /** How the slots a budget buys are spread over MoE layers. */
@@ -230,9 +232,11 @@ export class BudgetPlan {
           formatBytes(bytes)
         }) given, policy "${this.policy}" needs at least ${need} bytes (${
           formatBytes(need)
-        }): dense weights, KV caches for ${f.contextLength} positions and scratch take ${
-          formatBytes(f.fixedBytes)
-        }, one expert ${f.copyBytes.map(formatBytes).join(" or ")}`,
+        }): dense weights, KV caches for ${f.contextLength} positions (${f.sequences} sequence${
+          f.sequences === 1 ? "" : "s"
+        }) and scratch take ${formatBytes(f.fixedBytes)}, one expert ${
+          f.copyBytes.map(formatBytes).join(" or ")
+        }`,
       );
     }
     return bytes;

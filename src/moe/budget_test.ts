@@ -60,6 +60,7 @@ const FP: Footprint = {
   experts: 8,
   topK: 2,
   contextLength: 512,
+  sequences: 1,
 };
 
 Deno.test("BudgetPlan: each policy's minimum, the full footprint, and the default budgets", () => {

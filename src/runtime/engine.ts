@@ -5,10 +5,12 @@
  * passes) comes from the model's {@link Family} (`src/models/registry.ts`); the budget's arithmetic
  * from {@link BudgetPlan} (`src/moe/budget.ts`).
  *
- * A request's path: prompt ids → (encoder-decoder: the encoder pass over them) → the decoder pass
- * over the prompt (or the decoder start token) in chunks, the last of which samples token 0 on the
- * GPU → the decode loop (`decode_loop.ts`) steps the decoder one token at a time and reads tokens
- * and routing statistics back in batches → the policy revises the resident experts.
+ * A request's path: prompt ids → a slot of its own (`batch.ts`: concurrent generations decode
+ * together, each in its slot's KV caches) → (encoder-decoder: the encoder pass over them) → the
+ * decoder pass over the prompt (or the decoder start token) in chunks interleaved with the other
+ * generations' steps, the last of which samples token 0 on the GPU → steps of one token, sampled on
+ * the GPU, with tokens and routing statistics read back in batches → the policy revises the resident
+ * experts.
  *
  * @module
  */
@@ -16,8 +18,7 @@ import type { Checkpoint } from "../checkpoint/shards.ts";
 import type { Gpu } from "../gpu/device.ts";
 import { type CallShape, type Dispatch, encode, type KernelContext } from "../gpu/dispatch.ts";
 import type { GpuMemory } from "../gpu/memory.ts";
-import { packSampling, type SamplingParams } from "../kernels/sample.ts";
-import { packStep } from "../kernels/step.ts";
+import { callSplits, chunkRows, packRows, packStep } from "../kernels/step.ts";
 import {
   type Architecture,
   type ModelProgram,
@@ -36,8 +37,9 @@ import { resolveModel } from "../hub/mod.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { chatApi, completionsApi } from "../server/openai.ts";
 import type { ChatApi, Completions } from "../server/openai_types.ts";
-import { decodeLoop, type DecodeLoopOptions } from "./decode_loop.ts";
-import { EngineLock, type Lease } from "./engine_lock.ts";
+import { Batcher, type Call, Sequence } from "./batch.ts";
+import { EngineLock } from "./engine_lock.ts";
+import { MAX_READ, TokenStream } from "./token_stream.ts";
 import { type GpuModel, loadGpuModel } from "./gpu_model.ts";
 import { stagingSizes } from "./layout.ts";
 import { planModel } from "./model_plan.ts";
@@ -99,19 +101,6 @@ interface PolicySettings {
   staticSets: number[][] | undefined;
 }
 
-/**
- * One generation's own state: what rebuilds its KV cache (and an encoder's output) when other calls
- * ran between its chunks, and its hold on the engine.
- */
-interface Sequence {
-  /** The prompt: the decoder's first rows, or an encoder-decoder's encoder input. */
-  prompt: number[];
-  /** What the decoder's prefill reads: the prompt, or after an encoder the decoder start token. */
-  rows: number[];
-  sampling: SamplingParams;
-  lease: Lease;
-}
-
 /** What a {@link MoeEngine} is made of once loaded. */
 interface Parts extends GpuModel {
   /** The quantized copies' store (mapped cache files), closed with the engine. */
@@ -151,7 +140,7 @@ class MoeEngine implements Engine {
   readonly #settings: PolicySettings;
   readonly #swap: SwapMoePolicy | undefined;
   readonly #lru: LruPolicy | undefined;
-  // readback buffers: logits of a forward call, the decode loop's two token batches, lru's routing
+  // readback buffers: logits of a forward call, the batches' two token readbacks, lru's routing
   readonly #logitsStaging: GPUBuffer;
   readonly #tokenStaging: GPUBuffer[];
   readonly #topkStaging: GPUBuffer;
@@ -160,10 +149,10 @@ class MoeEngine implements Engine {
   #closed = false;
   /** `close` has begun: a generation that takes the engine again from now on ends. */
   #closing = false;
-  /** Calls take the GPU state one at a time; a generation gives it up between chunks (engine_lock.ts). */
+  /** Calls take the GPU state one at a time; the batch driver gives it up between steps (engine_lock.ts). */
   readonly #lock = new EngineLock();
-  /** The generation whose KV cache, step input and sampler settings are on the GPU, if any. */
-  #resident: Sequence | undefined;
+  /** The generations, each in a slot of its own, and the driver that steps them together. */
+  readonly #batcher: Batcher;
   /** Generations not finished yet: `close` ends them. */
   readonly #generators = new Set<AsyncGenerator<GenerateChunk>>();
   #tokensSinceRevision = 0;
@@ -194,6 +183,7 @@ class MoeEngine implements Engine {
     this.#topkStaging = staged("staging.topk");
     if (p.plan.policy === "swapmoe") this.#swap = new SwapMoePolicy();
     if (p.plan.policy === "lru") this.#lru = new LruPolicy(p.arch.moeLayers, p.arch.spec.numExperts);
+    this.#batcher = this.#newBatcher();
   }
 
   /** Plans the model (everything that can be checked without a GPU), then loads it onto the GPU. */
@@ -303,12 +293,11 @@ class MoeEngine implements Engine {
 
   /**
    * Runs `fn` holding the engine: after the calls that asked before, and before those that ask later
-   * (a generation paused between chunks gives the engine up to it: see `generate`).
+   * (the batch driver gives the engine up to it between steps: see `generate`).
    */
   async #serial<T>(fn: () => Promise<T>): Promise<T> {
     const lease = await this.#lock.acquire();
     try {
-      this.#resident = undefined; // forward's passes and setBudget's new slots overwrite a generation's state
       return await fn();
     } catch (e) {
       throw await this.#gpu.explain(e);
@@ -347,8 +336,9 @@ class MoeEngine implements Engine {
   }
 
   /**
-   * Encodes and submits one call of `pass` over `shape`'s rows: the Step, the family's
-   * per-pass setup when `newPass`, the dispatches, then `after` (copies, sampling). With exact routing
+   * Encodes and submits one call of `pass` over `shape`'s rows (their `Row` table written already):
+   * the Step, the family's per-pass setup when `newPass`, the dispatches, then `after` (copies,
+   * sampling); `countStats` false leaves the routing statistics as they were. With exact routing
    * (`lru`) it reads the routing back before each MoE layer's experts and loads the missing ones;
    * when a call's tokens need more experts of a layer than it has slots, the experts run in passes
    * over disjoint groups: each adds the contributions of the experts resident for it, and an expert
@@ -357,10 +347,15 @@ class MoeEngine implements Engine {
   async #run(
     pass: Pass,
     shape: CallShape,
-    o: { headRow0?: number; genIndex?: number; newPass: boolean; after?: (enc: GPUCommandEncoder) => void },
+    o: {
+      headRow0?: number;
+      countStats?: boolean;
+      newPass: boolean;
+      after?: (enc: GPUCommandEncoder) => void;
+    },
   ): Promise<void> {
     const device = this.#gpu.device;
-    device.queue.writeBuffer(this.#step, 0, packStep(shape, o.headRow0 ?? 0, o.genIndex ?? 0));
+    device.queue.writeBuffer(this.#step, 0, packStep(shape, o.headRow0 ?? 0, o.countStats ?? true));
     if (o.newPass) this.#program.startPass?.(device.queue, pass, shape.t);
     const submit = (dispatches: readonly Dispatch[], after?: (enc: GPUCommandEncoder) => void) => {
       const enc = device.createCommandEncoder({ label: "call" });
@@ -402,11 +397,42 @@ class MoeEngine implements Engine {
     submit([...pending, ...pass.post], o.after);
   }
 
-  /** The encoder pass over the prompt (encoder-decoder models): the decoder then attends to its output. */
-  async #encode(ids: readonly number[]): Promise<void> {
-    this.#gpu.device.queue.writeBuffer(this.#program.io.ids, 0, new Uint32Array(ids));
+  /**
+   * The encoder pass over the prompt (encoder-decoder models, one sequence: slot 0): the decoder then
+   * attends to its output; `countStats` false when it rebuilds what ran before.
+   */
+  async #encode(ids: readonly number[], countStats = true): Promise<void> {
+    const queue = this.#gpu.device.queue;
+    queue.writeBuffer(this.#program.io.ids, 0, new Uint32Array(ids));
+    queue.writeBuffer(this.#program.io.rows, 0, packRows(chunkRows(0, 0, ids.length)));
     this.#pump();
-    await this.#run(this.#program.encoder!, { t: ids.length, headRows: 0, pos0: 0 }, { newPass: true });
+    await this.#run(this.#program.encoder!, { t: ids.length, headRows: 0, pos0: 0 }, {
+      newPass: true,
+      countStats,
+    });
+  }
+
+  /** Encodes and submits one call of a batch step (`batch.ts`): its ids and rows, the decoder pass, the sampler. */
+  async #call(c: Call): Promise<void> {
+    const queue = this.#gpu.device.queue;
+    const io = this.#program.io;
+    const t = c.rows.length;
+    queue.writeBuffer(io.ids, 0, c.ids);
+    queue.writeBuffer(io.rows, 0, packRows(c.rows));
+    const shape: CallShape = { t, headRows: c.heads, pos0: c.rows[0]!.pos, splits: callSplits(c.rows) };
+    await this.#run(this.#program.decoder, shape, {
+      headRow0: t - c.heads,
+      countStats: c.countStats,
+      newPass: c.newPass,
+      after: c.heads > 0 ? (enc) => this.#sample(enc, c.heads) : undefined,
+    });
+  }
+
+  /** Inside `enc`: samples the `heads` logits rows of the call (a pass of its own). */
+  #sample(enc: GPUCommandEncoder, heads: number): void {
+    const cp = enc.beginComputePass({ label: "sample" });
+    encode(cp, [this.#program.sample], { t: heads, headRows: heads, pos0: 0 });
+    cp.end();
   }
 
   /**
@@ -436,32 +462,39 @@ class MoeEngine implements Engine {
       const out = new Float32Array(rows.length * V);
       const io = this.#program.io;
       const queue = this.#gpu.device.queue;
-      // routing statistics of the encoder pass ride with the first chunk's
-      let encoded = 0;
-      if (this.encoderDecoder) {
-        await this.#encode(ids);
-        encoded = ids.length;
-      }
-      const maxRows = this.#shape.maxRows;
-      const staging = this.#logitsStaging;
-      const statsAt = maxRows * V * 4;
-      for (let start = 0; start < rows.length; start += maxRows) {
-        const t = Math.min(maxRows, rows.length - start);
-        queue.writeBuffer(io.ids, 0, new Uint32Array(rows.slice(start, start + t)));
-        this.#pump();
-        // one pass over all of `rows`: a family's per-pass state (e.g. expert capacity) spans its chunks
-        await this.#run(this.#program.decoder, { t, headRows: t, pos0: start }, {
-          newPass: start === 0,
-          after: (enc) => {
-            enc.copyBufferToBuffer(io.logits, 0, staging, 0, t * V * 4);
-            this.#copyStats(enc, staging, statsAt);
-          },
-        });
-        await staging.mapAsync(GPUMapMode.READ);
-        out.set(new Float32Array(staging.getMappedRange(0, t * V * 4)), start * V);
-        this.#takeStats(staging, statsAt, t + encoded);
-        encoded = 0;
-        staging.unmap();
+      // the KV caches of a free slot, or of one whose generation rebuilds them when it runs again
+      const slot = this.#batcher.borrowSlot();
+      try {
+        // routing statistics of the encoder pass ride with the first chunk's
+        let encoded = 0;
+        if (this.encoderDecoder) {
+          await this.#encode(ids);
+          encoded = ids.length;
+        }
+        const maxRows = this.#shape.maxRows;
+        const staging = this.#logitsStaging;
+        const statsAt = maxRows * V * 4;
+        for (let start = 0; start < rows.length; start += maxRows) {
+          const t = Math.min(maxRows, rows.length - start);
+          queue.writeBuffer(io.ids, 0, new Uint32Array(rows.slice(start, start + t)));
+          queue.writeBuffer(io.rows, 0, packRows(chunkRows(slot, start, t)));
+          this.#pump();
+          // one pass over all of `rows`: a family's per-pass state (e.g. expert capacity) spans its chunks
+          await this.#run(this.#program.decoder, { t, headRows: t, pos0: start }, {
+            newPass: start === 0,
+            after: (enc) => {
+              enc.copyBufferToBuffer(io.logits, 0, staging, 0, t * V * 4);
+              this.#copyStats(enc, staging, statsAt);
+            },
+          });
+          await staging.mapAsync(GPUMapMode.READ);
+          out.set(new Float32Array(staging.getMappedRange(0, t * V * 4)), start * V);
+          this.#takeStats(staging, statsAt, t + encoded);
+          encoded = 0;
+          staging.unmap();
+        }
+      } finally {
+        this.#batcher.returnSlot(slot);
       }
       this.#maybeRevise(true);
       this.#gpu.assertAlive();
@@ -474,15 +507,13 @@ class MoeEngine implements Engine {
   /**
    * Streams generated tokens; requests are validated before they queue for the engine.
    *
-   * The generation asks for the engine when its first chunk is read, and holds it while it computes.
-   * Whenever it hands out a chunk it pauses: if another call (`forward`, `setBudget`, another
-   * generation) is waiting, and this generation's consumer has not asked for the next chunk within a
-   * turn of the event loop, it settles its GPU work and gives the engine up. When its consumer asks
-   * again, it queues for the engine behind the calls that asked before, and rebuilds its state on the
-   * GPU from its prompt and the tokens it generated (a prefill over them, then the next step as
-   * before), so its output is what it would have been alone. An iterator dropped without `return()`
-   * therefore blocks nothing, and generations read in turn both make progress, each paying a
-   * prefill whenever the other ran in between; one read without pause holds the engine to its end.
+   * The generation asks for a slot when its first chunk is read, and decodes together with the
+   * others that hold slots (`batch.ts`); past `maxBatchSequences` generations it waits in line. It
+   * runs ahead of its consumer by a few readback batches at most. While its consumer is away and
+   * another generation (or `forward`) needs its slot, it gives the slot up, and when its consumer asks
+   * again it queues for one and rebuilds its KV cache (a prefill over its prompt and its tokens), so
+   * its output is what it would have been alone and an iterator dropped without `return()` blocks
+   * nothing.
    */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk> {
     this.#assertOpen();
@@ -494,146 +525,82 @@ class MoeEngine implements Engine {
       this.#eos,
       this.#defaults,
     );
-    const gen: AsyncGenerator<GenerateChunk> = this.#generate(
-      ids,
+    const ctxLen = this.#shape.contextLength;
+    // prompt and new tokens share a decoder-only model's context; a decoder's own holds ctxLen new tokens
+    const allowance = Math.min(maxTokens, this.encoderDecoder ? ctxLen : ctxLen - ids.length);
+    const seq = new Sequence({
+      prompt: ids,
+      rows: this.encoderDecoder ? [this.#arch.decoderStartTokenId!] : ids,
       sampling,
-      maxTokens,
-      stop,
-      request.signal,
-      () => this.#generators.delete(gen),
-    );
+      maxTokens: allowance,
+      signal: request.signal,
+      out: new TokenStream({
+        tokenizer: this.tokenizer,
+        eos: this.#eos,
+        minTokens: sampling.minTokens,
+        stop,
+        maxTokens: allowance,
+        promptTokens: ids.length,
+      }),
+    });
+    const gen: AsyncGenerator<GenerateChunk> = this.#generate(seq, () => this.#generators.delete(gen));
     this.#generators.add(gen);
     return gen;
   }
 
-  /** Takes the engine for a generation (which gives it up between chunks when asked), then releases it. */
-  async *#generate(
-    prompt: number[],
-    sampling: SamplingParams,
-    maxTokens: number,
-    stop: string[],
-    signal: AbortSignal | undefined,
-    done: () => void,
-  ): AsyncGenerator<GenerateChunk> {
-    const askedAt = performance.now();
-    const lease = await this.#lock.acquire();
+  /** Queues a generation for a slot when its first chunk is read, and hands its chunks out. */
+  async *#generate(seq: Sequence, done: () => void): AsyncGenerator<GenerateChunk> {
     try {
       this.#assertOpen();
-      const rows = this.encoderDecoder ? [this.#arch.decoderStartTokenId!] : prompt;
-      yield* this.#decode({ prompt, rows, sampling, lease }, maxTokens, stop, signal, askedAt);
+      if (this.#closing) throw new EngineClosedError("The engine was closed during the generation");
+      this.#batcher.join(seq);
+      for (;;) {
+        const chunk = await this.#batcher.take(seq);
+        yield chunk;
+        if (chunk.finishReason !== undefined) return;
+      }
     } catch (e) {
       throw await this.#gpu.explain(e);
     } finally {
-      lease.release();
+      this.#batcher.leave(seq);
       done();
     }
   }
 
-  /**
-   * Writes `seq`'s sampler settings and runs its prefill: the encoder over its prompt (encoder-decoder),
-   * then the decoder over `rows` in chunks. With `sample`, the last chunk samples token 0; without, the
-   * routing statistics of the pass are cleared (they were counted when these rows first ran). A
-   * request cancelled during its first prefill stops between chunks (`signal`).
-   */
-  async #prefill(seq: Sequence, rows: number[], sample: boolean, signal?: AbortSignal): Promise<void> {
-    const queue = this.#gpu.device.queue;
-    const program = this.#program;
-    const io = program.io;
-    this.#resident = seq;
-    queue.writeBuffer(io.samplingParams, 0, packSampling(this.spec.vocabSize, seq.sampling));
-    if (this.encoderDecoder && !signal?.aborted) await this.#encode(seq.prompt);
-    this.#pump();
-    const maxRows = this.#shape.maxRows;
-    for (let start = 0; start < rows.length && !signal?.aborted; start += maxRows) {
-      const t = Math.min(maxRows, rows.length - start);
-      const last = start + t === rows.length;
-      queue.writeBuffer(io.ids, 0, new Uint32Array(rows.slice(start, start + t)));
-      // statistics keep summing on the GPU; the first token readback carries them
-      await this.#run(program.decoder, { t, headRows: last && sample ? 1 : 0, pos0: start }, {
-        headRow0: last && sample ? t - 1 : 0,
-        newPass: start === 0,
-        after: !last
-          ? undefined
-          : sample
-          ? this.#sample
-          : (enc) => enc.clearBuffer(io.stats, 0, this.#statsBytes),
-      });
-    }
-  }
-
-  /** Inside `enc`: samples the last logits row (a pass of its own). */
-  readonly #sample = (enc: GPUCommandEncoder): void => {
-    const cp = enc.beginComputePass({ label: "sample" });
-    encode(cp, [this.#program.sample], { t: 1, headRows: 1, pos0: 0 });
-    cp.end();
-  };
-
-  /**
-   * Before step `g` of `seq`, when other calls ran since its last step: rebuilds its KV cache from
-   * its prompt and tokens 0 … g − 2, and makes token g − 1 the step's input, as its own step g − 1
-   * left it. `tokens` are the tokens read back so far (all of 0 … g − 1 once the sequence was parked).
-   */
-  async #restore(seq: Sequence, g: number, tokens: readonly number[]): Promise<void> {
-    if (tokens.length < g) {
-      throw new Error(`Internal: ${tokens.length} tokens read back, step ${g} needs ${g}`);
-    }
-    await this.#prefill(seq, [...seq.rows, ...tokens.slice(0, g - 1)], false);
-    this.#gpu.device.queue.writeBuffer(this.#program.io.ids, 0, Uint32Array.of(tokens[g - 1]!));
-  }
-
-  /**
-   * One generation: the prompt through the encoder (encoder-decoder) or the decoder's prefill, whose
-   * last chunk samples token 0 on the GPU; then the decode loop, where step g feeds token g − 1 back
-   * from the GPU and samples token g. `askedAt` is when the request asked for the engine (its usage).
-   */
-  async *#decode(
-    seq: Sequence,
-    maxTokens: number,
-    stop: string[],
-    signal: AbortSignal | undefined,
-    askedAt: number,
-  ): AsyncGenerator<GenerateChunk> {
-    const { prompt, rows, lease } = seq;
-    const ctxLen = this.#shape.contextLength;
-    const t0 = performance.now();
-    // prompt and new tokens share a decoder-only model's context; a decoder's own holds ctxLen new tokens
-    const tokenAllowance = Math.min(maxTokens, this.encoderDecoder ? ctxLen : ctxLen - prompt.length);
-    // a request cancelled before or during its prefill stops between chunks: the loop then ends it
-    await this.#prefill(seq, rows, true, signal);
-
-    yield* decodeLoop({
+  /** The scheduler over this engine's slots: what it needs of the engine. */
+  #newBatcher(): Batcher {
+    const staging = this.#tokenStaging;
+    return new Batcher({
       device: this.#gpu.device,
-      tokenizer: this.tokenizer,
-      eos: this.#eos,
-      minTokens: seq.sampling.minTokens,
-      stop,
-      signal,
-      maxTokens: tokenAllowance,
-      request: { promptTokens: prompt.length, askedAt, startedAt: t0 },
-      generated: this.#program.io.generated,
-      staging: this.#tokenStaging,
-      statsAt: this.#shape.maxGenerated * 4,
-      step: async (g, tokens) => {
-        if (g === 0) return;
-        if (await lease.hold()) {
-          // parked between chunks: the engine may have closed, and other calls may have run
-          if (this.#closing) throw new EngineClosedError("The engine was closed during the generation");
-          this.#assertOpen();
-        }
-        if (this.#resident !== seq) await this.#restore(seq, g, tokens);
-        this.#pump();
-        await this.#run(this.#program.decoder, { t: 1, headRows: 1, pos0: rows.length + g - 1 }, {
-          genIndex: g,
-          newPass: true,
-          after: this.#sample,
-        });
+      io: this.#program.io,
+      lock: this.#lock,
+      vocabSize: this.spec.vocabSize,
+      slots: this.#shape.sequences,
+      maxRows: this.#shape.maxRows,
+      maxGenerated: this.#shape.maxGenerated,
+      encoderDecoder: this.encoderDecoder,
+      staging,
+      statsAt: this.#shape.sequences * MAX_READ * 4,
+      closing: () => this.#closing,
+      assertOpen: () => this.#assertOpen(),
+      beforeStep: () => this.#pump(),
+      encode: (prompt, countStats) => this.#encode(prompt, countStats),
+      call: (c) => this.#call(c),
+      copyStats: (enc, into, offset) => this.#copyStats(enc, into, offset),
+      onBatch: (into, rows, prompts) => {
+        this.#takeStats(into, this.#shape.sequences * MAX_READ * 4, rows);
+        // a prompt is in: revise at once (as after a request), else when due
+        this.#maybeRevise(prompts > 0);
       },
-      pause: (park) => lease.pause(park),
-      resume: () => lease.resume(),
-      // the first batch's statistics cover the encoder's rows and all prefill rows but the last
-      ...this.#decodeHooks(prompt.length, (this.encoderDecoder ? prompt.length : 0) + rows.length - 1, t0),
+      count: (c) => {
+        const k = this.#counters;
+        k.prefillTokens += c.prefillTokens ?? 0;
+        k.prefillSeconds += c.prefillSeconds ?? 0;
+        k.decodeTokens += c.decodeTokens ?? 0;
+        k.decodeSeconds += c.decodeSeconds ?? 0;
+      },
+      explain: (e) => this.#gpu.explain(e),
     });
-    this.#gpu.assertAlive();
   }
 
   /** Bytes of the routing statistics, [moeLayers, E, 4] f32. */
@@ -661,37 +628,6 @@ class MoeEngine implements Engine {
     if (!force && this.#tokensSinceRevision < this.#settings.updateInterval) return;
     this.#tokensSinceRevision = 0;
     this.#swap.revise(this.#cache, this.#importance.scores());
-  }
-
-  /**
-   * The decode loop's bookkeeping: routing statistics per batch (the first also covers the
-   * `promptTokens` the encoder and prefill routed), SwapMoE revisions, and the throughput counters;
-   * `t0` is when the request started.
-   */
-  #decodeHooks(
-    promptLength: number,
-    promptTokens: number,
-    t0: number,
-  ): Pick<DecodeLoopOptions, "copyStats" | "onBatch" | "onDecoded"> {
-    return {
-      copyStats: (enc, staging, offset) => this.#copyStats(enc, staging, offset),
-      onBatch: (staging, offset, start, n) => {
-        if (start === 0) {
-          // the prompt is in: its statistics and the first tokens came back together
-          this.#takeStats(staging, offset, promptTokens + n);
-          this.#counters.prefillTokens += promptLength;
-          this.#counters.prefillSeconds += (performance.now() - t0) / 1000;
-          this.#maybeRevise(true);
-        } else {
-          this.#takeStats(staging, offset, n);
-          this.#maybeRevise(false);
-        }
-      },
-      onDecoded: (tokens, seconds) => {
-        this.#counters.decodeTokens += tokens;
-        this.#counters.decodeSeconds += seconds;
-      },
-    };
   }
 
   /** Ids that end generation: config.json's and the tokenizer's. */
@@ -750,6 +686,8 @@ class MoeEngine implements Engine {
         cache.capacity[t]!.reduce((a, n) => a + n, 0) * cache.copyBytes[t]!,
       ])),
       contextLength: this.#shape.contextLength,
+      maxBatchSequences: this.#shape.sequences,
+      activeSequences: this.#batcher.active,
       gpuBytesByKind: this.#memory.byCategory(),
       policy: this.#plan.policy,
       expertSlots: Array.from(
@@ -805,6 +743,8 @@ class MoeEngine implements Engine {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closing = true;
+    // generations waiting for a chunk end now; those suspended between chunks end on return()
+    this.#batcher.failAll(new EngineClosedError("The engine was closed during the generation"));
     await Promise.all([...this.#generators].map((g) => g.return(undefined).catch(() => {})));
     this.#generators.clear();
     // after the calls that asked before (a forward in flight completes); those after find it closed

@@ -62,11 +62,11 @@ export async function loadGpuModel(
     if (largest.bytes > limit) {
       const fits = longestContext(planned, limit);
       throw new OptionError(
-        `Invalid contextLength / maxBatchTokens: the run-state buffer ${largest.name} would take ${
+        `Invalid contextLength / maxBatchTokens / maxBatchSequences: the run-state buffer ${largest.name} would take ${
           formatBytes(largest.bytes)
         }, above this GPU's maxStorageBufferBindingSize of ${
           formatBytes(limit)
-        }: lower contextLength (${shape.contextLength}) or maxBatchTokens (${shape.maxRows})${
+        }: lower contextLength (${shape.contextLength}), maxBatchTokens (${shape.maxRows}) or maxBatchSequences (${shape.sequences})${
           fits > 0 ? `; use contextLength <= ${fits}` : ""
         }`,
       );
@@ -131,7 +131,12 @@ export async function loadGpuModel(
 /** The longest context whose run-state buffers each fit in `limit` bytes at the plan's batch size (0 if none). */
 function longestContext(planned: ModelPlan, limit: number): number {
   const fits = (c: number) =>
-    planned.arch.runState({ maxRows: Math.min(planned.shape.maxRows, c), contextLength: c, maxGenerated: c })
+    planned.arch.runState({
+      maxRows: Math.min(planned.shape.maxRows, c),
+      contextLength: c,
+      maxGenerated: c,
+      sequences: planned.shape.sequences,
+    })
       .every((a) => a.bytes <= limit);
   let lo = 0;
   let hi = planned.shape.contextLength;

@@ -76,7 +76,13 @@ export interface ModelReport {
  */
 export async function inspectModel(options: EngineOptions, budget = options.budget): Promise<ModelReport> {
   // plan as swapmoe: it takes every expertPrecision (full and lru take one precision)
-  const planned = await planModel({ ...options, budget: undefined, policy: "swapmoe" });
+  // one sequence's KV caches unless told otherwise (an engine's default depends on the policy and budget)
+  const planned = await planModel({
+    ...options,
+    budget: undefined,
+    policy: "swapmoe",
+    maxBatchSequences: options.maxBatchSequences ?? 1,
+  });
   try {
     const { arch, ckpt, tensors, layout, plan, shape, modelDir } = planned;
     // the experts' parameters from their matrices (a stored element is not one parameter in MXFP4:

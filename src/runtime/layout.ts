@@ -12,6 +12,7 @@ import { type Allocation, allocationBytes } from "../gpu/memory.ts";
 import { type Architecture, expertCopyBytes, type ModelTensors, type RunShape } from "../models/family.ts";
 import type { Precision } from "../quant/formats.ts";
 import type { Footprint } from "../moe/budget.ts";
+import { MAX_READ } from "./token_stream.ts";
 
 /** Name of the slot table in {@link EngineLayout.tables}: [moeLayers, E] i32. */
 export const SLOT_TABLE = "experts.slot_table";
@@ -32,7 +33,7 @@ export interface EngineLayout {
 export interface StagingSizes {
   /** `maxRows × V` f32 logits of a forward call. */
   readonly logits: number;
-  /** One of the two decode readbacks: `maxGenerated` u32 token ids. */
+  /** One of the two decode readbacks: up to {@link MAX_READ} u32 token ids per sequence, [sequences, MAX_READ]. */
   readonly tokens: number;
   /** The expert choices of one pass's rows, [rows, K] u32 (exact `lru` routing reads them back). */
   readonly topk: number;
@@ -45,7 +46,7 @@ export function stagingSizes(arch: Architecture, shape: RunShape): StagingSizes 
   const { vocabSize: V, numExperts: E, topK: K } = arch.spec;
   return {
     logits: shape.maxRows * V * 4,
-    tokens: shape.maxGenerated * 4,
+    tokens: shape.sequences * MAX_READ * 4,
     topk: arch.passRows(shape) * K * 4,
     stats: arch.moeLayers * E * 16,
   };
@@ -102,5 +103,6 @@ export function footprintOf(
     experts: arch.spec.numExperts,
     topK: arch.spec.topK,
     contextLength: shape.contextLength,
+    sequences: shape.sequences,
   };
 }

@@ -12,7 +12,7 @@ import type { Architecture, Family, ModelTensors, RunShape } from "../models/fam
 import { FAMILY_OPTION_KEYS, loadModelConfig, type ModelSpec } from "../models/registry.ts";
 import { BudgetPlan } from "../moe/budget.ts";
 import type { PolicyName } from "../moe/policies.ts";
-import { OptionError } from "../errors.ts";
+import { BudgetError, OptionError } from "../errors.ts";
 import { matrixLayout, parsePrecision, type Precision } from "../quant/formats.ts";
 import { type EngineLayout, engineLayout, footprintOf } from "./layout.ts";
 import { checkExpertOptions, validateOptions } from "./requests.ts";
@@ -23,6 +23,10 @@ const DEFAULT_MODEL_URL = new URL("../../models/sotu-moe-mini", import.meta.url)
 export const MAX_DEFAULT_CONTEXT = 4096;
 /** Prompt rows per pass when `maxBatchTokens` is not given. */
 const DEFAULT_MAX_ROWS = 64;
+/** Sequences decoded together when `maxBatchSequences` is not given: at most this many, … */
+export const MAX_DEFAULT_SEQUENCES = 16;
+/** … as many as have KV caches (and per-sequence state) within this share of the budget, at least one. */
+export const DEFAULT_SEQUENCES_SHARE = 1 / 8;
 
 /** The bundled model's folder; only a local checkout (or a `file:` import) has one. */
 export function defaultModel(): string {
@@ -100,23 +104,78 @@ export async function planModel(
       `Invalid contextLength: ${contextLength} exceeds the model's max_position_embeddings ${arch.maxContext}`,
     );
   }
-  const shape: RunShape = {
+  if (
+    options.maxBatchSequences !== undefined && arch.maxSequences !== undefined &&
+    options.maxBatchSequences > arch.maxSequences
+  ) {
+    throw new OptionError(
+      `Invalid maxBatchSequences: ${options.maxBatchSequences}, ${spec.modelType} decodes ${arch.maxSequences} sequence${
+        arch.maxSequences === 1 ? "" : "s"
+      } at a time (an encoder-decoder's cross-attention holds one prompt's encoding): use ${arch.maxSequences}`,
+    );
+  }
+  const shapeOf = (sequences: number): RunShape => ({
     maxRows: Math.min(options.maxBatchTokens ?? DEFAULT_MAX_ROWS, contextLength),
     contextLength,
     maxGenerated: contextLength,
-  };
+    sequences,
+  });
   onStage("checkpoint");
   const ckpt = Checkpoint.open(modelDir);
   try {
     const tensors = arch.tensors(ckpt.tensors, modelDir);
-    const layout = engineLayout(arch, tensors, ckpt.tensors, shape);
-    const plan = new BudgetPlan(footprintOf(arch, layout, shape, precisions), policy, staticSets, {
-      planner: options.planner ?? "uniform",
-      profile: options.profile,
-    });
+    const planAt = (sequences: number) => {
+      const shape = shapeOf(sequences);
+      const layout = engineLayout(arch, tensors, ckpt.tensors, shape);
+      const plan = new BudgetPlan(footprintOf(arch, layout, shape, precisions), policy, staticSets, {
+        planner: options.planner ?? "uniform",
+        profile: options.profile,
+      });
+      return { shape, layout, plan };
+    };
+    const { shape, layout, plan } = planAt(
+      options.maxBatchSequences ?? defaultSequences(planAt, options.budget, arch.maxSequences),
+    );
     return { modelDir, family, arch, ckpt, tensors, shape, layout, plan, staticSets, precisions };
   } catch (e) {
     ckpt.close();
     throw e;
   }
+}
+
+/**
+ * The sequences an engine decodes together when `maxBatchSequences` is not given: as many as have their
+ * KV caches (and the rest of a sequence's state) within {@link DEFAULT_SEQUENCES_SHARE} of the budget, at
+ * most {@link MAX_DEFAULT_SEQUENCES} (and `max`, a family's limit), at least one; fewer when the budget
+ * cannot hold that many beside what the policy needs. `planAt(n)` plans n sequences; `budget` is the
+ * option (resolved against each plan: a percentage of an all-resident footprint holding n caches).
+ */
+function defaultSequences(
+  planAt: (sequences: number) => { plan: BudgetPlan },
+  budget: EngineOptions["budget"],
+  max = MAX_DEFAULT_SEQUENCES,
+): number {
+  const one = planAt(1).plan;
+  const perSequence = planAt(2).plan.footprint.fixedBytes - one.footprint.fixedBytes;
+  // below what one sequence needs, the engine's own BudgetError says so
+  let bytes: number;
+  try {
+    bytes = one.resolve(budget);
+  } catch (e) {
+    if (e instanceof BudgetError) return 1;
+    throw e;
+  }
+  let n = Math.max(
+    1,
+    Math.min(MAX_DEFAULT_SEQUENCES, max, Math.floor((bytes * DEFAULT_SEQUENCES_SHARE) / perSequence)),
+  );
+  for (; n > 1; n--) {
+    try {
+      planAt(n).plan.resolve(budget);
+      return n;
+    } catch (e) {
+      if (!(e instanceof BudgetError)) throw e;
+    }
+  }
+  return 1;
 }

@@ -22,6 +22,9 @@ export function positiveInt(name: string, v: unknown, max = Number.MAX_SAFE_INTE
   return v;
 }
 
+/** The most sequences an engine decodes together (`maxBatchSequences`). */
+export const MAX_SEQUENCES = 1024;
+
 /** The options every model takes; a family may add its own ({@link FAMILY_OPTION_KEYS}). */
 export const OPTION_KEYS = [
   "model",
@@ -30,6 +33,7 @@ export const OPTION_KEYS = [
   "budget",
   "contextLength",
   "maxBatchTokens",
+  "maxBatchSequences",
   "planner",
   "profile",
   "updateInterval",
@@ -67,6 +71,7 @@ export function validateOptions(o: EngineOptions): void {
   }
   if (o.contextLength !== undefined) positiveInt("contextLength", o.contextLength, 1 << 20);
   if (o.maxBatchTokens !== undefined) positiveInt("maxBatchTokens", o.maxBatchTokens, 4096);
+  if (o.maxBatchSequences !== undefined) positiveInt("maxBatchSequences", o.maxBatchSequences, MAX_SEQUENCES);
   if (o.updateInterval !== undefined) positiveInt("updateInterval", o.updateInterval);
   if (o.maxUploadBytesPerStep !== undefined) positiveInt("maxUploadBytesPerStep", o.maxUploadBytesPerStep);
   if (

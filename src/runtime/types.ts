@@ -56,6 +56,13 @@ export interface EngineOptions {
   contextLength?: number;
   /** Most prompt tokens per forward call on the GPU (prefill chunk); default 64. */
   maxBatchTokens?: number;
+  /**
+   * Most sequences decoded together: concurrent `generate` calls run in one batch, each sequence with
+   * KV caches of its own, all of them counted in the budget; a generation past them waits for one to
+   * end. Default: as many as have their KV caches within 1/8 of the budget, at most 16, at least 1.
+   * Switch Transformers decode one sequence at a time.
+   */
+  maxBatchSequences?: number;
   /** How `swapmoe`/`static` spread expert slots over layers; default `"uniform"`. */
   planner?: PlannerKind;
   /** An importance profile [layer][expert] for `planner: "profile"` and for planning `static` sets. */
@@ -190,6 +197,10 @@ export interface EngineStats {
   gpuBytesByPrecision: Record<string, number>;
   /** Positions the KV cache holds (prompt plus generated tokens of one request). */
   contextLength: number;
+  /** Sequences decoded together (`maxBatchSequences`), each with KV caches of its own. */
+  maxBatchSequences: number;
+  /** Generations holding one of those sequences' slots now. */
+  activeSequences: number;
   /** GPU bytes by what they hold. */
   gpuBytesByKind: Record<string, number>;
   /** The residency policy. */

@@ -4,7 +4,8 @@
  * recorded once and replayed for every call.
  *
  * Axes: T = rows in a call (≤ maxRows), D = hidden, H / Hkv = query / key-value heads, hd = head
- * width, E = experts, K = experts per token, I = expert width, V = vocabulary, ctx = context length.
+ * width, E = experts, K = experts per token, I = expert width, V = vocabulary, ctx = context length,
+ * S = sequences decoded together (slots).
  *
  * @module
  */
@@ -15,7 +16,6 @@ import { sigmoidGatedAdd, siluMul } from "../../kernels/elementwise.ts";
 import { embed } from "../../kernels/embed.ts";
 import { experts } from "../../kernels/experts.ts";
 import { matmul } from "../../kernels/matmul.ts";
-import { SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
 import { attentionBlock, decoderHead, decoderIo, denseWithFusedQkv, routeBlock } from "../decoder_parts.ts";
 import type { ExpertCache } from "../../moe/expert_cache.ts";
 import {
@@ -28,6 +28,7 @@ import {
   type Pass,
   type ProgramIo,
   type RunShape,
+  sequenceState,
 } from "../family.ts";
 import type { CausalSpec } from "./config.ts";
 import type { ModelNames } from "./names.ts";
@@ -70,13 +71,7 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
     activation("shared_gate", T), //                       [T]
     activation("xf", T * D), //                            [T, D] final-normed logits rows
     activation("logits", T * spec.vocabSize), //           [T, V]
-    activation("generated", shape.maxGenerated), //        [maxGenerated] u32
-    {
-      name: "sampling", // sample.wgsl Params
-      bytes: SAMPLING_PARAMS_BYTES,
-      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-      category: "activations",
-    },
+    ...sequenceState(shape, T), //                         rows [T] Row, generated [S, maxGenerated], sampling [S]
     activation("stats", moeLayers * E * 4), //             [moeLayers, E, 4] f32
     {
       name: "rope", //                                     [2, ctx, hd/2] cos, sin
@@ -88,8 +83,8 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
   for (let i = 0; i < spec.numLayers; i++) {
     for (const kv of ["k", "v"]) {
       list.push({
-        name: `kv.${i}.${kv}`, //                          [ctx, Hkv, hd] f32
-        bytes: shape.contextLength * Hkv * hd * 4,
+        name: `kv.${i}.${kv}`, //                          [S, ctx, Hkv, hd] f32
+        bytes: shape.sequences * shape.contextLength * Hkv * hd * 4,
         usage: GPUBufferUsage.STORAGE,
         category: "kv",
       });
@@ -157,6 +152,9 @@ export class CausalProgram implements ModelProgram {
         label: "embed",
         table: w(names.embed),
         ids: b("ids"),
+        rows: b("rows"),
+        generated: b("generated"),
+        maxGenerated: this.shape.maxGenerated,
         x: b("x"),
         dim: D,
         vocab: spec.vocabSize,
@@ -298,6 +296,7 @@ export class CausalProgram implements ModelProgram {
       experts: E,
       topK: K,
       rowsCap: this.shape.maxRows,
+      maxGenerated: this.shape.maxGenerated,
     });
     this.decoder = { pre, layers, post: head.post };
     this.sample = head.sample;

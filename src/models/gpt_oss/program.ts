@@ -7,7 +7,8 @@
  * → final norm → lm_head.
  *
  * Axes: T = rows in a call (≤ maxRows), D = hidden, H / Hkv = query / key-value heads, hd = head width,
- * E = experts, K = experts per token, I = expert width, V = vocabulary, ctx = context length.
+ * E = experts, K = experts per token, I = expert width, V = vocabulary, ctx = context length, S =
+ * sequences decoded together (slots).
  *
  * @module
  */
@@ -16,7 +17,6 @@ import type { Allocation } from "../../gpu/memory.ts";
 import { attentionScratchBytes, ropeTable, yarnRopeTable } from "../../kernels/attention.ts";
 import { embed } from "../../kernels/embed.ts";
 import { experts } from "../../kernels/experts.ts";
-import { SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
 import { attentionBlock, decoderHead, decoderIo, denseWithFusedQkv, routeBlock } from "../decoder_parts.ts";
 import type { ExpertCache } from "../../moe/expert_cache.ts";
 import {
@@ -29,6 +29,7 @@ import {
   type Pass,
   type ProgramIo,
   type RunShape,
+  sequenceState,
 } from "../family.ts";
 import type { GptOssSpec } from "./config.ts";
 import type { GptOssNames } from "./names.ts";
@@ -58,13 +59,7 @@ export function gptOssRunState(spec: GptOssSpec, shape: RunShape): Allocation[] 
     activation("h", T * K * spec.intermediateSize), //     [T·K, I] the experts' activations
     activation("xf", T * D), //                            [T, D] final-normed logits rows
     activation("logits", T * spec.vocabSize), //           [T, V]
-    activation("generated", shape.maxGenerated), //        [maxGenerated] u32
-    {
-      name: "sampling", // sample.wgsl Params
-      bytes: SAMPLING_PARAMS_BYTES,
-      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-      category: "activations",
-    },
+    ...sequenceState(shape, T), //                         rows [T] Row, generated [S, maxGenerated], sampling [S]
     activation("stats", L * E * 4), //                     [layers, E, 4] f32
     {
       name: "rope", //                                     [2, ctx, hd/2] cos, sin (YaRN: times its attention factor)
@@ -77,8 +72,8 @@ export function gptOssRunState(spec: GptOssSpec, shape: RunShape): Allocation[] 
   for (let i = 0; i < L; i++) {
     for (const kv of ["k", "v"]) {
       list.push({
-        name: `kv.${i}.${kv}`, //                          [ctx, Hkv, hd] f32
-        bytes: shape.contextLength * Hkv * hd * 4,
+        name: `kv.${i}.${kv}`, //                          [S, ctx, Hkv, hd] f32
+        bytes: shape.sequences * shape.contextLength * Hkv * hd * 4,
         usage: GPUBufferUsage.STORAGE,
         category: "kv",
       });
@@ -149,6 +144,9 @@ export class GptOssProgram implements ModelProgram {
         label: "embed",
         table: w(names.embed),
         ids: b("ids"),
+        rows: b("rows"),
+        generated: b("generated"),
+        maxGenerated: this.shape.maxGenerated,
         x: b("x"),
         dim: D,
         vocab: spec.vocabSize,
@@ -227,6 +225,7 @@ export class GptOssProgram implements ModelProgram {
       experts: E,
       topK: K,
       rowsCap: this.shape.maxRows,
+      maxGenerated: this.shape.maxGenerated,
     });
     this.decoder = { pre, layers, post: head.post };
     this.sample = head.sample;

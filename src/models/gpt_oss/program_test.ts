@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { Checkpoint } from "../../checkpoint/shards.ts";
 import { type CallShape, encode } from "../../gpu/dispatch.ts";
-import { packStep } from "../../kernels/step.ts";
+import { chunkRows, packRows, packStep } from "../../kernels/step.ts";
 import { type GpuModel, loadGpuModel } from "../../runtime/gpu_model.ts";
 import { planModel } from "../../runtime/model_plan.ts";
 import {
@@ -68,6 +68,7 @@ async function run(m: GpuModel, spec: GptOssSpec, ids: number[], pos0: number) {
   const shape: CallShape = { t: ids.length, headRows: ids.length, pos0 };
   device.queue.writeBuffer(io.ids, 0, new Uint32Array(ids));
   device.queue.writeBuffer(m.step, 0, packStep(shape));
+  device.queue.writeBuffer(io.rows, 0, packRows(chunkRows(0, pos0, ids.length)));
   m.cache.flush();
   const V = spec.vocabSize;
   const bytes = ids.length * V * 4;

@@ -34,6 +34,8 @@ export function switchArchitecture(spec: SwitchSpec): Architecture<SwitchSpec> {
     maxContext: undefined,
     decoderStartTokenId: spec.decoderStartTokenId,
     paramSlots: 32 + 24 * blocks,
+    // the cross-attention keys of the encoder's output are one sequence's
+    maxSequences: 1,
     tensors(table, dir) {
       // untied checkpoints written by transformers 4.x lack the stacks' own embeddings: fall back to shared
       const n = switchNames(spec, (t) => table.has(t));

@@ -18,7 +18,7 @@ import { matmul } from "../../kernels/matmul.ts";
 import { rmsNorm } from "../../kernels/norm.ts";
 import { experts } from "../../kernels/experts.ts";
 import { router, routerStats } from "../../kernels/router.ts";
-import { sampler, SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
+import { sampler } from "../../kernels/sample.ts";
 import {
   bucketTable,
   expertCapacity,
@@ -39,6 +39,7 @@ import {
   type Pass,
   type ProgramIo,
   type RunShape,
+  sequenceState,
 } from "../family.ts";
 import type { SwitchSpec } from "./config.ts";
 import type { SwitchNames, T5AttentionNames } from "./names.ts";
@@ -87,13 +88,7 @@ export function switchRunState(spec: SwitchSpec, shape: RunShape, moeLayers: num
     act("mlp", T * I),
     act("xf", shape.maxRows * D),
     act("logits", shape.maxRows * V),
-    act("generated", shape.maxGenerated),
-    {
-      name: "samplingParams",
-      bytes: SAMPLING_PARAMS_BYTES,
-      usage: GPUBufferUsage.STORAGE | COPY_DST,
-      category: "activations",
-    },
+    ...sequenceState(shape, T), // rows [T] Row, generated [1, maxGenerated], sampling [1]: one sequence
     act("stats", moeLayers * E * 4),
     act("counts", moeLayers * E),
     { name: "meta", bytes: 16, usage: STORAGE | COPY_DST, category: "tables" },
@@ -152,8 +147,9 @@ export class SwitchProgram implements ModelProgram {
     this.io = {
       ids: b("ids"),
       logits: b("logits"),
+      rows: b("rows"),
       generated: b("generated"),
-      samplingParams: b("samplingParams"),
+      samplingParams: b("sampling"),
       stats: b("stats"),
       topkIds: b("topkIds"),
     };
@@ -396,6 +392,9 @@ export class SwitchProgram implements ModelProgram {
         label,
         table: w(table),
         ids: b("ids"),
+        rows: b("rows"),
+        generated: b("generated"),
+        maxGenerated: this.shape.maxGenerated,
         x: b("x"),
         dim: D,
         vocab: spec.vocabSize,
@@ -494,10 +493,11 @@ export class SwitchProgram implements ModelProgram {
     };
     this.sample = await sampler(ctx, {
       label: "sample",
-      params: b("samplingParams"),
+      params: b("sampling"),
       logits: b("logits"),
-      ids: b("ids"),
+      rows: b("rows"),
       generated: b("generated"),
+      maxGenerated: this.shape.maxGenerated,
     });
   }
 }

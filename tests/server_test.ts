@@ -38,7 +38,13 @@ async function withServer(
   options: { engine?: EngineOptions; server?: ServerOptions },
   fn: (ctx: Ctx) => Promise<void>,
 ): Promise<void> {
-  const engine = await createEngine({ policy: "full", contextLength: CONTEXT, ...options.engine });
+  // one generation at a time unless a test asks for more (the queue's tests count on it)
+  const engine = await createEngine({
+    policy: "full",
+    contextLength: CONTEXT,
+    maxBatchSequences: 1,
+    ...options.engine,
+  });
   const server = createServer(engine, { contextLength: CONTEXT, ...options.server });
   try {
     const http = server.listen({ hostname: "127.0.0.1", port: 0 });
@@ -569,6 +575,62 @@ Deno.test("four concurrent streaming clients are all answered, one at a time and
   });
 });
 
+Deno.test("--parallel 3: requests decode together, three at a time, each answer what it is alone", async () => {
+  await withServer({ engine: { maxBatchSequences: 3 } }, async ({ base, engine, client }) => {
+    const one = async (i: number) => {
+      const s = await client.completions.create({
+        model: "sotu-moe-mini",
+        prompt: `${PROMPT} ${"and ".repeat(i)}`,
+        max_tokens: 6 + i,
+        temperature: 0,
+        stream: true,
+        stream_options: { include_usage: true },
+        ...vllm({ min_tokens: 6 + i }),
+      });
+      let text = "";
+      let tokens = 0;
+      for await (const c of s) {
+        text += c.choices[0]?.text ?? "";
+        tokens = c.usage?.completion_tokens ?? tokens;
+        most = Math.max(most, engine.stats().activeSequences);
+      }
+      return { text, tokens };
+    };
+    let most = 0;
+    const alone = [];
+    for (let i = 0; i < 5; i++) alone.push(await one(i));
+    most = 0;
+    const together = await Promise.all([0, 1, 2, 3, 4].map(one));
+    assert.deepEqual(together, alone);
+    assert.equal(most, 3, "three generations decoded together, the others waited");
+    const m = await metrics(base);
+    assert.equal(metric(m, "swapmoe_requests_parallel"), 3);
+    assert.equal(metric(m, 'swapmoe_requests_total{route="/v1/completions",status="200"}'), 10);
+    assert.equal(metric(m, "swapmoe_queue_length"), 0);
+    assert.equal(metric(m, "swapmoe_requests_running"), 0);
+  });
+});
+
+Deno.test("--parallel 2 --max-queue 1: two run, one waits, the rest get 503 at once", async () => {
+  await withServer({ engine: { maxBatchSequences: 2 }, server: { maxQueue: 1 } }, async ({ base }) => {
+    const slow = { prompt: PROMPT, max_tokens: 6, min_tokens: 6 };
+    const responses = await Promise.all([1, 2, 3, 4, 5].map(() => post(base, COMPLETIONS, slow)));
+    assert.deepEqual(responses.map((r) => r.status).sort(), [200, 200, 200, 503, 503]);
+    for (const r of responses) {
+      if (r.status === 200) assert.equal((await r.json()).usage.completion_tokens, 6);
+      else assert.equal((await errorOf(r)).code, "queue_full");
+    }
+  });
+});
+
+Deno.test("parallel beyond the engine's maxBatchSequences is refused", async () => {
+  await using engine = await createEngine({ policy: "full", contextLength: CONTEXT, maxBatchSequences: 2 });
+  assert.throws(
+    () => createServer(engine, { parallel: 3 }),
+    /Invalid parallel: 3, the engine decodes 2 sequences at once \(its maxBatchSequences\)/,
+  );
+});
+
 Deno.test("a client that disconnects, mid-stream or while queued, cancels its generation", async () => {
   await withServer({}, async ({ base, engine }) => {
     const health = async () => await fetch(`${base}/health`).then((r) => r.json());
@@ -888,6 +950,8 @@ Deno.test("serve flags: parsed strictly, bad ones are usage errors", () => {
   assert.equal(parseServeArgs([], { apiKey: "k" }).server.apiKey, "k");
   assert.equal(parseServeArgs(["--api-key", "x"], { apiKey: "k" }).server.apiKey, "x");
   assert.equal(parseServeArgs(["--context-length", "512"]).engine.contextLength, 512);
+  assert.equal(parseServeArgs(["--parallel", "8"]).engine.maxBatchSequences, 8);
+  assert.equal(parseServeArgs([]).engine.maxBatchSequences, undefined, "from the budget");
   for (
     const bad of [
       ["--bogus"],
@@ -898,6 +962,8 @@ Deno.test("serve flags: parsed strictly, bad ones are usage errors", () => {
       ["--policy", "nope"],
       ["--budget", "lots"],
       ["--max-queue", "-1"],
+      ["--parallel", "0"],
+      ["--parallel", "two"],
       ["--max-tokens", "0"],
       ["--context-length", "0"],
       ["--model", "/nonexistent"],

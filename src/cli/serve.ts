@@ -7,6 +7,7 @@
  * @module
  */
 import { type EngineOptions, formatBytes } from "../../mod.ts";
+import { MAX_SEQUENCES } from "../runtime/requests.ts";
 import { createServer, type ServerOptions } from "../server/server.ts";
 import { type Command, UsageError } from "./command.ts";
 import { PROGRAM } from "./program.ts";
@@ -36,7 +37,10 @@ Server options:
   --host <address>        Address to listen on; default 127.0.0.1 (this machine only)
   --api-key <key>         Require "Authorization: Bearer <key>" on every route but /health;
                           default: $SWAPMOE_API_KEY when set, else none
-  --max-queue <n>         Requests that may wait for the engine before new ones get 503; default 16
+  --parallel <n>          Requests decoded together, each with KV caches of its own in the
+                          budget (the engine's maxBatchSequences); default: as many as have
+                          their KV caches within 1/8 of the budget, at most 16
+  --max-queue <n>         Requests that may wait behind them before new ones get 503; default 16
   --max-tokens <n>        New tokens for a request without max_tokens; default 256
   --quiet                 No access log on stderr
 
@@ -67,6 +71,7 @@ export function parseServeArgs(args: string[], env: { apiKey?: string } = {}): S
       host: { type: "string" },
       "api-key": { type: "string" },
       "max-queue": { type: "string" },
+      parallel: { type: "string" },
       "max-tokens": { type: "string" },
       quiet: { type: "boolean" },
     },
@@ -77,7 +82,9 @@ export function parseServeArgs(args: string[], env: { apiKey?: string } = {}): S
   if (apiKey === "") throw new UsageError("Invalid --api-key: empty");
   return {
     help,
-    engine: help ? {} : budgetedOptions(values, BUDGET),
+    engine: help
+      ? {}
+      : withParallel(budgetedOptions(values, BUDGET), intFlag("parallel", values.parallel, 1, MAX_SEQUENCES)),
     host: values.host ?? "127.0.0.1",
     port: intFlag("port", values.port, 0, 65535) ?? DEFAULT_PORT,
     server: {
@@ -87,6 +94,11 @@ export function parseServeArgs(args: string[], env: { apiKey?: string } = {}): S
     },
     quiet: values.quiet ?? false,
   };
+}
+
+/** `options` with `maxBatchSequences: parallel` when `--parallel` was given. */
+function withParallel(options: EngineOptions, parallel: number | undefined): EngineOptions {
+  return parallel === undefined ? options : { ...options, maxBatchSequences: parallel };
 }
 
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1", "[::1]"]);
@@ -128,7 +140,9 @@ export const command: Command = {
           console.log(
             `  as "${server.modelId}" on http://${host}:${port}/v1 · policy ${s.policy} · budget ${
               formatBytes(s.budgetBytes)
-            } of ${formatBytes(s.fullBytes)} · context ${server.contextLength} · Ctrl-C stops`,
+            } of ${
+              formatBytes(s.fullBytes)
+            } · context ${server.contextLength} · ${s.maxBatchSequences} in parallel · Ctrl-C stops`,
           );
         },
       });

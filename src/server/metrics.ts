@@ -40,6 +40,8 @@ export interface QueueState {
   waiting: number;
   running: number;
   maxWaiting: number;
+  /** Generations that may run at once (decoded together). */
+  maxRunning: number;
 }
 
 /** The server's own counters. */
@@ -111,6 +113,10 @@ export class Metrics {
     out.family("swapmoe_requests_running", "gauge", "Generations running on the engine", [[
       {},
       queue.running,
+    ]]);
+    out.family("swapmoe_requests_parallel", "gauge", "Most generations running at once (decoded together)", [[
+      {},
+      queue.maxRunning,
     ]]);
 
     out.family("swapmoe_gpu_bytes", "gauge", "Bytes held on the GPU now", [[{}, stats.gpuBytes]]);

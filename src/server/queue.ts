@@ -1,6 +1,7 @@
 /**
- * The admission queue in front of the engine: one generation runs at a time, at most `maxWaiting`
- * wait behind it in arrival order, and a request past that is refused at once (503) rather than
+ * The admission queue in front of the engine: up to `maxRunning` generations run at once (the
+ * engine's `maxBatchSequences`: they decode together, each in a slot of its own), at most `maxWaiting`
+ * wait behind them in arrival order, and a request past that is refused at once (503) rather than
  * left to time out. A waiter whose client leaves drops out without ever touching the engine.
  *
  * @module
@@ -14,15 +15,17 @@ interface Waiter {
   reject(reason: unknown): void;
 }
 
-/** A FIFO lock with a bounded line. */
+/** A FIFO semaphore with a bounded line. */
 export class RequestQueue {
   readonly maxWaiting: number;
-  #running = false;
+  readonly maxRunning: number;
+  #running = 0;
   #waiters: Waiter[] = [];
 
-  /** Creates a queue that lets `maxWaiting` requests wait behind the running one. */
-  constructor(maxWaiting: number) {
+  /** Creates a queue that runs `maxRunning` requests at once and lets `maxWaiting` wait behind them. */
+  constructor(maxWaiting: number, maxRunning = 1) {
     this.maxWaiting = maxWaiting;
+    this.maxRunning = maxRunning;
   }
 
   /** Requests waiting for their turn. */
@@ -30,9 +33,9 @@ export class RequestQueue {
     return this.#waiters.length;
   }
 
-  /** Generations running: 0 or 1. */
+  /** Generations running: 0 … maxRunning. */
   get running(): number {
-    return this.#running ? 1 : 0;
+    return this.#running;
   }
 
   /**
@@ -40,8 +43,8 @@ export class RequestQueue {
    * turn, which rejects with `signal.reason` if `signal` aborts first.
    */
   tryEnter(signal?: AbortSignal): Promise<Release> | undefined {
-    if (!this.#running) {
-      this.#running = true;
+    if (this.#running < this.maxRunning && this.#waiters.length === 0) {
+      this.#running++;
       return Promise.resolve(this.#release());
     }
     if (this.#waiters.length >= this.maxWaiting) return undefined;
@@ -67,6 +70,7 @@ export class RequestQueue {
     });
   }
 
+  /** A running request's release: its turn goes to the next waiter, else its place frees. */
   #release(): Release {
     let done = false;
     return () => {
@@ -74,7 +78,7 @@ export class RequestQueue {
       done = true;
       const next = this.#waiters.shift();
       if (next) next.resolve(this.#release());
-      else this.#running = false;
+      else this.#running--;
     };
   }
 }

@@ -10,7 +10,8 @@
  * | `GET /metrics` | Prometheus text format |
  * | `GET /health` | liveness; the only route open without the API key |
  *
- * Generation requests take turns on the engine in arrival order through a bounded
+ * Generation requests run on the engine together, up to its `maxBatchSequences` at once (they
+ * decode in one batch), and wait for their turn in arrival order behind them through a bounded
  * {@link RequestQueue} (503 when full); a client that leaves, mid-stream or while waiting, cancels
  * its generation. Every failure is answered in OpenAI's error shape; no request can crash the server.
  * Requests are checked and answered by `openai.ts`, the mapping that `engine.chat.completions.create`
@@ -55,8 +56,13 @@ export interface ServerOptions {
   modelId?: string;
   /** When set, every route but `/health` wants `Authorization: Bearer <apiKey>`. */
   apiKey?: string;
-  /** Generation requests that may wait behind the running one before new ones get 503; default 16. */
+  /** Generation requests that may wait behind the running ones before new ones get 503; default 16. */
   maxQueue?: number;
+  /**
+   * Generation requests that run at once (decoded together); default and most: the engine's
+   * `maxBatchSequences`, the generations it holds KV caches for.
+   */
+  parallel?: number;
   /** Largest request body; default 1 MiB (413 beyond). */
   maxBodyBytes?: number;
   /** New tokens when a request gives no `max_tokens` (capped by the room left in the context); default 256. */
@@ -224,7 +230,16 @@ class ApiHandler {
     });
     this.modelId = this.#settings.modelId;
     this.contextLength = this.#settings.contextLength;
-    this.#queue = new RequestQueue(positive("maxQueue", o.maxQueue, 0) ?? DEFAULT_MAX_QUEUE);
+    const slots = engine.stats().maxBatchSequences;
+    const parallel = positive("parallel", o.parallel) ?? slots;
+    if (parallel > slots) {
+      throw new OptionError(
+        `Invalid parallel: ${parallel}, the engine decodes ${slots} sequence${
+          slots === 1 ? "" : "s"
+        } at once (its maxBatchSequences): create it with maxBatchSequences: ${parallel}`,
+      );
+    }
+    this.#queue = new RequestQueue(positive("maxQueue", o.maxQueue, 0) ?? DEFAULT_MAX_QUEUE, parallel);
     this.#maxBody = positive("maxBodyBytes", o.maxBodyBytes) ?? DEFAULT_MAX_BODY;
     if (o.apiKey !== undefined && o.apiKey === "") throw new OptionError("Invalid apiKey: empty");
     this.#apiKey = o.apiKey !== undefined ? new TextEncoder().encode(o.apiKey) : undefined;
@@ -349,6 +364,7 @@ class ApiHandler {
       waiting: this.#queue.waiting,
       running: this.#queue.running,
       maxWaiting: this.#queue.maxWaiting,
+      maxRunning: this.#queue.maxRunning,
     };
     return new Response(this.metrics.render(this.#engine.stats(), queue, { model: this.modelId }), {
       headers: { "content-type": PROMETHEUS_CONTENT_TYPE },

@@ -85,6 +85,13 @@ for (const name of ["tiny-mixtral", "tiny-olmoe", "tiny-qwen2-moe", "tiny-gpt-os
   });
 }
 
+Deno.test("batch: alone, a generation's tokens come back in batches of 1, 2, 4, 8, 16, 16, …", async () => {
+  await using engine = await createEngine({ model: `${FIXTURES}tiny-mixtral` });
+  const sizes = [];
+  for await (const c of engine.generate(request(4, 9, 40))) sizes.push(c.ids.length);
+  assert.deepEqual(sizes, [1, 2, 4, 8, 16, 9]);
+});
+
 Deno.test("batch: static routing and sampled generations (their seeds) give what they give alone", async () => {
   await using engine = await createEngine({
     model: `${FIXTURES}tiny-qwen3-moe`,

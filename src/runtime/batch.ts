@@ -231,11 +231,15 @@ interface Batch {
 }
 
 /** A prefill chunk of one generation, in a step. */
-interface Chunk {
+export interface Chunk {
   seq: Sequence;
+  /** Its rows (src/kernels/step.ts `chunkRows`). */
   rows: RowMeta[];
-  ids: number[];
+  /** Its token ids. */
+  ids: readonly number[];
+  /** Whether the routing statistics count it (not when it rebuilds a cache). */
   count: boolean;
+  /** Whether it starts its sequence's pass. */
   newPass: boolean;
 }
 
@@ -711,7 +715,11 @@ const BORROWED = Symbol("borrowed");
  * into calls with room, a chunk longer than `callRows` (or one rebuilding a cache, which the statistics
  * do not count) in a call of its own. In each call the rows that sample come last (the head rows).
  */
-export function packCalls(decode: readonly RowMeta[], chunks: readonly Chunk[], callRows: number): Call[] {
+export function packCalls(
+  decode: readonly RowMeta[],
+  chunks: readonly Omit<Chunk, "seq">[],
+  callRows: number,
+): Call[] {
   interface Building {
     body: { row: RowMeta; id: number }[];
     heads: { row: RowMeta; id: number }[];

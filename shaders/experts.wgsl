@@ -15,6 +15,10 @@
 //   Switch: hidden_states = self.act(self.wi(hidden_states))
 //   gpt-oss: gate_up = current_state @ self.gate_up_proj[expert_idx] + self.gate_up_proj_bias[expert_idx]
 //            gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+// The token-experts tk are the workgroups' fast index, the weight rows the slow one: the workgroups
+// that read the same rows of one expert for the tokens of different sequences (a batched step) run
+// side by side, so each expert's weights come from memory about once per step, through the GPU's
+// cache, however many sequences routed to it; a token's sums are the same whatever its neighbours.
 override WG: u32 = 64u;
 
 //!include expert_formats.wgsl
@@ -59,11 +63,11 @@ fn gate_up_rows(fmt: u32, base: u32, i: u32, v0: u32, tid: u32) -> vec4<f32> {
 @compute @workgroup_size(WG)
 fn gate_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) tid: u32) {
-  let pairs = (p.inter + 1u) / 2u;
   let lin = linear_wg(wg, nwg);
-  let i = 2u * (lin % pairs);
-  let tk = lin / pairs;
-  if (tk >= step.t * p.top_k) { return; }
+  let rows_tk = step.t * p.top_k;
+  let tk = lin % rows_tk;
+  let i = 2u * (lin / rows_tk);
+  if (i >= p.inter) { return; } // (a 2D grid's last workgroups are past the end)
   let t = tk / p.top_k;
   let entry = entry_of(tk);
   var acc = vec4<f32>(0.0);
@@ -101,11 +105,11 @@ fn wi_rows(fmt: u32, base: u32, i: u32, v0: u32, tid: u32) -> vec4<f32> {
 @compute @workgroup_size(WG)
 fn wi_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) tid: u32) {
-  let quads = (p.inter + 3u) / 4u;
   let lin = linear_wg(wg, nwg);
-  let i = 4u * (lin % quads);
-  let tk = lin / quads;
-  if (tk >= step.t * p.top_k) { return; }
+  let rows_tk = step.t * p.top_k;
+  let tk = lin % rows_tk;
+  let i = 4u * (lin / rows_tk);
+  if (i >= p.inter) { return; } // (a 2D grid's last workgroups are past the end)
   let t = tk / p.top_k;
   let entry = entry_of(tk);
   var acc = vec4<f32>(0.0);
@@ -163,11 +167,11 @@ fn clamped_swiglu(gate: f32, up: f32) -> f32 {
 @compute @workgroup_size(WG)
 fn gate_up_oss(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) tid: u32) {
-  let pairs = (p.inter + 1u) / 2u;
   let lin = linear_wg(wg, nwg);
-  let i = 2u * (lin % pairs);
-  let tk = lin / pairs;
-  if (tk >= step.t * p.top_k) { return; }
+  let rows_tk = step.t * p.top_k;
+  let tk = lin % rows_tk;
+  let i = 2u * (lin / rows_tk);
+  if (i >= p.inter) { return; } // (a 2D grid's last workgroups are past the end)
   let t = tk / p.top_k;
   let entry = entry_of(tk);
   var acc = vec4<f32>(0.0);

@@ -7,6 +7,8 @@
 //        current_hidden_states = current_hidden_states * top_k_weights[token_idx, top_k_pos, None]
 //   gpt-oss: out = gated_output @ self.down_proj[expert_idx] + self.down_proj_bias[expert_idx]
 //            weighted_output = out * routing_weights[token_idx, expert_idx, None]
+// As in experts.wgsl, the tokens are the workgroups' fast index: the workgroups reading the same rows
+// of the experts for different tokens run side by side.
 override WG: u32 = 64u;
 
 //!include expert_formats.wgsl
@@ -74,11 +76,10 @@ fn down_share(t: u32, d: u32, tid: u32, bias: bool) -> vec4<f32> {
 @compute @workgroup_size(WG)
 fn down_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) tid: u32) {
-  let quads = (p.dim + 3u) / 4u;
   let lin = linear_wg(wg, nwg);
-  let d = 4u * (lin % quads);
-  let t = lin / quads;
-  if (t >= step.t) { return; }
+  let t = lin % step.t;
+  let d = 4u * (lin / step.t);
+  if (d >= p.dim) { return; } // (a 2D grid's last workgroups are past the end)
   let sum = wg_sum4(tid, down_share(t, d, tid, false));
   if (tid == 0u) {
     for (var r = 0u; r < min(p.dim - d, 4u); r++) { y[t * p.dim + d + r] += sum[r]; }
@@ -90,11 +91,10 @@ fn down_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 @compute @workgroup_size(WG)
 fn down_sum_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) tid: u32) {
-  let quads = (p.dim + 3u) / 4u;
   let lin = linear_wg(wg, nwg);
-  let d = 4u * (lin % quads);
-  let t = lin / quads;
-  if (t >= step.t) { return; }
+  let t = lin % step.t;
+  let d = 4u * (lin / step.t);
+  if (d >= p.dim) { return; } // (a 2D grid's last workgroups are past the end)
   let sum = wg_sum4(tid, down_share(t, d, tid, true));
   if (tid == 0u) {
     for (var r = 0u; r < min(p.dim - d, 4u); r++) { y[t * p.dim + d + r] += sum[r]; }

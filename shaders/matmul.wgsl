@@ -66,7 +66,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 
 // The fast path when in_dim % 8 == 0: RW rows per workgroup, WG / RW threads per row, each thread
-// loading 8 bf16 weights (one vec4<u32>) at a time; the same contract as `main`.
+// loading 8 bf16 weights (one vec4<u32>) at a time; the same contract as `main`. The tiles of TT rows
+// of x are the fast index of the workgroups, so the workgroups that read the same RW rows of W for
+// different tiles (the sequences of a batched step) run side by side and W comes from memory about
+// once; each row's sums are the same whichever tile it sits in.
 override RW: u32 = 8u;
 
 @group(0) @binding(6) var<storage, read> w4: array<vec4<u32>>;
@@ -79,10 +82,10 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
          @builtin(local_invocation_index) tid: u32) {
   let rows = select(step.t, step.head_rows, p.rows_mode == 1u);
   let lin = linear_wg(wg, nwg);
-  let row_groups = (p.out_dim + RW - 1u) / RW;
-  let o0 = (lin % row_groups) * RW;
-  let r0 = (lin / row_groups) * TT;
-  if (r0 >= rows) { return; }
+  let tiles = (rows + TT - 1u) / TT;
+  let r0 = (lin % tiles) * TT;
+  let o0 = (lin / tiles) * RW;
+  if (r0 >= rows || o0 >= p.out_dim) { return; } // (a 2D grid's last workgroups are past the end)
   let lanes = WG / RW;
   let lane = tid % lanes;
   let o = o0 + tid / lanes;

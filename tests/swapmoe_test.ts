@@ -57,7 +57,8 @@ Deno.test("budgets in bytes, sizes and percentages resolve as documented", async
 for (const name of ["sotu-moe-mini", "tiny-olmoe", "tiny-gpt-oss"]) {
   Deno.test(`${name}: the budget holds through generation and setBudget (shrink, grow)`, async () => {
     const model = name === "sotu-moe-mini" ? undefined : fixture(name);
-    const options = { model, policy: "swapmoe" as const, contextLength: 256 };
+    // one sequence's KV caches in every engine here, whatever the budget (by default their number follows it)
+    const options = { model, policy: "swapmoe" as const, contextLength: 256, maxBatchSequences: 1 };
     // budgets that hold a share of the experts on top of everything else
     await using probe = await createEngine(options);
     const p = probe.stats();
@@ -127,7 +128,7 @@ Deno.test("swapmoe with every expert resident equals full", async () => {
 
 Deno.test("sotu-moe-mini: swapmoe settles on a steady hit rate and swaps when the text changes", async () => {
   // half of the experts: the all-resident footprint less half the experts' bytes
-  await using probe = await createEngine({ contextLength: 512 });
+  await using probe = await createEngine({ contextLength: 512, maxBatchSequences: 1 });
   const full = probe.stats();
   await probe.close();
   const half = full.fullBytes - (full.expertBytes * 4 * 16) / 2;
@@ -135,6 +136,7 @@ Deno.test("sotu-moe-mini: swapmoe settles on a steady hit rate and swaps when th
     policy: "swapmoe",
     budget: half,
     contextLength: 512,
+    maxBatchSequences: 1,
     updateInterval: 8,
   });
   assert.deepEqual(engine.stats().expertSlots, [8, 8, 8, 8]);

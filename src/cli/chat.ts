@@ -98,7 +98,8 @@ export const command: Command = {
       ? [{ role: "system", content: values.system }]
       : [];
 
-    await using engine = await openEngine(options, true);
+    // a conversation: one sequence's KV caches, the rest of the budget for experts
+    await using engine = await openEngine({ ...options, maxBatchSequences: 1 }, true);
     if (!engine.tokenizer.hasChatTemplate) {
       throw new UsageError(
         `The model has no chat template: ${engine.modelDir} has no chat_template.jinja and no chat_template in tokenizer_config.json; use generate`,

@@ -80,7 +80,8 @@ export const command: Command = {
     const tty = isInteractive();
 
     const t0 = performance.now();
-    await using engine = await openEngine(options, true);
+    // one generation: one sequence's KV caches, the rest of the budget for experts
+    await using engine = await openEngine({ ...options, maxBatchSequences: 1 }, true);
     const loaded = engine.stats();
     console.log(`swapmoe demo: ${describeModel(engine)}`);
     const budget = options.budget === undefined

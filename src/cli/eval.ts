@@ -220,7 +220,8 @@ export const command: Command = {
     if (options.contextLength! < window) {
       throw new UsageError(`Invalid --context-length: ${options.contextLength}, a window needs ${window}`);
     }
-    await using engine = await openEngine(options, !values.json);
+    // windows one at a time: one sequence's KV caches, the rest of the budget for experts
+    await using engine = await openEngine({ ...options, maxBatchSequences: 1 }, !values.json);
     return await evaluateOn(engine);
 
     async function evaluateOn(e: Awaited<ReturnType<typeof openEngine>>): Promise<number> {

@@ -80,7 +80,8 @@ export const command: Command = {
     const options = engineOptions(values);
     const prompt = await readPrompt(positionals);
 
-    await using engine = await openEngine(options, !values.json);
+    // one generation: one sequence's KV caches, the rest of the budget for experts
+    await using engine = await openEngine({ ...options, maxBatchSequences: 1 }, !values.json);
     const promptTokens = engine.tokenizer.encode(prompt).length;
     let text = "";
     const ids: number[] = [];

@@ -296,6 +296,8 @@ export async function sweep(o: SweepOptions): Promise<SweepResult> {
     model: o.model,
     contextLength: window,
     maxBatchTokens: o.maxBatchTokens ?? window,
+    // one sequence at a time: every configuration's budget holds the same one KV cache
+    maxBatchSequences: 1,
   };
   const pOpts = { window, maxWindows: o.maxWindows };
   const decodeTokens = o.decodeTokens ?? 0;

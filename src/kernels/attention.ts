@@ -119,7 +119,9 @@ export async function attention(
   if (o.headDim > 256 || o.headDim % 4 !== 0) {
     throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} must be a multiple of 4 up to 256`);
   }
-  if (o.headDim / 4 > WG) throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} exceeds ${4 * WG}`);
+  if (o.headDim / 4 > WG) {
+    throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} exceeds ${4 * WG}`);
+  }
   const params = ATTENTION_PARAMS.pack({
     n_heads: o.numHeads,
     n_kv: o.numKvHeads,

@@ -14,6 +14,7 @@
 //   Switch: hidden_states = self.act(self.wi(hidden_states))
 override WG: u32 = 64u;
 
+//!include expert_slots.wgsl
 //!include expert_formats.wgsl
 //!include reduce.wgsl
 

@@ -5,6 +5,7 @@
 //        current_hidden_states = current_hidden_states * top_k_weights[token_idx, top_k_pos, None]
 override WG: u32 = 64u;
 
+//!include expert_slots.wgsl
 //!include expert_formats.wgsl
 //!include reduce.wgsl
 

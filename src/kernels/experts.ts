@@ -3,15 +3,28 @@
  * down) or, without `up`, ReLU (Switch's wi, wo) — weighted and added to the residual stream. Each
  * tier's copies are read in their own format (bf16, int8, int4, mxfp4: src/quant/formats.ts).
  *
+ * Two paths, both recorded and chosen per call by its row count T:
+ * - GEMV (experts.wgsl, experts_down.wgsl): a workgroup per token-expert and a few rows, so each token
+ *   reads its experts' weights; best for decode, where T·K rows touch about as many experts.
+ * - grouped (experts_group.wgsl, experts_tiled.wgsl, experts_tiled_down.wgsl), for T > {@link GEMV_MAX_ROWS}:
+ *   the token-expert rows are grouped by expert on the GPU, then tiled matmuls read each expert's weights
+ *   once per tile of up to {@link EXPERT_TILE}`.tokens` of its rows (as llama.cpp's mul_mat_id and
+ *   mlx-lm's gather over sorted indices do), and a last dispatch adds the weighted outputs into the
+ *   residual.
+ *
  * @module
  */
 import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
 import { FORMAT_CODE, matrixLayout, type Precision } from "../quant/formats.ts";
 
 const FIELDS = ["dim", "inter", "top_k", "experts", "layer", "lo_base", "hi_words", "lo_words"] as const;
-/** The Params of shaders/lib/expert_formats.wgsl, as each of the two expert shaders includes it. */
+/** The Params of shaders/lib/expert_formats.wgsl, as each expert shader includes it. */
 const PARAMS = paramsLayout("experts.wgsl", FIELDS);
-paramsLayout("experts_down.wgsl", FIELDS);
+for (
+  const f of ["experts_down.wgsl", "experts_group.wgsl", "experts_tiled.wgsl", "experts_tiled_down.wgsl"]
+) {
+  paramsLayout(f, FIELDS);
+}
 
 /** Bit of a slot-table entry where the tier starts (shaders/experts.wgsl `TIER_SHIFT`). */
 export const TIER_SHIFT = 28;
@@ -19,6 +32,54 @@ export const TIER_SHIFT = 28;
 /** The slot-table entry of a copy in `slot` of `tier` (0 high, 1 low). */
 export function slotEntry(tier: number, slot: number): number {
   return (tier << TIER_SHIFT) | slot;
+}
+
+/**
+ * Calls of up to this many rows (decode, short prompts) run the GEMV kernels; longer ones the grouped
+ * path. Where the two cross is the GPU's to say (bench/kernels.ts times both at the OLMoE shape): on a
+ * discrete GPU the tiled matmuls win once an expert's tile holds a few tokens.
+ */
+export const GEMV_MAX_ROWS = 16;
+
+/** The grouped path's tile: token-expert rows of one expert, and weight rows per workgroup. */
+export interface TileShape {
+  /** TILE of shaders/lib/expert_tiles.wgsl: a multiple of 4. */
+  readonly tokens: number;
+  /** BLOCK: a multiple of 8; gate_up's workgroups take half as many rows of gate and of up. */
+  readonly rows: number;
+}
+
+/**
+ * 64 token-expert rows × 128 weight rows: 256 threads, each accumulating 4 × 8 outputs, and 12 KiB of
+ * workgroup memory (within WebGPU's default limits of 256 invocations and 16 KiB).
+ */
+export const EXPERT_TILE: TileShape = { tokens: 64, rows: 128 };
+
+/** Threads of the grouping kernel's single workgroup, one per expert: the most experts the grouped path takes. */
+export const GROUP_THREADS = 256;
+
+/** Columns a tiled workgroup stages at a time (shaders/lib/expert_tiles.wgsl `BK`), for the memory check. */
+const STAGE_COLUMNS = 16;
+
+/** Most tiles the routing of `rows` token-expert rows over `experts` experts makes: an expert of c rows has ceil(c / tile). */
+function maxTiles(rows: number, experts: number, tile: number): number {
+  return Math.ceil(rows / tile) + Math.min(experts, rows);
+}
+
+/**
+ * Words of the grouped path's two scratch buffers for calls of up to `rows` rows: `yk` [rows·K, D] f32
+ * (each token-expert's down projection, before the weighted sum) and `route` (experts_group.wgsl: the
+ * tile count, the rows grouped by expert, three words per tile). Undefined where the grouped path never
+ * runs: no call longer than {@link GEMV_MAX_ROWS}, or more experts than {@link GROUP_THREADS}. `tile` is
+ * for benchmarks.
+ */
+export function groupedScratch(
+  o: { rows: number; topK: number; experts: number; dim: number },
+  tile: TileShape = EXPERT_TILE,
+): { yk: number; route: number } | undefined {
+  if (o.rows <= GEMV_MAX_ROWS || o.experts > GROUP_THREADS) return undefined;
+  const tk = o.rows * o.topK;
+  return { yk: tk * o.dim, route: 1 + tk + 3 * maxTiles(tk, o.experts, tile.tokens) };
 }
 
 /** Buffers and geometry of one MoE layer's experts. */
@@ -48,10 +109,15 @@ export interface ExpertsOptions {
   formats: readonly Precision[];
   /** Slots of the high tier in this layer: the low tier's copies start after them in every matrix buffer. */
   highSlots: number;
+  /**
+   * The grouped path's scratch, of {@link groupedScratch}'s words: with it, calls of more than
+   * {@link GEMV_MAX_ROWS} rows take the grouped path; without it, every call the GEMV path.
+   */
+  grouped?: { yk: GPUBuffer; route: GPUBuffer };
 }
 
-/** Records gate/up (+SiLU·mul) or wi (+ReLU), then down (+weighted sum +residual). */
-export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Dispatch[]> {
+/** The params and override constants every expert dispatch of a layer shares. */
+function shared(o: ExpertsOptions) {
   if (o.dim % 2 || o.inter % 2) throw new RangeError(`experts ${o.label}: dimensions must be even`);
   const hi = o.formats[0];
   if (!hi) throw new RangeError(`experts ${o.label}: no format`);
@@ -68,7 +134,29 @@ export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Di
     hi_words: words(hi),
     lo_words: words(lo),
   });
-  const constants = { HI_FMT: FORMAT_CODE[hi], LO_FMT: FORMAT_CODE[lo] };
+  return { params, formats: { HI_FMT: FORMAT_CODE[hi], LO_FMT: FORMAT_CODE[lo] } };
+}
+
+/**
+ * Records the experts of one MoE layer: the GEMV path, and with {@link ExpertsOptions.grouped} the
+ * grouped path too, each launching nothing on the calls that the other takes.
+ */
+export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Dispatch[]> {
+  const gemv = await expertsGemv(ctx, o);
+  if (!o.grouped) return gemv;
+  const when = (d: Dispatch, run: (t: number) => boolean): Dispatch => ({
+    ...d,
+    workgroups: (s) => run(s.t) ? d.workgroups(s) : 0,
+  });
+  return [
+    ...gemv.map((d) => when(d, (t) => t <= GEMV_MAX_ROWS)),
+    ...(await expertsGrouped(ctx, o)).map((d) => when(d, (t) => t > GEMV_MAX_ROWS)),
+  ];
+}
+
+/** Records the GEMV path for every call: gate/up (+SiLU·mul) or wi (+ReLU), then down (+weighted sum +residual). */
+export async function expertsGemv(ctx: KernelContext, o: ExpertsOptions): Promise<Dispatch[]> {
+  const { params, formats: constants } = shared(o);
   return [
     await record(ctx, {
       label: `${o.label}.${o.up ? "gate_up" : "wi_relu"}`,
@@ -90,6 +178,78 @@ export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Di
       buffers: { 2: o.topkIds, 3: o.slots, 7: o.h, 8: o.topkW, 9: o.down, 10: o.y },
       // a workgroup per token and four rows of down
       workgroups: (s) => s.t * Math.ceil(o.dim / 4),
+    }),
+  ];
+}
+
+/**
+ * Records the grouped path for every call (it needs {@link ExpertsOptions.grouped}): the rows grouped by
+ * expert into tiles, the tiled gate/up (or wi) into h, the tiled down into yk, and the weighted sum of
+ * yk into y. The tiled dispatches are sized for the most tiles any routing of the call's rows makes;
+ * workgroups past the real count exit at once. `tile` is for benchmarks.
+ */
+export async function expertsGrouped(
+  ctx: KernelContext,
+  o: ExpertsOptions,
+  tile: TileShape = EXPERT_TILE,
+): Promise<Dispatch[]> {
+  const g = o.grouped;
+  if (!g) throw new RangeError(`experts ${o.label}: the grouped path needs its scratch buffers`);
+  if (o.experts > GROUP_THREADS) {
+    throw new RangeError(
+      `experts ${o.label}: ${o.experts} experts exceed the grouped path's ${GROUP_THREADS}`,
+    );
+  }
+  const threads = (tile.tokens / 4) * (tile.rows / 8);
+  const bytes = 4 * STAGE_COLUMNS * (tile.tokens + tile.rows) + 4 * tile.tokens;
+  if (tile.tokens % 4 || tile.rows % 8 || threads > 256 || bytes > 16384) {
+    throw new RangeError(
+      `experts ${o.label}: a tile of ${tile.tokens} × ${tile.rows} takes ${threads} threads and ${bytes} bytes of workgroup memory, more than 256 and 16384`,
+    );
+  }
+  const { params, formats } = shared(o);
+  const tiles = (t: number) => maxTiles(t * o.topK, o.experts, tile.tokens);
+  const constants = { ...formats, TILE: tile.tokens, BLOCK: tile.rows };
+  // gate_up's workgroups take rows/2 rows of gate and the same of up; wi's and down's `rows` rows
+  const interBlocks = Math.ceil(o.inter / (o.up ? tile.rows / 2 : tile.rows));
+  return [
+    await record(ctx, {
+      label: `${o.label}.group`,
+      file: "experts_group.wgsl",
+      entry: "group",
+      constants: { WG: GROUP_THREADS, TILE: tile.tokens },
+      params,
+      buffers: { 2: o.topkIds, 3: o.slots, 11: g.route },
+      workgroups: () => 1,
+    }),
+    await record(ctx, {
+      label: `${o.label}.${o.up ? "gate_up" : "wi_relu"}_tiled`,
+      file: "experts_tiled.wgsl",
+      entry: o.up ? "gate_up_tiled" : "wi_relu_tiled",
+      constants,
+      params,
+      // as in the GEMV path, ReLU binds `gate` in up's place
+      buffers: { 4: o.x, 5: o.gate, 6: o.up ?? o.gate, 7: o.h, 11: g.route },
+      workgroups: (s) => tiles(s.t) * interBlocks,
+    }),
+    await record(ctx, {
+      label: `${o.label}.down_tiled`,
+      file: "experts_tiled_down.wgsl",
+      entry: "down_tiled",
+      constants,
+      params,
+      buffers: { 7: o.h, 9: o.down, 11: g.route, 12: g.yk },
+      workgroups: (s) => tiles(s.t) * Math.ceil(o.dim / tile.rows),
+    }),
+    await record(ctx, {
+      label: `${o.label}.combine`,
+      file: "experts_group.wgsl",
+      entry: "combine",
+      constants: { WG: GROUP_THREADS },
+      params,
+      buffers: { 2: o.topkIds, 3: o.slots, 8: o.topkW, 10: o.y, 12: g.yk },
+      // a thread per element of y
+      workgroups: (s) => Math.ceil((s.t * o.dim) / GROUP_THREADS),
     }),
   ];
 }

@@ -13,7 +13,7 @@ import type { Allocation } from "../../gpu/memory.ts";
 import { attention, attentionScratchBytes, ropeKv, ropeTable } from "../../kernels/attention.ts";
 import { sigmoidGatedAdd, siluMul } from "../../kernels/elementwise.ts";
 import { embed } from "../../kernels/embed.ts";
-import { experts } from "../../kernels/experts.ts";
+import { experts, groupedScratch } from "../../kernels/experts.ts";
 import { matmul } from "../../kernels/matmul.ts";
 import { rmsNorm } from "../../kernels/norm.ts";
 import { router, routerStats } from "../../kernels/router.ts";
@@ -42,6 +42,16 @@ function mlpWidth(spec: CausalSpec): number {
   );
 }
 
+/** The grouped experts' scratch words at `shape` ({@link groupedScratch}); undefined where that path never runs. */
+function groupedWords(spec: CausalSpec, shape: RunShape) {
+  return groupedScratch({
+    rows: shape.maxRows,
+    topK: spec.topK,
+    experts: spec.numExperts,
+    dim: spec.hiddenSize,
+  });
+}
+
 /**
  * Every run-state buffer (llama2.c's `RunState`) for `shape`: the one list that the footprint counts
  * and the engine allocates. Shapes per call of T ≤ maxRows rows.
@@ -50,6 +60,7 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
   const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd, numExperts: E, topK: K } = spec;
   const T = shape.maxRows;
   const mlp = mlpWidth(spec);
+  const g = groupedWords(spec, shape);
   const list: Allocation[] = [
     activation("ids", T), //                               [T] u32
     activation("x", T * D), //                             [T, D] residual stream
@@ -65,6 +76,8 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
     activation("utopk_p", moeLayers * T * K), //           [moeLayers, T, K]
     activation("xnorm", moeLayers * T), //                 [moeLayers, T] ‖x‖
     activation("h", T * K * spec.moeIntermediateSize), //  [T·K, I]
+    // the experts' grouped path (prefill): each token-expert's output [T·K, D], and the rows grouped by expert
+    ...(g ? [activation("yk", g.yk), activation("route", g.route)] : []),
     activation("mlp_a", T * mlp), //                       [T, max(I_dense, I_shared)]
     activation("mlp_b", T * mlp), //                       [T, max(I_dense, I_shared)]
     activation("shared", T * D), //                        [T, D]
@@ -333,6 +346,7 @@ export class CausalProgram implements ModelProgram {
             y: b("x"),
             formats: cache.precisions,
             highSlots: cache.capacity[0]![moeLayer]!,
+            grouped: groupedWords(spec, this.shape) ? { yk: b("yk"), route: b("route") } : undefined,
           }),
         );
         if (l.shared && l.sharedGate) {

@@ -16,7 +16,7 @@ import type { Allocation } from "../../gpu/memory.ts";
 import { embed } from "../../kernels/embed.ts";
 import { matmul } from "../../kernels/matmul.ts";
 import { rmsNorm } from "../../kernels/norm.ts";
-import { experts } from "../../kernels/experts.ts";
+import { experts, groupedScratch } from "../../kernels/experts.ts";
 import { router, routerStats } from "../../kernels/router.ts";
 import { sampler, SAMPLING_PARAMS_BYTES } from "../../kernels/sample.ts";
 import {
@@ -59,6 +59,11 @@ function span(shape: RunShape): number {
   return shape.contextLength;
 }
 
+/** The grouped experts' scratch words at `shape` ({@link groupedScratch}); undefined where that path never runs. */
+function groupedWords(spec: SwitchSpec, shape: RunShape) {
+  return groupedScratch({ rows: switchPassRows(shape), topK: 1, experts: spec.numExperts, dim: spec.dModel });
+}
+
 /**
  * Every run-state buffer for `shape`: the one list that the footprint counts and the engine allocates.
  * The encoder's input and the decoder's cache both hold up to `contextLength` positions.
@@ -69,6 +74,7 @@ export function switchRunState(spec: SwitchSpec, shape: RunShape, moeLayers: num
   const HD = H * hd;
   const act = activation;
   const rw = GPUBufferUsage.STORAGE | COPY_DST | GPUBufferUsage.COPY_SRC;
+  const g = groupedWords(spec, shape);
   const out: Allocation[] = [
     act("ids", T),
     act("x", T * D),
@@ -84,6 +90,8 @@ export function switchRunState(spec: SwitchSpec, shape: RunShape, moeLayers: num
     act("utopkP", moeLayers * T),
     act("xnorm", moeLayers * T),
     act("h", T * I),
+    // the experts' grouped path (long calls): each token's expert output [T, D], and the rows grouped by expert
+    ...(g ? [act("yk", g.yk), act("route", g.route)] : []),
     act("mlp", T * I),
     act("xf", shape.maxRows * D),
     act("logits", shape.maxRows * V),
@@ -362,6 +370,7 @@ export class SwitchProgram implements ModelProgram {
               y: b("x"),
               formats: cache.precisions,
               highSlots: cache.capacity[0]![moeLayer]!,
+              grouped: groupedWords(spec, this.shape) ? { yk: b("yk"), route: b("route") } : undefined,
             }),
           );
         } else if (blk.mlp) {

@@ -105,7 +105,9 @@ fn tile_matmul(fmt: u32, base: u32, hv: Halves, rows: u32, cols: u32, count: u32
       }
     }
     workgroupBarrier();
-    for (var k = 0u; k < BK; k++) {
+    // threads whose four tokens are past the tile's rows skip (a tile is often part full): whole warps
+    // of them when threads of neighbouring indices share token quads
+    for (var k = 0u; k < select(0u, BK, 4u * tq < count); k++) {
       let a = xs[k * (TILE / 4u) + tq];
       let b0 = ws[k * (BLOCK / 4u) + rq];
       let b1 = ws[k * (BLOCK / 4u) + RQ + rq];

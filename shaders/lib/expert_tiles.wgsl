@@ -3,7 +3,8 @@
 // listed by experts_group.wgsl) by a block of BLOCK rows of that expert's matrix, over the columns in chunks
 // of BK, staging both operands in workgroup memory, so that each weight it reads serves the tile's TILE
 // tokens (the GEMV kernels read an expert's weights once per token). The weights are dequantized from the
-// tier's format while they are staged (expert_formats.wgsl `octet`). Includes expert_formats.wgsl first.
+// tier's format while they are staged (expert_formats.wgsl `octet`). The including shader includes
+// expert_slots.wgsl and expert_formats.wgsl first, and sets every override below that has no initializer.
 //
 //   route: u32 words (experts_group.wgsl): [0] the tile count; [1, 1 + T·K) the token-expert rows tk
 //          grouped by expert; from 1 + T·K three words per tile: the expert's slot-table entry, the
@@ -17,14 +18,14 @@ override TILE: u32; //                           token-expert rows per tile, a m
 override BLOCK: u32; //                          weight rows per workgroup, a multiple of 8
 override RQ: u32 = BLOCK / 8u; //                row quads per half
 override THREADS: u32 = TILE / 4u * RQ;
-const BK: u32 = 16u; //                          columns per stage (a multiple of 8: whole octets)
+override BK: u32; //                             columns per stage, a multiple of 8 (whole octets)
 override XS_LEN: u32 = BK * TILE / 4u;
 override WS_LEN: u32 = BK * BLOCK / 4u;
 
 @group(0) @binding(11) var<storage, read> route: array<u32>;
 
 // One stage: xs[k · TILE/4 + q] = the inputs of tokens 4q … 4q + 3 at column c0 + k; ws[k · BLOCK/4 + q] =
-// the weights of block rows 4q … 4q + 3 at column c0 + k. With TILE 64 and BLOCK 128: 4 + 8 KiB.
+// the weights of block rows 4q … 4q + 3 at column c0 + k. With TILE 64, BLOCK 128 and BK 16: 4 + 8 KiB.
 var<workgroup> xs: array<vec4<f32>, XS_LEN>;
 var<workgroup> ws: array<vec4<f32>, WS_LEN>;
 // The tile's token-expert rows tk, in its order.

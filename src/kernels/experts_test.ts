@@ -1,8 +1,11 @@
 /**
  * The expert kernels at every format and tier pair against a CPU reference computed in f64 on the
  * dequantized weights (src/quant/formats.ts): gate/up with SiLU, wi with ReLU, and the weighted down
- * projection into the residual. Shapes whose rows are not a multiple of the workgroup and whose
- * columns span several groups; experts in each tier and one with no resident copy.
+ * projection into the residual, by both paths: the GEMV kernels (a 3-row call) and the grouped path
+ * (an 80-row call: tokens grouped by expert, tiled matmuls, combine), whose grouping is also checked on
+ * its own. Shapes whose rows are not a multiple of the workgroup or of a tile's rows and whose columns
+ * span several groups or end inside a stage; experts in each tier, one with no resident copy, and (in
+ * the grouped call) one with more rows than a tile, one with a single row, one with none.
  *
  * Tolerance: the GPU sums in f32; the error of such a sum is bounded by about n·u·Σ|terms| (u = 2⁻²⁴,
  * n terms), so each output is checked against 2·n·u times the sum of its terms' magnitudes.
@@ -16,10 +19,12 @@ import {
   EXPERT_TILE,
   experts,
   expertsGrouped,
+  type ExpertsOptions,
   GEMV_MAX_ROWS,
   GROUP_THREADS,
   groupedScratch,
   slotEntry,
+  type TileShape,
 } from "./experts.ts";
 import { packStep } from "./step.ts";
 
@@ -122,6 +127,7 @@ async function checkCase(
   ci: number,
   T: number,
   maxRows: number,
+  tile?: TileShape,
 ): Promise<void> {
   const { device, memory, stepBuffer: step, ctx } = env;
   const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -207,8 +213,8 @@ async function checkCase(
   ctx.params.reset();
   const mats = buffers.map((b) => put(b as Uint8Array<ArrayBuffer>));
   const yb = put(new Float32Array(y0));
-  const scratch = groupedScratch({ rows: maxRows, topK: K, experts: E, dim: D })!;
-  const dispatches = await experts(ctx, {
+  const scratch = groupedScratch({ rows: maxRows, topK: K, experts: E, dim: D }, tile)!;
+  const o: ExpertsOptions = {
     label: `case${ci}`,
     layer: 0,
     dim: D,
@@ -231,16 +237,20 @@ async function checkCase(
       yk: put(new Float32Array(scratch.yk).fill(NaN)),
       route: put(new Uint32Array(scratch.route).fill(0xffffffff)),
     },
-  });
+  };
   const shape = { t: T, headRows: 0, pos0: 0 };
-  // the path this T takes launches, the other does not
-  const launched = dispatches.filter((d) => d.workgroups(shape) > 0).map((d) => d.label.split(".").pop());
-  assert.deepEqual(
-    launched,
-    T > GEMV_MAX_ROWS
-      ? ["group", c.gated ? "gate_up_tiled" : "wi_relu_tiled", "down_tiled", "combine"]
-      : [c.gated ? "gate_up" : "wi_relu", "down"],
-  );
+  // the engine's dispatches; or, at another tile shape, the grouped path's alone
+  const dispatches = tile ? await expertsGrouped(ctx, o, tile) : await experts(ctx, o);
+  if (!tile) {
+    // the path this T takes launches, the other does not
+    const launched = dispatches.filter((d) => d.workgroups(shape) > 0).map((d) => d.label.split(".").pop());
+    assert.deepEqual(
+      launched,
+      T > GEMV_MAX_ROWS
+        ? ["group", c.gated ? "gate_up_tiled" : "wi_relu_tiled", "down_tiled", "combine"]
+        : [c.gated ? "gate_up" : "wi_relu", "down"],
+    );
+  }
   device.queue.writeBuffer(step.buffer, 0, packStep(shape));
   const read = device.createBuffer({
     size: T * D * 4,
@@ -260,10 +270,10 @@ async function checkCase(
     const tol = 2 * (D + I) * U * (bound[i]! + Math.abs(y0[i]!)) + 1e-7;
     worst = Math.max(worst, Math.abs(got[i]! - want[i]!) / tol);
   }
-  assert.ok(
-    worst <= 1,
-    `${c.formats.join("+")} ${D}×${I}, ${T} rows: error ${worst.toFixed(2)} × the f32 bound`,
-  );
+  const where = `${c.formats.join("+")} ${D}×${I}, ${T} rows${
+    tile ? `, tile ${tile.tokens}×${tile.rows}` : ""
+  }`;
+  assert.ok(worst <= 1, `${where}: error ${worst.toFixed(2)} × the f32 bound`);
   held.forEach((b) => memory.free(b));
 }
 
@@ -283,6 +293,24 @@ for (const [path, T] of [["GEMV", 3], ["grouped", 80]] as const) {
     }
   });
 }
+
+Deno.test("experts, grouped path: the other tile shapes bench/kernels.ts times, against the same reference", async () => {
+  const gpu = await createGpu();
+  const device = gpu.device;
+  const env = { ...kernelContext(device, 64), device };
+  try {
+    // fewer threads than a stage's x quads or octets: the staging loops go round more than once
+    for (const tile of [{ tokens: 32, rows: 128 }, { tokens: 64, rows: 64 }]) {
+      for (const ci of [1, 2, 9]) {
+        await checkCase(env, CASES[ci]!, ci, 80, 80, tile);
+        gpu.assertAlive();
+      }
+    }
+  } finally {
+    env.memory.freeAll();
+    device.destroy();
+  }
+});
 
 Deno.test("experts, grouped path: the grouping lists every resident row once, by expert, in tiles", async () => {
   const gpu = await createGpu();

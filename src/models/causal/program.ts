@@ -68,7 +68,10 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
     activation("qkv", T * (H + 2 * Hkv) * hd), //          [T, H·hd + 2·Hkv·hd] (q | k | v)
     activation("q", T * H * hd), //                        [T, H·hd] normalised and rotated
     activation("attn", T * H * hd), //                     [T, H·hd]
-    activation("attn_partials", attentionScratchBytes(T, H, hd) / 4), // [T, H, MAX_SPLITS, hd + 2]
+    // [T, H, MAX_SPLITS, hd + 2] attention's partials; from the experts to the next attention, the grouped
+    // experts' yk [T·K, D] (each token-expert's output). Per row H·MAX_SPLITS·(hd + 2) words against K·D:
+    // more for Mixtral, Qwen and OLMoE, so sharing costs them nothing
+    activation("attn_partials", Math.max(attentionScratchBytes(T, H, hd) / 4, g?.yk ?? 0)),
     activation("router_logits", T * E), //                 [T, E]
     activation("topk_ids", T * K), //                      [T, K] u32 (masked routing)
     activation("topk_w", T * K), //                        [T, K]
@@ -76,8 +79,7 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
     activation("utopk_p", moeLayers * T * K), //           [moeLayers, T, K]
     activation("xnorm", moeLayers * T), //                 [moeLayers, T] ‖x‖
     activation("h", T * K * spec.moeIntermediateSize), //  [T·K, I]
-    // the experts' grouped path (prefill): each token-expert's output [T·K, D], and the rows grouped by expert
-    ...(g ? [activation("yk", g.yk), activation("route", g.route)] : []),
+    ...(g ? [activation("route", g.route)] : []), //       u32: the grouped experts' rows by expert, in tiles
     activation("mlp_a", T * mlp), //                       [T, max(I_dense, I_shared)]
     activation("mlp_b", T * mlp), //                       [T, max(I_dense, I_shared)]
     activation("shared", T * D), //                        [T, D]
@@ -346,7 +348,10 @@ export class CausalProgram implements ModelProgram {
             y: b("x"),
             formats: cache.precisions,
             highSlots: cache.capacity[0]![moeLayer]!,
-            grouped: groupedWords(spec, this.shape) ? { yk: b("yk"), route: b("route") } : undefined,
+            // yk shares attention's partials: attention is done with them, the next layer's starts after
+            grouped: groupedWords(spec, this.shape)
+              ? { yk: b("attn_partials"), route: b("route") }
+              : undefined,
           }),
         );
         if (l.shared && l.sharedGate) {

@@ -90,9 +90,9 @@ export function switchRunState(spec: SwitchSpec, shape: RunShape, moeLayers: num
     act("utopkP", moeLayers * T),
     act("xnorm", moeLayers * T),
     act("h", T * I),
-    // the experts' grouped path (long calls): each token's expert output [T, D], and the rows grouped by expert
-    ...(g ? [act("yk", g.yk), act("route", g.route)] : []),
-    act("mlp", T * I),
+    ...(g ? [act("route", g.route)] : []), // u32: the grouped experts' rows by expert, in tiles
+    // [T, I] a dense block's MLP hidden; in a sparse block, the grouped experts' yk [T, D]
+    act("mlp", Math.max(T * I, g?.yk ?? 0)),
     act("xf", shape.maxRows * D),
     act("logits", shape.maxRows * V),
     act("generated", shape.maxGenerated),
@@ -370,7 +370,8 @@ export class SwitchProgram implements ModelProgram {
               y: b("x"),
               formats: cache.precisions,
               highSlots: cache.capacity[0]![moeLayer]!,
-              grouped: groupedWords(spec, this.shape) ? { yk: b("yk"), route: b("route") } : undefined,
+              // yk shares the dense blocks' MLP scratch, which a sparse block does not use
+              grouped: groupedWords(spec, this.shape) ? { yk: b("mlp"), route: b("route") } : undefined,
             }),
           );
         } else if (blk.mlp) {

@@ -17,6 +17,7 @@
 //            gate, up = gate_up[..., ::2], gate_up[..., 1::2]
 override WG: u32 = 64u;
 
+//!include expert_slots.wgsl
 //!include expert_formats.wgsl
 //!include reduce.wgsl
 

@@ -9,6 +9,7 @@
 //            weighted_output = out * routing_weights[token_idx, expert_idx, None]
 override WG: u32 = 64u;
 
+//!include expert_slots.wgsl
 //!include expert_formats.wgsl
 //!include reduce.wgsl
 

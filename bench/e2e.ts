@@ -3,7 +3,7 @@
  * Writes JSON (one record per configuration) and prints a Markdown table.
  *
  *   deno run -A bench/e2e.ts --model DIR --configs full,swapmoe@4GiB,full/int4,swapmoe@4GiB/bf16+int4 \
- *     [--prompt 32] [--new 128] [--prefill 512] [--context 1024] [--max-upload-mib M] [--out results.json]
+ *     [--prompt 32] [--new 128] [--prefill 512] [--context 1024] [--max-upload-mib M] [--batch-tokens N] [--out results.json]
  *
  * A config is `policy[@budget][/precision]`: the policy, its budget, and the experts' precision
  * (`expertPrecision`; default bf16). Load and quantizing times are recorded: the first load at a new
@@ -13,7 +13,8 @@
  * the prefill; a chunk is one readback) over the wall time from the first chunk to the last; prefill
  * tok/s is a `--prefill`-token prompt over the time to its first token. Greedy decoding with
  * end-of-sequence suppressed so every run decodes exactly `--new` tokens. `--max-upload-mib` sets
- * the engines' `maxUploadBytesPerStep` (default: two expert slots).
+ * the engines' `maxUploadBytesPerStep` (default: two expert slots), `--batch-tokens` their `maxBatchTokens`
+ * (prompt rows per GPU call; default the engine's).
  *
  * @module
  */
@@ -57,7 +58,15 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
 export async function measure(
   model: string | undefined,
   config: string,
-  o: { prompt: number; newTokens: number; prefill: number; context: number; uploadMiB?: number },
+  o: {
+    prompt: number;
+    newTokens: number;
+    prefill: number;
+    context: number;
+    uploadMiB?: number;
+    /** `maxBatchTokens`: prompt rows per GPU call (the engine's default when absent). */
+    batchTokens?: number;
+  },
 ): Promise<E2eRecord> {
   // policy[@budget][/precision], e.g. full, swapmoe@4GiB, full/int4, swapmoe@4GiB/bf16+int4
   const [head, precision] = config.split("/") as [string, string | undefined];
@@ -70,6 +79,7 @@ export async function measure(
     policy,
     budget,
     contextLength: o.context,
+    maxBatchTokens: o.batchTokens,
     expertPrecision: precision,
     onProgress: (p) => {
       if (p.stage === "quantize" && quantizeStart === 0) quantizeStart = performance.now();
@@ -173,6 +183,7 @@ if (import.meta.main) {
       context: { type: "string", default: "1024" },
       out: { type: "string" },
       "max-upload-mib": { type: "string" },
+      "batch-tokens": { type: "string" },
     },
   });
   const rows: E2eRecord[] = [];
@@ -186,6 +197,7 @@ if (import.meta.main) {
         prefill: Number(values.prefill),
         context: Number(values.context),
         uploadMiB: values["max-upload-mib"] === undefined ? undefined : Number(values["max-upload-mib"]),
+        batchTokens: values["batch-tokens"] === undefined ? undefined : Number(values["batch-tokens"]),
       });
       rows.push(r);
       console.error(JSON.stringify(r));

@@ -1,7 +1,9 @@
 /**
  * Kernel bandwidth on the GPU, timed with timestamp queries (no readback per iteration): the bf16
  * GEMV of the dense projections, the expert GEMVs through the slot table, and the copy ceiling
- * (`copyBufferToBuffer`) they are measured against. Prints a table and writes JSON with `--out`.
+ * (`copyBufferToBuffer`) they are measured against; then the experts of a prefill chunk of 64 and of
+ * 512 rows, by the GEMV path and by the grouped path (tokens grouped by expert, tiled matmuls) at a few
+ * tile shapes, with their arithmetic rate. Prints a table and writes JSON with `--out`.
  *
  *   deno run -A bench/kernels.ts [--out kernels.json] [--iters 50]
  *
@@ -11,7 +13,13 @@ import { parseArgs } from "node:util";
 import { createGpu } from "../src/gpu/device.ts";
 import { type Dispatch, grid, kernelContext } from "../src/gpu/dispatch.ts";
 import { rmsNorm } from "../src/kernels/norm.ts";
-import { experts } from "../src/kernels/experts.ts";
+import {
+  EXPERT_TILE,
+  expertsGemv,
+  expertsGrouped,
+  groupedScratch,
+  type TileShape,
+} from "../src/kernels/experts.ts";
 import { matrixLayout } from "../src/quant/formats.ts";
 import { matmul } from "../src/kernels/matmul.ts";
 
@@ -23,6 +31,8 @@ export interface KernelRecord {
   bytes: number;
   gbPerSecond: number;
   ofCopyCeiling: number;
+  /** Multiply-adds × 2 per second, for the prefill kernels. */
+  tflops?: number;
 }
 
 const { values } = parseArgs({
@@ -135,7 +145,7 @@ for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
   device.queue.writeBuffer(ids, 0, new Uint32Array([3, 9, 17, 22, 40, 41, 50, 63]));
   const wts = buf(`topk_w.${precision}`, K * 4);
   device.queue.writeBuffer(wts, 0, new Float32Array(K).fill(1 / K));
-  const [d1, d2] = await experts(ctx, {
+  const [d1, d2] = await expertsGemv(ctx, {
     label: `experts.${precision}`,
     layer: 0,
     dim: D,
@@ -174,6 +184,119 @@ for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
   }
 }
 
+// experts of one OLMoE layer (top-8 of 64, D 2048, I 1024) for a prefill chunk of 64 rows (the default
+// maxBatchTokens) and of 512, every expert resident, routed uniformly at random (seeded): the GEMV path
+// (each token-expert reads its expert's weights) against the grouped path (group, tiled gate_up, tiled
+// down, combine) at the default tile and two others. `bytes` is what must come from memory at least:
+// every routed expert's weights once, and the activations; the GEMV path requests each expert's weights
+// T·K/E times (8 or 64), mostly from cache.
+{
+  const K = 8, E = 64, D = 2048, I = 1024;
+  const rows = [64, 512];
+  const Tmax = Math.max(...rows);
+  const tiles: TileShape[] = [EXPERT_TILE, { tokens: 32, rows: 128 }, { tokens: 64, rows: 64 }];
+  let seed = 7;
+  const rand = () => (seed = (seed * 1664525 + 1013904223) >>> 0) / 2 ** 32;
+  const routing = new Uint32Array(Tmax * K);
+  for (let t = 0; t < Tmax; t++) {
+    const picked = new Set<number>();
+    while (picked.size < K) picked.add(Math.floor(rand() * E));
+    routing.set([...picked], t * K);
+  }
+  for (const precision of ["bf16", "int4"] as const) {
+    const matrix = matrixLayout(precision, I, D).bytes;
+    const table = memory.alloc(`prefill.slots.${precision}`, E * 4, S, "tables").buffer;
+    device.queue.writeBuffer(table, 0, new Int32Array(Array.from({ length: E }, (_, e) => e)));
+    const ids = buf(`prefill.topk_ids.${precision}`, Tmax * K * 4);
+    device.queue.writeBuffer(ids, 0, routing);
+    const wts = buf(`prefill.topk_w.${precision}`, Tmax * K * 4);
+    device.queue.writeBuffer(wts, 0, new Float32Array(Tmax * K).fill(1 / K));
+    // scratch for the most rows and the smallest tile's route
+    const scratch = groupedScratch({ rows: Tmax, topK: K, experts: E, dim: D }, { tokens: 32, rows: 128 })!;
+    const o = {
+      label: `prefill.${precision}`,
+      layer: 0,
+      dim: D,
+      inter: I,
+      topK: K,
+      experts: E,
+      topkIds: ids,
+      topkW: wts,
+      slots: table,
+      x: buf(`prefill.x.${precision}`, Tmax * D * 4),
+      gate: buf(`prefill.gate.${precision}`, E * matrix),
+      up: buf(`prefill.up.${precision}`, E * matrix),
+      down: buf(`prefill.down.${precision}`, E * matrix),
+      h: buf(`prefill.h.${precision}`, Tmax * K * I * 4),
+      y: buf(`prefill.y.${precision}`, Tmax * D * 4),
+      formats: [precision],
+      highSlots: E,
+      grouped: {
+        yk: buf(`prefill.yk.${precision}`, scratch.yk * 4),
+        route: buf(`prefill.route.${precision}`, scratch.route * 4),
+      },
+    };
+    const [g1, g2] = await expertsGemv(ctx, o);
+    const grouped = await Promise.all(tiles.map((tile) => expertsGrouped(ctx, o, tile)));
+    for (const T of rows) {
+      device.queue.writeBuffer(step.buffer, 0, new Uint32Array([T, 0, 0, 1, 0, 0, 0, 0]));
+      const routed = new Set(routing.subarray(0, T * K)).size;
+      const shape = `OLMoE layer, top-8 of 64, ${T} tokens`;
+      const flop = (matrices: number) => 2 * T * K * matrices * D * I;
+      const add = (kernel: string, us: number, bytes: number, flops: number) => {
+        const gbs = bytes / (us * 1e3);
+        records.push({
+          kernel,
+          shape,
+          microseconds: us,
+          bytes,
+          gbPerSecond: gbs,
+          ofCopyCeiling: gbs / ceiling,
+          tflops: flops > 0 ? flops / (us * 1e6) : undefined,
+        });
+      };
+      // activations each kernel must read and write at least
+      const xBytes = T * D * 4, hBytes = T * K * I * 4, ykBytes = T * K * D * 4;
+      const gemv1 = await time(dispatchOnce(g1!, T));
+      add(`experts.gate_up ${precision} (GEMV)`, gemv1, routed * 2 * matrix + xBytes + hBytes, flop(2));
+      const gemv2 = await time(dispatchOnce(g2!, T));
+      add(`experts.down ${precision} (GEMV)`, gemv2, routed * matrix + hBytes + 2 * xBytes, flop(1));
+      add(`experts ${precision} (GEMV, both)`, gemv1 + gemv2, routed * 3 * matrix, flop(3));
+      for (const [i, tile] of tiles.entries()) {
+        const [group, gateUp, down, combine] = grouped[i]!;
+        // the route the tiled kernels read: grouped once before timing them
+        const enc = device.createCommandEncoder();
+        const pass = enc.beginComputePass();
+        dispatchOnce(group!, T)(pass);
+        pass.end();
+        device.queue.submit([enc.finish()]);
+        const name = `tile ${tile.tokens}×${tile.rows}`;
+        const us = [
+          await time(dispatchOnce(group!, T)),
+          await time(dispatchOnce(gateUp!, T)),
+          await time(dispatchOnce(down!, T)),
+          await time(dispatchOnce(combine!, T)),
+        ];
+        add(`experts.group (${name})`, us[0]!, 2 * T * K * 4, 0);
+        add(
+          `experts.gate_up_tiled ${precision} (${name})`,
+          us[1]!,
+          routed * 2 * matrix + xBytes + hBytes,
+          flop(2),
+        );
+        add(`experts.down_tiled ${precision} (${name})`, us[2]!, routed * matrix + hBytes + ykBytes, flop(1));
+        add(`experts.combine (${name})`, us[3]!, ykBytes + 2 * xBytes, 0);
+        add(
+          `experts ${precision} (grouped, ${name}, all four)`,
+          us.reduce((a, b) => a + b),
+          routed * 3 * matrix,
+          flop(3),
+        );
+      }
+    }
+  }
+}
+
 // the floor of one dispatch: an in-place RMSNorm of one 2048-wide row (16 KB of traffic), repeated in one
 // pass, each depending on the last: what a step's ~180 small dispatches cost beyond their bytes
 {
@@ -192,12 +315,12 @@ for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
 }
 
 console.log(`adapter: ${gpu.info.description}`);
-console.log("| kernel | shape | µs | GB/s | of copy ceiling |\n|---|---|---:|---:|---:|");
+console.log("| kernel | shape | µs | GB/s | of copy ceiling | TFLOP/s |\n|---|---|---:|---:|---:|---:|");
 for (const r of records) {
   console.log(
     `| ${r.kernel} | ${r.shape} | ${r.microseconds.toFixed(1)} | ${r.gbPerSecond.toFixed(0)} | ${
       (100 * r.ofCopyCeiling).toFixed(0)
-    } % |`,
+    } % | ${r.tflops ? r.tflops.toFixed(2) : ""} |`,
   );
 }
 if (values.out) {

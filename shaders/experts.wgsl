@@ -21,6 +21,7 @@
 // cache, however many sequences routed to it; a token's sums are the same whatever its neighbours.
 override WG: u32 = 64u;
 
+//!include expert_slots.wgsl
 //!include expert_formats.wgsl
 //!include reduce.wgsl
 

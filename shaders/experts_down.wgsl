@@ -11,6 +11,7 @@
 // of the experts for different tokens run side by side.
 override WG: u32 = 64u;
 
+//!include expert_slots.wgsl
 //!include expert_formats.wgsl
 //!include reduce.wgsl
 

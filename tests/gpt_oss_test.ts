@@ -13,7 +13,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CheckpointError, ConfigError, createEngine, OptionError } from "../mod.ts";
-import { readGenerationEos } from "../src/checkpoint/config.ts";
+import { readGenerationEos } from "../src/checkpoint/generation_config.ts";
 import type { ModelInfo } from "../src/cli/info.ts";
 import {
   assertRejects,

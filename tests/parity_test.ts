@@ -62,9 +62,8 @@ for (const name of MODELS) {
 /**
  * gpt-oss configurations tiny-gpt-oss does not cover, made as it was (random weights with random biases,
  * experts quantized to MXFP4, transformers' references on the dequantized weights) by
- * tests/support/make_gpt_oss_variants.py on a machine with torch and transformers 5.17:
- * `python3 tests/support/make_gpt_oss_variants.py tests/fixtures` writes these folders. Until a folder
- * is there, its tests are reported as ignored.
+ * tests/support/make_gpt_oss_variants.py on the GPU machine (transformers 5.17, PyTorch 2.11):
+ * `python3 tests/support/make_gpt_oss_variants.py tests/fixtures` writes these folders.
  */
 for (
   const [name, what] of [
@@ -76,16 +75,11 @@ for (
   ] as const
 ) {
   const dir = new URL(`${name}/`, FIXTURES).pathname;
-  let present = false;
-  try {
-    present = Deno.statSync(`${dir}reference.json`).isFile;
-  } catch { /* not made yet */ }
   for (const masked of [false, true]) {
     Deno.test({
       name: `${name} (${what}): ${
         masked ? "masked routing (static)" : "logits and greedy ids"
       } match transformers`,
-      ignore: !present,
       fn: () => checkParity(dir, masked),
     });
   }

@@ -1,8 +1,8 @@
-// The expert formats and tiers shared by the expert kernels (shaders/experts.wgsl, experts_down.wgsl):
-// the slot-table entry → the copy to read, and the dot product of one row of a copy with an input
-// row in each format. The including shader binds its matrices and defines `weight(m, i)` (word i of
-// its matrix m) and `input(m, i)` (element i of the input its matrix m multiplies); m is a constant at
-// every call site, so those switches fold away.
+// The expert formats shared by the expert kernels (shaders/experts*.wgsl): the dot product of one row
+// of a copy with an input row in each format (the GEMVs), and a row's weights dequantized (the tiled
+// kernels). Included after expert_slots.wgsl. The including shader binds its matrices and defines
+// `weight(m, i)` (word i of its matrix m) and `input(m, i)` (element i of the input its matrix m
+// multiplies); m is a constant at every GEMV call site, so those switches fold away.
 // Formats of the high and the low tier (the same when there is one tier).
 override HI_FMT: u32 = 0u;
 override LO_FMT: u32 = 0u;
@@ -11,35 +11,6 @@ const INT8: u32 = 1u;
 const INT4: u32 = 2u;
 const MXFP4: u32 = 3u;
 const GROUP: u32 = 32u;
-const TIER_SHIFT: u32 = 28u;
-const SLOT_MASK: u32 = 0x0fffffffu;
-
-// hi_words / lo_words: words of one matrix of this dispatch at each tier (its bias included);
-// lo_base: the low tier's first word; swiglu_limit, swiglu_alpha: gpt-oss's clamped SwiGLU (`gate_up_oss`)
-struct Params {
-  dim: u32,
-  inter: u32,
-  top_k: u32,
-  experts: u32,
-  layer: u32,
-  lo_base: u32,
-  hi_words: u32,
-  lo_words: u32,
-  swiglu_limit: f32,
-  swiglu_alpha: f32,
-  _pad0: u32,
-  _pad1: u32,
-}
-
-@group(0) @binding(0) var<storage, read> step: Step;
-@group(0) @binding(1) var<storage, read> p: Params;
-@group(0) @binding(2) var<storage, read> topk_ids: array<u32>;
-@group(0) @binding(3) var<storage, read> slots: array<i32>;
-
-// The slot-table entry of the expert that routed row `tk` (a token and one of its k) chose.
-fn entry_of(tk: u32) -> i32 {
-  return slots[p.layer * p.experts + topk_ids[tk]];
-}
 
 // The f32 of an e2m1 code (sign in bit 3, exponent in bits 1…2, mantissa in bit 0): 0, 0.5, 1, 1.5, 2,
 // 3, 4, 6 and their negatives. Built from bits, since indexing a constant array per code is slow.
@@ -115,17 +86,54 @@ fn word_dot(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, j: u32, x
   return exp2(f32(e) - 127.0) * (dot(lo, xs.a) + dot(hi, xs.b));
 }
 
-// A resident copy: its format's tier (0 high, 1 low) and its first word, from a slot-table entry.
-struct Copy {
-  tier: u32,
-  base: u32,
+// Weights c … c + 7 of row r of W ([rows, cols], the copy of matrix m that starts at word `base` in format
+// `fmt`), dequantized: what the tiled kernels (lib/expert_tiles.wgsl) stage in workgroup memory. c is a
+// multiple of 8, so the eight share one group of 32; rows past `rows` and columns past `cols` (bf16, whose
+// rows need not fill a group) read 0. Each weight is the f32 the formats define (code · scale, + minimum
+// for int4), rounded once, as src/quant/formats.ts `dequantizeMatrix` computes it.
+struct Octet {
+  lo: vec4<f32>,
+  hi: vec4<f32>,
 }
 
-fn copy_at(entry: i32) -> Copy {
-  let e = u32(entry);
-  let slot = e & SLOT_MASK;
-  if ((e >> TIER_SHIFT) == 0u) { return Copy(0u, slot * p.hi_words); }
-  return Copy(1u, p.lo_base + slot * p.lo_words);
+fn octet(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, c: u32) -> Octet {
+  var o = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
+  if (r >= rows || c >= cols) { return o; }
+  if (fmt == BF16) {
+    // two weights a word; a row holds cols / 2 words (cols is even)
+    let at = base + (r * cols + c) / 2u;
+    var w = vec4<u32>(0u);
+    for (var q = 0u; q < min(cols - c, 8u) / 2u; q++) { w[q] = weight(m, at + q); }
+    o.lo = vec4<f32>(bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y));
+    o.hi = vec4<f32>(bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w));
+    return o;
+  }
+  let n = rows * cols;
+  let g = (r * cols + c) / GROUP;
+  if (fmt == INT8) {
+    let at = base + (r * cols + c) / 4u;
+    let s = half_at(m, base + n / 4u, g);
+    let w0 = weight(m, at);
+    let w1 = weight(m, at + 1u);
+    o.lo = s * vec4<f32>(f32(i32(w0 << 24u) >> 24u), f32(i32(w0 << 16u) >> 24u), f32(i32(w0 << 8u) >> 24u), f32(i32(w0) >> 24u));
+    o.hi = s * vec4<f32>(f32(i32(w1 << 24u) >> 24u), f32(i32(w1 << 16u) >> 24u), f32(i32(w1 << 8u) >> 24u), f32(i32(w1) >> 24u));
+    return o;
+  }
+  let w = weight(m, base + (r * cols + c) / 8u);
+  if (fmt == INT4) {
+    let scales = base + n / 8u;
+    let s = half_at(m, scales, g);
+    let mn = half_at(m, scales + (n / GROUP + 1u) / 2u, g);
+    o.lo = vec4<f32>(vec4<u32>(w, w >> 4u, w >> 8u, w >> 12u) & vec4<u32>(15u)) * s + mn;
+    o.hi = vec4<f32>(vec4<u32>(w >> 16u, w >> 20u, w >> 24u, w >> 28u) & vec4<u32>(15u)) * s + mn;
+    return o;
+  }
+  // MXFP4: the scale 2^(e − 127) built from its bits (e = 0 is the subnormal 2^−127)
+  let e = (weight(m, base + n / 8u + g / 4u) >> (8u * (g % 4u))) & 255u;
+  let s = select(bitcast<f32>(e << 23u), bitcast<f32>(0x00400000u), e == 0u);
+  o.lo = s * vec4<f32>(e2m1(w & 15u), e2m1((w >> 4u) & 15u), e2m1((w >> 8u) & 15u), e2m1((w >> 12u) & 15u));
+  o.hi = s * vec4<f32>(e2m1((w >> 16u) & 15u), e2m1((w >> 20u) & 15u), e2m1((w >> 24u) & 15u), e2m1(w >> 28u));
+  return o;
 }
 
 // Words of a [rows, cols] matrix in format `fmt` before its bias (src/quant/formats.ts matrixLayout's

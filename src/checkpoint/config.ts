@@ -96,33 +96,3 @@ export async function readConfigJson(dir: string): Promise<{ json: unknown; file
     throw new ConfigError(`config.json is not valid JSON: ${(e as Error).message}`, file, { cause: e });
   }
 }
-
-/**
- * The end-of-sequence ids of `dir/generation_config.json` (`eos_token_id`: one id or a list), at which
- * transformers' `generate()` stops: gpt-oss's config.json names one (`<|return|>`), its
- * generation_config.json three (`<|return|>`, `<|endoftext|>`, `<|call|>`). None when the file is absent
- * or names none.
- * @throws {ConfigError} naming the file, for one that cannot be read, is not a JSON object, or holds an
- * invalid `eos_token_id`
- */
-export async function readGenerationEos(dir: string): Promise<number[]> {
-  const file = `${dir}/generation_config.json`;
-  const text = await readTextFileLimited(
-    file,
-    TEXT_FILE_LIMITS.config,
-    (message, cause) => new ConfigError(`Cannot read generation_config.json: ${message}`, file, { cause }),
-  );
-  if (text === undefined) return [];
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new ConfigError(`generation_config.json is not valid JSON: ${(e as Error).message}`, file, {
-      cause: e,
-    });
-  }
-  if (typeof json !== "object" || json === null || Array.isArray(json)) {
-    throw new ConfigError("generation_config.json must hold a JSON object", file);
-  }
-  return configFields(json as Json, file).tokenIds("eos_token_id");
-}

@@ -27,7 +27,7 @@ Deno.test("readGenerationConfig: min_new_tokens, nothing without the file or the
         [`{"min_new_tokens": 1.5}`, "Invalid min_new_tokens in generation_config.json: 1.5"],
         [`{"min_new_tokens": "8"}`, 'Invalid min_new_tokens in generation_config.json: "8"'],
         [`{"min_new_tokens": 8`, "generation_config.json is not valid JSON"],
-        [`[8]`, "generation_config.json is not a JSON object"],
+        [`[8]`, "generation_config.json must hold a JSON object"],
       ] as const
     ) {
       await Deno.writeTextFile(file, text);

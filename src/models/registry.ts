@@ -4,7 +4,8 @@
  *
  * @module
  */
-import { readConfigJson, readGenerationEos } from "../checkpoint/config.ts";
+import { readConfigJson } from "../checkpoint/config.ts";
+import { readGenerationEos } from "../checkpoint/generation_config.ts";
 import { ConfigError } from "../errors.ts";
 import type { Architecture, Family } from "./family.ts";
 import { causalFamily } from "./causal/family.ts";

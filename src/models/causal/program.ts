@@ -14,7 +14,7 @@ import type { Allocation } from "../../gpu/memory.ts";
 import { attentionScratchBytes, ropeTable } from "../../kernels/attention.ts";
 import { sigmoidGatedAdd, siluMul } from "../../kernels/elementwise.ts";
 import { embed } from "../../kernels/embed.ts";
-import { experts } from "../../kernels/experts.ts";
+import { experts, groupedScratch } from "../../kernels/experts.ts";
 import { matmul } from "../../kernels/matmul.ts";
 import { attentionBlock, decoderHead, decoderIo, denseWithFusedQkv, routeBlock } from "../decoder_parts.ts";
 import type { ExpertCache } from "../../moe/expert_cache.ts";
@@ -42,6 +42,16 @@ function mlpWidth(spec: CausalSpec): number {
   );
 }
 
+/** The grouped experts' scratch words at `shape` ({@link groupedScratch}); undefined where that path never runs. */
+function groupedWords(spec: CausalSpec, shape: RunShape) {
+  return groupedScratch({
+    rows: shape.maxRows,
+    topK: spec.topK,
+    experts: spec.numExperts,
+    dim: spec.hiddenSize,
+  });
+}
+
 /**
  * Every run-state buffer (llama2.c's `RunState`) for `shape`: the one list that the footprint counts
  * and the engine allocates. Shapes per call of T ≤ maxRows rows.
@@ -50,6 +60,7 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
   const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd, numExperts: E, topK: K } = spec;
   const T = shape.maxRows;
   const mlp = mlpWidth(spec);
+  const g = groupedWords(spec, shape);
   const list: Allocation[] = [
     activation("ids", T), //                               [T] u32
     activation("x", T * D), //                             [T, D] residual stream
@@ -57,7 +68,10 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
     activation("qkv", T * (H + 2 * Hkv) * hd), //          [T, H·hd + 2·Hkv·hd] (q | k | v)
     activation("q", T * H * hd), //                        [T, H·hd] normalised and rotated
     activation("attn", T * H * hd), //                     [T, H·hd]
-    activation("attn_partials", attentionScratchBytes(T, H, hd) / 4), // [T, H, MAX_SPLITS, hd + 2]
+    // [T, H, MAX_SPLITS, hd + 2] attention's partials; from the experts to the next attention, the grouped
+    // experts' yk [T·K, D] (each token-expert's output). Per row H·MAX_SPLITS·(hd + 2) words against K·D:
+    // more for Mixtral, Qwen and OLMoE, so sharing costs them nothing
+    activation("attn_partials", Math.max(attentionScratchBytes(T, H, hd) / 4, g?.yk ?? 0)),
     activation("router_logits", T * E), //                 [T, E]
     activation("topk_ids", T * K), //                      [T, K] u32 (masked routing)
     activation("topk_w", T * K), //                        [T, K]
@@ -65,6 +79,7 @@ export function causalRunState(spec: CausalSpec, shape: RunShape, moeLayers: num
     activation("utopk_p", moeLayers * T * K), //           [moeLayers, T, K]
     activation("xnorm", moeLayers * T), //                 [moeLayers, T] ‖x‖
     activation("h", T * K * spec.moeIntermediateSize), //  [T·K, I]
+    ...(g ? [activation("route", g.route)] : []), //       u32: the grouped experts' rows by expert, in tiles
     activation("mlp_a", T * mlp), //                       [T, max(I_dense, I_shared)]
     activation("mlp_b", T * mlp), //                       [T, max(I_dense, I_shared)]
     activation("shared", T * D), //                        [T, D]
@@ -253,6 +268,10 @@ export class CausalProgram implements ModelProgram {
             y: b("x"),
             formats: cache.precisions,
             highSlots: cache.capacity[0]![moeLayer]!,
+            // yk shares attention's partials: attention is done with them, the next layer's starts after
+            grouped: groupedWords(spec, this.shape)
+              ? { yk: b("attn_partials"), route: b("route") }
+              : undefined,
           }),
         );
         if (l.shared && l.sharedGate) {

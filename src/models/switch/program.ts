@@ -16,7 +16,7 @@ import type { Allocation } from "../../gpu/memory.ts";
 import { embed } from "../../kernels/embed.ts";
 import { matmul } from "../../kernels/matmul.ts";
 import { rmsNorm } from "../../kernels/norm.ts";
-import { experts } from "../../kernels/experts.ts";
+import { experts, groupedScratch } from "../../kernels/experts.ts";
 import { router, routerStats } from "../../kernels/router.ts";
 import { sampler } from "../../kernels/sample.ts";
 import {
@@ -60,6 +60,11 @@ function span(shape: RunShape): number {
   return shape.contextLength;
 }
 
+/** The grouped experts' scratch words at `shape` ({@link groupedScratch}); undefined where that path never runs. */
+function groupedWords(spec: SwitchSpec, shape: RunShape) {
+  return groupedScratch({ rows: switchPassRows(shape), topK: 1, experts: spec.numExperts, dim: spec.dModel });
+}
+
 /**
  * Every run-state buffer for `shape`: the one list that the footprint counts and the engine allocates.
  * The encoder's input and the decoder's cache both hold up to `contextLength` positions.
@@ -70,6 +75,7 @@ export function switchRunState(spec: SwitchSpec, shape: RunShape, moeLayers: num
   const HD = H * hd;
   const act = activation;
   const rw = GPUBufferUsage.STORAGE | COPY_DST | GPUBufferUsage.COPY_SRC;
+  const g = groupedWords(spec, shape);
   const out: Allocation[] = [
     act("ids", T),
     act("x", T * D),
@@ -85,7 +91,9 @@ export function switchRunState(spec: SwitchSpec, shape: RunShape, moeLayers: num
     act("utopkP", moeLayers * T),
     act("xnorm", moeLayers * T),
     act("h", T * I),
-    act("mlp", T * I),
+    ...(g ? [act("route", g.route)] : []), // u32: the grouped experts' rows by expert, in tiles
+    // [T, I] a dense block's MLP hidden; in a sparse block, the grouped experts' yk [T, D]
+    act("mlp", Math.max(T * I, g?.yk ?? 0)),
     act("xf", shape.maxRows * D),
     act("logits", shape.maxRows * V),
     ...sequenceState(shape, T), // rows [T] Row, generated [1, maxGenerated], sampling [1]: one sequence
@@ -358,6 +366,8 @@ export class SwitchProgram implements ModelProgram {
               y: b("x"),
               formats: cache.precisions,
               highSlots: cache.capacity[0]![moeLayer]!,
+              // yk shares the dense blocks' MLP scratch, which a sparse block does not use
+              grouped: groupedWords(spec, this.shape) ? { yk: b("mlp"), route: b("route") } : undefined,
             }),
           );
         } else if (blk.mlp) {

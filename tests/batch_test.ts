@@ -92,6 +92,27 @@ Deno.test("batch: alone, a generation's tokens come back in batches of 1, 2, 4, 
   assert.deepEqual(sizes, [1, 2, 4, 8, 16, 9]);
 });
 
+Deno.test("batch: prompt chunks past the GEMV path's rows (grouped experts) run alone in their call", async () => {
+  // chunks of up to 160 rows: the 150- and 100-token prompts take the grouped expert kernels, as alone
+  await using engine = await createEngine({
+    model: `${FIXTURES}tiny-olmoe`,
+    maxBatchTokens: 160,
+    maxBatchSequences: 6,
+  });
+  const requests = [
+    request(3, 0, 30),
+    request(150, 11, 10),
+    request(7, 50, 26),
+    request(100, 200, 12),
+    request(1, 9, 20),
+  ];
+  const alone = [];
+  for (const r of requests) alone.push(await drain(engine, r));
+  const { ids, mostActive } = await together(engine, requests, 30);
+  assert.deepEqual(ids, alone);
+  assert.ok(mostActive >= 3, `${mostActive} generations held slots at once`);
+});
+
 Deno.test("batch: static routing and sampled generations (their seeds) give what they give alone", async () => {
   await using engine = await createEngine({
     model: `${FIXTURES}tiny-qwen3-moe`,

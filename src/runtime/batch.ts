@@ -14,8 +14,8 @@
  * prompt chunks packed together, and a chunk longer than that in a call of its own. Every kernel
  * computes a row of such a call from that row alone (the GEMV kernels; attention at the row's own
  * position and split, src/kernels/step.ts), so a generation gives the tokens it gives alone, bit for
- * bit, whatever else runs beside it. (Calls of more rows may take kernels whose sums depend on the
- * other rows: a prompt chunk alone takes them as it would alone.)
+ * bit, whatever else runs beside it. (Longer calls take the grouped expert kernels, whose sums depend
+ * on the other rows: a prompt chunk that long runs alone in its call, as it would alone.)
  *
  * Nothing waits on a consumer. A generation runs ahead of its consumer by at most {@link AHEAD} tokens
  * and then stops being stepped; while its consumer is away (not waiting in `next()`) and a generation
@@ -27,6 +27,7 @@
  * @module
  */
 import { EngineClosedError } from "../errors.ts";
+import { GEMV_MAX_ROWS } from "../kernels/experts.ts";
 import type { ProgramIo } from "../models/family.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
 import { chunkRows, decodeRow, NO_GEN, type RowMeta } from "../kernels/step.ts";
@@ -36,10 +37,10 @@ import type { GenerateChunk } from "./types.ts";
 
 /**
  * The most rows in a call of a step: up to this many, the expert kernels compute each row from that
- * row alone (the GEMV path; longer calls may group rows by expert), so rows of different sequences
- * can share a call without changing each other's results.
+ * row alone (their GEMV path; longer calls group the rows by expert, and a row's sums then depend on
+ * the others), so rows of different sequences can share a call without changing each other's results.
  */
-export const CALL_ROWS = 16;
+export const CALL_ROWS = GEMV_MAX_ROWS;
 /** Tokens a generation may run ahead of its consumer before it stops being stepped. */
 export const AHEAD = 4 * MAX_READ;
 /** A submit slower than this ran the GPU work on the CPU (lavapipe): yield to the event loop after it. */

@@ -1,13 +1,21 @@
 /** How a step's rows become calls, without a GPU (the scheduler itself runs in tests/batch_test.ts). */
 import assert from "node:assert/strict";
 import { chunkRows, decodeRow, NO_GEN } from "../kernels/step.ts";
-import { CALL_ROWS, packCalls } from "./batch.ts";
+import { CALL_ROWS as ENGINE_CALL_ROWS, packCalls } from "./batch.ts";
+import { GEMV_MAX_ROWS } from "../kernels/experts.ts";
+
+/** The limit the cases are written for (the engine's is {@link ENGINE_CALL_ROWS}). */
+const CALL_ROWS = 16;
 
 const chunk = (slot: number, pos0: number, t: number, o: { sample?: boolean; count?: boolean } = {}) => ({
   rows: chunkRows(slot, pos0, t, o.sample ? 0 : undefined),
   ids: Array.from({ length: t }, (_, i) => 100 * slot + pos0 + i),
   count: o.count ?? true,
   newPass: pos0 === 0,
+});
+
+Deno.test("packCalls: the engine's calls stay within the expert kernels' GEMV path", () => {
+  assert.equal(ENGINE_CALL_ROWS, GEMV_MAX_ROWS);
 });
 
 Deno.test("packCalls: decode rows and short chunks share calls of at most CALL_ROWS rows, samplers last", () => {

@@ -202,6 +202,40 @@ Deno.test("batch: past maxBatchSequences a generation waits for a slot, and all 
   assert.equal(mostActive, 2, "two slots");
 });
 
+Deno.test("batch: a generation aborted while it waits for a slot ends at once; the others go on", async () => {
+  await using engine = await createEngine({ model: `${FIXTURES}tiny-olmoe`, maxBatchSequences: 1 });
+  const long = request(5, 2, 120);
+  const next = request(6, 40, 10);
+  const alone = [await drain(engine, long), await drain(engine, next)];
+  const abort = new AbortController();
+  let abortedAt = -1;
+  let longChunks = 0;
+  const running = (async () => {
+    const ids: number[] = [];
+    for await (const c of engine.generate(long)) {
+      ids.push(...c.ids);
+      longChunks++;
+    }
+    return ids;
+  })();
+  await sleep(50);
+  // two wait for the slot; the second in line is aborted
+  const first = drain(engine, next);
+  await sleep(20);
+  const second = (async () => {
+    const chunks = [];
+    for await (const c of engine.generate({ ...request(4, 70, 8), signal: abort.signal })) chunks.push(c);
+    abortedAt = longChunks;
+    return chunks;
+  })();
+  await sleep(50);
+  abort.abort();
+  const [ids, firstIds, chunks] = await within(Promise.all([running, first, second]), "all three");
+  assert.deepEqual(chunks.map((c) => [c.ids.length, c.finishReason]), [[0, "abort"]]);
+  assert.ok(abortedAt < longChunks, `the aborted one ended after ${abortedAt} of ${longChunks} chunks`);
+  assert.deepEqual([ids, firstIds], alone);
+});
+
 Deno.test("batch: forward takes a slot from a generation whose consumer is away; it rebuilds its cache", async () => {
   await using engine = await createEngine({ model: `${FIXTURES}tiny-qwen2-moe`, maxBatchSequences: 1 });
   const r = request(6, 11, 30);

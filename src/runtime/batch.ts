@@ -373,6 +373,7 @@ export class Batcher {
   #hasWork(): boolean {
     if (this.#host.closing()) return false;
     if (this.#line.length > 0 && this.#slots.includes(undefined)) return true;
+    if (this.#line.some((s) => s.aborted || s.cancelled)) return true;
     return this.#held().some((s) => s.cancelled || s.aborted || this.#steppable(s));
   }
 
@@ -394,9 +395,12 @@ export class Batcher {
     let lease: Lease | undefined;
     try {
       for (;;) {
-        if (host.closing()) break;
+        if (host.closing()) {
+          await this.#settle(); // the device stays until close() has the engine, after this
+          break;
+        }
         lease ??= await host.lock.acquire();
-        if (host.closing()) break;
+        if (host.closing()) continue;
         if (host.lock.waiting > 0) {
           // another call wants the engine: settle what is in flight, and queue behind it
           await this.#settle();
@@ -444,18 +448,14 @@ export class Batcher {
 
   /** Gives generations in line a slot: a free one, or one a generation whose consumer is away gives up. */
   async #admit(): Promise<void> {
+    // those whose consumer left, or whose signal aborted them while they waited, leave the line (an
+    // aborted one's last chunk needs no slot)
+    for (const seq of this.#line.filter((q) => q.cancelled || q.state === "done" || q.aborted)) {
+      this.#line.splice(this.#line.indexOf(seq), 1);
+      if (seq.aborted && !seq.cancelled && seq.state !== "done") this.#finish(seq, seq.out.abort(), 0);
+    }
     while (this.#line.length > 0) {
       const seq = this.#line[0]!;
-      if (seq.cancelled || seq.state === "done") {
-        this.#line.shift();
-        continue;
-      }
-      if (seq.aborted) {
-        // aborted while it waited: its last chunk needs no slot
-        this.#line.shift();
-        this.#finish(seq, seq.out.abort(), 0);
-        continue;
-      }
       const slot = this.#slots.indexOf(undefined);
       if (slot >= 0) {
         this.#line.shift();

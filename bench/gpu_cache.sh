@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 grep -qx '/.gpu-deno/' .git/info/exclude 2>/dev/null || echo '/.gpu-deno/' >> .git/info/exclude
 rm -rf .gpu-deno
 DENO_DIR=$PWD/.gpu-deno deno cache --no-lock --node-modules-dir=none bench/e2e.ts bench/kernels.ts bench/upload.ts \
-  bench/synth.ts bench/quality_sweep.ts bench/profile.ts bench/soak.ts tests/gpu_probe.ts main.ts >/dev/null
+  bench/synth.ts bench/quality_sweep.ts bench/profile.ts bench/soak.ts bench/server_bench.ts tests/gpu_probe.ts main.ts >/dev/null
 for p in openai @types undici-types @stdlib; do rm -rf ".gpu-deno/npm/registry.npmjs.org/$p"; done
 du -sh .gpu-deno

@@ -160,7 +160,7 @@ export interface GenerateUsage {
   completionTokens: number;
   /** `promptTokens + completionTokens`. */
   totalTokens: number;
-  /** Waiting for the engine while earlier calls held it. */
+  /** Waiting for a slot (and the engine) while earlier requests held them. */
   queueSeconds: number;
   /** Until the first generated token was read back: the wait, the prefill and the first step. */
   timeToFirstTokenSeconds: number;
@@ -268,10 +268,11 @@ export interface Engine extends AsyncDisposable {
    * Streams generated tokens; the last chunk carries the request's `usage`. Logits that are NaN or
    * infinite (non-finite weights, or an overflow) throw `NonFiniteError` rather than give tokens.
    *
-   * The generation takes the engine when its first chunk is read. At each chunk it hands out, it
-   * pauses: if another call waits for the engine and the consumer has not asked for the next chunk
-   * within a turn of the event loop, the other call runs, and this generation later rebuilds its
-   * state (a prefill over its prompt and tokens) and goes on with the tokens it would have given
+   * The generation asks for a slot when its first chunk is read, and decodes together with the other
+   * generations that hold one (up to `maxBatchSequences`; the next wait in order), giving the tokens it
+   * would give alone. It runs ahead of its consumer by a few batches at most; while its consumer is
+   * away and another generation or `forward` needs its slot, it gives the slot up, and later rebuilds
+   * its KV cache (a prefill over its prompt and tokens) and goes on with the tokens it would have given
    * alone. An iterator dropped without `return()` blocks nothing; iterators read in turn all progress.
    */
   generate(request: GenerateRequest): AsyncGenerator<GenerateChunk>;

@@ -80,6 +80,8 @@ export async function measure(
     budget,
     contextLength: o.context,
     maxBatchTokens: o.batchTokens,
+    // batch 1: one sequence's KV caches, so that the budget's experts are those of earlier runs
+    maxBatchSequences: 1,
     expertPrecision: precision,
     onProgress: (p) => {
       if (p.stage === "quantize" && quantizeStart === 0) quantizeStart = performance.now();

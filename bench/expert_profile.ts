@@ -30,6 +30,7 @@ await using engine = await createEngine({
   model: values.model,
   contextLength: window,
   maxBatchTokens: window,
+  maxBatchSequences: 1, // forward calls only
 });
 const corpus = await loadCorpus(values.corpus!, engine.modelDir);
 const ids = spacedWindows(tokenizeCorpus(engine.tokenizer, corpus), window, windows);

@@ -74,6 +74,7 @@ await using engine = await createEngine({
   budget: budgets[0],
   contextLength: Number(args.context),
   maxBatchTokens: Number(args.batch),
+  maxBatchSequences: 1, // one request at a time
 });
 const samples: Sample[] = [];
 let budget = budgets[0]!;

@@ -55,7 +55,7 @@ export interface ModelReport {
     allExperts: number;
     /** GPU bytes of the dense weights (embeddings, attention, norms, routers, head). */
     dense: number;
-    /** GPU bytes of the KV caches at `contextLength`. */
+    /** GPU bytes of the KV caches at `contextLength`: one sequence's, unless `maxBatchSequences` says how many. */
     kv: number;
     /** Everything but the expert slots: dense weights, run state, tables, readback buffers. */
     fixed: number;

@@ -228,7 +228,6 @@ interface Batch {
   readonly rows: number;
   /** When its first step was submitted. */
   readonly submittedAt: number;
-  read?: Promise<void>;
 }
 
 /** A prefill chunk of one generation, in a step. */
@@ -255,8 +254,8 @@ export class Batcher {
   #driving = false;
   /** Batches submitted (which staging buffer is next). */
   #batchNo = 0;
-  /** When the last batch with decoded tokens was read (decode seconds count from it). */
-  #lastDecodeRead = 0;
+  /** When the last batch was read (decode seconds count from it, or from a later batch's start). */
+  #lastRead = 0;
 
   /** A scheduler over `host`'s slots. */
   constructor(host: BatchHost) {
@@ -266,7 +265,7 @@ export class Batcher {
 
   /** Generations holding a slot now. */
   get active(): number {
-    return this.#slots.filter((s) => s !== undefined).length;
+    return this.#held().length;
   }
 
   /** Queues `seq` for a slot (its first chunk was asked for) and starts the driver. */
@@ -558,7 +557,9 @@ export class Batcher {
     }
     if (rows === 0 && startAt.size === 0 && !ran) return;
     const staging = host.staging[this.#batchNo++ % host.staging.length]!;
-    const entries = [...startAt].map(([seq, start]) => ({ seq, slot: seq.slot, start, n: seq.g - start }));
+    // (a generation that close() ended meanwhile holds no slot: nothing of it to read)
+    const entries = [...startAt].filter(([seq]) => seq.slot >= 0)
+      .map(([seq, start]) => ({ seq, slot: seq.slot, start, n: seq.g - start }));
     const enc = host.device.createCommandEncoder({ label: "readback.tokens" });
     for (const e of entries) {
       e.seq.inflight++;
@@ -692,12 +693,12 @@ export class Batcher {
       }
       this.#host.onBatch(b.staging, b.rows, prompts);
       if (decoded > 0) {
-        // decode time: from the later of the last such read and this batch's start, so that
-        // generations decoding at once count the wall time once
-        const from = Math.max(this.#lastDecodeRead, b.submittedAt);
+        // decode time: from the later of the last read and this batch's start, so that generations
+        // decoding at once count the wall time once (one alone: from its previous batch's read)
+        const from = Math.max(this.#lastRead, b.submittedAt);
         this.#host.count({ decodeTokens: decoded, decodeSeconds: (now - from) / 1000 });
-        this.#lastDecodeRead = now;
       }
+      this.#lastRead = now;
     } finally {
       if (b.staging.mapState === "mapped") b.staging.unmap();
       this.#inflight.shift();

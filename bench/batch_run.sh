@@ -3,9 +3,11 @@
 # checkpoint (seeded random bf16, bench/synth.ts; made when absent) served by the OpenAI-compatible
 # server with 16 sequences decoded together (`--parallel 16`), 1, 4, 8 and 16 concurrent streaming
 # clients, under `full` and under `swapmoe` at 8 GiB: aggregate decode tok/s, time to first token and
-# inter-token latency p50 / p99 per level (bench/server_bench.ts).
+# inter-token latency p50 / p99 per level (bench/server_bench.ts); first the kernels (bench/kernels.ts),
+# the expert GEMVs at 8 and 16 tokens among them.
 #   prepare here: bash ../shared/device/prepare.sh && bash bench/gpu_cache.sh
-#   run there:    bash bench/batch_run.sh   (carry .device-kit and .gpu-deno; about 5 minutes)
+#   run there:    bash bench/batch_run.sh   (carry .device-kit and .gpu-deno; about 5 minutes;
+#                 KERNELS=0 skips the kernels, CONFIGS="full" one configuration)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -24,6 +26,9 @@ MODEL=${MODEL:-/tmp/olmoe}
 # prompt 32 and 128 new tokens per request, two requests per stream one after the other; KV caches
 # for 16 sequences of 512 positions (2.0 GiB at the OLMoE shape, in the budget)
 ARGS="--model $MODEL --parallel ${PARALLEL:-16} --levels ${LEVELS:-1,4,8,16} --prompt 32 --tokens ${TOKENS:-128} --rounds ${ROUNDS:-2} --context 512"
+# the kernels of a batched step: the expert GEMVs at 8 and 16 tokens (and lm_head at 16 rows), whose
+# workgroups read each expert's rows for all tokens side by side, against one token and the prefill shapes
+[ "${KERNELS:-1}" != 0 ] && timeout 240 $D bench/kernels.ts --out "$OUT/batch_kernels.json" 2>&1 | tee "$OUT/batch_kernels.md"
 for CONFIG in ${CONFIGS:-full swapmoe@8GiB}; do
   POLICY=${CONFIG%@*}
   BUDGET=$([ "$CONFIG" != "$POLICY" ] && echo "--budget ${CONFIG#*@}")

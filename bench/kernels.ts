@@ -1,9 +1,10 @@
 /**
  * Kernel bandwidth on the GPU, timed with timestamp queries (no readback per iteration): the bf16
  * GEMV of the dense projections, the expert GEMVs through the slot table, and the copy ceiling
- * (`copyBufferToBuffer`) they are measured against; then the experts of a prefill chunk of 64 and of
- * 512 rows, by the GEMV path and by the grouped path (tokens grouped by expert, tiled matmuls) at a few
- * tile shapes, with their arithmetic rate. Prints a table and writes JSON with `--out`.
+ * (`copyBufferToBuffer`) they are measured against; then the experts of a batched decode step of 8 and
+ * 16 rows and of a prefill chunk of 64 and of 512 rows, by the GEMV path and by the grouped path (tokens
+ * grouped by expert, tiled matmuls) at a few tile shapes, with their arithmetic rate. Prints a table and
+ * writes JSON with `--out`.
  *
  *   deno run -A bench/kernels.ts [--out kernels.json] [--iters 50]
  *
@@ -109,24 +110,27 @@ records.push({
   ofCopyCeiling: 1,
 });
 
-device.queue.writeBuffer(step.buffer, 0, new Uint32Array([1, 0, 0, 1, 0, 0, 0, 0]));
+// dense GEMVs of one row, and of 16 (a step of 16 sequences decoded together: `bytes` counts the weights
+// once, as the row tiles' workgroups read them side by side)
 for (
-  const [o, i, label] of [[2048, 2048, "q_proj (OLMoE)"], [50304, 2048, "lm_head (OLMoE)"], [
-    14336,
-    4096,
-    "w1 (Mixtral)",
-  ]] as const
+  const [o, i, label, rows] of [
+    [2048, 2048, "q_proj (OLMoE)", 1],
+    [50304, 2048, "lm_head (OLMoE)", 1],
+    [50304, 2048, "lm_head (OLMoE)", 16],
+    [14336, 4096, "w1 (Mixtral)", 1],
+  ] as const
 ) {
-  const w = buf(`w.${label}`, o * i * 2);
-  const x = buf(`x.${label}`, i * 4);
-  const y = buf(`y.${label}`, o * 4);
+  device.queue.writeBuffer(step.buffer, 0, new Uint32Array([rows, 0, 0, 1, 0, 0, 0, 0]));
+  const w = buf(`w.${label}.${rows}`, o * i * 2);
+  const x = buf(`x.${label}.${rows}`, rows * i * 4);
+  const y = buf(`y.${label}.${rows}`, rows * o * 4);
   const d = await matmul(ctx, { label, weight: w, x, y, inDim: i, outDim: o });
-  const us = await time(dispatchOnce(d, 1));
-  const bytes = o * i * 2 + i * 4 + o * 4;
+  const us = await time(dispatchOnce(d, rows));
+  const bytes = o * i * 2 + rows * (i * 4 + o * 4);
   const gbs = bytes / (us * 1e3);
   records.push({
     kernel: `matmul ${label}`,
-    shape: `${o}×${i} bf16, 1 row`,
+    shape: `${o}×${i} bf16, ${rows} row${rows === 1 ? "" : "s"}`,
     microseconds: us,
     bytes,
     gbPerSecond: gbs,
@@ -136,6 +140,7 @@ for (
 
 // experts of one OLMoE layer: 64 slots, top-8, D 2048, I 1024, one token, at each precision; bytes
 // are those the kernel reads (codes, scales and minimums of the 8 chosen experts)
+device.queue.writeBuffer(step.buffer, 0, new Uint32Array([1, 0, 0, 1, 0, 0, 0, 0]));
 for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
   const D = 2048, I = 1024, E = 64, K = 8;
   const matrix = matrixLayout(precision, I, D).bytes;
@@ -184,15 +189,16 @@ for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
   }
 }
 
-// experts of one OLMoE layer (top-8 of 64, D 2048, I 1024) for a prefill chunk of 64 rows (the default
-// maxBatchTokens) and of 512, every expert resident, routed uniformly at random (seeded): the GEMV path
+// experts of one OLMoE layer (top-8 of 64, D 2048, I 1024) for a decode step of 8 and of 16 sequences
+// decoded together, a prefill chunk of 64 rows (the default maxBatchTokens) and of 512, every expert
+// resident, routed uniformly at random (seeded): the GEMV path
 // (each token-expert reads its expert's weights) against the grouped path (group, tiled gate_up, tiled
 // down, combine) at the default tile and two others. `bytes` is what must come from memory at least:
 // every routed expert's weights once, and the activations; the GEMV path requests each expert's weights
 // T·K/E times (8 or 64), mostly from cache.
 {
   const K = 8, E = 64, D = 2048, I = 1024;
-  const rows = [64, 512];
+  const rows = [8, 16, 64, 512];
   const Tmax = Math.max(...rows);
   const tiles: TileShape[] = [EXPERT_TILE, { tokens: 32, rows: 128 }, { tokens: 64, rows: 64 }];
   let seed = 7;

@@ -11,7 +11,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-# on the GPU machine; elsewhere (a check on lavapipe: MODEL=models/sotu-moe-mini LEVELS=1,2 TOKENS=8
+# on the GPU machine; elsewhere (a check on lavapipe: KERNELS=0 MODEL=models/sotu-moe-mini LEVELS=1,2 TOKENS=8
 # ROUNDS=1 PARALLEL=2 CONFIGS="full swapmoe@70%" bash bench/batch_run.sh) the installed deno and its cache
 if [ -f .device-kit/setup.sh ]; then
   source .device-kit/setup.sh

@@ -199,7 +199,7 @@ const CHECKS: Check[] = [
   },
   {
     match: /\binfo --json/,
-    check: (r) => fields(r, ["model", "spec", "parameters", "bytes", "policies", "gpu"]),
+    check: (r) => fields(r, ["model", "spec", "parameters", "bytes", "policies", "precisions"]),
   },
   { match: /\binfo$/, check: (r) => has(r, /^Architecture /m, /^Minimum /m, /^GPU /m) },
   {
@@ -228,7 +228,7 @@ const CHECKS: Check[] = [
     match: /\beval (?!.*--sweep)/,
     check: (r) => has(r, /^perplexity [\d.]+ on sotu-test/m, /^policy swapmoe /m),
   },
-  { match: /\beval --sweep/, check: (r) => has(r, /^\| experts held \|/m, /`full`/) },
+  { match: /\beval --sweep/, check: (r) => has(r, /^\| budget \(bf16 experts\) \|/m, /`full`/) },
   { match: /example\.ts$/, check: (r) => has(r, /held of/, /rows of logits/) },
   { match: /gpu_probe\.ts$/, check: (r) => has(r, /^WebGPU adapter: /) },
 ];

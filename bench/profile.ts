@@ -5,13 +5,18 @@
  * `--upload-mib N`: the same steps, each after N MiB of `writeBuffer` (the expert upload path), with
  * the CPU time of the writes and the wall time they add per step.
  *
- *   deno run -A bench/profile.ts --model DIR [--pos 64] [--steps 64] [--upload-mib 192]
+ * On the H200's Vulkan driver a pass per dispatch adds more than it measures (one row: 11.8 ms summed
+ * against 5.4 ms a step back to back): read the family shares, and the wall time per step for totals.
+ * With `--rows N`, each step decodes N sequences together (N slots at the same position, as a
+ * batched decode step of the server's `--parallel N`).
+ *
+ *   deno run -A bench/profile.ts --model DIR [--pos 64] [--steps 64] [--rows 1] [--upload-mib 192]
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { type Dispatch, encode, grid } from "../src/gpu/dispatch.ts";
-import { decodeRow, packRows, packStep } from "../src/kernels/step.ts";
+import { callSplits, decodeRow, packRows, packStep } from "../src/kernels/step.ts";
 import { passDispatches } from "../src/models/family.ts";
 import { loadGpuModel } from "../src/runtime/gpu_model.ts";
 import { planModel } from "../src/runtime/model_plan.ts";
@@ -22,14 +27,20 @@ const { values } = parseArgs({
     model: { type: "string" },
     pos: { type: "string", default: "64" },
     steps: { type: "string", default: "64" },
+    rows: { type: "string", default: "1" },
     "upload-mib": { type: "string", default: "0" },
   },
 });
 const dir = values.model ?? new URL("../models/sotu-moe-mini", import.meta.url).pathname;
 const pos = Number(values.pos);
 const steps = Number(values.steps);
+const N = Number(values.rows);
 // the engine's own load path, every expert resident, routing masked as static and swapmoe route
-const planned = await planModel({ model: dir, contextLength: Math.max(1024, pos + steps + 1) });
+const planned = await planModel({
+  model: dir,
+  contextLength: Math.max(1024, pos + steps + 1),
+  maxBatchSequences: N,
+});
 using ckpt = planned.ckpt;
 const { plan } = planned;
 const E = planned.arch.spec.numExperts;
@@ -42,10 +53,16 @@ const { gpu, memory, cache, program, step } = await loadGpuModel(planned, {
 const device = gpu.device;
 for (let l = 0; l < cache.moeLayers; l++) for (let e = 0; e < E; e++) cache.load(l, e, 0);
 cache.flush();
-/** The Step and row of decode step `s` at position `p` (slot 0, token s + 1 from token s). */
+/** The call shape of a decode step at position `p`: N rows, one per slot. */
+const shapeAt = (p: number) => {
+  const rows = Array.from({ length: N }, (_, i) => decodeRow(i, p, 1));
+  return { t: N, headRows: N, pos0: p, splits: callSplits(rows) };
+};
+/** The Step and rows of decode step `s` at position `p` (slots 0 … N − 1, token s + 1 from token s). */
 const writeStep = (p: number, s: number) => {
-  device.queue.writeBuffer(step, 0, packStep({ t: 1, headRows: 1, pos0: p }));
-  device.queue.writeBuffer(program.io.rows, 0, packRows([decodeRow(0, p, s + 1)]));
+  device.queue.writeBuffer(step, 0, packStep(shapeAt(p)));
+  const rows = Array.from({ length: N }, (_, i) => decodeRow(i, p, s + 1));
+  device.queue.writeBuffer(program.io.rows, 0, packRows(rows));
 };
 writeStep(pos, 0);
 const all: Dispatch[] = [...passDispatches(program.decoder), program.sample];
@@ -68,7 +85,7 @@ for (let rep = 0; rep < 3; rep++) {
     const pass = enc.beginComputePass({
       timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
     });
-    const [x, y] = grid(d.workgroups({ t: 1, headRows: 1, pos0: pos }));
+    const [x, y] = grid(d.workgroups(shapeAt(pos)));
     pass.setPipeline(d.pipeline);
     pass.setBindGroup(0, d.bindGroup);
     pass.dispatchWorkgroups(x, y);
@@ -98,7 +115,7 @@ for (let rep = 0; rep < 3; rep++) {
   const pass = enc.beginComputePass({
     timestampWrites: { querySet: q2, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
   });
-  encode(pass, all, { t: 1, headRows: 1, pos0: pos });
+  encode(pass, all, shapeAt(pos));
   pass.end();
   enc.resolveQuerySet(q2, 0, 2, r2, 0);
   enc.copyBufferToBuffer(r2, 0, b2, 0, 16);
@@ -117,7 +134,7 @@ for (let s = 0; s < steps; s++) {
   writeStep(pos + s, s);
   const enc = device.createCommandEncoder();
   const pass = enc.beginComputePass();
-  encode(pass, all, { t: 1, headRows: 1, pos0: pos + s });
+  encode(pass, all, shapeAt(pos + s));
   pass.end();
   device.queue.submit([enc.finish()]);
   encodeUs += (performance.now() - te) * 1000;
@@ -125,7 +142,11 @@ for (let s = 0; s < steps; s++) {
 await device.queue.onSubmittedWorkDone();
 const wallPerStep = ((performance.now() - t0) * 1000) / steps;
 
-console.log(`adapter: ${gpu.info.description}; ${dir}; position ${pos}; ${all.length} dispatches per step`);
+console.log(
+  `adapter: ${gpu.info.description}; ${dir}; position ${pos}; ${N} row${
+    N > 1 ? "s" : ""
+  } per step; ${all.length} dispatches per step`,
+);
 console.log("| kernel family | µs per step | share |\n|---|---:|---:|");
 for (const [k, v] of [...families].sort((a, b) => b[1] - a[1])) {
   console.log(`| ${k} | ${v.toFixed(1)} | ${(100 * v / kernelSum).toFixed(1)} % |`);
@@ -166,7 +187,7 @@ if (uploadMiB > 0) {
       writeStep(pos + s, s);
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
-      encode(pass, all, { t: 1, headRows: 1, pos0: pos + s });
+      encode(pass, all, shapeAt(pos + s));
       pass.end();
       device.queue.submit([enc.finish()]);
       encUs += (performance.now() - te) * 1000;

@@ -65,11 +65,12 @@ async function together(
   return { ids, mostActive };
 }
 
-// prompts of 1 token, a few, one longer than a call's 16 rows, and one longer than a prefill chunk (64)
+// prompts of 1 token, a few, one longer than a GEMV call's rows (GEMV_MAX_ROWS, 32) but within a prefill
+// chunk (64), and one longer than a chunk
 const MIXED = [
   request(1, 0, 12),
   request(5, 40, 20),
-  request(23, 90, 9),
+  request(40, 90, 9),
   request(70, 200, 16),
   request(3, 7, 5),
 ];

@@ -49,12 +49,15 @@ export function slotEntry(tier: number, slot: number): number {
 }
 
 /**
- * Calls of up to this many rows (decode, short prompts, the default 64-row prefill chunks) run the GEMV
- * kernels; longer ones the grouped path. Measured on the H200 at the OLMoE shape (bench/kernels.ts,
- * docs/benchmarks.md): at 64 rows the GEMV path takes 1.66 ms per layer (bf16) against 1.79–2.76 ms
- * grouped, at 512 rows 12.8 ms against 4.2 ms. (On lavapipe the two cross between 8 and 16 rows.)
+ * Calls of up to this many rows (decode steps of up to 16 sequences with short prompt chunks beside
+ * them) run the GEMV kernels; longer ones (the default 64-row prefill chunks) the grouped path. Chosen
+ * end to end on the H200 at the OLMoE shape (bench/e2e.ts, a 512-token prompt in 64-row chunks, two
+ * rounds, docs/benchmarks.md): 32 prefills 2,259–2,264 tok/s bf16 and 2,275–2,281 int4, 64 only
+ * 1,989–2,005 and 1,951 (16 as 32; decode unchanged). bench/kernels.ts alone ranks them the other way at
+ * 64 rows (GEMV 1.30 ms per layer against 1.79 ms grouped at its best tile, int4 1.32 against 1.55): the
+ * end-to-end figure is the one kept. (On lavapipe the two cross between 8 and 16 rows.)
  */
-export const GEMV_MAX_ROWS = 64;
+export const GEMV_MAX_ROWS = 32;
 
 /** The grouped path's tile: token-expert rows of one expert, and weight rows per workgroup. */
 export interface TileShape {

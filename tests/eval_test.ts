@@ -174,6 +174,33 @@ Deno.test("eval CLI: --sweep writes the table and the plot", async () => {
   }
 });
 
+Deno.test("eval CLI: --sweep on gpt-oss runs at its MXFP4 experts, and refuses other precisions", async () => {
+  const model = fileURLToPath(new URL("./fixtures/tiny-gpt-oss", import.meta.url));
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/eval.txt`, TEXT.repeat(2));
+    await Deno.writeTextFile(`${dir}/calib.txt`, TEXT.toUpperCase().repeat(2));
+    const common = ["eval", "--sweep", "--model", model, "--corpus", `${dir}/eval.txt`, "--calibration"];
+    const small = ["--window", "16", "--max-windows", "2", "--calibration-windows", "2", "--decode-tokens", "0"];
+    const r = await cli([...common, `${dir}/calib.txt`, ...small, "--per-layer", "4", "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as SweepOutput;
+    // the default precision is the checkpoint's own; every policy of the sweep runs at it
+    assert.ok(out.rows.length > 2);
+    assert.ok(out.rows.every((x) => x.precision === "mxfp4"), out.rows.map((x) => x.precision).join(", "));
+    assert.equal(`${out.rows[0]!.policy}@${out.rows[0]!.experts}`, "full@8");
+    for (const row of out.rows.slice(1)) {
+      assert.equal(row.experts, 4);
+      assert.ok(row.gpuBytes <= row.budgetBytes);
+    }
+    const bad = await cli([...common, `${dir}/calib.txt`, ...small, "--experts", "bf16"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /Invalid --experts: "bf16", this model's experts are stored in mxfp4/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("perplexity: an encoder-decoder engine is refused with OptionError, not a shape error", async () => {
   await using engine = await createEngine({ model: "tests/fixtures/tiny-switch", policy: "full" });
   await assert.rejects(

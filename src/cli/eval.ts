@@ -292,7 +292,7 @@ export const command: Command = {
       });
       const precisions = parseList("experts", values.experts)?.map((p) => {
         try {
-          return parsePrecision(p, "bf16").join("+");
+          return parsePrecision(p).join("+"); // the syntax here; against the checkpoint below
         } catch (e) {
           throw new UsageError((e as Error).message.replace(/^Invalid expertPrecision/, "Invalid --experts"));
         }
@@ -308,10 +308,22 @@ export const command: Command = {
         throw new UsageError(`Invalid --calibration: "${calibrationName}" is the evaluation corpus`);
       }
       const calibrationWindows = intFlag("calibration-windows", values["calibration-windows"], 1) ?? 64;
-      const { spec } = (await loadModelConfig(modelDir)).architecture;
+      const { spec, nativePrecision } = (await loadModelConfig(modelDir)).architecture;
+      for (const p of precisions ?? []) {
+        try {
+          parsePrecision(p, nativePrecision);
+        } catch (e) {
+          throw new UsageError((e as Error).message.replace(/^Invalid expertPrecision/, "Invalid --experts"));
+        }
+      }
       let plan: SweepPlan;
       try {
-        plan = sweepPlan({ experts, policies, precisions, swapmoe: { planner } }, spec.numExperts, spec.topK);
+        plan = sweepPlan(
+          { experts, policies, precisions, swapmoe: { planner } },
+          spec.numExperts,
+          spec.topK,
+          nativePrecision,
+        );
       } catch (e) {
         if (e instanceof RangeError) {
           throw new UsageError(e.message.replace(/^Invalid experts per layer/, "Invalid --per-layer"));

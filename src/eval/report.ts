@@ -67,10 +67,12 @@ export function svgPlot(result: Pick<SweepResult, "rows">, title: string): strin
   const W = 720, H = 440;
   const m = { left: 70, right: 170, top: 40, bottom: 60 };
   const rows = result.rows;
-  const full = rows.find((r) => r.policy === "full" && (r.precision ?? "bf16") === "bf16");
+  // the checkpoint's own precision (bf16, gpt-oss's mxfp4): that of the sweep's first full row
+  const native = rows.find((r) => r.policy === "full")?.precision ?? "bf16";
+  const full = rows.find((r) => r.policy === "full" && (r.precision ?? "bf16") === native);
   // a line per policy and precision ("swapmoe" at bf16, "swapmoe bf16+int4", "full int4", …)
   const lineOf = (r: SweepRow) =>
-    (r.precision ?? "bf16") === "bf16" ? r.policy : `${r.policy} ${r.precision}`;
+    (r.precision ?? "bf16") === native ? r.policy : `${r.policy} ${r.precision}`;
   const policies = [...new Set(rows.map(lineOf))].filter((p) => p !== "full");
   const xs = rows.map((r) => r.gpuBytes / 2 ** 20);
   const ys = rows.map((r) => Math.log10(r.perplexity));

@@ -69,7 +69,7 @@ export interface SweepOptions {
   experts?: number[];
   /** Policies below the full budget; default all of {@link SWEEP_POLICIES} (`static-planned` only with `planner: "profile"`). */
   policies?: readonly (typeof SWEEP_POLICIES[number])[];
-  /** Expert precisions (`expertPrecision` values) to run every policy at; default `["bf16"]`. */
+  /** Expert precisions (`expertPrecision` values) to run every policy at; default: the checkpoint's own (bf16, gpt-oss's mxfp4). */
   precisions?: readonly string[];
   /** Seed of `static-random`; default 1. */
   seed?: number;
@@ -263,6 +263,7 @@ export function sweepPlan(
   o: Pick<SweepOptions, "experts" | "policies" | "swapmoe" | "precisions">,
   numExperts: number,
   topK: number,
+  native = "bf16",
 ): SweepPlan {
   const E = numExperts;
   const experts = (o.experts ?? [topK, E / 4, E / 2, (3 * E) / 4, E].map(Math.round))
@@ -274,18 +275,21 @@ export function sweepPlan(
   }
   const policies = o.policies ??
     SWEEP_POLICIES.filter((p) => p !== "static-planned" || o.swapmoe?.planner === "profile");
-  const precisions = o.precisions ?? ["bf16"];
+  const precisions = o.precisions ?? [native];
   const budgets = experts.filter((n) => n !== E).length;
-  const runs = 1 + precisions.filter((p) => p !== "bf16" && !p.includes("+")).length +
-    budgets * precisions.reduce((a, p) => a + policies.filter((x) => runsAt(x, p)).length, 0);
+  const runs = 1 + precisions.filter((p) => p !== native && !p.includes("+")).length +
+    budgets * precisions.reduce((a, p) => a + policies.filter((x) => runsAt(x, p, native)).length, 0);
   return { experts, policies, precisions, runs };
 }
 
-/** Whether `policy` runs at `precision` in a sweep: pairs for swapmoe and static, bf16 for the other statics. */
-export function runsAt(policy: typeof SWEEP_POLICIES[number], precision: string): boolean {
+/**
+ * Whether `policy` runs at `precision` in a sweep: pairs for swapmoe and static, the checkpoint's own
+ * precision (`native`: bf16, gpt-oss's mxfp4) for the other statics.
+ */
+export function runsAt(policy: typeof SWEEP_POLICIES[number], precision: string, native = "bf16"): boolean {
   if (policy === "swapmoe" || policy === "swapmoe-profile" || policy === "static") return true;
   if (policy === "lru") return !precision.includes("+");
-  return precision === "bf16";
+  return precision === native;
 }
 
 /** Runs the sweep: the full model first (calibration profile, oracle profile, reference), then each budget and policy. */
@@ -338,17 +342,18 @@ export async function sweep(o: SweepOptions): Promise<SweepResult> {
       windows: r.windows,
       calibrationWindows: calib.length / window,
     };
-    const row = rowOf("full", "bf16", E, E, s2.fullBytes, r, s2, r.perplexity, s2.bytesUploaded);
+    const row = rowOf("full", s2.expertPrecision, E, E, s2.fullBytes, r, s2, r.perplexity, s2.bytesUploaded);
     row.bytesUploaded = s2.bytesUploaded;
     row.decodeTokensPerSecond = await decodeSpeed(full, decodeTokens);
     emit(row);
   }
   const { numExperts: E, moeLayers: L, topK, fullBytes, expertBytes } = result;
   const fullPpl = rows[0]!.perplexity;
-  const { experts, policies, precisions } = sweepPlan(o, E, topK);
+  const native = rows[0]!.precision ?? "bf16";
+  const { experts, policies, precisions } = sweepPlan(o, E, topK, native);
   // every expert at each lower single precision: its own all-resident row
   for (const precision of precisions) {
-    if (precision === "bf16" || precision.includes("+")) continue;
+    if (precision === native || precision.includes("+")) continue;
     log(`full at ${precision}`);
     await using engine = await createEngine({ ...base, policy: "full", expertPrecision: precision });
     const r = await perplexity(engine, o.ids, pOpts);
@@ -362,7 +367,7 @@ export async function sweep(o: SweepOptions): Promise<SweepResult> {
     const budget = budgetFor(fullBytes, expertBytes, L, E, n);
     for (const precision of precisions) {
       for (const policy of policies) {
-        if (!runsAt(policy, precision)) continue;
+        if (!runsAt(policy, precision, native)) continue;
         const options: EngineOptions = { ...base, budget, expertPrecision: precision };
         switch (policy) {
           case "swapmoe":
@@ -396,7 +401,7 @@ export async function sweep(o: SweepOptions): Promise<SweepResult> {
             options.policy = "lru";
             break;
         }
-        log(`${policy} at ${precision} with the bytes of ${n} of ${E} bf16 experts per layer`);
+        log(`${policy} at ${precision} with the bytes of ${n} of ${E} ${native} experts per layer`);
         await using engine = await createEngine(options);
         const initial = engine.stats().bytesUploaded;
         const r = await perplexity(engine, o.ids, pOpts);

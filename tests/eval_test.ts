@@ -181,7 +181,16 @@ Deno.test("eval CLI: --sweep on gpt-oss runs at its MXFP4 experts, and refuses o
     await Deno.writeTextFile(`${dir}/eval.txt`, TEXT.repeat(2));
     await Deno.writeTextFile(`${dir}/calib.txt`, TEXT.toUpperCase().repeat(2));
     const common = ["eval", "--sweep", "--model", model, "--corpus", `${dir}/eval.txt`, "--calibration"];
-    const small = ["--window", "16", "--max-windows", "2", "--calibration-windows", "2", "--decode-tokens", "0"];
+    const small = [
+      "--window",
+      "16",
+      "--max-windows",
+      "2",
+      "--calibration-windows",
+      "2",
+      "--decode-tokens",
+      "0",
+    ];
     const r = await cli([...common, `${dir}/calib.txt`, ...small, "--per-layer", "4", "--json"]);
     assert.equal(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout) as SweepOutput;

@@ -13,7 +13,7 @@
  * the prefill; a chunk is one readback) over the wall time from the first chunk to the last; prefill
  * tok/s is a `--prefill`-token prompt over the time to its first token. Greedy decoding with
  * end-of-sequence suppressed so every run decodes exactly `--new` tokens. `--max-upload-mib` sets
- * the engines' `maxUploadBytesPerStep` (default: two expert slots), `--batch-tokens` their `maxBatchTokens`
+ * the engines' `maxUploadBytesPerStep` (default: paced by the decode steps' slack), `--batch-tokens` their `maxBatchTokens`
  * (prompt rows per GPU call; default the engine's).
  *
  * @module

@@ -7,7 +7,8 @@
  *
  * Presets: `olmoe-1b-7b` (allenai/OLMoE-1B-7B-0924 shapes: 64 experts, top-8, 16 layers, d 2048,
  * ~14 GB), `qwen1.5-moe-a2.7b` (Qwen/Qwen1.5-MoE-A2.7B: 60 experts, top-4, shared expert, 24 layers,
- * ~29 GB), `gpt-oss-20b` (openai/gpt-oss-20b's config.json and tensors: 24 layers alternating sliding
+ * ~29 GB), `mixtral-quarter` (Mixtral-8x7B's layout at a quarter of its width: 16 layers, d 2048, 8
+ * experts 7168 wide of 84 MiB, top-2, 4 KV heads, vocab 32000, ~11 GiB), `gpt-oss-20b` (openai/gpt-oss-20b's config.json and tensors: 24 layers alternating sliding
  * and full attention, 32 experts, top-4, YaRN, experts in MXFP4 as published, 13.8 GB), `small` (a few
  * MB, for tests). Weights are N(0, 0.02²) from a seeded pool of random bf16 values, each tensor read
  * from the pool at a seeded offset; norms are 1. MXFP4 experts have uniformly random e2m1 codes and
@@ -17,6 +18,8 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
+import { parseCausalConfig } from "../src/models/causal/config.ts";
+import { expectedShapes, modelNames } from "../src/models/causal/names.ts";
 import { parseSwitchConfig } from "../src/models/switch/config.ts";
 import { switchTensorShapes } from "../src/models/switch/names.ts";
 import { parseGptOssConfig } from "../src/models/gpt_oss/config.ts";
@@ -102,6 +105,25 @@ export const PRESETS: Record<string, Record<string, unknown>> = {
     eos_token_id: 1,
     decoder_start_token_id: 0,
   },
+  "mixtral-quarter": {
+    model_type: "mixtral",
+    architectures: ["MixtralForCausalLM"],
+    vocab_size: 32000,
+    hidden_size: 2048,
+    intermediate_size: 7168,
+    num_hidden_layers: 16,
+    num_attention_heads: 16,
+    num_key_value_heads: 4,
+    num_local_experts: 8,
+    num_experts_per_tok: 2,
+    max_position_embeddings: 4096,
+    rms_norm_eps: 1e-5,
+    rope_theta: 1000000,
+    sliding_window: null,
+    tie_word_embeddings: false,
+    bos_token_id: 1,
+    eos_token_id: 2,
+  },
   "gpt-oss-20b": { ...GPT_OSS_20B_CONFIG },
   small: {
     model_type: "olmoe",
@@ -139,6 +161,17 @@ function gptOssTensorList(c: Record<string, unknown>): TensorSpec[] {
   ]);
   const all: TensorSpec[] = [...bf16Shapes(spec, names)].map(([n, s]) => [n, s]);
   all.push(...mx);
+  return byLayer(all);
+}
+
+/** A causal config's spec and tensor names. */
+function causal(c: Record<string, unknown>): Parameters<typeof expectedShapes> {
+  const spec = parseCausalConfig(c);
+  return [spec, modelNames(spec)];
+}
+
+/** Tensors in layer order (those of no layer first), by name within a layer. */
+function byLayer(all: TensorSpec[]): TensorSpec[] {
   const layer = (n: string) => Number(/^model\.layers\.(\d+)\./.exec(n)?.[1] ?? -1);
   return all.sort((a, b) => layer(a[0]) - layer(b[0]) || (a[0] < b[0] ? -1 : 1));
 }
@@ -147,6 +180,7 @@ function gptOssTensorList(c: Record<string, unknown>): TensorSpec[] {
 export function tensorList(c: Record<string, unknown>): TensorSpec[] {
   if (c.model_type === "switch_transformers") return [...switchTensorShapes(parseSwitchConfig(c))];
   if (c.model_type === "gpt_oss") return gptOssTensorList(c);
+  if (c.model_type === "mixtral") return byLayer([...expectedShapes(...causal(c))].map(([n, s]) => [n, s]));
   const n = (k: string) => c[k] as number;
   const D = n("hidden_size"),
     L = n("num_hidden_layers"),

@@ -1,6 +1,8 @@
-/** bench/synth.ts's gpt-oss preset: the published layout, and weights that keep the model finite. */
+/** bench/synth.ts's gpt-oss and Mixtral presets: the published layout, and weights that keep the model finite. */
 import assert from "node:assert/strict";
 import { Checkpoint } from "../src/checkpoint/shards.ts";
+import { parseCausalConfig } from "../src/models/causal/config.ts";
+import { checkTensors, modelNames } from "../src/models/causal/names.ts";
 import { parseGptOssConfig } from "../src/models/gpt_oss/config.ts";
 import { checkGptOssTensors, gptOssNames } from "../src/models/gpt_oss/names.ts";
 import { CpuGptOss, readExpert } from "../src/models/gpt_oss/reference.ts";
@@ -56,6 +58,41 @@ Deno.test("synth: a shrunk gpt-oss passes the family's checks and its CPU forwar
     const { logits } = cpu.forward([1, 17, 400, 4095, 9, 9, 9, 2000]);
     assert.ok(logits.every(Number.isFinite));
     assert.ok(logits.some((v) => v !== 0));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("synth: mixtral-quarter has Mixtral's tensors at a quarter width, 84 MiB an expert", () => {
+  const list = tensorList(PRESETS["mixtral-quarter"]!);
+  const get = (n: string) => list.find((t) => t[0] === n)?.[1];
+  assert.deepEqual(get("model.layers.15.block_sparse_moe.experts.7.w1.weight"), [7168, 2048]);
+  assert.deepEqual(get("model.layers.0.block_sparse_moe.experts.0.w2.weight"), [2048, 7168]);
+  assert.deepEqual(get("model.layers.0.block_sparse_moe.gate.weight"), [8, 2048]);
+  assert.deepEqual(get("model.layers.0.self_attn.k_proj.weight"), [512, 2048]); // 4 KV heads of 128
+  const experts = list.filter(([n]) => n.includes(".experts."));
+  assert.equal(experts.length, 16 * 8 * 3);
+  const expertBytes = 3 * 7168 * 2048 * 2;
+  assert.equal(expertBytes / 2 ** 20, 84);
+});
+
+Deno.test("synth: a shrunk mixtral-quarter passes the causal family's checks", async () => {
+  const config = {
+    ...PRESETS["mixtral-quarter"]!,
+    vocab_size: 4096,
+    hidden_size: 64,
+    intermediate_size: 96,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+  };
+  const dir = await Deno.makeTempDir({ prefix: "swapmoe-synth-mixtral-" });
+  try {
+    await synthesize(config, dir, { seed: 3, shardBytes: 200_000 });
+    const spec = parseCausalConfig(JSON.parse(await Deno.readTextFile(`${dir}/config.json`)));
+    using ckpt = Checkpoint.open(dir);
+    checkTensors(spec, modelNames(spec), ckpt.tensors, dir);
+    assert.equal(spec.numExperts, 8);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -112,13 +112,24 @@ export class SwapMoePolicy {
     return this.#pending.length;
   }
 
+  /** Bytes the next waiting copy uploads (its demoted expert's low copy included), or 0. */
+  nextCost(cache: Residency): number {
+    while (this.#pending.length > 0) {
+      const p = this.#pending[0]!;
+      if (!cache.resident(p.layer, p.tier).includes(p.expert)) return this.#cost(cache, p);
+      this.#pending.shift();
+    }
+    return 0;
+  }
+
   /**
-   * Uploads waiting copies worth at most `maxBytes` (at least one placement). A placement that takes
+   * Uploads waiting copies worth at most `maxBytes` (at least one placement unless `atLeastOne` is
+   * false). A placement that takes
    * a slot from an expert still wanted at the low tier uploads that expert's low copy at once (into
    * the slot the promoted expert's low copy frees), so that no wanted expert is ever without a copy.
    * Returns bytes uploaded.
    */
-  pump(cache: Residency, maxBytes: number): number {
+  pump(cache: Residency, maxBytes: number, atLeastOne = true): number {
     let bytes = 0;
     while (this.#pending.length > 0) {
       const p = this.#pending[0]!;
@@ -127,7 +138,7 @@ export class SwapMoePolicy {
         continue;
       }
       const cost = this.#cost(cache, p);
-      if (bytes > 0 && bytes + cost > maxBytes) break;
+      if ((bytes > 0 || !atLeastOne) && bytes + cost > maxBytes) break;
       this.#pending.shift();
       bytes += this.#place(cache, p);
     }

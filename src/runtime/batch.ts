@@ -27,6 +27,7 @@
  * @module
  */
 import { EngineClosedError } from "../errors.ts";
+import type { BatchTiming } from "../moe/upload_pacer.ts";
 import { GEMV_MAX_ROWS } from "../kernels/experts.ts";
 import type { ProgramIo } from "../models/family.ts";
 import { packSampling, type SamplingParams } from "../kernels/sample.ts";
@@ -79,8 +80,10 @@ export interface BatchHost {
   closing(): boolean;
   /** Throws when the engine was closed or its device lost. */
   assertOpen(): void;
-  /** Before each step: SwapMoE's uploads. */
-  beforeStep(): void;
+  /** Before each step: SwapMoE's uploads. Returns the seconds they took. */
+  beforeStep(): number;
+  /** A batch was read back: how long its steps took the GPU and the CPU (SwapMoE's upload pacing). */
+  timed(t: BatchTiming): void;
   /** Encoder-decoders: the encoder pass over `prompt`, counted in the statistics or not. */
   encode(prompt: readonly number[], countStats: boolean): Promise<void>;
   /** Encodes and submits one call of the decoder pass. */
@@ -228,6 +231,10 @@ interface Batch {
   readonly rows: number;
   /** When its first step was submitted. */
   readonly submittedAt: number;
+  /** Steps in it, the CPU's seconds submitting them, and SwapMoE's uploads' share of those. */
+  readonly steps: number;
+  readonly cpuSeconds: number;
+  readonly uploadSeconds: number;
 }
 
 /** A prefill chunk of one generation, in a step. */
@@ -540,6 +547,8 @@ export class Batcher {
     const submittedAt = performance.now();
     let rows = 0; // the rows the statistics count
     let ran = false;
+    let stepsRun = 0;
+    let uploadSeconds = 0;
     for (let i = 0; i < steps; i++) {
       // between steps: generations that joined take free slots (never another's: its tokens are in flight)
       if (i > 0) {
@@ -549,8 +558,10 @@ export class Batcher {
         }
       }
       const step = await this.#step(startAt);
+      uploadSeconds += step.uploadSeconds;
       if (step.rows === 0) break;
       ran = true;
+      stepsRun++;
       rows += step.counted;
       // a generation's first token ends the batch: it comes back at once
       if (step.firstToken) break;
@@ -576,7 +587,17 @@ export class Batcher {
     host.device.queue.submit([enc.finish()]);
     const map = staging.mapAsync(GPUMapMode.READ);
     map.catch(() => {}); // awaited when read: a lost device must not reject it unobserved meanwhile
-    this.#inflight.push({ staging, map, entries, rows, submittedAt });
+    const cpuSeconds = (performance.now() - submittedAt) / 1000;
+    this.#inflight.push({
+      staging,
+      map,
+      entries,
+      rows,
+      submittedAt,
+      steps: stepsRun,
+      cpuSeconds,
+      uploadSeconds,
+    });
   }
 
   /**
@@ -586,7 +607,7 @@ export class Batcher {
    */
   async #step(
     startAt: Map<Sequence, number>,
-  ): Promise<{ rows: number; counted: number; firstToken: boolean }> {
+  ): Promise<{ rows: number; counted: number; firstToken: boolean; uploadSeconds: number }> {
     const host = this.#host;
     const decode: RowMeta[] = [];
     const chunks: Chunk[] = [];
@@ -594,8 +615,8 @@ export class Batcher {
     let counted = 0;
     let firstToken = false;
     const held = this.#held().filter((s) => this.#steppable(s));
-    if (held.length === 0) return { rows: 0, counted, firstToken };
-    host.beforeStep();
+    if (held.length === 0) return { rows: 0, counted, firstToken, uploadSeconds: 0 };
+    const uploadSeconds = host.beforeStep();
     for (const seq of held) {
       if (!seq.decoding) continue;
       if (!startAt.has(seq)) startAt.set(seq, seq.g);
@@ -647,7 +668,7 @@ export class Batcher {
     // A software adapter runs the work inside submit: let timers and I/O (a server's other requests,
     // disconnects, new generations) run between such steps. A real GPU's submit returns at once.
     if (performance.now() - t0 > SLOW_SUBMIT_MS) await new Promise((r) => setTimeout(r, 0));
-    return { rows, counted, firstToken };
+    return { rows, counted, firstToken, uploadSeconds };
   }
 
   /** Reads every batch in flight. */
@@ -697,6 +718,15 @@ export class Batcher {
         // decoding at once count the wall time once (one alone: from its previous batch's read)
         const from = Math.max(this.#lastRead, b.submittedAt);
         this.#host.count({ decodeTokens: decoded, decodeSeconds: (now - from) / 1000 });
+      }
+      if (b.steps > 0) {
+        const wallSeconds = (now - Math.max(this.#lastRead, b.submittedAt)) / 1000;
+        this.#host.timed({
+          steps: b.steps,
+          wallSeconds,
+          cpuSeconds: b.cpuSeconds,
+          uploadSeconds: b.uploadSeconds,
+        });
       }
       this.#lastRead = now;
     } finally {

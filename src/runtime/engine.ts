@@ -32,6 +32,7 @@ import type { ExpertCache } from "../moe/expert_cache.ts";
 import { expertNorms, Importance } from "../moe/importance.ts";
 import { openQuantStore, type QuantStore } from "../quant/store.ts";
 import { initialResidents, isMasked, LruPolicy, SwapMoePolicy } from "../moe/policies.ts";
+import { UploadPacer } from "../moe/upload_pacer.ts";
 import { EngineClosedError, OptionError } from "../errors.ts";
 import { resolveModel } from "../hub/mod.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
@@ -96,7 +97,10 @@ export async function createEngine(options: EngineOptions = {}): Promise<Engine>
 /** Settings of the residency policies, resolved from the options. */
 interface PolicySettings {
   updateInterval: number;
-  maxUploadBytesPerStep: number;
+  /** Bytes uploaded per step: fixed when the option sets it, else paced by the decode steps' slack. */
+  maxUploadBytesPerStep: number | undefined;
+  /** Per call of `forward` (and a prompt's encoder pass), where no decode step is timed: two experts. */
+  callUploadBytes: number;
   profile: number[][] | undefined;
   staticSets: number[][] | undefined;
 }
@@ -139,6 +143,8 @@ class MoeEngine implements Engine {
   readonly #importance: Importance;
   readonly #settings: PolicySettings;
   readonly #swap: SwapMoePolicy | undefined;
+  /** SwapMoE's uploads per decode step, sized in time (upload_pacer.ts). */
+  readonly #pacer = new UploadPacer();
   readonly #lru: LruPolicy | undefined;
   // readback buffers: logits of a forward call, the batches' two token readbacks, lru's routing
   readonly #logitsStaging: GPUBuffer;
@@ -261,7 +267,8 @@ class MoeEngine implements Engine {
         quantized,
         settings: {
           updateInterval: options.updateInterval ?? 16,
-          maxUploadBytesPerStep: options.maxUploadBytesPerStep ?? 2 * cache.copyBytes[0]!,
+          maxUploadBytesPerStep: options.maxUploadBytesPerStep,
+          callUploadBytes: options.maxUploadBytesPerStep ?? 2 * cache.copyBytes[0]!,
           profile: options.profile,
           staticSets,
         },
@@ -330,9 +337,33 @@ class MoeEngine implements Engine {
     return this.#program.encoder !== undefined;
   }
 
-  /** SwapMoE: uploads waiting swaps, at most `maxUploadBytesPerStep` (at least one expert). */
+  /**
+   * SwapMoE: uploads waiting swaps before a call of `forward` or an encoder pass: at most
+   * `callUploadBytes` (at least one copy).
+   */
   #pump(): void {
-    this.#swap?.pump(this.#cache, this.#settings.maxUploadBytesPerStep);
+    this.#swap?.pump(this.#cache, this.#settings.callUploadBytes);
+  }
+
+  /**
+   * SwapMoE: uploads waiting swaps before a decode step: `maxUploadBytesPerStep` when set (at least one
+   * copy), else what the pacer's credit covers. Returns the seconds spent.
+   */
+  #pumpStep(): number {
+    const swap = this.#swap;
+    if (!swap || swap.pending === 0) {
+      this.#pacer.step(0);
+      return 0;
+    }
+    const fixed = this.#settings.maxUploadBytesPerStep;
+    const t0 = performance.now();
+    const bytes = fixed !== undefined
+      ? swap.pump(this.#cache, fixed)
+      : swap.pump(this.#cache, this.#pacer.step(swap.nextCost(this.#cache)), false);
+    const seconds = (performance.now() - t0) / 1000;
+    this.#pacer.spend(bytes);
+    this.#pacer.observeUpload(bytes, seconds);
+    return seconds;
   }
 
   /**
@@ -583,7 +614,8 @@ class MoeEngine implements Engine {
       statsAt: this.#shape.sequences * MAX_READ * 4,
       closing: () => this.#closing,
       assertOpen: () => this.#assertOpen(),
-      beforeStep: () => this.#pump(),
+      beforeStep: () => this.#pumpStep(),
+      timed: (t) => this.#pacer.observeBatch(t),
       encode: (prompt, countStats) => this.#encode(prompt, countStats),
       call: (c) => this.#call(c),
       copyStats: (enc, into, offset) => this.#copyStats(enc, into, offset),
@@ -728,6 +760,7 @@ class MoeEngine implements Engine {
       await this.#gpu.device.queue.onSubmittedWorkDone();
       const slots = this.#plan.slots(bytes);
       this.#swap?.clear();
+      this.#pacer.reset();
       // frees the old slots first, then allocates under the new limit
       changeLimit(this.#memory, bytes, () => this.#cache.resize(slots));
       this.#budget = bytes;

@@ -36,6 +36,7 @@ export {
   type GenerateRequest,
   type GenerateUsage,
   type Progress,
+  type UploadPacing,
 } from "./src/runtime/engine.ts";
 export { type AccessLog, createHandler, type ServeHandler, type ServerOptions } from "./src/server/server.ts";
 export type {

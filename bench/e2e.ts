@@ -42,6 +42,8 @@ export interface E2eRecord {
   swaps: number;
   bytesUploaded: number;
   uploadSeconds: number;
+  /** swapmoe's upload pacing at the end of the run (EngineStats.uploadPacing). */
+  uploadPacing: EngineStats["uploadPacing"] | null;
   loadSeconds: number;
   adapter: string;
 }
@@ -153,6 +155,7 @@ export async function measure(
     swaps: s.swaps - before.swaps,
     bytesUploaded: s.bytesUploaded - before.bytesUploaded,
     uploadSeconds: s.uploadSeconds - before.uploadSeconds,
+    uploadPacing: s.uploadPacing ?? null,
     loadSeconds,
     adapter: s.gpu.description,
   };

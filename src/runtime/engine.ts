@@ -65,6 +65,7 @@ export type {
   GenerateRequest,
   GenerateUsage,
   Progress,
+  UploadPacing,
 } from "./types.ts";
 
 /**
@@ -740,6 +741,13 @@ class MoeEngine implements Engine {
       swaps: this.#swap?.swaps ?? this.#lru?.misses ?? 0,
       bytesUploaded: cache.stats.bytesUploaded,
       uploadSeconds: cache.stats.uploadSeconds,
+      uploadPacing: this.#swap && this.#settings.maxUploadBytesPerStep === undefined
+        ? {
+          bytesPerSecond: this.#pacer.rate,
+          slackSeconds: this.#pacer.slackSeconds,
+          bytesPerStep: this.#pacer.perStep,
+        }
+        : undefined,
       tokens: c.prefillTokens + c.decodeTokens,
       prefillTokens: c.prefillTokens,
       decodeTokens: c.decodeTokens,

@@ -233,6 +233,11 @@ export interface EngineStats {
   bytesUploaded: number;
   /** Seconds spent queueing those uploads. */
   uploadSeconds: number;
+  /**
+   * `swapmoe` with paced uploads (no `maxUploadBytesPerStep`): the measured upload rate, the slack of
+   * a decode step (the GPU's time for it less the CPU's own), and the bytes a step may upload now.
+   */
+  uploadPacing?: UploadPacing;
   /** Tokens processed (prompt and generated). */
   tokens: number;
   /** Prompt tokens processed. */
@@ -290,4 +295,14 @@ export interface Engine extends AsyncDisposable {
   setBudget(budget: Budget): Promise<EngineStats>;
   /** Waits for running work, then frees every GPU buffer, the device and the mapped weights; idempotent. */
   close(): Promise<void>;
+}
+
+/** How `swapmoe` paces its uploads now (`EngineStats.uploadPacing`). */
+export interface UploadPacing {
+  /** `writeBuffer` rate measured on expert uploads, bytes per second. */
+  bytesPerSecond: number;
+  /** A decode step's slack, seconds: what uploads may overlap with the GPU's work. */
+  slackSeconds: number;
+  /** Bytes a decode step earns for uploads. */
+  bytesPerStep: number;
 }

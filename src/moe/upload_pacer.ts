@@ -1,60 +1,75 @@
 /**
- * Sizes `swapmoe`'s uploads in time, not in experts.
+ * Sizes `swapmoe`'s uploads in time, not in experts, by what they measurably cost the decode steps.
  *
  * An upload is `writeBuffer` on the decoding thread: the CPU copies the expert's bytes while the GPU
- * runs the steps already submitted. It costs nothing while the CPU stays ahead of the GPU, and stalls
- * every step once the CPU's own work per step (encoding, submitting) plus the uploads outlasts the
- * GPU's step. A fixed number of experts per step cannot know which: two OLMoE experts (25 MB) fit in a
- * step's slack on the H200, two experts of a Mixtral-shaped model (168 MiB, ~20 ms of copying) make
- * every step wait for them.
+ * runs the steps already submitted, and the GPU then copies them into place. It costs nothing while
+ * the CPU stays ahead of the GPU, and stalls the steps once it does not. How much can be hidden depends
+ * on the host, the model and the batch: two OLMoE experts (25 MB) a step cost a few %, two experts of
+ * a Mixtral-shaped model (168 MiB, ~20 ms of copying) made every step wait for them (93 against 254
+ * tok/s on the H200). So the pacer measures the cost instead of predicting it:
  *
- * So each decode step earns upload credit in bytes: `slackShare` of the step's measured slack (the
- * GPU's step time minus the CPU's own time for it) plus `wallShare` of the step's time (so that a host
- * with no slack, such as a software adapter that runs the work inside submit, still swaps, at a bounded
- * cost), at the measured upload rate. An upload spends the credit; an expert waits until the credit
- * covers it. Credit saved is capped at `bankSteps` steps' worth, or one waiting copy when that is more:
- * the CPU runs ahead of the GPU by about that many steps, so an upload of that size stays hidden.
+ * - A **baseline**: the time per step of batches that uploaded nothing, per number of decoding
+ *   sequences (a batch of eight sequences takes longer than one of one). When a baseline is missing or
+ *   `probeEvery` batches old, the next batch is a probe: it uploads nothing and measures it.
+ * - A **share** of that step time that uploads may take, at the measured upload rate, adjusted after
+ *   every batch that uploaded (additive increase, multiplicative decrease): a batch whose steps took
+ *   more than `tolerance` over the baseline halves it, one within it raises it by `maxShare / 16`.
+ * - **Credit**: a step earns its share in bytes, an upload spends it, and an expert waits until the
+ *   credit covers it. Credit saved is capped at `bankSteps` steps' worth, or one waiting copy when that
+ *   is more.
  *
  * @module
  */
 
-/** One readback batch's timing, as the scheduler measured it. */
+/** One readback batch as the scheduler ran it. */
 export interface BatchTiming {
   /** Steps in the batch. */
   steps: number;
-  /** Seconds from the batch's start (or the previous read, if later) to its read: the GPU's time, when it is the bottleneck. */
+  /** The sequences decoding in it when it began: the baseline's key. */
+  sequences: number;
+  /** Whether a step also prefilled a prompt chunk (its steps are not like the baseline's). */
+  prefill: boolean;
+  /** Seconds from the batch's start (or the previous read, if later) to its read. */
   wallSeconds: number;
-  /** Seconds the CPU spent submitting the batch, its uploads included. */
-  cpuSeconds: number;
-  /** Seconds of that spent uploading experts. */
+  /** Seconds its uploads took on the CPU. */
   uploadSeconds: number;
 }
 
 /** Tuning of {@link UploadPacer}; the defaults are the engine's. */
 export interface PacerSettings {
-  /** Share of a step's slack that uploads may take, in [0, 1]. */
-  slackShare: number;
-  /** Share of a step's whole time that uploads may take even without slack, in [0, 1]. */
-  wallShare: number;
+  /** A batch that uploaded may take this much longer per step than the baseline (0.04: 4 %). */
+  tolerance: number;
+  /** Largest share of a step's time that uploads may take. */
+  maxShare: number;
+  /** Smallest share: uploads never stop altogether. */
+  minShare: number;
+  /** Share to start from. */
+  initialShare: number;
   /** Steps of credit that may be saved. */
   bankSteps: number;
-  /** Batches of fewer steps do not update the estimate: a readback's fixed latency dominates them. */
+  /** Batches of fewer steps are not measured: a readback's fixed latency dominates them. */
   minSteps: number;
+  /** Batches after which a baseline is measured again. */
+  probeEvery: number;
   /** Upload rate assumed until one is measured, bytes per second. */
   initialRate: number;
-  /** Upload seconds a step earns until a batch has been measured. */
+  /** Upload seconds a step earns while no baseline exists for its batch. */
   initialStepSeconds: number;
 }
 
 /**
- * The engine's pacing: half the slack, 2 % of the step, 8 steps of credit; until a batch of 4 steps
- * has been timed, 2 ms a step at 4 GB/s (8 MB: small experts move at once, an 84 MiB one waits).
+ * The engine's pacing: within 4 % of the steps without uploads, uploads taking 1–50 % of a step's time
+ * (10 % to start), 8 steps of credit, a probe every 16 batches; before a baseline, 2 ms a step at 4
+ * GB/s (8 MB: small experts move at once, an 84 MiB one waits).
  */
 export const DEFAULT_PACER: PacerSettings = {
-  slackShare: 0.5,
-  wallShare: 0.02,
+  tolerance: 0.04,
+  maxShare: 0.5,
+  minShare: 0.01,
+  initialShare: 0.1,
   bankSteps: 8,
   minSteps: 4,
+  probeEvery: 16,
   initialRate: 4e9,
   initialStepSeconds: 0.002,
 };
@@ -64,20 +79,27 @@ const MIN_TIMED_UPLOAD = 1 << 20;
 /** Weight of a new measurement in the running estimates. */
 const EWMA = 0.3;
 
-/** Upload credit per decode step, from measured step times and upload rates. */
+/** A baseline: seconds per step without uploads, and batches since it was measured. */
+interface Baseline {
+  stepSeconds: number;
+  age: number;
+}
+
+/** Upload credit per decode step, from measured step times with and without uploads. */
 export class UploadPacer {
   readonly settings: PacerSettings;
   #rate: number;
-  #perStep: number;
+  #share: number;
   #credit = 0;
-  /** The slack per step (seconds, a running estimate) and the batches it came from. */
-  #slack = 0;
-  #observed = 0;
+  readonly #baselines = new Map<number, Baseline>();
+  /** The batch being submitted: its key, and whether it is a probe (no uploads). */
+  #sequences = 0;
+  #probe = false;
 
   constructor(settings: Partial<PacerSettings> = {}) {
     this.settings = { ...DEFAULT_PACER, ...settings };
     this.#rate = this.settings.initialRate;
-    this.#perStep = this.settings.initialStepSeconds * this.#rate;
+    this.#share = this.settings.initialShare;
   }
 
   /** Upload rate in bytes per second: measured, or assumed until measured. */
@@ -85,9 +107,21 @@ export class UploadPacer {
     return this.#rate;
   }
 
-  /** Bytes a step earns now. */
+  /** Share of a step's time that uploads may take now. */
+  get share(): number {
+    return this.#share;
+  }
+
+  /** Seconds per step without uploads for `sequences` decoding sequences, if measured. */
+  baseline(sequences: number): number | undefined {
+    return this.#baselines.get(sequences)?.stepSeconds;
+  }
+
+  /** Bytes a step of the batch being submitted earns (0 in a probe). */
   get perStep(): number {
-    return this.#perStep;
+    if (this.#probe) return 0;
+    const base = this.#baselines.get(this.#sequences);
+    return (base ? this.#share * base.stepSeconds : this.settings.initialStepSeconds) * this.#rate;
   }
 
   /** Credit saved, in bytes. */
@@ -95,28 +129,45 @@ export class UploadPacer {
     return this.#credit;
   }
 
-  /** The last slack estimate per step, seconds. */
-  get slackSeconds(): number {
-    return this.#slack;
+  /** Whether the batch being submitted is a probe. */
+  get probing(): boolean {
+    return this.#probe;
   }
 
-  /** A readback batch came back: update the slack per step and the credit a step earns. */
+  /**
+   * A batch of `steps` steps with `sequences` decoding begins: it is a probe when it can be measured
+   * and its baseline is missing or old.
+   */
+  beginBatch(steps: number, sequences: number): void {
+    this.#sequences = sequences;
+    const base = this.#baselines.get(sequences);
+    this.#probe = steps >= this.settings.minSteps && (!base || base.age >= this.settings.probeEvery);
+  }
+
+  /** A batch was read back: update its baseline, or the share from how much its uploads cost. */
   observeBatch(t: BatchTiming): void {
-    if (t.steps < this.settings.minSteps || !(t.wallSeconds > 0)) return;
+    if (t.steps < this.settings.minSteps || t.prefill || !(t.wallSeconds > 0)) return;
     const step = t.wallSeconds / t.steps;
-    const own = Math.max(0, t.cpuSeconds - t.uploadSeconds) / t.steps;
-    const slack = Math.max(0, step - own);
-    this.#slack = this.#observed === 0 ? slack : (1 - EWMA) * this.#slack + EWMA * slack;
-    this.#observed++;
-    const seconds = this.settings.slackShare * this.#slack + this.settings.wallShare * step;
-    this.#perStep = seconds * this.#rate;
+    const base = this.#baselines.get(t.sequences);
+    if (t.uploadSeconds === 0) {
+      this.#baselines.set(t.sequences, {
+        stepSeconds: base ? (1 - EWMA) * base.stepSeconds + EWMA * step : step,
+        age: 0,
+      });
+      return;
+    }
+    if (!base) return;
+    base.age++;
+    const s = this.settings;
+    this.#share = step > (1 + s.tolerance) * base.stepSeconds
+      ? Math.max(s.minShare, this.#share / 2)
+      : Math.min(s.maxShare, this.#share + s.maxShare / 16);
   }
 
   /** `bytes` were uploaded in `seconds`: update the rate. */
   observeUpload(bytes: number, seconds: number): void {
     if (bytes < MIN_TIMED_UPLOAD || !(seconds > 0)) return;
-    const rate = bytes / seconds;
-    this.#rate = (1 - EWMA) * this.#rate + EWMA * rate;
+    this.#rate = (1 - EWMA) * this.#rate + EWMA * (bytes / seconds);
   }
 
   /**
@@ -124,8 +175,9 @@ export class UploadPacer {
    * copy costs `nextCost` bytes (0: nothing waits, and the credit saved stays within the bank).
    */
   step(nextCost: number): number {
-    const bank = this.settings.bankSteps * this.#perStep;
-    this.#credit = Math.min(this.#credit + this.#perStep, Math.max(bank, nextCost));
+    if (this.#probe) return 0;
+    const per = this.perStep;
+    this.#credit = Math.min(this.#credit + per, Math.max(this.settings.bankSteps * per, nextCost));
     return this.#credit;
   }
 

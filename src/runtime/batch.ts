@@ -80,6 +80,8 @@ export interface BatchHost {
   closing(): boolean;
   /** Throws when the engine was closed or its device lost. */
   assertOpen(): void;
+  /** A batch of `steps` steps begins, with `sequences` decoding (SwapMoE's upload pacing). */
+  beginBatch(steps: number, sequences: number): void;
   /** Before each step: SwapMoE's uploads. Returns the seconds they took. */
   beforeStep(): number;
   /** A batch was read back: how long its steps took the GPU and the CPU (SwapMoE's upload pacing). */
@@ -231,9 +233,10 @@ interface Batch {
   readonly rows: number;
   /** When its first step was submitted. */
   readonly submittedAt: number;
-  /** Steps in it, the CPU's seconds submitting them, and SwapMoE's uploads' share of those. */
+  /** Steps in it, the sequences decoding when it began, whether a step prefilled, its uploads' seconds. */
   readonly steps: number;
-  readonly cpuSeconds: number;
+  readonly sequences: number;
+  readonly prefill: boolean;
   readonly uploadSeconds: number;
 }
 
@@ -544,7 +547,10 @@ export class Batcher {
         steps = Math.min(steps, READ_SIZES[Math.min(seq.batches, READ_SIZES.length - 1)]!);
       }
     }
+    const sequences = this.#held().filter((s) => s.decoding && this.#steppable(s)).length;
+    host.beginBatch(steps, sequences);
     const submittedAt = performance.now();
+    let prefill = false;
     let rows = 0; // the rows the statistics count
     let ran = false;
     let stepsRun = 0;
@@ -559,6 +565,7 @@ export class Batcher {
       }
       const step = await this.#step(startAt);
       uploadSeconds += step.uploadSeconds;
+      prefill ||= step.prefill;
       if (step.rows === 0) break;
       ran = true;
       stepsRun++;
@@ -587,7 +594,6 @@ export class Batcher {
     host.device.queue.submit([enc.finish()]);
     const map = staging.mapAsync(GPUMapMode.READ);
     map.catch(() => {}); // awaited when read: a lost device must not reject it unobserved meanwhile
-    const cpuSeconds = (performance.now() - submittedAt) / 1000;
     this.#inflight.push({
       staging,
       map,
@@ -595,7 +601,8 @@ export class Batcher {
       rows,
       submittedAt,
       steps: stepsRun,
-      cpuSeconds,
+      sequences,
+      prefill,
       uploadSeconds,
     });
   }
@@ -607,7 +614,9 @@ export class Batcher {
    */
   async #step(
     startAt: Map<Sequence, number>,
-  ): Promise<{ rows: number; counted: number; firstToken: boolean; uploadSeconds: number }> {
+  ): Promise<
+    { rows: number; counted: number; firstToken: boolean; prefill: boolean; uploadSeconds: number }
+  > {
     const host = this.#host;
     const decode: RowMeta[] = [];
     const chunks: Chunk[] = [];
@@ -615,7 +624,7 @@ export class Batcher {
     let counted = 0;
     let firstToken = false;
     const held = this.#held().filter((s) => this.#steppable(s));
-    if (held.length === 0) return { rows: 0, counted, firstToken, uploadSeconds: 0 };
+    if (held.length === 0) return { rows: 0, counted, firstToken, prefill: false, uploadSeconds: 0 };
     const uploadSeconds = host.beforeStep();
     for (const seq of held) {
       if (!seq.decoding) continue;
@@ -668,7 +677,7 @@ export class Batcher {
     // A software adapter runs the work inside submit: let timers and I/O (a server's other requests,
     // disconnects, new generations) run between such steps. A real GPU's submit returns at once.
     if (performance.now() - t0 > SLOW_SUBMIT_MS) await new Promise((r) => setTimeout(r, 0));
-    return { rows, counted, firstToken, uploadSeconds };
+    return { rows, counted, firstToken, prefill: chunks.length > 0, uploadSeconds };
   }
 
   /** Reads every batch in flight. */
@@ -721,12 +730,8 @@ export class Batcher {
       }
       if (b.steps > 0) {
         const wallSeconds = (now - Math.max(this.#lastRead, b.submittedAt)) / 1000;
-        this.#host.timed({
-          steps: b.steps,
-          wallSeconds,
-          cpuSeconds: b.cpuSeconds,
-          uploadSeconds: b.uploadSeconds,
-        });
+        const { steps, sequences, prefill, uploadSeconds } = b;
+        this.#host.timed({ steps, sequences, prefill, wallSeconds, uploadSeconds });
       }
       this.#lastRead = now;
     } finally {

@@ -615,6 +615,7 @@ class MoeEngine implements Engine {
       statsAt: this.#shape.sequences * MAX_READ * 4,
       closing: () => this.#closing,
       assertOpen: () => this.#assertOpen(),
+      beginBatch: (steps, sequences) => this.#pacer.beginBatch(steps, sequences),
       beforeStep: () => this.#pumpStep(),
       timed: (t) => this.#pacer.observeBatch(t),
       encode: (prompt, countStats) => this.#encode(prompt, countStats),
@@ -744,7 +745,7 @@ class MoeEngine implements Engine {
       uploadPacing: this.#swap && this.#settings.maxUploadBytesPerStep === undefined
         ? {
           bytesPerSecond: this.#pacer.rate,
-          slackSeconds: this.#pacer.slackSeconds,
+          share: this.#pacer.share,
           bytesPerStep: this.#pacer.perStep,
         }
         : undefined,

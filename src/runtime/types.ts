@@ -234,8 +234,8 @@ export interface EngineStats {
   /** Seconds spent queueing those uploads. */
   uploadSeconds: number;
   /**
-   * `swapmoe` with paced uploads (no `maxUploadBytesPerStep`): the measured upload rate, the slack of
-   * a decode step (the GPU's time for it less the CPU's own), and the bytes a step may upload now.
+   * `swapmoe` with paced uploads (no `maxUploadBytesPerStep`): the measured upload rate, the share of
+   * a decode step's time that uploads may take now, and the bytes that makes a step.
    */
   uploadPacing?: UploadPacing;
   /** Tokens processed (prompt and generated). */
@@ -301,8 +301,11 @@ export interface Engine extends AsyncDisposable {
 export interface UploadPacing {
   /** `writeBuffer` rate measured on expert uploads, bytes per second. */
   bytesPerSecond: number;
-  /** A decode step's slack, seconds: what uploads may overlap with the GPU's work. */
-  slackSeconds: number;
+  /**
+   * Share of a decode step's time (measured without uploads) that uploads may take: raised while steps
+   * with uploads stay within 4 % of those without, halved when they do not.
+   */
+  share: number;
   /** Bytes a decode step earns for uploads. */
   bytesPerStep: number;
 }

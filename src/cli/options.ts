@@ -155,8 +155,9 @@ export function modelUsage(
                           top experts, swapmoe starts from them${
     defaults.profile ? `; default: ${defaults.profile}` : ""
   }
-  --max-upload <size>     swapmoe: most expert bytes uploaded per decode step, such as
-                          12MiB (info prints an expert's size); default: two experts
+  --max-upload <size>     swapmoe: a fixed cap on expert bytes uploaded per decode step,
+                          such as 12MiB (info prints an expert's size); default: paced
+                          to what the steps can hide
   --experts <precision>   The experts' precision on the GPU: bf16 (as stored), int8, int4,
                           or a high+low pair (swapmoe, static) such as bf16+int4 or
                           int8+int4; quantized once into $SWAPMOE_CACHE; default: as

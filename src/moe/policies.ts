@@ -3,8 +3,8 @@
  * - `full`: every expert resident.
  * - `static`: a fixed set, given or planned from an importance profile.
  * - `swapmoe`: the virtual experts of Kong et al. — the most important experts by decayed
- *   importance `Σ ‖x‖·G(x)_i·‖E_i‖`, revised every `updateInterval` tokens, swapped in with at most
- *   `maxUploadBytesPerStep` per step; tokens route among residents (masked gating). With two
+ *   importance `Σ ‖x‖·G(x)_i·‖E_i‖`, revised every `updateInterval` tokens, swapped in as far as
+ *   the engine's upload pacing allows per step; tokens route among residents (masked gating). With two
  *   precision tiers, the most important are held at the high tier, the next at the low tier, and
  *   revisions promote and demote between them.
  * - `lru`: exact on-demand loading after reading the routing back, least recently used evicted.

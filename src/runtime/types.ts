@@ -69,7 +69,11 @@ export interface EngineOptions {
   profile?: number[][];
   /** `swapmoe`: tokens between revisions of the resident set; default 16. */
   updateInterval?: number;
-  /** `swapmoe`: most bytes uploaded per decode step; default one expert slot's worth × 2. */
+  /**
+   * `swapmoe`: most bytes uploaded per decode step (at least one expert each step while swaps wait).
+   * Default: paced by what uploads measurably cost the decode steps (`stats().uploadPacing`; they
+   * are kept within about 4 % of a step without uploads), and two experts per `forward` call.
+   */
   maxUploadBytesPerStep?: number;
   /** `swapmoe`: per-token decay of the importance sums, in (0, 1]; default 0.97. */
   importanceDecay?: number;

@@ -195,6 +195,29 @@ Deno.test("swapmoe uploads at most maxUploadBytesPerStep per decode step, and th
   assert.ok(free > capped, `without the cap ${free} swaps, with it ${capped}: the cap did not bind`);
 });
 
+Deno.test("swapmoe paces its uploads by default and reports how; a fixed cap turns the pacing off", async () => {
+  const prompt =
+    "Mr. Speaker, Mr. Vice President, Members of Congress, my fellow Americans: Tonight we gather";
+  await using paced = await createEngine({ policy: "swapmoe", budget: "60%", contextLength: 256 });
+  assert.equal(paced.stats().uploadPacing?.share, 0.1); // the initial share, before any step
+  await generateIds(paced, { prompt, maxTokens: 40, minTokens: 40 });
+  const s = paced.stats();
+  const pacing = s.uploadPacing!;
+  assert.ok(pacing.share >= 0.01 && pacing.share <= 0.5, `share ${pacing.share}`);
+  assert.ok(pacing.bytesPerSecond > 0);
+  assert.ok(s.swaps > 0, "no swaps while decoding 40 tokens");
+  assert.ok(s.peakGpuBytes <= s.budgetBytes);
+  await using capped = await createEngine({
+    policy: "swapmoe",
+    budget: "60%",
+    contextLength: 256,
+    maxUploadBytesPerStep: 1 << 20,
+  });
+  assert.equal(capped.stats().uploadPacing, undefined);
+  await using full = await createEngine({ contextLength: 256 });
+  assert.equal(full.stats().uploadPacing, undefined);
+});
+
 Deno.test("sotu-moe-mini: static with a profile gives the same greedy output for the same request, whatever came between", async () => {
   // the README's recipe for repeatable output: swapmoe's resident set follows the requests, static's does not
   const { usage } = JSON.parse(

@@ -92,6 +92,8 @@ export class UploadPacer {
   #share: number;
   #credit = 0;
   readonly #baselines = new Map<number, Baseline>();
+  /** Keys with a probe submitted and not read back yet: no second probe meanwhile. */
+  readonly #probing = new Set<number>();
   /** The batch being submitted: its key, and whether it is a probe (no uploads). */
   #sequences = 0;
   #probe = false;
@@ -135,18 +137,22 @@ export class UploadPacer {
   }
 
   /**
-   * A batch of `steps` steps with `sequences` decoding begins: it is a probe when it can be measured
-   * and its baseline is missing or old.
+   * A batch of `steps` steps with `sequences` decoding begins: it is a probe when it can be measured,
+   * its baseline is missing or old, and no probe for it is in flight.
    */
   beginBatch(steps: number, sequences: number): void {
     this.#sequences = sequences;
     const base = this.#baselines.get(sequences);
-    this.#probe = steps >= this.settings.minSteps && (!base || base.age >= this.settings.probeEvery);
+    this.#probe = steps >= this.settings.minSteps && !this.#probing.has(sequences) &&
+      (!base || base.age >= this.settings.probeEvery);
+    if (this.#probe) this.#probing.add(sequences);
   }
 
   /** A batch was read back: update its baseline, or the share from how much its uploads cost. */
   observeBatch(t: BatchTiming): void {
-    if (t.steps < this.settings.minSteps || t.prefill || !(t.wallSeconds > 0)) return;
+    if (t.steps < this.settings.minSteps) return;
+    if (t.uploadSeconds === 0) this.#probing.delete(t.sequences); // a probe (or a batch like one) is in
+    if (t.prefill || !(t.wallSeconds > 0)) return;
     const step = t.wallSeconds / t.steps;
     const base = this.#baselines.get(t.sequences);
     if (t.uploadSeconds === 0) {

@@ -19,6 +19,9 @@ Deno.test("pacer: before a baseline, a step earns its assumed 2 ms; a measurable
   assert.equal(p.probing, true);
   assert.equal(p.step(84 * MiB), 0);
   assert.equal(p.credit, 16e6); // what was saved stays
+  p.beginBatch(8, 1); // submitted before the probe is read: no second probe, the assumed 2 ms
+  assert.equal(p.probing, false);
+  assert.equal(p.step(84 * MiB), 24e6);
   p.observeBatch(batch(4, 0, { steps: 4 }));
   assert.ok(Math.abs(p.baseline(1)! - 0.004) < 1e-12);
   p.beginBatch(8, 1);

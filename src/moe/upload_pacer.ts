@@ -31,7 +31,10 @@ export interface BatchTiming {
   prefill: boolean;
   /** Seconds from the batch's start (or the previous read, if later) to its read. */
   wallSeconds: number;
-  /** Seconds its uploads took on the CPU. */
+  /**
+   * Seconds of uploads its wall time may include: its own, and those of the batch submitted while it
+   * ran (its read is seen only once that batch is submitted).
+   */
   uploadSeconds: number;
 }
 
@@ -94,6 +97,8 @@ export class UploadPacer {
   readonly #baselines = new Map<number, Baseline>();
   /** Keys with a probe submitted and not read back yet: no second probe meanwhile. */
   readonly #probing = new Set<number>();
+  /** Probe batches still to submit: a probe is two batches, since the second's CPU time is in the first's wall. */
+  #probeLeft = 0;
   /** The batch being submitted: its key, and whether it is a probe (no uploads). */
   #sequences = 0;
   #probe = false;
@@ -141,11 +146,25 @@ export class UploadPacer {
    * its baseline is missing or old, and no probe for it is in flight.
    */
   beginBatch(steps: number, sequences: number): void {
-    this.#sequences = sequences;
+    if (sequences === 0) {
+      // prompts only: nothing to measure; a step earns what the last decode steps did
+      this.#probe = false;
+      return;
+    }
     const base = this.#baselines.get(sequences);
+    if (this.#probeLeft > 0 && sequences === this.#sequences) {
+      this.#probeLeft--;
+      this.#probe = true;
+      return;
+    }
+    this.#sequences = sequences;
+    this.#probeLeft = 0;
     this.#probe = steps >= this.settings.minSteps && !this.#probing.has(sequences) &&
       (!base || base.age >= this.settings.probeEvery);
-    if (this.#probe) this.#probing.add(sequences);
+    if (this.#probe) {
+      this.#probing.add(sequences);
+      this.#probeLeft = 1;
+    }
   }
 
   /** A batch was read back: update its baseline, or the share from how much its uploads cost. */

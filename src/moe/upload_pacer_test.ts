@@ -19,7 +19,9 @@ Deno.test("pacer: before a baseline, a step earns its assumed 2 ms; a measurable
   assert.equal(p.probing, true);
   assert.equal(p.step(84 * MiB), 0);
   assert.equal(p.credit, 16e6); // what was saved stays
-  p.beginBatch(8, 1); // submitted before the probe is read: no second probe, the assumed 2 ms
+  p.beginBatch(8, 1); // a probe is two batches: the second's CPU time is in the first's wall
+  assert.equal(p.probing, true);
+  p.beginBatch(16, 1); // submitted before the probe is read: no second probe, the assumed 2 ms
   assert.equal(p.probing, false);
   assert.equal(p.step(84 * MiB), 24e6);
   p.observeBatch(batch(4, 0, { steps: 4 }));
@@ -84,6 +86,8 @@ Deno.test("pacer: baselines are kept per number of sequences, and measured again
   for (let i = 0; i < 3; i++) p.observeBatch(batch(4.1, 0.01));
   p.beginBatch(16, 1); // three batches with uploads since the baseline: measure it again
   assert.equal(p.probing, true);
+  p.beginBatch(16, 1);
+  assert.equal(p.probing, true);
   p.observeBatch(batch(5));
   assert.ok(Math.abs(p.baseline(1)! - (0.7 * 0.004 + 0.3 * 0.005)) < 1e-12);
   p.beginBatch(16, 1);
@@ -106,4 +110,14 @@ Deno.test("pacer: the rate follows measured uploads of a MiB or more", () => {
   assert.equal(p.rate, 4e9);
   for (let i = 0; i < 40; i++) p.observeUpload(12e6, 12e6 / 8e9);
   assert.ok(Math.abs(p.rate - 8e9) / 8e9 < 1e-3);
+});
+
+Deno.test("pacer: a batch of prompts alone neither probes nor changes what a decode step earns", () => {
+  const p = new UploadPacer({ initialRate: 8e9, initialShare: 0.25 });
+  p.observeBatch(batch(4));
+  p.beginBatch(16, 1);
+  const per = p.perStep;
+  p.beginBatch(8, 0);
+  assert.equal(p.probing, false);
+  assert.equal(p.perStep, per);
 });

@@ -730,7 +730,9 @@ export class Batcher {
       }
       if (b.steps > 0) {
         const wallSeconds = (now - Math.max(this.#lastRead, b.submittedAt)) / 1000;
-        const { steps, sequences, prefill, uploadSeconds } = b;
+        // the read is seen once the next batch is submitted: its uploads can be in this one's wall
+        const uploadSeconds = b.uploadSeconds + (this.#inflight[1]?.uploadSeconds ?? 0);
+        const { steps, sequences, prefill } = b;
         this.#host.timed({ steps, sequences, prefill, wallSeconds, uploadSeconds });
       }
       this.#lastRead = now;

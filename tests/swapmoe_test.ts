@@ -205,6 +205,7 @@ Deno.test("swapmoe paces its uploads by default and reports how; a fixed cap tur
   const pacing = s.uploadPacing!;
   assert.ok(pacing.share >= 0.01 && pacing.share <= 0.5, `share ${pacing.share}`);
   assert.ok(pacing.bytesPerSecond > 0);
+  assert.ok(pacing.stepSeconds! > 0, "no decode step measured without uploads");
   assert.ok(s.swaps > 0, "no swaps while decoding 40 tokens");
   assert.ok(s.peakGpuBytes <= s.budgetBytes);
   await using capped = await createEngine({

@@ -124,6 +124,11 @@ export class UploadPacer {
     return this.#baselines.get(sequences)?.stepSeconds;
   }
 
+  /** Seconds per step without uploads for the batches being submitted, if measured. */
+  get stepSeconds(): number | undefined {
+    return this.#baselines.get(this.#sequences)?.stepSeconds;
+  }
+
   /** Bytes a step of the batch being submitted earns (0 in a probe). */
   get perStep(): number {
     if (this.#probe) return 0;

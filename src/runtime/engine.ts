@@ -364,7 +364,7 @@ class MoeEngine implements Engine {
     const seconds = (performance.now() - t0) / 1000;
     this.#pacer.spend(bytes);
     this.#pacer.observeUpload(bytes, seconds);
-    return seconds;
+    return bytes > 0 ? seconds : 0; // a step that uploaded nothing is a step without uploads
   }
 
   /**
@@ -746,6 +746,7 @@ class MoeEngine implements Engine {
         ? {
           bytesPerSecond: this.#pacer.rate,
           share: this.#pacer.share,
+          stepSeconds: this.#pacer.stepSeconds ?? null,
           bytesPerStep: this.#pacer.perStep,
         }
         : undefined,

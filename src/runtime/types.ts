@@ -310,6 +310,8 @@ export interface UploadPacing {
    * with uploads stay within 4 % of those without, halved when they do not.
    */
   share: number;
+  /** Seconds a decode step takes without uploads, as last measured (null: not measured yet). */
+  stepSeconds: number | null;
   /** Bytes a decode step earns for uploads. */
   bytesPerStep: number;
 }

@@ -29,6 +29,8 @@ export interface BatchTiming {
   sequences: number;
   /** Whether a step also prefilled a prompt chunk (its steps are not like the baseline's). */
   prefill: boolean;
+  /** Whether it was a probe ({@link UploadPacer.beginBatch}'s answer). */
+  probe: boolean;
   /** Seconds from the batch's start (or the previous read, if later) to its read. */
   wallSeconds: number;
   /**
@@ -148,19 +150,17 @@ export class UploadPacer {
 
   /**
    * A batch of `steps` steps with `sequences` decoding begins: it is a probe when it can be measured,
-   * its baseline is missing or old, and no probe for it is in flight.
+   * its baseline is missing or old, and no probe for it is in flight. Returns whether it is one.
    */
-  beginBatch(steps: number, sequences: number): void {
+  beginBatch(steps: number, sequences: number): boolean {
     if (sequences === 0) {
       // prompts only: nothing to measure; a step earns what the last decode steps did
-      this.#probe = false;
-      return;
+      return this.#probe = false;
     }
     const base = this.#baselines.get(sequences);
     if (this.#probeLeft > 0 && sequences === this.#sequences) {
       this.#probeLeft--;
-      this.#probe = true;
-      return;
+      return this.#probe = true;
     }
     this.#sequences = sequences;
     this.#probeLeft = 0;
@@ -170,12 +170,14 @@ export class UploadPacer {
       this.#probing.add(sequences);
       this.#probeLeft = 1;
     }
+    return this.#probe;
   }
 
   /** A batch was read back: update its baseline, or the share from how much its uploads cost. */
   observeBatch(t: BatchTiming): void {
+    // a probe is back, measured or not (a generation that ended may have cut it short)
+    if (t.probe) this.#probing.delete(t.sequences);
     if (t.steps < this.settings.minSteps) return;
-    if (t.uploadSeconds === 0) this.#probing.delete(t.sequences); // a probe (or a batch like one) is in
     if (t.prefill || !(t.wallSeconds > 0)) return;
     const step = t.wallSeconds / t.steps;
     const base = this.#baselines.get(t.sequences);

@@ -6,7 +6,8 @@ const MiB = 2 ** 20;
 /** A decode batch (16 steps, one sequence unless `o` says), `ms` milliseconds a step, uploads taking `upload` s. */
 function batch(ms: number, upload = 0, o: Partial<BatchTiming> = {}): BatchTiming {
   const steps = o.steps ?? 16;
-  return { steps, sequences: 1, prefill: false, wallSeconds: steps * ms / 1000, uploadSeconds: upload, ...o };
+  const wallSeconds = steps * ms / 1000;
+  return { steps, sequences: 1, prefill: false, probe: false, wallSeconds, uploadSeconds: upload, ...o };
 }
 
 Deno.test("pacer: before a baseline, a step earns its assumed 2 ms; a measurable batch then probes", () => {
@@ -120,4 +121,18 @@ Deno.test("pacer: a batch of prompts alone neither probes nor changes what a dec
   p.beginBatch(8, 0);
   assert.equal(p.probing, false);
   assert.equal(p.perStep, per);
+});
+
+Deno.test("pacer: a probe cut short by the end of its generation does not block the next probe", () => {
+  const p = new UploadPacer();
+  // a 4-token warm-up: its 4-step batch is a probe, but the generation ends after one step of it
+  assert.equal(p.beginBatch(4, 1), true);
+  p.observeBatch(batch(4, 0, { steps: 1, probe: true }));
+  assert.equal(p.baseline(1), undefined);
+  // the next generation: its second probe batch (left over) and then a probe of its own
+  assert.equal(p.beginBatch(4, 1), true);
+  p.observeBatch(batch(4, 0, { steps: 1, probe: true }));
+  assert.equal(p.beginBatch(8, 1), true);
+  p.observeBatch(batch(4, 0, { steps: 8, probe: true }));
+  assert.equal(p.baseline(1), 0.004);
 });

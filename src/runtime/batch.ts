@@ -80,8 +80,8 @@ export interface BatchHost {
   closing(): boolean;
   /** Throws when the engine was closed or its device lost. */
   assertOpen(): void;
-  /** A batch of `steps` steps begins, with `sequences` decoding (SwapMoE's upload pacing). */
-  beginBatch(steps: number, sequences: number): void;
+  /** A batch of `steps` steps begins, with `sequences` decoding: whether it is a probe (SwapMoE's upload pacing). */
+  beginBatch(steps: number, sequences: number): boolean;
   /** Before each step: SwapMoE's uploads. Returns the seconds they took. */
   beforeStep(): number;
   /** A batch was read back: how long its steps took the GPU and the CPU (SwapMoE's upload pacing). */
@@ -233,10 +233,14 @@ interface Batch {
   readonly rows: number;
   /** When its first step was submitted. */
   readonly submittedAt: number;
-  /** Steps in it, the sequences decoding when it began, whether a step prefilled, its uploads' seconds. */
+  /**
+   * Steps in it, the sequences decoding when it began, whether a step prefilled, whether it is a probe
+   * (upload_pacer.ts), its uploads' seconds.
+   */
   readonly steps: number;
   readonly sequences: number;
   readonly prefill: boolean;
+  readonly probe: boolean;
   readonly uploadSeconds: number;
 }
 
@@ -548,7 +552,7 @@ export class Batcher {
       }
     }
     const sequences = this.#held().filter((s) => s.decoding && this.#steppable(s)).length;
-    host.beginBatch(steps, sequences);
+    const probe = host.beginBatch(steps, sequences);
     const submittedAt = performance.now();
     let prefill = false;
     let rows = 0; // the rows the statistics count
@@ -603,6 +607,7 @@ export class Batcher {
       steps: stepsRun,
       sequences,
       prefill,
+      probe,
       uploadSeconds,
     });
   }
@@ -732,8 +737,8 @@ export class Batcher {
         const wallSeconds = (now - Math.max(this.#lastRead, b.submittedAt)) / 1000;
         // the read is seen once the next batch is submitted: its uploads can be in this one's wall
         const uploadSeconds = b.uploadSeconds + (this.#inflight[1]?.uploadSeconds ?? 0);
-        const { steps, sequences, prefill } = b;
-        this.#host.timed({ steps, sequences, prefill, wallSeconds, uploadSeconds });
+        const { steps, sequences, prefill, probe } = b;
+        this.#host.timed({ steps, sequences, prefill, probe, wallSeconds, uploadSeconds });
       }
       this.#lastRead = now;
     } finally {

@@ -54,6 +54,11 @@ export interface PacerSettings {
   bankSteps: number;
   /** Batches of fewer steps are not measured: a readback's fixed latency dominates them. */
   minSteps: number;
+  /**
+   * Only batches of this many steps probe (the scheduler's longest), so that a short generation
+   * swaps from its first steps instead of spending them measuring.
+   */
+  probeSteps: number;
   /** Batches after which a baseline is measured again. */
   probeEvery: number;
   /** Upload rate assumed until one is measured, bytes per second. */
@@ -64,8 +69,8 @@ export interface PacerSettings {
 
 /**
  * The engine's pacing: within 4 % of the steps without uploads, uploads taking 1–50 % of a step's time
- * (10 % to start), 8 steps of credit, a probe every 16 batches; before a baseline, 2 ms a step at 4
- * GB/s (8 MB: small experts move at once, an 84 MiB one waits).
+ * (10 % to start), 8 steps of credit, a probe of two 16-step batches every 16 batches; before a
+ * baseline, 2 ms a step at 4 GB/s (8 MB: small experts move at once, an 84 MiB one waits).
  */
 export const DEFAULT_PACER: PacerSettings = {
   tolerance: 0.04,
@@ -74,6 +79,7 @@ export const DEFAULT_PACER: PacerSettings = {
   initialShare: 0.1,
   bankSteps: 8,
   minSteps: 4,
+  probeSteps: 16,
   probeEvery: 16,
   initialRate: 4e9,
   initialStepSeconds: 0.002,
@@ -164,7 +170,7 @@ export class UploadPacer {
     }
     this.#sequences = sequences;
     this.#probeLeft = 0;
-    this.#probe = steps >= this.settings.minSteps && !this.#probing.has(sequences) &&
+    this.#probe = steps >= this.settings.probeSteps && !this.#probing.has(sequences) &&
       (!base || base.age >= this.settings.probeEvery);
     if (this.#probe) {
       this.#probing.add(sequences);

@@ -16,18 +16,20 @@ Deno.test("pacer: before a baseline, a step earns its assumed 2 ms; a measurable
   assert.equal(p.probing, false);
   assert.equal(p.step(84 * MiB), 8e6);
   assert.equal(p.step(84 * MiB), 16e6);
-  p.beginBatch(4, 1); // the first measurable batch measures the steps without uploads
+  p.beginBatch(8, 1); // shorter than a probe: a short generation swaps from its first steps
+  assert.equal(p.probing, false);
+  p.beginBatch(16, 1); // the first 16-step batch measures the steps without uploads
   assert.equal(p.probing, true);
   assert.equal(p.step(84 * MiB), 0);
   assert.equal(p.credit, 16e6); // what was saved stays
-  p.beginBatch(8, 1); // a probe is two batches: the second's CPU time is in the first's wall
+  p.beginBatch(16, 1); // a probe is two batches: the second's CPU time is in the first's wall
   assert.equal(p.probing, true);
   p.beginBatch(16, 1); // submitted before the probe is read: no second probe, the assumed 2 ms
   assert.equal(p.probing, false);
   assert.equal(p.step(84 * MiB), 24e6);
-  p.observeBatch(batch(4, 0, { steps: 4 }));
+  p.observeBatch(batch(4, 0, { steps: 16 }));
   assert.ok(Math.abs(p.baseline(1)! - 0.004) < 1e-12);
-  p.beginBatch(8, 1);
+  p.beginBatch(16, 1);
   assert.equal(p.probing, false);
   assert.ok(Math.abs(p.perStep - 0.1 * 0.004 * 4e9) < 1); // the initial share of the step's time
 });
@@ -125,14 +127,14 @@ Deno.test("pacer: a batch of prompts alone neither probes nor changes what a dec
 
 Deno.test("pacer: a probe cut short by the end of its generation does not block the next probe", () => {
   const p = new UploadPacer();
-  // a 4-token warm-up: its 4-step batch is a probe, but the generation ends after one step of it
-  assert.equal(p.beginBatch(4, 1), true);
+  // a generation ends one step into its 16-step batch, a probe
+  assert.equal(p.beginBatch(16, 1), true);
   p.observeBatch(batch(4, 0, { steps: 1, probe: true }));
   assert.equal(p.baseline(1), undefined);
   // the next generation: its second probe batch (left over) and then a probe of its own
-  assert.equal(p.beginBatch(4, 1), true);
+  assert.equal(p.beginBatch(16, 1), true);
   p.observeBatch(batch(4, 0, { steps: 1, probe: true }));
-  assert.equal(p.beginBatch(8, 1), true);
-  p.observeBatch(batch(4, 0, { steps: 8, probe: true }));
+  assert.equal(p.beginBatch(16, 1), true);
+  p.observeBatch(batch(4, 0, { steps: 16, probe: true }));
   assert.equal(p.baseline(1), 0.004);
 });

@@ -8,6 +8,7 @@
 import { type ChatMessage, type Engine, OptionError } from "../../mod.ts";
 import { type Command, UsageError } from "./command.ts";
 import { PROGRAM } from "./program.ts";
+import { harmonyMarkers, type HarmonyPiece, HarmonyReader } from "../text/harmony.ts";
 import {
   contextLengthOf,
   describeModel,
@@ -133,6 +134,7 @@ export const command: Command = {
             ...request,
             maxTokens,
           },
+          tty,
         );
         if (reply !== undefined) messages = reply;
       }
@@ -146,21 +148,38 @@ export const command: Command = {
 /**
  * Streams the reply to `messages`; returns the history with the reply, or `undefined` (history
  * unchanged) when the turn does not fit the context. A template error ends the chat (exit code 2).
- * Ctrl-C stops the reply where it is.
+ * Ctrl-C stops the reply where it is. A harmony model's (gpt-oss) reply is its `final` channel; its
+ * `analysis` (reasoning) is shown dimmed on a terminal, and left out of the history.
  */
 async function answer(
   engine: Engine,
   messages: ChatMessage[],
   request: { maxTokens: number },
+  tty: boolean,
 ): Promise<ChatMessage[] | undefined> {
   const abort = new AbortController();
   const onInterrupt = () => abort.abort();
   Deno.addSignalListener("SIGINT", onInterrupt);
+  const markers = harmonyMarkers(engine.tokenizer);
+  const harmony = markers && new HarmonyReader(markers, engine.tokenizer);
   let reply = "";
+  const show = async (pieces: HarmonyPiece[]) => {
+    for (const p of pieces) {
+      if (p.channel !== "analysis") {
+        await writeOut(p.text);
+        reply += p.text;
+      } else if (tty) await writeOut(`\x1b[2m${p.text}\x1b[0m`);
+    }
+  };
   try {
     for await (const chunk of engine.generate({ ...request, messages, signal: abort.signal })) {
-      await writeOut(chunk.text);
-      reply += chunk.text;
+      if (!harmony) {
+        await writeOut(chunk.text);
+        reply += chunk.text;
+        continue;
+      }
+      await show(harmony.push(chunk.ids));
+      if (chunk.finishReason) await show(harmony.flush());
     }
   } catch (e) {
     // a turn too long for the context: say so and carry on; a template that fails (or stops at its

@@ -17,6 +17,7 @@ import { basename } from "node:path";
 import { EngineClosedError, OptionError } from "../errors.ts";
 import { promptIds } from "../runtime/requests.ts";
 import type { Engine, FinishReason, GenerateChunk } from "../runtime/types.ts";
+import { harmonyMarkers, HarmonyReader } from "../text/harmony.ts";
 import { utf8Length } from "../text/tokenizer.ts";
 import type {
   ChatApi,
@@ -88,6 +89,8 @@ export interface StartedJob {
   readonly chunks: AsyncGenerator<GenerateChunk>;
   /** Cancels the generation, waiting or running. */
   readonly signal: AbortSignal | undefined;
+  /** A chat answer of a harmony model (gpt-oss): its channels, read from the tokens. */
+  readonly harmony: HarmonyReader | undefined;
 }
 
 /**
@@ -126,7 +129,14 @@ export function startJob(engine: Engine, settings: ApiSettings, job: Job, signal
     promptTokens: ids.length,
     chunks: engine.generate({ ...rest, ids, maxTokens, signal }),
     signal,
+    harmony: job.kind === "chat" ? harmonyReader(engine) : undefined,
   };
+}
+
+/** A reader of harmony's channels when the engine's vocabulary has its markers (gpt-oss). */
+function harmonyReader(engine: Engine): HarmonyReader | undefined {
+  const markers = harmonyMarkers(engine.tokenizer);
+  return markers && new HarmonyReader(markers, engine.tokenizer);
 }
 
 /**
@@ -151,7 +161,11 @@ export class Answer {
   /** The whole answer, or undefined when the job's signal stopped it. */
   async whole(): Promise<ChatCompletion | Completion | undefined> {
     let text = "";
-    for await (const piece of this.#pieces()) text += piece;
+    let reasoning = "";
+    for await (const piece of this.#pieces()) {
+      if (piece.reasoning) reasoning += piece.text;
+      else text += piece.text;
+    }
     if (this.finish === "abort") return undefined;
     const { id, created, model, job } = this.#s;
     const finish_reason = this.finish as OpenAiFinishReason;
@@ -164,7 +178,12 @@ export class Answer {
         model,
         choices: [{
           index: 0,
-          message: { role: "assistant", content: text, refusal: null },
+          message: {
+            role: "assistant",
+            content: text,
+            refusal: null,
+            ...(reasoning ? { reasoning_content: reasoning } : {}),
+          },
           logprobs: null,
           finish_reason,
         }],
@@ -192,6 +211,7 @@ export class Answer {
       text: string | undefined,
       finish: OpenAiFinishReason | null,
       role = false,
+      reasoning = false,
     ): ChatCompletionChunk | Completion =>
       job.kind === "chat"
         ? {
@@ -201,7 +221,11 @@ export class Answer {
           model,
           choices: [{
             index: 0,
-            delta: finish ? {} : { ...(role ? { role: "assistant" as const } : {}), content: text ?? "" },
+            delta: finish
+              ? {}
+              : reasoning
+              ? { reasoning_content: text ?? "" }
+              : { ...(role ? { role: "assistant" as const } : {}), content: text ?? "" },
             logprobs: null,
             finish_reason: finish,
           }],
@@ -216,21 +240,28 @@ export class Answer {
           ...withUsage,
         };
     if (job.kind === "chat") yield chunk("", null, true);
-    for await (const piece of this.#pieces()) yield chunk(piece, null);
+    for await (const piece of this.#pieces()) yield chunk(piece.text, null, false, piece.reasoning);
     if (this.finish === "abort") return;
     yield chunk(undefined, this.finish as OpenAiFinishReason);
     if (job.includeUsage) yield { ...chunk(undefined, null), choices: [], usage: this.usage! };
   }
 
-  /** The text as it comes; sets `finish` and `usage` at the end. */
-  async *#pieces(): AsyncGenerator<string, void, undefined> {
-    const { signal, promptTokens } = this.#s;
+  /**
+   * The text as it comes, `reasoning` for a harmony model's analysis channel; sets `finish` and
+   * `usage` at the end.
+   */
+  async *#pieces(): AsyncGenerator<{ text: string; reasoning: boolean }, void, undefined> {
+    const { signal, promptTokens, harmony } = this.#s;
     let tokens = 0;
     for await (const c of this.#chunks) {
       tokens += c.ids.length;
       // leaving the loop returns the engine's generator
       if (signal?.aborted) break;
-      if (c.text) yield c.text;
+      if (harmony) {
+        const pieces = harmony.push(c.ids);
+        if (c.finishReason) pieces.push(...harmony.flush());
+        for (const p of pieces) yield { text: p.text, reasoning: p.channel === "analysis" };
+      } else if (c.text) yield { text: c.text, reasoning: false };
       if (c.finishReason) {
         this.finish = c.finishReason;
         // the engine's own counts (the same as counted here)

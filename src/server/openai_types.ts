@@ -40,8 +40,12 @@ export interface ChatCompletion {
 export interface ChatCompletionChoice {
   /** Always 0. */
   index: number;
-  /** The assistant's reply. */
-  message: { role: "assistant"; content: string; refusal: null };
+  /**
+   * The assistant's reply. A harmony model (gpt-oss) answers in channels: `content` is its `final`
+   * (and `commentary`) text, `reasoning_content` its `analysis` (its reasoning, present when it
+   * gave any), as vLLM and other OpenAI-compatible servers name it; OpenAI's own API has no such field.
+   */
+  message: { role: "assistant"; content: string; refusal: null; reasoning_content?: string };
   /** Always null: log probabilities are not supported. */
   logprobs: null;
   /** `"stop"`: end of sequence or a stop string; `"length"`: `max_tokens` or the context. */
@@ -68,8 +72,11 @@ export interface ChatCompletionChunk {
 export interface ChatCompletionChunkChoice {
   /** Always 0. */
   index: number;
-  /** The first chunk holds the role, the next ones text, the one with `finish_reason` nothing. */
-  delta: { role?: "assistant"; content?: string };
+  /**
+   * The first chunk holds the role, the next ones text (`content`, or a harmony model's
+   * `reasoning_content`: see {@link ChatCompletionChoice.message}), the one with `finish_reason` nothing.
+   */
+  delta: { role?: "assistant"; content?: string; reasoning_content?: string };
   /** Always null: log probabilities are not supported. */
   logprobs: null;
   /** Set on the last chunk with a choice; null before. */

@@ -40,6 +40,8 @@ var<workgroup> ok: array<u32, MAX_E>;       // 1 where the expert may be chosen 
 var<workgroup> red_v: array<f32, WG>;
 var<workgroup> chosen: array<u32, MAX_K>;
 var<workgroup> chosen_p: array<f32, MAX_K>;
+var<workgroup> rank_of: array<u32, MAX_E>; // each expert's rank this round (NO_RANK: not allowed)
+const NO_RANK: u32 = 0xffffffffu;
 
 fn reduce_max(tid: u32, v: f32) -> f32 {
   workgroupBarrier();
@@ -66,15 +68,13 @@ fn reduce_sum(tid: u32, v: f32) -> f32 {
 // Top-k among allowed experts of this token into chosen / chosen_p (softmax over allowed ones), by
 // rank: an allowed expert's rank is the number of allowed experts before it in the order (larger
 // logit first, lower index among equals), and the expert of rank k < top_k is choice k. Each thread
-// ranks its experts against all E, so the choice costs one pass and a barrier instead of top_k
-// workgroup argmax reductions; unfilled choices (fewer allowed experts than top_k) stay empty.
+// ranks its experts against all E (into rank_of), then thread k fills choice k from the ranks: one
+// pass and two barriers instead of top_k workgroup argmax reductions. Every workgroup location has
+// one writer per phase (Mesa's GL compute lost a choice when a rank's writer and the slot's
+// initialiser were different threads); unfilled choices (fewer allowed experts than top_k) stay empty.
 fn route(tid: u32, use_mask: bool) {
   for (var e = tid; e < p.experts; e += WG) {
     ok[e] = select(1u, 0u, use_mask && slots[p.layer * p.experts + e] < 0);
-  }
-  for (var k = tid; k < p.top_k; k += WG) {
-    chosen[k] = 0xffffffffu;
-    chosen_p[k] = 0.0;
   }
   workgroupBarrier();
   var m = NEG_INF;
@@ -84,17 +84,28 @@ fn route(tid: u32, use_mask: bool) {
   for (var e = tid; e < p.experts; e += WG) { if (ok[e] == 1u) { s += exp(lg[e] - m); } }
   s = reduce_sum(tid, s);
   for (var e = tid; e < p.experts; e += WG) {
+    var rank = NO_RANK;
     if (ok[e] == 1u) {
       let v = lg[e];
-      var rank = 0u;
+      rank = 0u;
       for (var f = 0u; f < p.experts; f++) {
         if (ok[f] == 1u && (lg[f] > v || (lg[f] == v && f < e))) { rank++; }
       }
-      if (rank < p.top_k) {
-        chosen[rank] = e;
-        chosen_p[rank] = exp(v - m) / s;
+    }
+    rank_of[e] = rank;
+  }
+  workgroupBarrier();
+  for (var k = tid; k < p.top_k; k += WG) {
+    var pick = NO_RANK;
+    var prob = 0.0;
+    for (var e = 0u; e < p.experts; e++) {
+      if (rank_of[e] == k) {
+        pick = e;
+        prob = exp(lg[e] - m) / s;
       }
     }
+    chosen[k] = pick;
+    chosen_p[k] = prob;
   }
   workgroupBarrier();
 }

@@ -4,14 +4,7 @@ import { createGpu } from "../gpu/device.ts";
 import { encode, kernelContext } from "../gpu/dispatch.ts";
 import { attention, attentionScratchBytes } from "./attention.ts";
 import { callSplits, chunkRows, decodeRow, packRows, packStep, type RowMeta } from "./step.ts";
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32 - 0.5;
-  };
-}
+import { rng } from "../../tests/support/random.ts";
 
 /** Where each query sits: its sequence's slot and its position (src/kernels/step.ts `Row`). */
 interface Query {

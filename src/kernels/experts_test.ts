@@ -35,14 +35,7 @@ import {
   type TileShape,
 } from "./experts.ts";
 import { packStep } from "./step.ts";
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32 - 0.5;
-  };
-}
+import { rng } from "../../tests/support/random.ts";
 
 /** A random [rows, cols] matrix as bf16 bytes. */
 function bf16Matrix(rows: number, cols: number, rand: () => number): Uint8Array {

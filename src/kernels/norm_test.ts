@@ -4,23 +4,7 @@ import { createGpu } from "../gpu/device.ts";
 import { encode, kernelContext } from "../gpu/dispatch.ts";
 import { rmsNorm } from "./norm.ts";
 import { packStep } from "./step.ts";
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32 - 0.5;
-  };
-}
-
-/** bf16 bits of x (round to nearest even) and the value they hold. */
-function bf16(x: number): [number, number] {
-  const f = new Float32Array([x]);
-  const u = new Uint32Array(f.buffer);
-  const bits = ((u[0]! + 0x7fff + ((u[0]! >>> 16) & 1)) >>> 16) & 0xffff;
-  u[0] = bits << 16;
-  return [bits, f[0]!];
-}
+import { bf16, rng } from "../../tests/support/random.ts";
 
 Deno.test("rmsNorm: main and in_place equal a CPU RMSNorm, rows narrower and wider than a workgroup", async () => {
   const gpu = await createGpu();

@@ -124,9 +124,9 @@ export class SwapMoePolicy {
 
   /**
    * Uploads waiting copies worth at most `maxBytes` (at least one placement unless `atLeastOne` is
-   * false). A placement that takes
-   * a slot from an expert still wanted at the low tier uploads that expert's low copy at once (into
-   * the slot the promoted expert's low copy frees), so that no wanted expert is ever without a copy.
+   * false). A placement that takes a slot from an expert still wanted at the low tier uploads that
+   * expert's low copy at once (into the slot the promoted expert's low copy frees), so that no wanted
+   * expert is ever without a copy.
    * Returns bytes uploaded.
    */
   pump(cache: Residency, maxBytes: number, atLeastOne = true): number {

@@ -183,8 +183,7 @@ export class UploadPacer {
   observeBatch(t: BatchTiming): void {
     // a probe is back, measured or not (a generation that ended may have cut it short)
     if (t.probe) this.#probing.delete(t.sequences);
-    if (t.steps < this.settings.minSteps) return;
-    if (t.prefill || !(t.wallSeconds > 0)) return;
+    if (t.steps < this.settings.minSteps || t.prefill || !(t.wallSeconds > 0)) return;
     const step = t.wallSeconds / t.steps;
     const base = this.#baselines.get(t.sequences);
     if (t.uploadSeconds === 0) {

@@ -84,7 +84,7 @@ export interface BatchHost {
   beginBatch(steps: number, sequences: number): boolean;
   /** Before each step: SwapMoE's uploads. Returns the seconds they took. */
   beforeStep(): number;
-  /** A batch was read back: how long its steps took the GPU and the CPU (SwapMoE's upload pacing). */
+  /** A batch was read back: its steps' wall time and the uploads in it (SwapMoE's upload pacing). */
   timed(t: BatchTiming): void;
   /** Encoder-decoders: the encoder pass over `prompt`, counted in the statistics or not. */
   encode(prompt: readonly number[], countStats: boolean): Promise<void>;

@@ -98,7 +98,7 @@ export async function createEngine(options: EngineOptions = {}): Promise<Engine>
 /** Settings of the residency policies, resolved from the options. */
 interface PolicySettings {
   updateInterval: number;
-  /** Bytes uploaded per step: fixed when the option sets it, else paced by the decode steps' slack. */
+  /** Bytes uploaded per decode step: fixed when the option sets it, else paced (upload_pacer.ts). */
   maxUploadBytesPerStep: number | undefined;
   /** Per call of `forward` (and a prompt's encoder pass), where no decode step is timed: two experts. */
   callUploadBytes: number;

@@ -8,7 +8,7 @@
 import { type ChatMessage, type Engine, OptionError } from "../../mod.ts";
 import { type Command, UsageError } from "./command.ts";
 import { PROGRAM } from "./program.ts";
-import { harmonyMarkers, type HarmonyPiece, HarmonyReader } from "../text/harmony.ts";
+import { type HarmonyPiece, harmonyReader } from "../text/harmony.ts";
 import {
   contextLengthOf,
   describeModel,
@@ -160,8 +160,7 @@ async function answer(
   const abort = new AbortController();
   const onInterrupt = () => abort.abort();
   Deno.addSignalListener("SIGINT", onInterrupt);
-  const markers = harmonyMarkers(engine.tokenizer);
-  const harmony = markers && new HarmonyReader(markers, engine.tokenizer);
+  const harmony = harmonyReader(engine.tokenizer);
   let reply = "";
   const show = async (pieces: HarmonyPiece[]) => {
     for (const p of pieces) {

@@ -17,7 +17,7 @@ import { basename } from "node:path";
 import { EngineClosedError, OptionError } from "../errors.ts";
 import { promptIds } from "../runtime/requests.ts";
 import type { Engine, FinishReason, GenerateChunk } from "../runtime/types.ts";
-import { harmonyMarkers, HarmonyReader } from "../text/harmony.ts";
+import { type HarmonyReader, harmonyReader } from "../text/harmony.ts";
 import { utf8Length } from "../text/tokenizer.ts";
 import type {
   ChatApi,
@@ -129,14 +129,8 @@ export function startJob(engine: Engine, settings: ApiSettings, job: Job, signal
     promptTokens: ids.length,
     chunks: engine.generate({ ...rest, ids, maxTokens, signal }),
     signal,
-    harmony: job.kind === "chat" ? harmonyReader(engine) : undefined,
+    harmony: job.kind === "chat" ? harmonyReader(engine.tokenizer) : undefined,
   };
-}
-
-/** A reader of harmony's channels when the engine's vocabulary has its markers (gpt-oss). */
-function harmonyReader(engine: Engine): HarmonyReader | undefined {
-  const markers = harmonyMarkers(engine.tokenizer);
-  return markers && new HarmonyReader(markers, engine.tokenizer);
 }
 
 /**

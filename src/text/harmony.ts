@@ -37,6 +37,14 @@ export function harmonyMarkers(tokenizer: Pick<Tokenizer, "tokenToId">): Harmony
   return { start, channel, message, ends };
 }
 
+/** A reader for an answer of `tokenizer`'s model when its vocabulary has harmony's markers, else undefined. */
+export function harmonyReader(
+  tokenizer: Pick<Tokenizer, "tokenToId" | "decode" | "createStreamDecoder">,
+): HarmonyReader | undefined {
+  const markers = harmonyMarkers(tokenizer);
+  return markers && new HarmonyReader(markers, tokenizer);
+}
+
 /** Text of one channel, in the order it came. */
 export interface HarmonyPiece {
   channel: string;

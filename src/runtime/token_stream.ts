@@ -9,6 +9,7 @@
  */
 import { NonFiniteError } from "../errors.ts";
 import { NON_FINITE_TOKEN } from "../kernels/sample.ts";
+import { StopText } from "../text/stop_text.ts";
 import type { Tokenizer } from "../text/tokenizer.ts";
 import type { FinishReason, GenerateChunk, GenerateUsage } from "./types.ts";
 
@@ -34,10 +35,8 @@ export interface TokenStreamOptions {
 export class TokenStream {
   readonly #o: TokenStreamOptions;
   readonly #decoder: ReturnType<Tokenizer["createStreamDecoder"]>;
-  readonly #holdBack: number;
-  #text = "";
-  /** Characters of the text already handed out. */
-  #emitted = 0;
+  /** The text, cut at a stop string and held back while it could begin one. */
+  readonly #text: StopText;
   /** Tokens read back and handled (the one that stopped generation included). */
   #consumed = 0;
   /** Tokens handed out in chunks' ids. */
@@ -57,7 +56,7 @@ export class TokenStream {
   constructor(o: TokenStreamOptions) {
     this.#o = o;
     this.#decoder = o.tokenizer.createStreamDecoder();
-    this.#holdBack = o.stop.reduce((a, s) => Math.max(a, s.length - 1), 0);
+    this.#text = new StopText(o.stop);
   }
 
   /** Whether its first tokens came back. */
@@ -90,13 +89,7 @@ export class TokenStream {
         break;
       }
       ids.push(tok);
-      this.#text += this.#decoder.push([tok]);
-      const from = this.#emitted;
-      const hit = o.stop.map((s) => this.#text.indexOf(s, Math.max(0, from - s.length))).filter((i) =>
-        i >= 0
-      );
-      if (hit.length > 0) {
-        this.#text = this.#text.slice(0, Math.min(...hit));
+      if (this.#text.append(this.#decoder.push([tok]))) {
         this.finish = "stop";
         break;
       }
@@ -104,7 +97,7 @@ export class TokenStream {
     if (first) this.#firstConsumed = this.#consumed;
     this.#handedOut += ids.length;
     if (!this.finish && this.#consumed >= o.maxTokens) {
-      this.#text += this.#decoder.flush();
+      this.#text.append(this.#decoder.flush());
       this.finish = "length";
     }
     if (!this.finish && aborted) this.finish = "abort";
@@ -119,11 +112,7 @@ export class TokenStream {
 
   /** A chunk of `ids` and the text they complete, all of it once finished. */
   #chunk(ids: number[]): GenerateChunk {
-    const upto = this.finish
-      ? this.#text.length
-      : Math.max(this.#emitted, this.#text.length - this.#holdBack);
-    const chunk: GenerateChunk = { ids, text: this.#text.slice(this.#emitted, upto) };
-    this.#emitted = upto;
+    const chunk: GenerateChunk = { ids, text: this.#text.take(this.finish !== undefined) };
     if (this.finish) {
       chunk.finishReason = this.finish;
       chunk.usage = this.usage();

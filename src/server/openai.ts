@@ -129,7 +129,7 @@ export function startJob(engine: Engine, settings: ApiSettings, job: Job, signal
     promptTokens: ids.length,
     chunks: engine.generate({ ...rest, ids, maxTokens, signal }),
     signal,
-    harmony: job.kind === "chat" ? harmonyReader(engine.tokenizer) : undefined,
+    harmony: job.kind === "chat" ? harmonyReader(engine.tokenizer, r.stop ?? []) : undefined,
   };
 }
 

@@ -9,7 +9,7 @@ const OUTPUT =
   "<|channel|>analysis<|message|>The user asks<|end|><|start|>assistant<|channel|>final<|message|>Hello there";
 
 /** A chat job answered by the harmony output above, read back in chunks of three tokens. */
-function started(stream: boolean, harmony = true): StartedJob {
+function started(stream: boolean, harmony = true, stop: string[] = []): StartedJob {
   const all = ids(OUTPUT);
   async function* chunks(): AsyncGenerator<GenerateChunk> {
     for (let i = 0; i < all.length; i += 3) {
@@ -24,7 +24,7 @@ function started(stream: boolean, harmony = true): StartedJob {
   return {
     job: {
       kind: "chat",
-      request: { maxTokens: 32 },
+      request: { maxTokens: 32, stop },
       maxTokensParam: "max_tokens",
       stream,
       includeUsage: false,
@@ -35,7 +35,7 @@ function started(stream: boolean, harmony = true): StartedJob {
     promptTokens: 7,
     chunks: chunks(),
     signal: undefined,
-    harmony: harmony ? new HarmonyReader(harmonyMarkers(tokenizer)!, tokenizer) : undefined,
+    harmony: harmony ? new HarmonyReader(harmonyMarkers(tokenizer)!, tokenizer, stop) : undefined,
   };
 }
 
@@ -67,4 +67,14 @@ Deno.test("openai: without harmony the engine's text is the content, and there i
   const message = whole.choices[0]!.message;
   assert.match(message.content, /^\(plain text, unused for harmony\)+/);
   assert.equal("reasoning_content" in message, false);
+});
+
+Deno.test("openai: a stop string is cut from a harmony answer's content, streamed or whole", async () => {
+  const whole = (await new Answer(started(false, true, ["there"])).whole()) as ChatCompletion;
+  assert.equal(whole.choices[0]!.message.content, "Hello ");
+  let streamed = "";
+  for await (const c of new Answer(started(true, true, ["there"])).stream()) {
+    streamed += (c as ChatCompletionChunk).choices[0]?.delta.content ?? "";
+  }
+  assert.equal(streamed, "Hello ");
 });

@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { StopText } from "./stop_text.ts";
 import type { StreamDecoder, Tokenizer } from "./tokenizer.ts";
 
 /** The ids of harmony's markers in a vocabulary. */
@@ -37,12 +38,16 @@ export function harmonyMarkers(tokenizer: Pick<Tokenizer, "tokenToId">): Harmony
   return { start, channel, message, ends };
 }
 
-/** A reader for an answer of `tokenizer`'s model when its vocabulary has harmony's markers, else undefined. */
+/**
+ * A reader for an answer of `tokenizer`'s model when its vocabulary has harmony's markers, else
+ * undefined; a body's text ends at the first of `stop`.
+ */
 export function harmonyReader(
   tokenizer: Pick<Tokenizer, "tokenToId" | "decode" | "createStreamDecoder">,
+  stop: readonly string[] = [],
 ): HarmonyReader | undefined {
   const markers = harmonyMarkers(tokenizer);
-  return markers && new HarmonyReader(markers, tokenizer);
+  return markers && new HarmonyReader(markers, tokenizer, stop);
 }
 
 /** Text of one channel, in the order it came. */
@@ -51,43 +56,54 @@ export interface HarmonyPiece {
   text: string;
 }
 
-/** Splits an assistant's harmony output into its channels' text as its tokens arrive. */
+/**
+ * Splits an assistant's harmony output into its channels' text as its tokens arrive. A stop string
+ * ends the output where it begins in a body (the engine stops generating at it, in the text read with
+ * the markers left out); text that could begin one is held back until the next tokens or the end.
+ */
 export class HarmonyReader {
   readonly #m: HarmonyMarkers;
   readonly #tokenizer: Pick<Tokenizer, "decode" | "createStreamDecoder">;
+  readonly #stop: readonly string[];
   /** In a header (ids since its `<|start|>`, or since the beginning), or in a body (its channel). */
   #header: number[] | undefined = [];
   #channel = "";
-  #body: StreamDecoder | undefined;
+  /** The body being read: its tokens' text, and that text cut at a stop string. */
+  #body: { decoder: StreamDecoder; text: StopText } | undefined;
   /** Whether any body began: an output that never opens one is not harmony, and is handed out whole. */
   #bodies = 0;
+  /** Whether a body reached a stop string: the output ends there. */
+  #stopped = false;
 
-  constructor(markers: HarmonyMarkers, tokenizer: Pick<Tokenizer, "decode" | "createStreamDecoder">) {
+  constructor(
+    markers: HarmonyMarkers,
+    tokenizer: Pick<Tokenizer, "decode" | "createStreamDecoder">,
+    stop: readonly string[] = [],
+  ) {
     this.#m = markers;
     this.#tokenizer = tokenizer;
+    this.#stop = stop;
   }
 
   /** Reads `ids`; returns the text they complete, by channel. */
   push(ids: readonly number[]): HarmonyPiece[] {
     const out: HarmonyPiece[] = [];
-    const emit = (channel: string, text: string) => {
-      if (!text) return;
-      const last = out.at(-1);
-      if (last?.channel === channel) last.text += text;
-      else out.push({ channel, text });
-    };
     for (const id of ids) {
+      if (this.#stopped) break;
       if (this.#body) {
         if (this.#m.ends.has(id)) {
-          emit(this.#channel, this.#body.flush());
-          this.#body = undefined; // between messages until the next <|start|>
-        } else emit(this.#channel, this.#body.push([id]));
+          this.#endBody(out);
+        } else {
+          this.#body.text.append(this.#body.decoder.push([id]));
+          emit(out, this.#channel, this.#body.text.take());
+          if (this.#body.text.stopped) this.#endBody(out);
+        }
       } else if (id === this.#m.start) {
         this.#header = [];
       } else if (id === this.#m.message) {
         this.#channel = this.#channelOf(this.#header ?? []);
         this.#header = undefined;
-        this.#body = this.#tokenizer.createStreamDecoder();
+        this.#body = { decoder: this.#tokenizer.createStreamDecoder(), text: new StopText(this.#stop) };
         this.#bodies++;
       } else if (!this.#m.ends.has(id)) {
         (this.#header ??= []).push(id);
@@ -98,17 +114,24 @@ export class HarmonyReader {
 
   /** The end of the output: what a body still held, or a whole output that was never harmony. */
   flush(): HarmonyPiece[] {
-    if (this.#body) {
-      const text = this.#body.flush();
-      this.#body = undefined;
-      return text ? [{ channel: this.#channel, text }] : [];
-    }
-    if (this.#bodies === 0 && this.#header && this.#header.length > 0) {
-      const text = this.#tokenizer.decode(this.#header);
+    const out: HarmonyPiece[] = [];
+    if (this.#body) this.#endBody(out);
+    else if (!this.#stopped && this.#bodies === 0 && this.#header && this.#header.length > 0) {
+      const text = new StopText(this.#stop);
+      text.append(this.#tokenizer.decode(this.#header));
       this.#header = [];
-      return text ? [{ channel: "final", text }] : [];
+      emit(out, "final", text.take(true));
     }
-    return [];
+    return out;
+  }
+
+  /** Ends the body being read: the rest of its text; between messages until the next `<|start|>`. */
+  #endBody(out: HarmonyPiece[]): void {
+    const body = this.#body!;
+    body.text.append(body.decoder.flush());
+    emit(out, this.#channel, body.text.take(true));
+    this.#stopped ||= body.text.stopped;
+    this.#body = undefined;
   }
 
   /** A header's channel: the word after `<|channel|>` (`final` when it names none). */
@@ -118,4 +141,12 @@ export class HarmonyReader {
     const name = this.#tokenizer.decode(header.slice(at + 1)).trim().split(/\s+/)[0];
     return name || "final";
   }
+}
+
+/** Adds `text` of `channel` to `out`, to its last piece when that is of the same channel. */
+function emit(out: HarmonyPiece[], channel: string, text: string): void {
+  if (!text) return;
+  const last = out.at(-1);
+  if (last?.channel === channel) last.text += text;
+  else out.push({ channel, text });
 }

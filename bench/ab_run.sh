@@ -8,11 +8,7 @@
 #   run there:    A=.before B=. bash bench/ab_run.sh   (carry .device-kit, .gpu-deno and .before)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-source .device-kit/setup.sh
-export XDG_RUNTIME_DIR=/tmp/xdg; mkdir -p $XDG_RUNTIME_DIR; chmod 700 $XDG_RUNTIME_DIR
-export DENO_DIR=$PWD/.gpu-deno
-D="deno run -A --no-lock --node-modules-dir=none --cached-only"
+source bench/device_env.sh # $OUT, $D: the deno that runs a script
 MODEL=${MODEL:-/tmp/olmoe}
 CONFIGS=${CONFIGS:-full,swapmoe@4GiB}
 A=${A:-.before}; B=${B:-.}

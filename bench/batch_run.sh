@@ -10,17 +10,9 @@
 #                 KERNELS=0 skips the kernels, CONFIGS="full" one configuration)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 # on the GPU machine; elsewhere (a check on lavapipe: KERNELS=0 MODEL=models/sotu-moe-mini LEVELS=1,2 TOKENS=8
-# ROUNDS=1 PARALLEL=2 CONFIGS="full swapmoe@70%" bash bench/batch_run.sh) the installed deno and its cache
-if [ -f .device-kit/setup.sh ]; then
-  source .device-kit/setup.sh
-  export DENO_DIR=$PWD/.gpu-deno
-  D="deno run -A --no-lock --node-modules-dir=none --cached-only"
-else
-  D="deno run -A --no-lock"
-fi
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg}; mkdir -p $XDG_RUNTIME_DIR; chmod 700 $XDG_RUNTIME_DIR
+# ROUNDS=1 PARALLEL=2 CONFIGS="full swapmoe@70%" bash bench/batch_run.sh, without .device-kit) the installed deno
+source bench/device_env.sh # $OUT, $D: the deno that runs a script
 MODEL=${MODEL:-/tmp/olmoe}
 [ -f "$MODEL/config.json" ] || $D bench/synth.ts --preset "${PRESET:-olmoe-1b-7b}" --out "$MODEL"
 # prompt 32 and 128 new tokens per request, two requests per stream one after the other; KV caches

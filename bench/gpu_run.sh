@@ -7,11 +7,7 @@
 #   run there:    bash bench/gpu_run.sh   (carry .device-kit and .gpu-deno)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-source .device-kit/setup.sh
-export XDG_RUNTIME_DIR=/tmp/xdg; mkdir -p $XDG_RUNTIME_DIR; chmod 700 $XDG_RUNTIME_DIR
-export DENO_DIR=$PWD/.gpu-deno
-D="deno run -A --no-lock --node-modules-dir=none --cached-only"
+source bench/device_env.sh # $OUT, $D: the deno that runs a script
 MODEL=${MODEL:-/tmp/olmoe}
 CONFIGS=${CONFIGS:-full,swapmoe@4GiB,swapmoe@8GiB,swapmoe@25%,swapmoe@50%,swapmoe@75%,static@50%,lru@4GiB}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

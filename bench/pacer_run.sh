@@ -8,11 +8,7 @@
 #   run there:    bash bench/pacer_run.sh   (carry .device-kit and .gpu-deno)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-source .device-kit/setup.sh
-export XDG_RUNTIME_DIR=/tmp/xdg; mkdir -p $XDG_RUNTIME_DIR; chmod 700 $XDG_RUNTIME_DIR
-export DENO_DIR=$PWD/.gpu-deno
-D="deno run -A --no-lock --node-modules-dir=none --cached-only"
+source bench/device_env.sh # $OUT, $D: the deno that runs a script
 NEW=${NEW:-256}
 [ -f /tmp/mixtral/config.json ] || $D bench/synth.ts --preset mixtral-quarter --out /tmp/mixtral > /dev/null &
 [ -f /tmp/olmoe/config.json ] || $D bench/synth.ts --preset olmoe-1b-7b --out /tmp/olmoe > /dev/null &

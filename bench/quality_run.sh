@@ -9,11 +9,7 @@
 #   run there:    bash bench/quality_run.sh   (carry .device-kit, .gpu-deno and scratch/quality-ids.json)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-source .device-kit/setup.sh
-export XDG_RUNTIME_DIR=/tmp/xdg; mkdir -p $XDG_RUNTIME_DIR; chmod 700 $XDG_RUNTIME_DIR
-export DENO_DIR=$PWD/.gpu-deno
-D="deno run -A --no-lock --node-modules-dir=none --cached-only"
+source bench/device_env.sh # $OUT, $D: the deno that runs a script
 export SWAPMOE_CACHE=${SWAPMOE_CACHE:-/tmp/swapmoe-cache}; rm -rf "$SWAPMOE_CACHE"
 IDS=${IDS:-scratch/quality-ids.json}
 WINDOWS=${WINDOWS:-200}

@@ -6,11 +6,7 @@
 #   run there:    bash bench/switch_run.sh   (carry .device-kit and .gpu-deno)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-source .device-kit/setup.sh
-export XDG_RUNTIME_DIR=/tmp/xdg; mkdir -p $XDG_RUNTIME_DIR; chmod 700 $XDG_RUNTIME_DIR
-export DENO_DIR=$PWD/.gpu-deno
-D="deno run -A --no-lock --node-modules-dir=none --cached-only"
+source bench/device_env.sh # $OUT, $D: the deno that runs a script
 MODEL=${MODEL:-/tmp/switch-base-8}
 [ -f "$MODEL/config.json" ] || $D bench/synth.ts --preset switch-base-8 --out "$MODEL"
 $D main.ts info --model "$MODEL" 2>&1 | tee "$OUT/switch_info.txt"

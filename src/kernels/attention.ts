@@ -61,7 +61,9 @@ export function ropeKv(
     eps: number;
   },
 ): Promise<Dispatch> {
-  if (o.headDim > 256) throw new RangeError(`rope ${o.label}: head_dim ${o.headDim} exceeds 256`);
+  if (o.headDim > MAX_HEAD_DIM) {
+    throw new RangeError(`rope ${o.label}: head_dim ${o.headDim} exceeds ${MAX_HEAD_DIM}`);
+  }
   if (o.norm !== "none" && (!o.qNorm || !o.kNorm)) {
     throw new RangeError(`rope ${o.label}: norm weights missing`);
   }
@@ -99,6 +101,14 @@ export function attentionScratchBytes(rows: number, numHeads: number, headDim: n
 /** Threads of an attention workgroup (shaders/attention.wgsl `WG`): a chunk of keys. */
 const WG = 64;
 
+/** The widest head the rotary and attention kernels take (a thread holds 4 of its values: 4 · WG). */
+export const MAX_HEAD_DIM = 4 * WG;
+
+/** Whether the rotary and attention kernels take heads `headDim` wide: a multiple of 4 up to {@link MAX_HEAD_DIM}. */
+export function headDimSupported(headDim: number): boolean {
+  return headDim % 4 === 0 && headDim <= MAX_HEAD_DIM;
+}
+
 /**
  * Records causal attention over the cache, split over keys: `partial` then `combine`.
  * out[t, h] = softmax(q·Kᵀ·scale) · V over the positions ≤ rows[t].pos of row t's sequence (and
@@ -124,11 +134,10 @@ export async function attention(
     sinks?: GPUBuffer;
   },
 ): Promise<Dispatch[]> {
-  if (o.headDim > 256 || o.headDim % 4 !== 0) {
-    throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} must be a multiple of 4 up to 256`);
-  }
-  if (o.headDim / 4 > WG) {
-    throw new RangeError(`attention ${o.label}: head_dim ${o.headDim} exceeds ${4 * WG}`);
+  if (!headDimSupported(o.headDim)) {
+    throw new RangeError(
+      `attention ${o.label}: head_dim ${o.headDim} must be a multiple of 4 up to ${MAX_HEAD_DIM}`,
+    );
   }
   const params = ATTENTION_PARAMS.pack({
     n_heads: o.numHeads,

@@ -5,8 +5,9 @@
  *
  * @module
  */
-import { configFields, type Json, MAX_LAYERS, MAX_TOTAL_EXPERTS } from "../../checkpoint/config.ts";
+import { configFields, type Json, MAX_TOTAL_EXPERTS } from "../../checkpoint/config.ts";
 import { ConfigError } from "../../errors.ts";
+import { decoderGeometry } from "../decoder_config.ts";
 import type { SpecBase } from "../family.ts";
 
 /** Causal decoder-only MoE families this engine runs. */
@@ -73,33 +74,7 @@ export function parseCausalConfig(json: unknown, file = "config.json"): CausalSp
   const mt = modelType as CausalModelType;
   const { int, num, bool, optionalId, tokenIds } = configFields(c, file);
 
-  const hiddenSize = int("hidden_size");
-  const numLayers = int("num_hidden_layers");
-  if (numLayers > MAX_LAYERS) {
-    throw new ConfigError(
-      `Invalid num_hidden_layers: ${numLayers}, at most ${MAX_LAYERS} are supported`,
-      file,
-    );
-  }
-  const numHeads = int("num_attention_heads");
-  const numKvHeads = int("num_key_value_heads", 1, numHeads);
-  if (numHeads % numKvHeads !== 0) {
-    throw new ConfigError(
-      `Invalid num_key_value_heads: ${numKvHeads} must divide num_attention_heads ${numHeads}`,
-      file,
-    );
-  }
-  let headDim: number;
-  if (c.head_dim === null || c.head_dim === undefined) {
-    if (hiddenSize % numHeads !== 0) {
-      throw new ConfigError(
-        `Invalid hidden_size: ${hiddenSize} is not a multiple of num_attention_heads ${numHeads} and no head_dim is given`,
-        file,
-      );
-    }
-    headDim = hiddenSize / numHeads;
-  } else headDim = int("head_dim");
-  if (headDim % 2 !== 0) throw new ConfigError(`Invalid head_dim: ${headDim} must be even for RoPE`, file);
+  const { hiddenSize, numLayers, numHeads, numKvHeads, headDim } = decoderGeometry(c, file);
 
   const numExperts = mt === "mixtral"
     ? int("num_local_experts")

@@ -412,10 +412,14 @@ Deno.test("parseConfig: head counts and widths that do not fit together", () => 
     parseConfig(edited("tiny-olmoe", (c) => ((c.hidden_size = 66), (c.head_dim = 16)))).headDim,
     16,
   );
-  refuses(edited("tiny-qwen3-moe", (c) => (c.head_dim = 15)), "Invalid head_dim: 15 must be even for RoPE");
+  // the attention kernels take a multiple of 4 up to 256 (RoPE rotates pairs): refused before a GPU is touched
+  const kernels = "the attention kernels take a multiple of 4 up to 256";
+  refuses(edited("tiny-qwen3-moe", (c) => (c.head_dim = 15)), `Unsupported head_dim: 15, ${kernels}`);
+  refuses(edited("tiny-qwen3-moe", (c) => (c.head_dim = 6)), `Unsupported head_dim: 6, ${kernels}`);
+  refuses(edited("tiny-qwen3-moe", (c) => (c.head_dim = 512)), `Unsupported head_dim: 512, ${kernels}`);
   refuses(
     edited("tiny-olmoe", (c) => ((c.hidden_size = 12), (c.num_attention_heads = 4))),
-    "Invalid head_dim: 3 must be even",
+    "Unsupported head_dim: 3",
   );
 });
 

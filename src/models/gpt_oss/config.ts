@@ -5,9 +5,10 @@
  *
  * @module
  */
-import { configFields, type Json, MAX_LAYERS, MAX_TOTAL_EXPERTS } from "../../checkpoint/config.ts";
+import { configFields, type Json, MAX_TOTAL_EXPERTS } from "../../checkpoint/config.ts";
 import { ConfigError } from "../../errors.ts";
 import type { YarnRope } from "../../kernels/attention.ts";
+import { decoderGeometry } from "../decoder_config.ts";
 import type { SpecBase } from "../family.ts";
 
 /** The `model_type` this family reads. */
@@ -180,38 +181,7 @@ export function parseGptOssConfig(json: unknown, file = "config.json"): GptOssSp
   }
   const { int, num, bool, optionalId, tokenIds } = configFields(c, file);
 
-  const hiddenSize = int("hidden_size");
-  const numLayers = int("num_hidden_layers");
-  if (numLayers > MAX_LAYERS) {
-    throw new ConfigError(
-      `Invalid num_hidden_layers: ${numLayers}, at most ${MAX_LAYERS} are supported`,
-      file,
-    );
-  }
-  const numHeads = int("num_attention_heads");
-  const numKvHeads = int("num_key_value_heads", 1, numHeads);
-  if (numHeads % numKvHeads !== 0) {
-    throw new ConfigError(
-      `Invalid num_key_value_heads: ${numKvHeads} must divide num_attention_heads ${numHeads}`,
-      file,
-    );
-  }
-  let headDim: number;
-  if (c.head_dim == null) {
-    if (hiddenSize % numHeads !== 0) {
-      throw new ConfigError(
-        `Invalid hidden_size: ${hiddenSize} is not a multiple of num_attention_heads ${numHeads} and no head_dim is given`,
-        file,
-      );
-    }
-    headDim = hiddenSize / numHeads;
-  } else headDim = int("head_dim");
-  if (headDim % 4 !== 0 || headDim > 256) {
-    throw new ConfigError(
-      `Unsupported head_dim: ${headDim}, the attention kernels take a multiple of 4 up to 256`,
-      file,
-    );
-  }
+  const { hiddenSize, numLayers, numHeads, numKvHeads, headDim } = decoderGeometry(c, file);
 
   // transformers: attribute_map = {"num_experts": "num_local_experts"}
   const expertsKey = c.num_local_experts == null && c.num_experts != null

@@ -13,34 +13,12 @@ import { parseServeArgs } from "../src/cli/serve.ts";
 import { closest, editDistance } from "../src/cli/suggest.ts";
 import { CORPUS_PACKAGES } from "../src/eval/corpus.ts";
 import { VERSION } from "../src/version.ts";
+import { type CliRun as Run, runMain } from "./support/cli.ts";
 
 const ROOT = new URL("..", import.meta.url);
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
 /** Runs `main.ts` with `args`, feeding `stdin` when given. */
-async function cli(args: string[], stdin?: string): Promise<Run> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd: ROOT,
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  if (stdin !== undefined) {
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(stdin));
-    await writer.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const cli = (args: string[], stdin?: string): Promise<Run> => runMain(args, { stdin });
 
 function assertOk(r: Run): void {
   assert.equal(r.code, 0, `exit code 0 expected; stderr:\n${r.stderr}`);

@@ -14,8 +14,8 @@ import { createEngine, OptionError } from "../mod.ts";
 import { loadCorpus, tokenizeCorpus } from "../src/eval/corpus.ts";
 import { perplexity } from "../src/eval/perplexity.ts";
 import type { EvalOutput, SweepOutput } from "../src/cli/eval.ts";
+import { runMain } from "./support/cli.ts";
 
-const ROOT = new URL("..", import.meta.url);
 const MODEL = fileURLToPath(new URL("../models/sotu-moe-mini", import.meta.url));
 const FULL = Deno.env.get("SWAPMOE_EVAL_FULL") === "1";
 /** Perplexity of the first 4 windows of sotu-test with every expert, as this engine computed it once. */
@@ -43,22 +43,7 @@ Deno.test(
   },
 );
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(args: string[]): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd: ROOT,
-    stdin: "null",
-    env: { NO_COLOR: "1" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const cli = (args: string[]) => runMain(args);
 
 const TEXT = `The Congress of the United States shall meet to consider the state of the Union, and the
 President shall give information on the economy, on jobs, on schools and on the defense of the

@@ -24,6 +24,7 @@ import {
   type Entry,
   FIXTURES,
 } from "./support/hostile.ts";
+import { runMain } from "./support/cli.ts";
 import { HARMONY_LIKE } from "./support/gpt_oss.ts";
 import { PRESETS, synthesize } from "../bench/synth.ts";
 import { Checkpoint } from "../src/checkpoint/shards.ts";
@@ -43,27 +44,7 @@ interface Reference {
 const REF: Reference = JSON.parse(Deno.readTextFileSync(`${DIR}/reference.json`));
 
 /** Runs `main.ts` with `args` (and `stdin`), without colour. */
-async function cli(
-  args: string[],
-  stdin?: string,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd: new URL("..", import.meta.url),
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const cli = (args: string[], stdin?: string) => runMain(args, { stdin });
 
 /** A copy of the fixture changed by `edit`, removed after `fn`. */
 async function withCopy(edit: (dir: string) => void, fn: (dir: string) => Promise<void>): Promise<void> {

@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { CheckpointError, HubError, OptionError } from "../src/errors.ts";
 import { listCachedModels, pullModel, removeCachedModel, resolveModel } from "../src/hub/mod.ts";
 import type { ModelInfo } from "../src/cli/info.ts";
+import { runMain } from "./support/cli.ts";
 import { type FakeHub, type FakeRepo, startFakeHub } from "./support/fake_hub.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -443,22 +444,7 @@ Deno.test("hub: resolveModel returns a local folder as is, and refuses a path th
 
 // the command line end to end
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(args: string[], env: Record<string, string>): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd: ROOT,
-    stdin: "null",
-    env: { NO_COLOR: "1", ...env },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const cli = (args: string[], env: Record<string, string>) => runMain(args, { env });
 
 Deno.test("hub CLI: pull prints the folder, info --model org/name loads it, list shows it, rm deletes it", async () => {
   await withHub(async (hub, cache) => {

@@ -665,7 +665,15 @@ const CASES: Case[] = [
     corrupt: (d) => config(d, (c) => (c.head_dim = 33)),
     error: ConfigError,
     file: "config.json",
-    parts: ["Invalid head_dim: 33 must be even"],
+    parts: ["Unsupported head_dim: 33, the attention kernels take a multiple of 4 up to 256"],
+  },
+  {
+    name: "head_dim over the attention kernels' 256",
+    fixture: "tiny-qwen3-moe",
+    corrupt: (d) => config(d, (c) => (c.head_dim = 260)),
+    error: ConfigError,
+    file: "config.json",
+    parts: ["Unsupported head_dim: 260"],
   },
   {
     name: "rms_norm_eps negative",

@@ -10,7 +10,9 @@
  *
  * - A **baseline**: the time per step of batches that uploaded nothing, per number of decoding
  *   sequences (a batch of eight sequences takes longer than one of one). When a baseline is missing or
- *   `probeEvery` batches old, the next batch is a probe: it uploads nothing and measures it.
+ *   `probeEvery` batches old, the next batch is a probe: it uploads nothing and measures it. A batch
+ *   that uploaded and still ran faster than the baseline lowers it to its own time: uploads only add
+ *   time, so the probe met a slow spell.
  * - A **share** of that step time that uploads may take, at the measured upload rate, adjusted after
  *   every batch that uploaded (additive increase, multiplicative decrease): a batch whose steps took
  *   more than `tolerance` over the baseline halves it, one within it raises it by `maxShare / 16`.
@@ -195,6 +197,9 @@ export class UploadPacer {
     }
     if (!base) return;
     base.age++;
+    // uploads only add time: steps that uploaded and still ran faster show the baseline too high (a
+    // probe that met a slow spell); lower it to them, and the next probe measures it again
+    if (step < base.stepSeconds) base.stepSeconds = step;
     const s = this.settings;
     this.#share = step > (1 + s.tolerance) * base.stepSeconds
       ? Math.max(s.minShare, this.#share / 2)

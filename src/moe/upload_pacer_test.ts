@@ -138,3 +138,19 @@ Deno.test("pacer: a probe cut short by the end of its generation does not block 
   p.observeBatch(batch(4, 0, { steps: 16, probe: true }));
   assert.equal(p.baseline(1), 0.004);
 });
+
+Deno.test("pacer: a batch that uploaded and ran faster than the baseline lowers it (a probe that met a slow spell)", () => {
+  // as one H200 run measured: a probe at 5.18 ms a step where steps without uploads take 3.6 ms
+  const p = new UploadPacer({ initialShare: 0.1, maxShare: 0.5, tolerance: 0.04, probeEvery: 100 });
+  p.observeBatch(batch(5.18));
+  // uploads cost these steps 11 %: against 5.18 ms they looked free, and the share would only grow
+  p.observeBatch(batch(4.0, 0.004));
+  assert.ok(Math.abs(p.baseline(1)! - 0.004) < 1e-12);
+  const share = p.share;
+  p.observeBatch(batch(4.3, 0.006)); // +7.5 % over the lowered baseline: halved
+  assert.equal(p.share, share / 2);
+  // slower batches that uploaded never raise it; the next probe measures it again
+  assert.ok(Math.abs(p.baseline(1)! - 0.004) < 1e-12);
+  p.observeBatch(batch(3.6));
+  assert.ok(Math.abs(p.baseline(1)! - (0.7 * 0.004 + 0.3 * 0.0036)) < 1e-12);
+});

@@ -7,6 +7,7 @@
 import { configFields, type Json, MAX_LAYERS } from "../checkpoint/config.ts";
 import { ConfigError } from "../errors.ts";
 import { headDimSupported, MAX_HEAD_DIM } from "../kernels/attention.ts";
+import type { SpecBase } from "./family.ts";
 
 /** A decoder's attention geometry (llama2.c's `Config`, in `config.json`'s names, camelCase). */
 export interface DecoderGeometry {
@@ -20,6 +21,14 @@ export interface DecoderGeometry {
   readonly numKvHeads: number;
   /** hd: per-head width; `head_dim` when given, else D / H. */
   readonly headDim: number;
+}
+
+/** What every decoder-only family's spec has: the geometry, its norms' epsilon and its rotary base. */
+export interface DecoderSpec extends SpecBase, DecoderGeometry {
+  /** Epsilon of every RMSNorm (`rms_norm_eps`). */
+  readonly rmsNormEps: number;
+  /** Base of the rotary position embedding (`rope_theta`, or `rope_parameters.rope_theta`). */
+  readonly ropeTheta: number;
 }
 
 /**

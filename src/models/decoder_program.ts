@@ -33,19 +33,8 @@ import {
   type ProgramIo,
   type RunShape,
   sequenceState,
-  type SpecBase,
 } from "./family.ts";
-
-/** The dimensions of a decoder-only spec that the shared skeleton reads. */
-export interface DecoderSpec extends SpecBase {
-  readonly numLayers: number;
-  /** D. */
-  readonly hiddenSize: number;
-  readonly numHeads: number;
-  readonly numKvHeads: number;
-  readonly headDim: number;
-  readonly rmsNormEps: number;
-}
+import type { DecoderSpec } from "./decoder_config.ts";
 
 /** The tensor names the skeleton reads: the embedding, the final norm, the head, each layer's attention. */
 export interface DecoderNames {

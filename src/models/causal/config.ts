@@ -7,8 +7,7 @@
  */
 import { configFields, type Json, MAX_TOTAL_EXPERTS } from "../../checkpoint/config.ts";
 import { ConfigError } from "../../errors.ts";
-import { decoderGeometry } from "../decoder_config.ts";
-import type { SpecBase } from "../family.ts";
+import { decoderGeometry, type DecoderSpec } from "../decoder_config.ts";
 
 /** Causal decoder-only MoE families this engine runs. */
 export const CAUSAL_MODEL_TYPES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"] as const;
@@ -19,19 +18,9 @@ export type CausalModelType = typeof CAUSAL_MODEL_TYPES[number];
 export type QkNorm = "none" | "per_head" | "whole";
 
 /** The constants of a causal MoE model (llama2.c's `Config`). Names follow `config.json` in camelCase. */
-export interface CausalSpec extends SpecBase {
+export interface CausalSpec extends DecoderSpec {
   /** `config.json`'s `model_type`. */
   readonly modelType: CausalModelType;
-  /** D: the residual stream width (`hidden_size`). */
-  readonly hiddenSize: number;
-  /** Decoder layers (`num_hidden_layers`). */
-  readonly numLayers: number;
-  /** H: query heads. */
-  readonly numHeads: number;
-  /** Hkv: key/value heads (grouped-query attention when < H). */
-  readonly numKvHeads: number;
-  /** hd: per-head width; `head_dim` when given, else D / H. */
-  readonly headDim: number;
   /** Intermediate width of the dense MLP (layers without experts). */
   readonly intermediateSize: number;
   /** I: intermediate width of one expert. */
@@ -42,10 +31,6 @@ export interface CausalSpec extends SpecBase {
   readonly sharedExpertIntermediateSize: number;
   /** For each layer, whether its MLP is a sparse MoE block. */
   readonly sparseLayers: readonly boolean[];
-  /** Epsilon of every RMSNorm (`rms_norm_eps`). */
-  readonly rmsNormEps: number;
-  /** Base of the rotary position embedding (`rope_theta`). */
-  readonly ropeTheta: number;
   /** Sliding-window attention span, or null for full causal attention. */
   readonly slidingWindow: number | null;
   /** Biases on the q, k and v projections (Qwen2-MoE). */

@@ -8,8 +8,7 @@
 import { configFields, type Json, MAX_TOTAL_EXPERTS } from "../../checkpoint/config.ts";
 import { ConfigError } from "../../errors.ts";
 import type { YarnRope } from "../../kernels/attention.ts";
-import { decoderGeometry } from "../decoder_config.ts";
-import type { SpecBase } from "../family.ts";
+import { decoderGeometry, type DecoderSpec } from "../decoder_config.ts";
 
 /** The `model_type` this family reads. */
 export const GPT_OSS_MODEL_TYPE = "gpt_oss";
@@ -22,25 +21,11 @@ const LAYER_TYPES: readonly string[] = ["sliding_attention", "full_attention"];
 export type YarnScaling = YarnRope;
 
 /** The constants of a gpt-oss model. Names follow `config.json` in camelCase. */
-export interface GptOssSpec extends SpecBase {
-  /** `config.json`'s `model_type`. */
+export interface GptOssSpec extends DecoderSpec {
+  /** `config.json`'s `model_type`; every layer has a router and experts. */
   readonly modelType: "gpt_oss";
-  /** D: the residual stream width (`hidden_size`). */
-  readonly hiddenSize: number;
-  /** Decoder layers (`num_hidden_layers`); every one has a router and experts. */
-  readonly numLayers: number;
-  /** H: query heads. */
-  readonly numHeads: number;
-  /** Hkv: key/value heads. */
-  readonly numKvHeads: number;
-  /** hd: per-head width (`head_dim`, else D / H). */
-  readonly headDim: number;
   /** I: one expert's width (`intermediate_size`): gate_up_proj has 2·I rows, down_proj I columns. */
   readonly intermediateSize: number;
-  /** Epsilon of every RMSNorm (`rms_norm_eps`). */
-  readonly rmsNormEps: number;
-  /** Base of the rotary embedding (`rope_theta`, or `rope_parameters.rope_theta`). */
-  readonly ropeTheta: number;
   /** YaRN's parameters, or null for plain RoPE (`rope_type` "default"). */
   readonly ropeScaling: YarnScaling | null;
   /** Per layer, its attention: `sliding_attention` (the last `slidingWindow` keys) or `full_attention`. */

@@ -1,12 +1,14 @@
 /**
- * What a decoder-only family's `config.json` says of its attention, read and checked the same way for
- * every family: widths, layers, heads and the head width the kernels take.
+ * What the decoder-only families (the causal ones and gpt-oss) share before a GPU: what `config.json`
+ * says of their attention, read and checked the same way for every family (widths, layers, heads, the
+ * head width the kernels take), and the tensors every such model has, with their shapes.
  *
  * @module
  */
 import { configFields, type Json, MAX_LAYERS } from "../checkpoint/config.ts";
 import { ConfigError } from "../errors.ts";
 import { headDimSupported, MAX_HEAD_DIM } from "../kernels/attention.ts";
+import type { QkvNames } from "./decoder_parts.ts";
 import type { SpecBase } from "./family.ts";
 
 /** A decoder's attention geometry (llama2.c's `Config`, in `config.json`'s names, camelCase). */
@@ -72,4 +74,46 @@ export function decoderGeometry(c: Json, file: string): DecoderGeometry {
     );
   }
   return { hiddenSize, numLayers, numHeads, numKvHeads, headDim };
+}
+
+/**
+ * The tensors every decoder-only model has, which the program skeleton reads: the embedding, the final
+ * norm, the head, and each layer's attention.
+ */
+export interface DecoderNames {
+  readonly embed: string;
+  readonly norm: string;
+  readonly lmHead: string;
+  readonly layers: readonly DecoderLayerNames[];
+}
+
+/** A layer's attention tensors. */
+export interface DecoderLayerNames extends QkvNames {
+  readonly inputNorm: string;
+  readonly postNorm: string;
+  readonly o: string;
+}
+
+/**
+ * The shapes that `config.json` gives the tensors of {@link DecoderNames}: the embedding and head [V, D], the
+ * final norm, and per layer its norms, q, k, v and o, and their biases where the layer has them.
+ */
+export function decoderShapes(spec: DecoderSpec, names: DecoderNames): Map<string, number[]> {
+  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd, vocabSize: V } = spec;
+  const s = new Map<string, number[]>();
+  s.set(names.embed, [V, D]);
+  s.set(names.norm, [D]);
+  s.set(names.lmHead, [V, D]);
+  for (const l of names.layers) {
+    s.set(l.inputNorm, [D]);
+    s.set(l.postNorm, [D]);
+    s.set(l.q, [H * hd, D]);
+    s.set(l.k, [Hkv * hd, D]);
+    s.set(l.v, [Hkv * hd, D]);
+    s.set(l.o, [D, H * hd]);
+    if (l.qBias) s.set(l.qBias, [H * hd]);
+    if (l.kBias) s.set(l.kBias, [Hkv * hd]);
+    if (l.vBias) s.set(l.vBias, [Hkv * hd]);
+  }
+  return s;
 }

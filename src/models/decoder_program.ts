@@ -20,7 +20,6 @@ import {
   type AttentionBlockOptions,
   decoderHead,
   decoderIo,
-  type QkvNames,
   routeBlock,
 } from "./decoder_parts.ts";
 import {
@@ -34,22 +33,7 @@ import {
   type RunShape,
   sequenceState,
 } from "./family.ts";
-import type { DecoderSpec } from "./decoder_config.ts";
-
-/** The tensor names the skeleton reads: the embedding, the final norm, the head, each layer's attention. */
-export interface DecoderNames {
-  readonly embed: string;
-  readonly norm: string;
-  readonly lmHead: string;
-  readonly layers: readonly DecoderLayerNames[];
-}
-
-/** A layer's attention tensors. */
-export interface DecoderLayerNames extends QkvNames {
-  readonly inputNorm: string;
-  readonly postNorm: string;
-  readonly o: string;
-}
+import type { DecoderNames, DecoderSpec } from "./decoder_config.ts";
 
 /** What a family's run state adds to the shared one. */
 export interface DecoderRunStateOptions {

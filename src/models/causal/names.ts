@@ -5,6 +5,7 @@
  * @module
  */
 import type { TensorInfo } from "../../checkpoint/safetensors.ts";
+import { decoderShapes } from "../decoder_config.ts";
 import { checkTensorShapes } from "../family.ts";
 import type { CausalSpec } from "./config.ts";
 
@@ -108,26 +109,14 @@ export function modelNames(spec: CausalSpec): ModelNames {
 
 /** The shape every tensor must have according to `config.json`. */
 export function expectedShapes(spec: CausalSpec, names: ModelNames): Map<string, number[]> {
-  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd, vocabSize: V } = spec;
-  const s = new Map<string, number[]>();
-  s.set(names.embed, [V, D]);
-  s.set(names.norm, [D]);
-  s.set(names.lmHead, [V, D]);
+  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd } = spec;
+  const s = decoderShapes(spec, names);
   const mlp = (m: MlpNames, inter: number) => {
     s.set(m.gate, [inter, D]);
     s.set(m.up, [inter, D]);
     s.set(m.down, [D, inter]);
   };
   for (const l of names.layers) {
-    s.set(l.inputNorm, [D]);
-    s.set(l.postNorm, [D]);
-    s.set(l.q, [H * hd, D]);
-    s.set(l.k, [Hkv * hd, D]);
-    s.set(l.v, [Hkv * hd, D]);
-    s.set(l.o, [D, H * hd]);
-    if (l.qBias) s.set(l.qBias, [H * hd]);
-    if (l.kBias) s.set(l.kBias, [Hkv * hd]);
-    if (l.vBias) s.set(l.vBias, [Hkv * hd]);
     if (l.qNorm && l.kNorm) {
       s.set(l.qNorm, spec.qkNorm === "per_head" ? [hd] : [H * hd]);
       s.set(l.kNorm, spec.qkNorm === "per_head" ? [hd] : [Hkv * hd]);

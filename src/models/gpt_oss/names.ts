@@ -12,6 +12,7 @@
  */
 import type { TensorInfo } from "../../checkpoint/safetensors.ts";
 import { CheckpointError } from "../../errors.ts";
+import { decoderShapes } from "../decoder_config.ts";
 import { checkTensorShapes, type TensorPiece } from "../family.ts";
 import { matrixLayout } from "../../quant/formats.ts";
 import type { GptOssSpec } from "./config.ts";
@@ -111,22 +112,10 @@ export function gptOssNames(spec: GptOssSpec): GptOssNames {
 
 /** The shape of every bf16 tensor according to `config.json` (the experts' biases included). */
 export function bf16Shapes(spec: GptOssSpec, names: GptOssNames): Map<string, number[]> {
-  const { hiddenSize: D, numHeads: H, numKvHeads: Hkv, headDim: hd, vocabSize: V, numExperts: E } = spec;
+  const { hiddenSize: D, numHeads: H, numExperts: E } = spec;
   const I = spec.intermediateSize;
-  const s = new Map<string, number[]>();
-  s.set(names.embed, [V, D]);
-  s.set(names.norm, [D]);
-  s.set(names.lmHead, [V, D]);
+  const s = decoderShapes(spec, names);
   for (const l of names.layers) {
-    s.set(l.inputNorm, [D]);
-    s.set(l.postNorm, [D]);
-    s.set(l.q, [H * hd, D]);
-    s.set(l.k, [Hkv * hd, D]);
-    s.set(l.v, [Hkv * hd, D]);
-    s.set(l.o, [D, H * hd]);
-    if (l.qBias) s.set(l.qBias, [H * hd]);
-    if (l.kBias) s.set(l.kBias, [Hkv * hd]);
-    if (l.vBias) s.set(l.vBias, [Hkv * hd]);
     if (l.oBias) s.set(l.oBias, [D]);
     s.set(l.sinks, [H]);
     s.set(l.router, [E, D]);

@@ -122,6 +122,69 @@ Deno.test("formats: codes and scales sit where the kernels read them", () => {
   );
 });
 
+/**
+ * The formats' definition, element by element (as the module header states it): what the fast loops
+ * of quantizeMatrix must reproduce byte for byte.
+ */
+function quantizeByDefinition(p: "int8" | "int4", bf16: Uint8Array, rows: number, cols: number): Uint8Array {
+  const layout = matrixLayout(p, rows, cols);
+  const out = new Uint8Array(layout.bytes);
+  const src = new Uint16Array(bf16.buffer, bf16.byteOffset, rows * cols);
+  const groups = cols / GROUP;
+  const scales = new Float16Array(out.buffer, layout.scalesAt, rows * groups);
+  const mins = new Float16Array(out.buffer, layout.minsAt, p === "int4" ? rows * groups : 0);
+  const f16 = (x: number) => Math.fround(new Float16Array([x])[0]!);
+  for (let r = 0; r < rows; r++) {
+    for (let g = 0; g < groups; g++) {
+      const w = Array.from({ length: GROUP }, (_, j) => bf16ToF32(src[r * cols + g * GROUP + j]!));
+      const lo = Math.min(...w.filter((v) => !Number.isNaN(v)), Infinity);
+      const hi = Math.max(...w.filter((v) => !Number.isNaN(v)), -Infinity);
+      const gi = r * groups + g;
+      const min = p === "int4" ? f16(lo) : 0;
+      const scale = p === "int8" ? f16(Math.max(Math.abs(lo), Math.abs(hi)) / 127) : f16((hi - min) / 15);
+      scales[gi] = scale;
+      if (p === "int4") mins[gi] = min;
+      w.forEach((v, j) => {
+        const e = r * cols + g * GROUP + j;
+        const x = Math.round((v - min) * (scale > 0 ? 1 / scale : 0));
+        const q = Number.isNaN(x)
+          ? 0
+          : p === "int8"
+          ? Math.max(-127, Math.min(127, x))
+          : Math.max(0, Math.min(15, x));
+        if (p === "int8") out[e] = q & 0xff;
+        else out[e >> 1]! |= q << (4 * (e & 1));
+      });
+    }
+  }
+  return out;
+}
+
+Deno.test("formats: quantizing gives the bytes of the formats' definition, special values included", () => {
+  let s = 11;
+  const next = () => (s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32;
+  // zeros, ±0, ±inf, NaN, subnormals, the largest finite, ±1 (codes at the clamps)
+  const specials = [0x0000, 0x8000, 0x7f80, 0xff80, 0x7fc0, 0x0001, 0x8001, 0x7f7f, 0x3f80, 0xbf80];
+  for (let t = 0; t < 100; t++) {
+    const rows = 1 + (t % 4), cols = GROUP * (1 + (t % 5));
+    const bits = new Uint16Array(rows * cols).map((_, i) =>
+      t % 4 === 0 ? specials[Math.floor(next() * specials.length)]! : t % 4 === 1
+        ? Math.floor(next() * 65536) // every bit pattern
+        : t % 4 === 2
+        ? (i % 3 === 0 ? 0x3f80 : 0xbf80) // ±1
+        : new Uint16Array(new Float32Array([(next() * 2 - 1) * 0.05]).buffer)[1]!
+    );
+    const bytes = new Uint8Array(bits.buffer);
+    for (const p of ["int8", "int4"] as const) {
+      assert.deepEqual(
+        quantizeMatrix(p, bytes, rows, cols),
+        quantizeByDefinition(p, bytes, rows, cols),
+        `${p} case ${t}`,
+      );
+    }
+  }
+});
+
 Deno.test("formats: mxfp4 dequantizes e2m1 codes (even element in the low nibble) times 2^(e − 127)", () => {
   const layout = matrixLayout("mxfp4", 1, 32);
   const bytes = new Uint8Array(layout.bytes);

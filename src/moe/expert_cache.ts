@@ -9,10 +9,12 @@
  *
  * @module
  */
+import { BudgetError } from "../errors.ts";
 import type { GpuMemory, TrackedBuffer } from "../gpu/memory.ts";
 import { slotEntry } from "../kernels/experts.ts";
 import { expertCopyBytes, type ExpertMatrix, type TensorPiece } from "../models/family.ts";
 import { matrixLayout, type Precision } from "../quant/formats.ts";
+import { formatBytes } from "./budget.ts";
 
 /** Bytes to write at byte `at` of a matrix copy. */
 export interface Piece {
@@ -253,11 +255,14 @@ export class ExpertCache {
    * Gives every MoE layer `capacity[t][l]` slots at tier t, dropping all residents: old buffers are
    * destroyed before new ones are created, so usage never exceeds max(old, new). Callers load experts
    * again, and rebuild the bind groups that referenced the old buffers.
+   * @throws {BudgetError} before anything changes, when a layer's slots of one matrix would make a
+   *   buffer larger than the device binds (`maxStorageBufferBindingSize`)
    */
   resize(capacity: readonly (readonly number[])[]): void {
     if (capacity.length !== this.tiers) {
       throw new RangeError(`Expected slots for ${this.tiers} tiers, got ${capacity.length}`);
     }
+    this.#checkBinding(capacity);
     for (const layer of this.#buffers) layer.forEach((t) => this.#memory.free(t));
     this.#buffers = [];
     this.slots.forEach((s, t) => s.resize(capacity[t]!));
@@ -280,6 +285,35 @@ export class ExpertCache {
       );
     }
     this.flush();
+  }
+
+  /**
+   * Each layer's slots of one matrix are one buffer, bound whole by the expert kernels: `capacity` must
+   * keep every such buffer within the device's `maxStorageBufferBindingSize` (128 MiB on Mesa's
+   * lavapipe, gigabytes on discrete GPUs).
+   */
+  #checkBinding(capacity: readonly (readonly number[])[]): void {
+    const limit = this.#device.limits.maxStorageBufferBindingSize;
+    const size = (t: number, m: ExpertMatrix) =>
+      matrixLayout(this.precisions[t]!, m.rows, m.cols, m.bias).bytes;
+    for (let l = 0; l < this.moeLayers; l++) {
+      for (const m of this.matrices) {
+        const bytes = this.precisions.reduce((a, _, t) => a + capacity[t]![l]! * size(t, m), 0);
+        if (bytes <= limit) continue;
+        const experts = capacity.reduce((a, c) => a + c[l]!, 0);
+        const widest = this.matrices.reduce((a, x) => Math.max(a, size(this.tiers - 1, x)), 0);
+        const fit = Math.floor(limit / widest);
+        throw new BudgetError(
+          `Too many experts a layer for this GPU: layer ${l}'s ${experts} copies of ${m.name} would take ${
+            formatBytes(bytes)
+          } in one buffer, above the ${
+            formatBytes(limit)
+          } the GPU binds (maxStorageBufferBindingSize); it binds at most ${fit} of ${this.numExperts} experts a layer at ${
+            this.precisions[this.tiers - 1]
+          }: use swapmoe or static with a budget that holds no more, such as "${fit}/${this.numExperts}"`,
+        );
+      }
+    }
   }
 
   /** Byte offset in matrix `m`'s buffer of layer `l` where `slot` of `tier` starts. */

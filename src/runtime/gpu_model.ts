@@ -11,7 +11,7 @@ import { GpuMemory, type TrackedBuffer } from "../gpu/memory.ts";
 import type { ModelProgram } from "../models/family.ts";
 import { formatBytes } from "../moe/budget.ts";
 import { checkpointExpertStore, ExpertCache, type ExpertStore, writePadded } from "../moe/expert_cache.ts";
-import { OptionError } from "../errors.ts";
+import { GpuError, OptionError } from "../errors.ts";
 import { SLOT_TABLE } from "./layout.ts";
 import type { ModelPlan } from "./model_plan.ts";
 import type { Progress } from "./types.ts";
@@ -36,7 +36,8 @@ export interface GpuModel {
  * fixed buffer is allocated, the dense weights uploaded, and `slots[t][l]` expert slots made per tier and MoE
  * layer. On failure everything allocated is freed and the device destroyed (the checkpoint stays
  * open: the caller owns it).
- * @throws {OptionError} when a run-state buffer exceeds what the device binds, GPU errors as they come
+ * @throws {OptionError} when a run-state buffer exceeds what the device binds, {@link GpuError} when a
+ *   dense weight does, `BudgetError` when the slots of one layer's matrix do; GPU errors as they come
  */
 export async function loadGpuModel(
   planned: ModelPlan,
@@ -69,6 +70,17 @@ export async function loadGpuModel(
         }: lower contextLength (${shape.contextLength}), maxBatchTokens (${shape.maxRows}) or maxBatchSequences (${shape.sequences})${
           fits > 0 ? `; use contextLength <= ${fits}` : ""
         }`,
+      );
+    }
+    // a dense weight is bound whole by its kernels: one larger than the device binds cannot run here
+    const dense = layout.dense.reduce((a, b) => (b.bytes > a.bytes ? b : a));
+    if (dense.bytes > limit) {
+      throw new GpuError(
+        `This GPU cannot hold the model's ${dense.name}: it takes ${
+          formatBytes(dense.bytes)
+        } in one buffer, above the ${
+          formatBytes(limit)
+        } the GPU binds (maxStorageBufferBindingSize); dense weights are not split across buffers, so the model needs a GPU that binds more`,
       );
     }
     memory.limit = o.budget;

@@ -69,6 +69,7 @@ export type {
 } from "./src/server/openai_types.ts";
 export { type ModelSpec, SUPPORTED_MODEL_TYPES } from "./src/models/registry.ts";
 export type { SpecBase } from "./src/models/family.ts";
+export type { DecoderGeometry, DecoderSpec } from "./src/models/decoder_config.ts";
 export {
   CAUSAL_MODEL_TYPES,
   type CausalModelType,

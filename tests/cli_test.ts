@@ -113,6 +113,8 @@ Deno.test("info: architecture, parameters, bytes and footprints", async () => {
       /Parameters +[\d.]+ M in all, [\d.]+ M in experts, [\d.]+ M active per token/,
       /Expert bytes +192\.0 KiB per expert/,
       /Dense bytes +[\d.]+ [KM]iB/,
+      // 16 experts × a [128, 256] bf16 gate matrix: the one buffer per layer and matrix a GPU binds whole
+      /Largest buffer +1\.0 MiB: a layer's 16 gate matrices, every expert resident/,
       /Minimum +[\d.]+ MiB/,
       /full +[\d.]+ MiB, every expert resident/,
       /static, swapmoe, lru +[\d.]+ MiB to [\d.]+ MiB/,
@@ -128,6 +130,7 @@ Deno.test("info --json: the same as numbers", async () => {
   assert.equal(info.contextLength, 256);
   assert.equal(info.bytes.expert, 3 * 128 * 256 * 2);
   assert.equal(info.bytes.allExperts, 4 * 16 * info.bytes.expert);
+  assert.equal(info.bytes.largestBuffer.bytes, 16 * 128 * 256 * 2);
   assert.ok(info.bytes.minimumBudget < info.bytes.full);
   assert.equal(info.bytes.full, info.policies.full!.minimumBytes);
   assert.equal(info.parameters.experts, 4 * 16 * 3 * 128 * 256);

@@ -20,8 +20,8 @@ import {
 const usage = `Usage: ${PROGRAM} info [options]
 
 Prints a model's architecture, parameter count, the bytes of one expert, of the dense weights and
-of the KV cache, the minimum budget, the GPU footprint at each policy, and how many experts per
-layer each policy holds within --budget (default: the GPU's memory, where nvidia-smi or sysfs
+of the KV cache, the largest buffer a GPU must bind whole, the minimum budget, the GPU footprint at
+each policy, and how many experts per layer each policy holds within --budget (default: the GPU's memory, where nvidia-smi or sysfs
 tells it). Reads config.json and the weight files' headers only: needs no GPU.
 
 Options:
@@ -65,7 +65,7 @@ function render(info: ModelInfo): string {
   const b = info.bytes;
   const K = info.spec.topK;
   const E = info.spec.numExperts;
-  const row = (k: string, v: string) => `${k.padEnd(14)}${v}`;
+  const row = (k: string, v: string) => `${k.padEnd(16)}${v}`;
   const lines = [
     row("Model", displayPath(info.model)),
     row("Architecture", info.description),
@@ -85,6 +85,10 @@ function render(info: ModelInfo): string {
     ),
     row("Dense bytes", formatBytes(b.dense)),
     row("KV cache", `${formatBytes(b.kv)} at ${info.contextLength} positions`),
+    row(
+      "Largest buffer",
+      `${formatBytes(b.largestBuffer.bytes)}: ${b.largestBuffer.what} (bound whole; lavapipe binds 128 MiB)`,
+    ),
     row(
       "Minimum",
       `${formatBytes(b.minimumBudget)} (top-${K} experts per MoE layer, at ${info.precisions.at(-1)})`,

@@ -10,7 +10,7 @@ import type { ModelSpec } from "../models/registry.ts";
 import { describeSpec } from "../models/registry.ts";
 import { expertCopyBytes } from "../models/family.ts";
 import { BudgetPlan, parseBudget } from "../moe/budget.ts";
-import { type Precision, precisionChoices } from "../quant/formats.ts";
+import { matrixLayout, type Precision, precisionChoices } from "../quant/formats.ts";
 import { POLICIES, type PolicyName } from "../moe/policies.ts";
 import { planModel } from "./model_plan.ts";
 import type { EngineOptions } from "./types.ts";
@@ -63,6 +63,11 @@ export interface ModelReport {
     minimumBudget: number;
     /** The all-resident footprint: what `full` holds. */
     full: number;
+    /**
+     * The largest single buffer under `full` at the checkpoint's precision, which a GPU must bind whole
+     * (its `maxStorageBufferBindingSize`): a layer's copies of one expert matrix, or a dense weight.
+     */
+    largestBuffer: { bytes: number; what: string };
   };
   /** The budget asked about, in bytes, if any. */
   budgetBytes: number | null;
@@ -116,6 +121,14 @@ export async function inspectModel(options: EngineOptions, budget = options.budg
           : under.slots(budgetBytes),
       };
     }
+    // each MoE layer keeps one buffer per expert matrix (src/moe/expert_cache.ts)
+    const E = arch.spec.numExperts;
+    const slotBuffers = arch.expertMatrices.map((m) => ({
+      bytes: E * matrixLayout(arch.nativePrecision, m.rows, m.cols, m.bias).bytes,
+      what: `a layer's ${E} ${m.name} matrices, every expert resident`,
+    }));
+    const largestBuffer = [...slotBuffers, ...layout.dense.map((d) => ({ bytes: d.bytes, what: d.name }))]
+      .reduce((a, b) => (b.bytes > a.bytes ? b : a));
     return {
       model: modelDir,
       description: describeSpec(arch.spec),
@@ -135,6 +148,7 @@ export async function inspectModel(options: EngineOptions, budget = options.budg
         fixed: f.fixedBytes,
         minimumBudget: plan.floorBytes,
         full: plan.fullBytes,
+        largestBuffer,
       },
       budgetBytes,
       policies,

@@ -7,20 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { BudgetError, createEngine, type Engine, type GenerateRequest, OptionError } from "../mod.ts";
-import { assertRejects, drain, FIXTURES } from "./support/hostile.ts";
-
-/** `p`, or a failure naming `what` when it has not settled within `ms`. */
-async function within<T>(p: Promise<T>, what: string, ms = 60_000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+import { assertRejects, drain, FIXTURES, within } from "./support/hostile.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -6,20 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { createEngine, type Engine, type GenerateChunk, type GenerateRequest } from "../mod.ts";
-import { drain, FIXTURES } from "./support/hostile.ts";
-
-/** `p`, or a failure naming `what` when it has not settled within `ms`. */
-async function within<T>(p: Promise<T>, what: string, ms = 30_000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+import { drain, FIXTURES, within } from "./support/hostile.ts";
 
 /** Reads `gens` in turn, one `next()` each per round, until all are done; returns each one's ids. */
 async function interleave(gens: AsyncGenerator<GenerateChunk>[]): Promise<number[][]> {

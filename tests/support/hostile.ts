@@ -212,3 +212,16 @@ export async function assertRejects<E extends Error>(
   }
   return error;
 }
+
+/** `p`, or a failure naming `what` when it has not settled within `ms`: a regression fails rather than hangs. */
+export async function within<T>(p: Promise<T>, what: string, ms = 60_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([p, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -148,6 +148,43 @@ export function quantizeMatrix(
 // `Math.round` (bench/quant_bench.ts); the two differ only where `x + 0.5` itself rounds, within an ulp
 // below a half. A NaN code (a NaN weight, or ±inf · 0) stores 0.
 
+/** A bf16 matrix read a row at a time: the row widened to f32, and each group's least and greatest weight. */
+class RowReader {
+  readonly #src: Uint16Array;
+  readonly #bits: Uint32Array;
+  /** The row read last, in f32 (bf16 bits are the high half of an f32's). */
+  readonly w: Float32Array;
+  /** Per group of the row: its least and greatest weight (NaN weights skipped; ±inf with none). */
+  readonly lo: Float64Array;
+  readonly hi: Float64Array;
+
+  constructor(src: Uint16Array, cols: number) {
+    this.#src = src;
+    this.#bits = new Uint32Array(cols);
+    this.w = new Float32Array(this.#bits.buffer);
+    this.lo = new Float64Array(cols / GROUP);
+    this.hi = new Float64Array(cols / GROUP);
+  }
+
+  /** Reads row `r`. */
+  read(r: number): void {
+    const bits = this.#bits, w = this.w, src = this.#src, cols = bits.length;
+    const at = r * cols;
+    for (let c = 0; c < cols; c++) bits[c] = src[at + c]! << 16;
+    for (let g = 0; g < this.lo.length; g++) {
+      let lo = Infinity;
+      let hi = -Infinity;
+      for (let j = g * GROUP, end = j + GROUP; j < end; j++) {
+        const v = w[j]!;
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+      this.lo[g] = lo;
+      this.hi[g] = hi;
+    }
+  }
+}
+
 /** int8 codes and scales of a [rows, cols] bf16 matrix: `code = clamp(round(w / scale), −127, 127)`. */
 function quantizeInt8(
   src: Uint16Array,
@@ -156,25 +193,18 @@ function quantizeInt8(
   out: Uint8Array,
   scales: Float16Array,
 ): void {
-  const bits = new Uint32Array(cols);
-  const w = new Float32Array(bits.buffer); // bf16 bits are the high half of an f32's
+  const row = new RowReader(src, cols);
+  const { w, lo, hi } = row;
   const groups = cols / GROUP;
   const inv = new Float64Array(groups);
   for (let r = 0; r < rows; r++) {
-    const at = r * cols;
-    for (let c = 0; c < cols; c++) bits[c] = src[at + c]! << 16;
+    row.read(r);
     for (let g = 0; g < groups; g++) {
-      let lo = Infinity;
-      let hi = -Infinity;
-      for (let j = g * GROUP, end = j + GROUP; j < end; j++) {
-        const v = w[j]!;
-        if (v < lo) lo = v;
-        if (v > hi) hi = v;
-      }
-      const scale = toF16(Math.max(Math.abs(lo), Math.abs(hi)) / 127);
+      const scale = toF16(Math.max(Math.abs(lo[g]!), Math.abs(hi[g]!)) / 127);
       scales[r * groups + g] = scale;
       inv[g] = scale > 0 ? 1 / scale : 0;
     }
+    const at = r * cols;
     for (let c = 0; c < cols; c++) {
       const q = Math.floor(w[c]! * inv[c >> GROUP_SHIFT]! + 0.5);
       out[at + c] = (q > 127 ? 127 : q < -127 ? -127 : q) & 0xff;
@@ -194,29 +224,22 @@ function quantizeInt4(
   scales: Float16Array,
   mins: Float16Array,
 ): void {
-  const bits = new Uint32Array(cols);
-  const w = new Float32Array(bits.buffer);
+  const row = new RowReader(src, cols);
+  const { w, lo, hi } = row;
   const groups = cols / GROUP;
   const inv = new Float64Array(groups);
   const min = new Float64Array(groups);
   for (let r = 0; r < rows; r++) {
-    const at = r * cols;
-    for (let c = 0; c < cols; c++) bits[c] = src[at + c]! << 16;
+    row.read(r);
     for (let g = 0; g < groups; g++) {
-      let lo = Infinity;
-      let hi = -Infinity;
-      for (let j = g * GROUP, end = j + GROUP; j < end; j++) {
-        const v = w[j]!;
-        if (v < lo) lo = v;
-        if (v > hi) hi = v;
-      }
-      const m = toF16(lo);
-      const scale = toF16((hi - m) / 15);
+      const m = toF16(lo[g]!);
+      const scale = toF16((hi[g]! - m) / 15);
       scales[r * groups + g] = scale;
       mins[r * groups + g] = m;
       min[g] = m;
       inv[g] = scale > 0 ? 1 / scale : 0;
     }
+    const at = r * cols;
     for (let c = 0; c < cols; c += 2) {
       const g = c >> GROUP_SHIFT;
       const q0 = Math.floor((w[c]! - min[g]!) * inv[g]! + 0.5);

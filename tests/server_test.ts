@@ -975,3 +975,22 @@ Deno.test("serve flags: parsed strictly, bad ones are usage errors", () => {
     assert.throws(() => parseServeArgs(bad), UsageError, bad.join(" "));
   }
 });
+
+Deno.test("swapmoe: /metrics reports how its uploads are paced, the step time once measured", async () => {
+  await withServer({ engine: { policy: "swapmoe", budget: "70%" } }, async ({ base, engine }) => {
+    const before = await metrics(base);
+    const pacing = engine.stats().uploadPacing!;
+    assert.equal(metric(before, "swapmoe_upload_share"), pacing.share);
+    assert.equal(metric(before, "swapmoe_upload_rate_bytes_per_second"), pacing.bytesPerSecond);
+    assert.ok(metric(before, "swapmoe_upload_bytes_per_step") > 0);
+    // no decode step measured without uploads yet: no sample rather than a made-up one
+    assert.doesNotMatch(before, /^swapmoe_decode_step_seconds /m);
+    // two 16-step batches of decoding measure it
+    const res = await post(base, COMPLETIONS, { prompt: PROMPT, max_tokens: 64, min_tokens: 64 });
+    assert.equal(res.status, 200);
+    assert.equal((await res.json()).usage.completion_tokens, 64);
+    const after = await metrics(base);
+    assert.equal(metric(after, "swapmoe_decode_step_seconds"), engine.stats().uploadPacing!.stepSeconds);
+    assert.ok(metric(after, "swapmoe_decode_step_seconds") > 0);
+  });
+});

@@ -1,7 +1,7 @@
 /**
  * The server's counters and `GET /metrics` in Prometheus' text exposition format (version 0.0.4):
  * requests by route and status, tokens, latency histograms, the queue, and the engine's own figures
- * (GPU bytes, budget, expert hit rate, swaps, bytes uploaded, tokens per second) read from
+ * (GPU bytes, budget, expert hit rate, swaps, bytes uploaded, upload pacing, tokens per second) read from
  * `engine.stats()` at scrape time.
  *
  * @module
@@ -163,6 +163,34 @@ export class Metrics {
     out.family("swapmoe_expert_upload_seconds_total", "counter", "Time spent uploading experts", [
       [{}, stats.uploadSeconds],
     ]);
+    const pacing = stats.uploadPacing;
+    if (pacing) {
+      // swapmoe's uploads paced by what they cost the decode steps (src/moe/upload_pacer.ts)
+      out.family(
+        "swapmoe_upload_share",
+        "gauge",
+        "Share of a decode step's time that expert uploads may take",
+        [
+          [{}, pacing.share],
+        ],
+      );
+      out.family("swapmoe_upload_bytes_per_step", "gauge", "Expert bytes a decode step earns for uploads", [
+        [{}, pacing.bytesPerStep],
+      ]);
+      out.family("swapmoe_upload_rate_bytes_per_second", "gauge", "Measured rate of expert uploads", [
+        [{}, pacing.bytesPerSecond],
+      ]);
+      if (pacing.stepSeconds !== null) {
+        out.family(
+          "swapmoe_decode_step_seconds",
+          "gauge",
+          "A decode step's time without uploads, as measured",
+          [
+            [{}, pacing.stepSeconds],
+          ],
+        );
+      }
+    }
     out.family("swapmoe_engine_tokens_total", "counter", "Tokens the engine processed, by phase", [
       [{ phase: "prefill" }, stats.prefillTokens],
       [{ phase: "decode" }, stats.decodeTokens],

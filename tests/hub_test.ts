@@ -164,7 +164,7 @@ Deno.test("hub: a connection dropped mid-file is resumed with Range from the byt
     const seen: number[] = [];
     const r = await pullModel(REPO, {
       retryDelayMs: 10,
-      onProgress: (p) => p.file === SHARD1 && seen.push(p.bytes),
+      onProgress: (p) => seen.push(p.bytes),
     });
     const cdn = requestsFor(hub, SHARD1).filter((e) => e.server === "cdn");
     assert.deepEqual(cdn.map((e) => [e.status, e.range]), [[200, undefined], [206, "bytes=100000-"]]);
@@ -174,8 +174,35 @@ Deno.test("hub: a connection dropped mid-file is resumed with Range from the byt
       Deno.readFileSync(join(FIXTURE, SHARD1)),
     );
     assert.ok(seen.every((b, i) => i === 0 || b >= seen[i - 1]!), "progress only grows");
-    assert.equal(seen.at(-1), TOTAL - size(SHARD2), "bytes count every file before and this one");
+    assert.equal(seen.at(-1), TOTAL, "bytes count every file, those fetched side by side included");
   }, { repo: { dropAfter: { [SHARD1]: 100_000 } } });
+});
+
+Deno.test("hub: a pull fetches files side by side, each over its own connection", async () => {
+  // every connection paced to 2 MiB/s, as a CDN paces one: the shards (0.4 and 0.6 MB) at once take
+  // about as long as the larger alone
+  const pull = async (parallelDownloads: number) => {
+    let seconds = 0;
+    let peak = 0;
+    await withHub(async (hub, cache) => {
+      const started = performance.now();
+      await pullModel(REPO, { parallelDownloads });
+      seconds = (performance.now() - started) / 1000;
+      peak = hub.peakPacedBodies;
+      for (const f of [SHARD1, SHARD2]) {
+        assert.deepEqual(Deno.readFileSync(join(SNAPSHOT(cache), f)), Deno.readFileSync(join(FIXTURE, f)));
+      }
+    }, { repo: { bytesPerSecond: 2 << 20 } });
+    return { seconds, peak };
+  };
+  const one = await pull(1);
+  const four = await pull(4);
+  assert.equal(one.peak, 1);
+  assert.ok(four.peak >= 2, `at most ${four.peak} at once`);
+  assert.ok(
+    four.seconds < 0.85 * one.seconds,
+    `${four.seconds} s side by side against ${one.seconds} s one by one`,
+  );
 });
 
 Deno.test("hub: an interrupted pull leaves the partial file in blobs/, and the next pull resumes it", async () => {
@@ -198,11 +225,19 @@ Deno.test("hub: an interrupted pull leaves the partial file in blobs/, and the n
     assert.ok(!filesIn(SNAPSHOT(cache)).includes(SHARD1), "an unverified file is not in the snapshot");
     assert.ok(!filesIn(blobs).includes(blobIdOf(SHARD1)));
 
+    // what the first pull left: files done (fetched side by side with the shard) and partial blobs
+    const linked = filesIn(SNAPSHOT(cache)).filter((f) => ENGINE_FILES.includes(f));
+    const partials = filesIn(blobs).filter((f) => f.endsWith(".incomplete"))
+      .reduce((a, f) => a + Deno.statSync(join(blobs, f)).size, 0);
     hub.log.length = 0;
     const r = await pullModel(REPO, { retryDelayMs: 10 });
     const cdn = requestsFor(hub, SHARD1).filter((e) => e.server === "cdn");
     assert.deepEqual(cdn.map((e) => [e.status, e.range]), [[206, `bytes=${onDisk}-`]]);
-    assert.equal(r.downloadedBytes, size(SHARD1) - onDisk + size(SHARD2), "only what was missing");
+    assert.equal(
+      r.downloadedBytes,
+      TOTAL - linked.reduce((a, f) => a + size(f), 0) - partials,
+      "only what was missing",
+    );
     assert.deepEqual(Deno.readFileSync(join(r.dir, SHARD1)), Deno.readFileSync(join(FIXTURE, SHARD1)));
     assert.deepEqual(requestsFor(hub, "config.json"), [], "files already cached are not fetched again");
   }, { repo: { dropAfter: { [SHARD1]: 100_000 } } });

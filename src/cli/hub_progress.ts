@@ -67,7 +67,7 @@ export async function resolveWithProgress(
     if (options.interactive) {
       const share = p.totalBytes > 0 ? p.bytes / p.totalBytes : 1;
       STDERR.write(
-        `\r\x1b[K${p.file.padEnd(36).slice(0, 36)} ${bar(share)} ${progressText(p, meter.rate())}`,
+        `\r\x1b[Kfile ${p.fileIndex} of ${p.fileCount} ${bar(share)} ${progressText(p, meter.rate())}`,
       );
       drawn = true;
     } else if (lastLine === 0) {
@@ -79,7 +79,8 @@ export async function resolveWithProgress(
       );
     } else if (now - lastLine >= PLAIN_INTERVAL_MS) {
       lastLine = now;
-      console.error(`  ${p.file}: ${progressText(p, meter.rate())}`);
+      // files come side by side: the count says how far, the file is one of those in flight
+      console.error(`  file ${p.fileIndex} of ${p.fileCount} (${p.file}): ${progressText(p, meter.rate())}`);
     }
   };
   let resolved: ResolvedModel;

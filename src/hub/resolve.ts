@@ -19,9 +19,9 @@ export interface DownloadProgress {
   repo: string;
   /** The commit being fetched. */
   commit: string;
-  /** The file being fetched. */
+  /** The file this report is about (several may be fetched at once). */
   file: string;
-  /** 1-based position of `file` among the files this call fetches. */
+  /** Files this call has finished, plus one while any is still being fetched (1-based, as "file i of n"). */
   fileIndex: number;
   /** Files this call fetches (those the cache lacks). */
   fileCount: number;
@@ -47,7 +47,15 @@ export interface ResolveOptions {
   settings?: Partial<HubSettings>;
   /** Milliseconds before retrying a dropped download; doubled each time. Default 500. */
   retryDelayMs?: number;
+  /**
+   * Files downloaded at once (a sharded checkpoint's shards side by side, each over its own
+   * connection, as huggingface_hub's `snapshot_download` does). Default 4.
+   */
+  parallelDownloads?: number;
 }
+
+/** Files {@link ResolveOptions.parallelDownloads} fetches at once by default. */
+export const PARALLEL_DOWNLOADS = 4;
 
 /** A model folder, and where it came from. */
 export interface ResolvedModel {
@@ -232,24 +240,51 @@ async function fetchSnapshot(
   const sum = (list: HubFile[]) => list.reduce((a, f) => a + f.size, 0);
   const totalBytes = sum(first) + sum(todo);
   let done = sum(first);
-  for (const [i, file] of todo.entries()) {
-    const progress = (onDisk: number, got: number) => {
-      received += got;
-      options.onProgress?.({
-        repo,
-        commit,
-        file: file.path,
-        fileIndex: first.length + i + 1,
-        fileCount: first.length + todo.length,
-        bytes: done + onDisk,
-        totalBytes,
-        receivedBytes: received,
-      });
-    };
-    if (cache.blobSize(repo, blobIdOf(file)) !== file.size) progress(0, 0);
-    await fetchFile({ ...ctx, onBytes: progress }, file);
-    done += file.size;
-  }
+  let finished = first.length;
+  const fileCount = first.length + todo.length;
+  // bytes on disk of the files being fetched
+  const onDisk = new Map<string, number>();
+  const report = (file: HubFile) =>
+    options.onProgress?.({
+      repo,
+      commit,
+      file: file.path,
+      fileIndex: Math.min(finished + 1, fileCount),
+      fileCount,
+      bytes: done + [...onDisk.values()].reduce((a, b) => a + b, 0),
+      totalBytes,
+      receivedBytes: received,
+    });
+  // the shards side by side; the first failure stops the others (what they fetched stays, to resume)
+  const stop = new AbortController();
+  const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+  let failure: { error: unknown } | undefined;
+  let next = 0;
+  const worker = async () => {
+    while (next < todo.length && !failure) {
+      const file = todo[next++]!;
+      const onBytes = (bytes: number, got: number) => {
+        received += got;
+        onDisk.set(file.path, bytes);
+        report(file);
+      };
+      if (cache.blobSize(repo, blobIdOf(file)) !== file.size) onBytes(0, 0);
+      try {
+        await fetchFile({ ...ctx, signal, onBytes }, file);
+      } catch (error) {
+        // the first failure is the one to tell; the others were stopped by it
+        failure ??= { error };
+        stop.abort(error);
+        return;
+      }
+      onDisk.delete(file.path);
+      done += file.size;
+      finished++;
+    }
+  };
+  const workers = Math.max(1, Math.min(options.parallelDownloads ?? PARALLEL_DOWNLOADS, todo.length));
+  await Promise.all(Array.from({ length: workers }, worker));
+  if (failure) throw failure.error;
   return received;
 }
 

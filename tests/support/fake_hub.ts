@@ -12,7 +12,8 @@
  *   token that has no access, 404 `RevisionNotFound` and `EntryNotFound`.
  *
  * Faults on demand: a file served corrupted (same size, one byte flipped), a listed file that answers
- * 404, a connection dropped or stalled after N bytes (once), `Range` ignored. Every request is logged.
+ * 404, a connection dropped or stalled after N bytes (once), `Range` ignored, every connection's body
+ * paced to a rate (as a CDN gives one connection). Every request is logged.
  */
 import { createHash } from "node:crypto";
 import { join, relative } from "node:path";
@@ -35,6 +36,8 @@ export interface FakeRepo {
   stallAfter?: Record<string, number>;
   /** Answer `Range` requests with the whole file (200), as some CDNs do. */
   ignoreRange?: boolean;
+  /** Send each body at this many bytes a second, in 16 KiB chunks (per connection). */
+  bytesPerSecond?: number;
   /** Extra files, path → content. */
   extra?: Record<string, string>;
 }
@@ -61,6 +64,8 @@ export interface FakeHub extends AsyncDisposable {
   log: LogEntry[];
   /** The repositories' files as served: repo → path → file. */
   files: Map<string, Map<string, FakeFile>>;
+  /** The most paced bodies (`bytesPerSecond`) that were being sent at once. */
+  readonly peakPacedBodies: number;
 }
 
 /** One served file. */
@@ -144,6 +149,38 @@ export function startFakeHub(repos: Record<string, FakeRepo>): FakeHub {
       },
     });
 
+  let pacedBodies = 0;
+  let peakPacedBodies = 0;
+  /** `bytes` sent in 16 KiB chunks at `rate` bytes a second. */
+  const paced = (bytes: Uint8Array, rate: number): ReadableStream<Uint8Array> => {
+    const CHUNK = 16 << 10;
+    let at = 0;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    return new ReadableStream<Uint8Array>({
+      start() {
+        peakPacedBodies = Math.max(peakPacedBodies, ++pacedBodies);
+      },
+      pull(c) {
+        return new Promise<void>((resolve) => {
+          timer = setTimeout(() => {
+            const chunk = bytes.slice(at, at + CHUNK);
+            at += chunk.length;
+            c.enqueue(chunk);
+            if (at >= bytes.length) {
+              pacedBodies--;
+              c.close();
+            }
+            resolve();
+          }, (1000 * Math.min(CHUNK, bytes.length - at)) / rate);
+        });
+      },
+      cancel() {
+        clearTimeout(timer);
+        pacedBodies--;
+      },
+    });
+  };
+
   /** The served bytes of `f` (corrupted when asked), from `start` to `end`, cut off once when asked. */
   const body = (repoId: string, f: FakeFile, start: number, end: number): BodyInit => {
     const repo = repos[repoId]!;
@@ -153,6 +190,7 @@ export function startFakeHub(repos: Record<string, FakeRepo>): FakeHub {
       bytes[bytes.length >> 1]! ^= 0xff;
     }
     const slice = bytes.subarray(start, end + 1);
+    if (repo.bytesPerSecond !== undefined) return paced(slice, repo.bytesPerSecond);
     const stall = repo.stallAfter?.[f.path];
     const cut = repo.dropAfter?.[f.path] ?? stall;
     const key = `${repoId}/${f.path}`;
@@ -284,6 +322,9 @@ export function startFakeHub(repos: Record<string, FakeRepo>): FakeHub {
     cdn: cdnOrigin,
     log,
     files,
+    get peakPacedBodies() {
+      return peakPacedBodies;
+    },
     async [Symbol.asyncDispose]() {
       await Promise.all([hub.shutdown(), cdn.shutdown()]);
     },

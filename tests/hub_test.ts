@@ -362,6 +362,9 @@ Deno.test("hub: a missing file, repository or revision is a HubError that names 
       OptionError,
       /^Invalid revision: "..\/..\/x"/,
     );
+    for (const parallelDownloads of [0, -1, 1.5, NaN]) {
+      await rejectsWith(pullModel(REPO, { parallelDownloads }), OptionError, /^Invalid parallelDownloads: /);
+    }
   });
 });
 

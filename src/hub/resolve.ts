@@ -120,6 +120,10 @@ export async function pullModel(name: string, options: ResolveOptions = {}): Pro
     throw new OptionError(`Invalid model name: "${name}", expected org/name or org/name@revision`);
   }
   if (options.revision !== undefined) checkRevision(options.revision);
+  const parallel = options.parallelDownloads;
+  if (parallel !== undefined && !(Number.isSafeInteger(parallel) && parallel >= 1)) {
+    throw new OptionError(`Invalid parallelDownloads: ${parallel}, expected a whole number of at least 1`);
+  }
   const ref: ModelRef = { repo: parsed.repo, revision: options.revision ?? parsed.revision };
   const settings = { ...hubSettings(), ...options.settings };
   const cache = new HubCache(settings.cacheDir);

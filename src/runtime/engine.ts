@@ -802,6 +802,7 @@ class MoeEngine implements Engine {
         this.#gpu.device.destroy();
         this.#quantized?.[Symbol.dispose]();
         this.#ckpt.close();
+        this.tokenizer.close(); // its thread, if a long prompt started one
       }
     } finally {
       lease.release();

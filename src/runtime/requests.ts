@@ -194,16 +194,34 @@ export function validateExpertSets(
 
 /** The prompt's token ids: given, encoded, or the chat template rendered and encoded. */
 export function promptIds(tokenizer: Tokenizer, r: GenerateRequest): number[] {
+  const p = promptOf(r);
+  if (p.ids) return [...p.ids];
+  if (p.prompt !== undefined) return tokenizer.encode(p.prompt);
+  // the template writes its own special tokens; those typed into messages are text
+  return tokenizer.encodeChat(p.messages!, { addGenerationPrompt: true });
+}
+
+/**
+ * {@link promptIds} that keeps the event loop free: a long prompt is tokenized on the tokenizer's
+ * thread ({@link Tokenizer.encodeOffThread}), to the same ids.
+ * @throws {OptionError} (as a rejection) for what {@link promptIds} refuses
+ */
+export async function promptIdsOffThread(tokenizer: Tokenizer, r: GenerateRequest): Promise<number[]> {
+  const p = promptOf(r);
+  if (p.ids) return [...p.ids];
+  if (p.prompt !== undefined) return await tokenizer.encodeOffThread(p.prompt);
+  return await tokenizer.encodeChatOffThread(p.messages!, { addGenerationPrompt: true });
+}
+
+/** The one prompt of `r`, validated. */
+function promptOf(r: GenerateRequest): Pick<GenerateRequest, "ids" | "prompt" | "messages"> {
   validateRequest(r);
   const given = [r.ids, r.prompt, r.messages].filter((x) => x !== undefined).length;
   if (given !== 1) throw new OptionError("Invalid request: give exactly one of ids, prompt, messages");
-  if (r.ids) return [...r.ids];
-  if (r.prompt !== undefined) {
-    if (typeof r.prompt !== "string") throw new OptionError("Invalid prompt: expected a string");
-    return tokenizer.encode(r.prompt);
+  if (r.prompt !== undefined && typeof r.prompt !== "string") {
+    throw new OptionError("Invalid prompt: expected a string");
   }
-  // the template writes its own special tokens; those typed into messages are text
-  return tokenizer.encodeChat(r.messages!, { addGenerationPrompt: true });
+  return r;
 }
 
 /**

@@ -15,7 +15,7 @@
  */
 import { basename } from "node:path";
 import { EngineClosedError, OptionError } from "../errors.ts";
-import { promptIds } from "../runtime/requests.ts";
+import { promptIdsOffThread } from "../runtime/requests.ts";
 import type { Engine, FinishReason, GenerateChunk } from "../runtime/types.ts";
 import { type HarmonyReader, harmonyReader } from "../text/harmony.ts";
 import { utf8Length } from "../text/tokenizer.ts";
@@ -94,12 +94,18 @@ export interface StartedJob {
 }
 
 /**
- * Tokenizes the prompt once (text that cannot fit the context is refused by its length first:
- * tokenizing takes ~1.4 s a MB on the event loop), fits `max_tokens` to the context and asks the
- * engine, which checks the request now and is taken when the chunks are first read.
+ * Tokenizes the prompt once (text that cannot fit the context is refused by its length first; a long
+ * prompt is tokenized on the tokenizer's thread, so that the streams being decoded do not wait), fits
+ * `max_tokens` to the context and asks the engine, which checks the request now and is taken when the
+ * chunks are first read.
  * @throws {RequestError} for a prompt too long; the engine's `OptionError` or `TokenizerError`
  */
-export function startJob(engine: Engine, settings: ApiSettings, job: Job, signal?: AbortSignal): StartedJob {
+export async function startJob(
+  engine: Engine,
+  settings: ApiSettings,
+  job: Job,
+  signal?: AbortSignal,
+): Promise<StartedJob> {
   const r = job.request;
   let ids: number[];
   if (r.ids) ids = [...r.ids];
@@ -117,7 +123,8 @@ export function startJob(engine: Engine, settings: ApiSettings, job: Job, signal
         "context_length_exceeded",
       );
     }
-    ids = promptIds(engine.tokenizer, r);
+    // a long prompt on the tokenizer's thread: the streams being decoded meanwhile keep going
+    ids = await promptIdsOffThread(engine.tokenizer, r);
   }
   const maxTokens = fitContext(job, ids.length, settings.contextLength, settings.defaultMaxTokens);
   const { prompt: _, messages: __, ...rest } = r;
@@ -315,7 +322,7 @@ class InProcess {
     // read at the first request: the engine's constructor attaches this before it is loaded
     this.#settings ??= apiSettings(this.#engine);
     const job = parseJob(this.#kind, body, this.#settings);
-    const answer = new Answer(startJob(this.#engine, this.#settings, job, signal));
+    const answer = new Answer(await startJob(this.#engine, this.#settings, job, signal));
     if (job.stream) return abortableStream(answer, signal);
     const whole = await abortable(answer.whole(), signal);
     if (!whole) throw abortReason(signal);

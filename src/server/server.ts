@@ -425,7 +425,7 @@ class ApiHandler {
     await new Promise((r) => setTimeout(r, 0));
     try {
       // checks the request now; the engine is taken only when the chunks are first read
-      started = startJob(this.#engine, this.#settings, job, ac.signal);
+      started = await startJob(this.#engine, this.#settings, job, ac.signal);
     } catch (e) {
       throw fromEngineError(e);
     }
@@ -441,6 +441,8 @@ class ApiHandler {
     const gen: Generation = { started, turn, ac, arrived };
     const onGone = () => ac.abort(new ClientGone());
     request.signal.addEventListener("abort", onGone, { once: true });
+    // gone while its prompt was tokenized: an aborted signal fires no more events
+    if (request.signal.aborted) onGone();
     this.#active.add(ac);
     let finished!: () => void;
     const task = new Promise<void>((r) => finished = r);

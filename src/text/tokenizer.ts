@@ -12,6 +12,7 @@ import { type Spans, SpecialTokenGuard } from "./special_tokens.ts";
 
 export { TEMPLATE_LIMITS, type TemplateLimits } from "./chat_template.ts";
 import { TokenizerError } from "../errors.ts";
+import { TokenizerThread } from "./tokenizer_thread.ts";
 import { readTextFileLimited, TEXT_FILE_LIMITS } from "../checkpoint/text_file.ts";
 
 /** One turn of a conversation, as chat templates expect it. */
@@ -206,6 +207,21 @@ function pickChatTemplate(
 }
 
 /**
+ * Text of this many characters (UTF-16 units) or more is tokenized on a worker thread by the
+ * `…OffThread` methods: about 10 ms of encoding on the event loop at most.
+ */
+export const OFF_THREAD_CHARS = 16 * 1024;
+
+/** `f()`, its throw a rejection. */
+function attempt<T>(f: () => T): Promise<T> {
+  try {
+    return Promise.resolve(f());
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/**
  * A loaded tokenizer. Encoding and decoding agree with `transformers`' `AutoTokenizer` for the same folder:
  * `encode(text)` is `tokenizer(text).input_ids`, `decode(ids)` is `tokenizer.decode(ids, skip_special_tokens=True)`.
  */
@@ -226,14 +242,19 @@ export class Tokenizer {
   #template: ChatTemplate | undefined;
   /** Keeps special tokens typed into messages from being special (see {@link Tokenizer.encodeChat}). */
   readonly #guard: SpecialTokenGuard;
+  /** The folder it was loaded from, and the thread that tokenizes long text (started when first needed). */
+  readonly #dir: string;
+  #thread: TokenizerThread | undefined;
 
   private constructor(
+    dir: string,
     hf: HfTokenizer,
     config: JsonObject,
     configPath: string,
     templateSource: TemplateSource | undefined,
     guard: SpecialTokenGuard,
   ) {
+    this.#dir = dir;
     this.#hf = hf;
     this.#guard = guard;
     this.#templateSource = templateSource;
@@ -334,7 +355,14 @@ export class Tokenizer {
       });
     }
     const templateSource = pickChatTemplate(jinja, jinjaPath, config, configPath);
-    return new Tokenizer(hf, config, configPath, templateSource, new SpecialTokenGuard(complete, config));
+    return new Tokenizer(
+      dir,
+      hf,
+      config,
+      configPath,
+      templateSource,
+      new SpecialTokenGuard(complete, config),
+    );
   }
 
   /**
@@ -363,6 +391,32 @@ export class Tokenizer {
    */
   encode(text: string, options: EncodeOptions = {}): number[] {
     return checkedIds(this.#hf.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids);
+  }
+
+  /**
+   * {@link Tokenizer.encode} that keeps the event loop free: text of {@link OFF_THREAD_CHARS} or more is
+   * encoded on a worker thread (the same ids), shorter text here. {@link Tokenizer.close} ends the thread.
+   */
+  encodeOffThread(text: string, options: EncodeOptions = {}): Promise<number[]> {
+    if (text.length < OFF_THREAD_CHARS) return attempt(() => this.encode(text, options));
+    return this.#offThread().encode(text, options);
+  }
+
+  /** {@link Tokenizer.encodeChat} that keeps the event loop free, as {@link Tokenizer.encodeOffThread}. */
+  encodeChatOffThread(messages: ChatMessage[], options: ChatTemplateOptions = {}): Promise<number[]> {
+    const chars = messages.reduce((a, m) => a + (typeof m.content === "string" ? m.content.length : 0), 0);
+    if (chars < OFF_THREAD_CHARS) return attempt(() => this.encodeChat(messages, options));
+    return this.#offThread().encodeChat(messages, options);
+  }
+
+  /** Ends the thread of {@link Tokenizer.encodeOffThread}, if one was started; a later call starts another. */
+  close(): void {
+    this.#thread?.close();
+    this.#thread = undefined;
+  }
+
+  #offThread(): TokenizerThread {
+    return this.#thread ??= new TokenizerThread(this.#dir);
   }
 
   /**

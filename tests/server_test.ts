@@ -475,6 +475,23 @@ export const BAD_REQUESTS: BadRequest[] = [
     param: "messages",
     message: /^Prompt too long: 19000 bytes of text, more than the 18432/,
   },
+  // under the byte bound but over 16 Ki characters: tokenized on the tokenizer's thread, then refused
+  {
+    name: "prompt tokenized on the tokenizer's thread, of more tokens than the context holds",
+    path: COMPLETIONS,
+    body: completion({ prompt: "x ".repeat(9000) }),
+    status: 400,
+    param: "prompt",
+    message: /^Prompt too long: \d+ tokens, the context holds 256 including at least one new token/,
+  },
+  {
+    name: "messages tokenized on the tokenizer's thread, of more tokens than the context holds",
+    path: CHAT,
+    body: chat({ messages: [{ role: "user", content: "y ".repeat(9000) }] }),
+    status: 400,
+    param: "messages",
+    message: /^Prompt too long: \d+ tokens, the context holds 256/,
+  },
   { name: "GET on a POST route", method: "GET", path: CHAT, status: 405 },
   { name: "DELETE /v1/models", method: "DELETE", path: "/v1/models", status: 405 },
   { name: "POST /health", method: "POST", path: "/health", body: {}, status: 405 },

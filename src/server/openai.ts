@@ -128,6 +128,10 @@ export async function startJob(
   }
   const maxTokens = fitContext(job, ids.length, settings.contextLength, settings.defaultMaxTokens);
   const { prompt: _, messages: __, ...rest } = r;
+  // a harmony answer's stop strings are looked for in its channels' text, not in the markers' words
+  // (`analysis`, `final`) the engine's text holds: the reader has them, and the answer ends the generation
+  const harmony = job.kind === "chat" ? harmonyReader(engine.tokenizer, r.stop ?? []) : undefined;
+  if (harmony) delete rest.stop;
   return {
     job,
     id: `${job.kind === "chat" ? "chatcmpl" : "cmpl"}-${crypto.randomUUID().replaceAll("-", "")}`,
@@ -136,7 +140,7 @@ export async function startJob(
     promptTokens: ids.length,
     chunks: engine.generate({ ...rest, ids, maxTokens, signal }),
     signal,
-    harmony: job.kind === "chat" ? harmonyReader(engine.tokenizer, r.stop ?? []) : undefined,
+    harmony,
   };
 }
 
@@ -260,8 +264,13 @@ export class Answer {
       if (signal?.aborted) break;
       if (harmony) {
         const pieces = harmony.push(c.ids);
-        if (c.finishReason) pieces.push(...harmony.flush());
+        if (c.finishReason || harmony.stopped) pieces.push(...harmony.flush());
         for (const p of pieces) yield { text: p.text, reasoning: p.channel === "analysis" };
+        if (harmony.stopped && !c.finishReason) {
+          // a stop string in a channel: leaving the loop ends the engine's generation
+          this.finish = "stop";
+          break;
+        }
       } else if (c.text) yield { text: c.text, reasoning: false };
       if (c.finishReason) {
         this.finish = c.finishReason;

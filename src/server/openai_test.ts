@@ -78,3 +78,16 @@ Deno.test("openai: a stop string is cut from a harmony answer's content, streame
   }
   assert.equal(streamed, "Hello ");
 });
+
+Deno.test("openai: a harmony answer's stop strings end it in its channels' text, not in the markers' words", async () => {
+  // "final" is a header word: no stop; "asks" in the analysis ends the answer there
+  const unstopped = (await new Answer(started(false, true, ["final"])).whole()) as ChatCompletion;
+  assert.equal(unstopped.choices[0]!.message.content, "Hello there");
+  const job = started(false, true, ["asks"]);
+  const whole = (await new Answer(job).whole()) as ChatCompletion;
+  assert.equal(whole.choices[0]!.message.reasoning_content, "The user ");
+  assert.equal(whole.choices[0]!.message.content, "");
+  assert.equal(whole.choices[0]!.finish_reason, "stop");
+  // the engine's generation was ended: its generator returned, with chunks left unread
+  assert.equal((await job.chunks.next()).done, true);
+});

@@ -58,8 +58,8 @@ export interface HarmonyPiece {
 
 /**
  * Splits an assistant's harmony output into its channels' text as its tokens arrive. A stop string
- * ends the output where it begins in a body (the engine stops generating at it, in the text read with
- * the markers left out); text that could begin one is held back until the next tokens or the end.
+ * ends the output where it begins in a body (its reader, the server, then ends the generation); text
+ * that could begin one is held back until the next tokens or the end.
  */
 export class HarmonyReader {
   readonly #m: HarmonyMarkers;
@@ -83,6 +83,11 @@ export class HarmonyReader {
     this.#m = markers;
     this.#tokenizer = tokenizer;
     this.#stop = stop;
+  }
+
+  /** Whether a body reached one of the stop strings: the output ends there, and later ids are ignored. */
+  get stopped(): boolean {
+    return this.#stopped;
   }
 
   /** Reads `ids`; returns the text they complete, by channel. */

@@ -1,9 +1,10 @@
 /** The split-key attention kernels against a plain CPU reference, on random shapes. */
 import assert from "node:assert/strict";
 import { createGpu } from "../gpu/device.ts";
-import { encode, kernelContext } from "../gpu/dispatch.ts";
+import { kernelContext } from "../gpu/dispatch.ts";
 import { attention, attentionScratchBytes } from "./attention.ts";
 import { callSplits, chunkRows, decodeRow, packRows, packStep, type RowMeta } from "./step.ts";
+import { runAndRead } from "../../tests/support/gpu_read.ts";
 import { rng } from "../../tests/support/random.ts";
 
 /** Where each query sits: its sequence's slot and its position (src/kernels/step.ts `Row`). */
@@ -116,10 +117,6 @@ async function runCase(
       : undefined;
     const partials = memory.alloc("partials", attentionScratchBytes(t, c.H, c.hd), S, "activations");
     const out = memory.alloc("out", t * c.H * c.hd * 4, S, "activations");
-    const read = device.createBuffer({
-      size: out.size,
-      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    });
     const ds = await attention(ctx, {
       label: "attention",
       numHeads: c.H,
@@ -137,17 +134,7 @@ async function runCase(
     });
     const shape = { t, headRows: 0, pos0: c.rows[0]!.pos, splits: callSplits(c.rows) };
     device.queue.writeBuffer(step.buffer, 0, packStep(shape));
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    encode(pass, ds, shape);
-    pass.end();
-    enc.copyBufferToBuffer(out.buffer, 0, read, 0, out.size);
-    device.queue.submit([enc.finish()]);
-    await read.mapAsync(GPUMapMode.READ);
-    const got = new Float32Array(read.getMappedRange().slice(0));
-    read.unmap();
-    read.destroy();
-    return got;
+    return new Float32Array(await runAndRead(device, ds, shape, out.buffer, out.size));
   } finally {
     memory.freeAll();
   }

@@ -13,7 +13,7 @@
  */
 import assert from "node:assert/strict";
 import { createGpu } from "../gpu/device.ts";
-import { encode, kernelContext } from "../gpu/dispatch.ts";
+import { kernelContext } from "../gpu/dispatch.ts";
 import type { TrackedBuffer } from "../gpu/memory.ts";
 import {
   bf16ToF32,
@@ -35,6 +35,7 @@ import {
   type TileShape,
 } from "./experts.ts";
 import { packStep } from "./step.ts";
+import { runAndRead } from "../../tests/support/gpu_read.ts";
 import { rng } from "../../tests/support/random.ts";
 
 /** A random [rows, cols] matrix as bf16 bytes. */
@@ -253,19 +254,7 @@ async function checkCase(
     );
   }
   device.queue.writeBuffer(step.buffer, 0, packStep(shape));
-  const read = device.createBuffer({
-    size: T * D * 4,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  const enc = device.createCommandEncoder();
-  const pass = enc.beginComputePass();
-  encode(pass, dispatches, shape);
-  pass.end();
-  enc.copyBufferToBuffer(yb, 0, read, 0, T * D * 4);
-  device.queue.submit([enc.finish()]);
-  await read.mapAsync(GPUMapMode.READ);
-  const got = new Float32Array(read.getMappedRange().slice(0));
-  read.destroy();
+  const got = new Float32Array(await runAndRead(device, dispatches, shape, yb, T * D * 4));
   let worst = 0;
   for (let i = 0; i < got.length; i++) {
     const tol = 2 * (D + I) * U * (bound[i]! + Math.abs(y0[i]!)) + 1e-7;
@@ -365,19 +354,15 @@ Deno.test("experts, grouped path: the grouping lists every resident row once, by
       });
       const shape = { t: T, headRows: 0, pos0: 0 };
       device.queue.writeBuffer(step.buffer, 0, packStep(shape));
-      const read = device.createBuffer({
-        size: scratch.route * 4,
-        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      });
-      const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      encode(pass, dispatches.filter((d) => d.label === "group.group"), shape);
-      pass.end();
-      enc.copyBufferToBuffer(route, 0, read, 0, scratch.route * 4);
-      device.queue.submit([enc.finish()]);
-      await read.mapAsync(GPUMapMode.READ);
-      const got = new Uint32Array(read.getMappedRange().slice(0));
-      read.destroy();
+      const got = new Uint32Array(
+        await runAndRead(
+          device,
+          dispatches.filter((d) => d.label === "group.group"),
+          shape,
+          route,
+          scratch.route * 4,
+        ),
+      );
       gpu.assertAlive();
 
       // the CPU's grouping: each expert's resident rows, and its tiles
@@ -562,19 +547,7 @@ Deno.test("experts: gpt-oss's clamped SwiGLU over the fused, interleaved gate_up
       });
       const shape = { t: T, headRows: 0, pos0: 0 };
       device.queue.writeBuffer(step.buffer, 0, packStep(shape));
-      const read = device.createBuffer({
-        size: T * D * 4,
-        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      });
-      const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      encode(pass, dispatches, shape);
-      pass.end();
-      enc.copyBufferToBuffer(yb, 0, read, 0, T * D * 4);
-      device.queue.submit([enc.finish()]);
-      await read.mapAsync(GPUMapMode.READ);
-      const got = new Float32Array(read.getMappedRange().slice(0));
-      read.destroy();
+      const got = new Float32Array(await runAndRead(device, dispatches, shape, yb, T * D * 4));
       gpu.assertAlive();
       let worst = 0;
       for (let i = 0; i < got.length; i++) {

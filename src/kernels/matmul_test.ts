@@ -1,9 +1,10 @@
 /** The matmul kernels (reference and vectorised) against a CPU reference, on random shapes. */
 import assert from "node:assert/strict";
 import { createGpu } from "../gpu/device.ts";
-import { encode, kernelContext } from "../gpu/dispatch.ts";
+import { kernelContext } from "../gpu/dispatch.ts";
 import { fastPathApplies, matmul } from "./matmul.ts";
 import { packStep } from "./step.ts";
+import { runAndRead } from "../../tests/support/gpu_read.ts";
 import { bf16, rng } from "../../tests/support/random.ts";
 
 Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accumulate, logits rows)", async () => {
@@ -61,19 +62,7 @@ Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accu
         });
         const shape = { t: c.rows, headRows, pos0: 0 };
         device.queue.writeBuffer(step.buffer, 0, packStep(shape, headRow0));
-        const read = device.createBuffer({
-          size: yb!.size,
-          usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-        });
-        const enc = device.createCommandEncoder();
-        const pass = enc.beginComputePass();
-        encode(pass, [d], shape);
-        pass.end();
-        enc.copyBufferToBuffer(yb!.buffer, 0, read, 0, yb!.size);
-        device.queue.submit([enc.finish()]);
-        await read.mapAsync(GPUMapMode.READ);
-        const got = new Float32Array(read.getMappedRange().slice(0));
-        read.destroy();
+        const got = new Float32Array(await runAndRead(device, [d], shape, yb!.buffer, yb!.size));
         let err = 0;
         for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
         const path = fastPathApplies(o) ? "gemv8" : "main";

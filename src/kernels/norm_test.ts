@@ -1,9 +1,10 @@
 /** RMSNorm (shaders/norm.wgsl) against a CPU reference: into another buffer and in place, narrow and wide rows. */
 import assert from "node:assert/strict";
 import { createGpu } from "../gpu/device.ts";
-import { encode, kernelContext } from "../gpu/dispatch.ts";
+import { kernelContext } from "../gpu/dispatch.ts";
 import { rmsNorm } from "./norm.ts";
 import { packStep } from "./step.ts";
+import { runAndRead } from "../../tests/support/gpu_read.ts";
 import { bf16, rng } from "../../tests/support/random.ts";
 
 Deno.test("rmsNorm: main and in_place equal a CPU RMSNorm, rows narrower and wider than a workgroup", async () => {
@@ -44,19 +45,7 @@ Deno.test("rmsNorm: main and in_place equal a CPU RMSNorm, rows narrower and wid
         });
         const shape = { t: c.rows, headRows: 0, pos0: 0 };
         device.queue.writeBuffer(step.buffer, 0, packStep(shape, 0));
-        const read = device.createBuffer({
-          size: yb!.size,
-          usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-        });
-        const enc = device.createCommandEncoder();
-        const pass = enc.beginComputePass();
-        encode(pass, [d], shape);
-        pass.end();
-        enc.copyBufferToBuffer(yb!.buffer, 0, read, 0, yb!.size);
-        device.queue.submit([enc.finish()]);
-        await read.mapAsync(GPUMapMode.READ);
-        const got = new Float32Array(read.getMappedRange().slice(0, x.byteLength));
-        read.destroy();
+        const got = new Float32Array(await runAndRead(device, [d], shape, yb!.buffer, x.byteLength));
         let err = 0;
         for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
         assert.ok(err < 1e-5, `${JSON.stringify(c)} ${inPlace ? "in_place" : "main"}: max error ${err}`);

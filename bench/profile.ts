@@ -10,7 +10,12 @@
  * With `--rows N`, each step decodes N sequences together (N slots at the same position, as a
  * batched decode step of the server's `--parallel N`).
  *
- *   deno run -A bench/profile.ts --model DIR [--pos 64] [--steps 64] [--rows 1] [--upload-mib 192]
+ * With `--ablate`: the wall time per step (steps back to back, as 3.) with each kernel family left out
+ * in turn, alternating with the whole step: what a family costs inside the real pipeline, overlap and
+ * dispatch gaps included, where timestamps around single dispatches mislead. (Leaving a family out
+ * changes what later kernels read, never how much: every shape and workgroup count stays.)
+ *
+ *   deno run -A bench/profile.ts --model DIR [--pos 64] [--steps 64] [--rows 1] [--upload-mib 192] [--ablate]
  *
  * @module
  */
@@ -29,6 +34,7 @@ const { values } = parseArgs({
     steps: { type: "string", default: "64" },
     rows: { type: "string", default: "1" },
     "upload-mib": { type: "string", default: "0" },
+    ablate: { type: "boolean", default: false },
   },
 });
 const dir = values.model ?? new URL("../models/sotu-moe-mini", import.meta.url).pathname;
@@ -85,7 +91,9 @@ for (let rep = 0; rep < 3; rep++) {
     const pass = enc.beginComputePass({
       timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
     });
-    const [x, y] = grid(d.workgroups(shapeAt(pos)));
+    const n = d.workgroups(shapeAt(pos));
+    if (n <= 0) return; // a dispatch the call does not run (the grouped experts at decode)
+    const [x, y] = grid(n);
     pass.setPipeline(d.pipeline);
     pass.setBindGroup(0, d.bindGroup);
     pass.dispatchWorkgroups(x, y);
@@ -127,25 +135,32 @@ for (let rep = 0; rep < 3; rep++) {
 }
 
 // 3. CPU encode time and wall time per step, steps submitted back to back
-let encodeUs = 0;
-const t0 = performance.now();
-for (let s = 0; s < steps; s++) {
-  const te = performance.now();
-  writeStep(pos + s, s);
-  const enc = device.createCommandEncoder();
-  const pass = enc.beginComputePass();
-  encode(pass, all, shapeAt(pos + s));
-  pass.end();
-  device.queue.submit([enc.finish()]);
-  encodeUs += (performance.now() - te) * 1000;
+/** `steps` steps of `dispatches` back to back: CPU µs per step to encode and submit, wall µs per step. */
+async function backToBack(dispatches: readonly Dispatch[]) {
+  await device.queue.onSubmittedWorkDone();
+  let encodeUs = 0;
+  const t0 = performance.now();
+  for (let s = 0; s < steps; s++) {
+    const te = performance.now();
+    writeStep(pos + s, s);
+    const enc = device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    encode(pass, dispatches, shapeAt(pos + s));
+    pass.end();
+    device.queue.submit([enc.finish()]);
+    encodeUs += (performance.now() - te) * 1000;
+  }
+  await device.queue.onSubmittedWorkDone();
+  return { encodeUs: encodeUs / steps, wallUs: ((performance.now() - t0) * 1000) / steps };
 }
-await device.queue.onSubmittedWorkDone();
-const wallPerStep = ((performance.now() - t0) * 1000) / steps;
+await backToBack(all); // warm-up
+const { encodeUs, wallUs: wallPerStep } = await backToBack(all);
+const running = all.filter((d) => d.workgroups(shapeAt(pos)) > 0).length;
 
 console.log(
   `adapter: ${gpu.info.description}; ${dir}; position ${pos}; ${N} row${
     N > 1 ? "s" : ""
-  } per step; ${all.length} dispatches per step`,
+  } per step; ${running} dispatches per step (${all.length} recorded)`,
 );
 console.log("| kernel family | µs per step | share |\n|---|---:|---:|");
 for (const [k, v] of [...families].sort((a, b) => b[1] - a[1])) {
@@ -154,12 +169,41 @@ for (const [k, v] of [...families].sort((a, b) => b[1] - a[1])) {
 console.log(`\n| measure | µs per step |\n|---|---:|`);
 console.log(`| sum of kernels, each in its own pass | ${kernelSum.toFixed(0)} |`);
 console.log(`| all kernels in one pass (GPU) | ${onePass.toFixed(0)} |`);
-console.log(`| CPU encode + submit | ${(encodeUs / steps).toFixed(0)} |`);
+console.log(`| CPU encode + submit | ${encodeUs.toFixed(0)} |`);
 console.log(
   `| wall per step, ${steps} steps back to back | ${wallPerStep.toFixed(0)} (${
     (1e6 / wallPerStep).toFixed(0)
   } steps/s) |`,
 );
+
+// 3b. each family left out in turn, against the whole step measured just before it (median of 3 pairs)
+if (values.ablate) {
+  const family = (d: Dispatch) => d.label.replace(/^layer\d+\./, "");
+  const names = [...new Set(all.filter((d) => d.workgroups(shapeAt(pos)) > 0).map(family))];
+  const median = (v: number[]) => v.sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
+  console.log(`\nEach kernel family left out (wall µs per step, ${steps} steps back to back, median of 3):`);
+  console.log("| family | dispatches | whole step | without it | family's cost | CPU encode without |");
+  console.log("|---|---:|---:|---:|---:|---:|");
+  for (const name of names) {
+    const rest = all.filter((d) => family(d) !== name);
+    const whole: number[] = [];
+    const without: number[] = [];
+    const enc: number[] = [];
+    for (let rep = 0; rep < 3; rep++) {
+      whole.push((await backToBack(all)).wallUs);
+      const r = await backToBack(rest);
+      without.push(r.wallUs);
+      enc.push(r.encodeUs);
+    }
+    const w = median(whole);
+    const wo = median(without);
+    console.log(
+      `| ${name} | ${all.length - rest.length} | ${w.toFixed(0)} | ${wo.toFixed(0)} | ${
+        (w - wo).toFixed(0)
+      } | ${median(enc).toFixed(0)} |`,
+    );
+  }
+}
 
 // 4. uploads: back-to-back steps with and without `--upload-mib` of writeBuffer before each (one
 // expert matrix per call, as the engine uploads), alternating so both see the same warmed-up GPU. The

@@ -1,5 +1,7 @@
 // y[r, o] (+)= Σ_i x[r, i] · W[o, i] (+ bias[o])     W: [out, in] bf16 (torch Linear layout)
 // One workgroup per (output row o, tile of TT rows r); WG threads split the input dimension.
+// `gemv8` with `norm` 1 first RMS-normalises each row of x (weight g [in] bf16, one dispatch for the
+// norm and the projection): y[r, o] = Σ_i W[o, i] · g[i] · x[r, i] · rsqrt(mean_i x[r, i]² + eps).
 override WG: u32 = 64u;
 override TT: u32 = 4u; // ≤ MAX_TT
 const MAX_TT: u32 = 8u;
@@ -11,8 +13,8 @@ struct Params {
   accumulate: u32,  // 1: y += result (residual add)
   has_bias: u32,
   w_offset: u32,    // first u32 word of W in the weight buffer
-  _pad0: u32,
-  _pad1: u32,
+  norm: u32,        // gemv8: 1 normalises x's rows first (RMSNorm with weight nw4)
+  eps: f32,         // the norm's epsilon
 }
 
 @group(0) @binding(0) var<storage, read> step: Step;
@@ -74,6 +76,7 @@ override RW: u32 = 8u;
 
 @group(0) @binding(6) var<storage, read> w4: array<vec4<u32>>;
 @group(0) @binding(7) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> nw4: array<vec4<u32>>; // the norm's weight, 8 bf16 per element
 
 var<workgroup> part8: array<f32, 2048>; // ≥ WG · TT
 
@@ -90,13 +93,40 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let lane = tid % lanes;
   let o = o0 + tid / lanes;
   let n8 = p.in_dim / 8u;
+  // with the norm: each row's 1 / RMS, its sum of squares split over all WG threads
+  var inv: array<f32, MAX_TT>;
+  for (var r = 0u; r < TT; r++) { inv[r] = 1.0; }
+  if (p.norm == 1u) {
+    let n4 = p.in_dim / 4u;
+    for (var r = 0u; r < TT; r++) {
+      var ss = 0.0;
+      if (r0 + r < rows) {
+        for (var c = tid; c < n4; c += WG) { let v = x4[(r0 + r) * n4 + c]; ss += dot(v, v); }
+      }
+      part8[r * WG + tid] = ss;
+    }
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+      if (tid < s) {
+        for (var r = 0u; r < TT; r++) { part8[r * WG + tid] += part8[r * WG + tid + s]; }
+      }
+      workgroupBarrier();
+    }
+    for (var r = 0u; r < TT; r++) { inv[r] = inverseSqrt(part8[r * WG] / f32(p.in_dim) + p.eps); }
+    workgroupBarrier(); // part8 is written again below
+  }
   var acc: array<f32, MAX_TT>;
   if (o < p.out_dim) {
     let wrow = (p.w_offset / 4u) + o * n8;
     for (var j = lane; j < n8; j += lanes) {
       let ww = w4[wrow + j];
-      let w0 = vec4<f32>(bf16_lo(ww.x), bf16_hi(ww.x), bf16_lo(ww.y), bf16_hi(ww.y));
-      let w1 = vec4<f32>(bf16_lo(ww.z), bf16_hi(ww.z), bf16_lo(ww.w), bf16_hi(ww.w));
+      var w0 = vec4<f32>(bf16_lo(ww.x), bf16_hi(ww.x), bf16_lo(ww.y), bf16_hi(ww.y));
+      var w1 = vec4<f32>(bf16_lo(ww.z), bf16_hi(ww.z), bf16_lo(ww.w), bf16_hi(ww.w));
+      if (p.norm == 1u) {
+        let g = nw4[j];
+        w0 *= vec4<f32>(bf16_lo(g.x), bf16_hi(g.x), bf16_lo(g.y), bf16_hi(g.y));
+        w1 *= vec4<f32>(bf16_lo(g.z), bf16_hi(g.z), bf16_lo(g.w), bf16_hi(g.w));
+      }
       for (var r = 0u; r < TT; r++) {
         if (r0 + r < rows) {
           let xi = ((r0 + r) * p.in_dim) / 4u + 2u * j;
@@ -115,7 +145,7 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   if (lane < TT && o < p.out_dim && r0 + lane < rows) {
     let r = lane;
-    var v = part8[r * WG + tid - lane];
+    var v = part8[r * WG + tid - lane] * inv[r];
     if (p.has_bias == 1u) {
       let bw = bias[o / 2u];
       v += select(bf16_lo(bw), bf16_hi(bw), (o & 1u) == 1u);

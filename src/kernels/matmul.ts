@@ -1,5 +1,6 @@
 /**
- * `shaders/matmul.wgsl`: y[r, o] (+)= Σ_i x[r, i] · W[o, i] (+ bias[o]) with W as stored (bf16).
+ * `shaders/matmul.wgsl`: y[r, o] (+)= Σ_i x[r, i] · W[o, i] (+ bias[o]) with W as stored (bf16), on the
+ * fast path optionally of x's rows RMS-normalised first (a norm and the projection after it in one dispatch).
  *
  * @module
  */
@@ -14,6 +15,8 @@ const PARAMS = paramsLayout(
     "accumulate",
     "has_bias",
     "w_offset",
+    "norm",
+    "f:eps",
   ] as const,
 );
 
@@ -41,6 +44,11 @@ export interface MatmulOptions {
   headRows?: boolean;
   /** Use the simple reference kernel even where the fast one applies (tests). */
   reference?: boolean;
+  /**
+   * RMS-normalise each row of x first, with this [inDim] bf16 weight and epsilon (torch: the RMSNorm
+   * before the projection): only on the fast path ({@link fastPathApplies}).
+   */
+  norm?: { weight: GPUBuffer; eps: number };
 }
 
 /** Whether the vectorised `gemv8` path applies: 8-element rows aligned to 16 bytes. */
@@ -52,6 +60,11 @@ export function fastPathApplies(o: Pick<MatmulOptions, "inDim" | "wOffset" | "re
 export function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch> {
   if (o.inDim % 2 !== 0) throw new RangeError(`matmul ${o.label}: in dimension ${o.inDim} must be even`);
   const rows = (s: { t: number; headRows: number }) => o.headRows ? s.headRows : s.t;
+  if (o.norm && !fastPathApplies(o)) {
+    throw new RangeError(
+      `matmul ${o.label}: a fused norm needs the fast path (in dimension a multiple of 8)`,
+    );
+  }
   const params = PARAMS.pack({
     in_dim: o.inDim,
     out_dim: o.outDim,
@@ -59,6 +72,8 @@ export function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch> 
     accumulate: o.accumulate ? 1 : 0,
     has_bias: o.bias ? 1 : 0,
     w_offset: o.wOffset ?? 0,
+    norm: o.norm ? 1 : 0,
+    eps: o.norm?.eps ?? 0,
   });
   if (fastPathApplies(o)) {
     return record(ctx, {
@@ -67,7 +82,7 @@ export function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch> 
       entry: "gemv8",
       constants: FAST,
       params,
-      buffers: { 3: o.bias ?? o.weight, 5: o.y, 6: o.weight, 7: o.x },
+      buffers: { 3: o.bias ?? o.weight, 5: o.y, 6: o.weight, 7: o.x, 8: o.norm?.weight ?? o.weight },
       workgroups: (s) => Math.ceil(o.outDim / FAST.RW) * Math.ceil(rows(s) / FAST.TT),
     });
   }

@@ -75,3 +75,82 @@ Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accu
     device.destroy();
   }
 });
+
+Deno.test("matmul: the vectorised kernel's fused RMSNorm equals a CPU norm then GEMM", async () => {
+  const gpu = await createGpu();
+  const device = gpu.device;
+  const { memory, stepBuffer: step, ctx } = kernelContext(device, 64);
+  try {
+    const rand = rng(7);
+    const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+    const put = (a: ArrayBufferView<ArrayBuffer>) => {
+      const b = memory.alloc("in", a.byteLength, S, "activations");
+      device.queue.writeBuffer(b.buffer, 0, a);
+      return b.buffer;
+    };
+    const eps = 1e-5;
+    // rows past a tile of 4 and a partial last tile; x's rows wider and narrower than 4 · WG values
+    for (
+      const c of [{ rows: 1, inDim: 2048, outDim: 37, bias: true }, {
+        rows: 6,
+        inDim: 72,
+        outDim: 130,
+        bias: false,
+      }]
+    ) {
+      const wBits = new Uint16Array(c.outDim * c.inDim);
+      const wVal = new Float32Array(wBits.length);
+      wBits.forEach((_, i) => ([wBits[i], wVal[i]] = bf16(rand())));
+      const gBits = new Uint16Array(c.inDim);
+      const gVal = new Float32Array(c.inDim);
+      gBits.forEach((_, i) => ([gBits[i], gVal[i]] = bf16(1 + rand())));
+      const bBits = new Uint16Array(c.outDim + (c.outDim % 2));
+      const bVal = new Float32Array(c.outDim);
+      for (let o = 0; o < c.outDim; o++) [bBits[o], bVal[o]] = bf16(rand());
+      const x = Float32Array.from({ length: c.rows * c.inDim }, () => 5 * rand());
+      const want = new Float32Array(c.rows * c.outDim);
+      for (let r = 0; r < c.rows; r++) {
+        let ss = 0;
+        for (let i = 0; i < c.inDim; i++) ss += x[r * c.inDim + i]! ** 2;
+        const inv = 1 / Math.sqrt(ss / c.inDim + eps);
+        for (let o = 0; o < c.outDim; o++) {
+          let v = c.bias ? bVal[o]! : 0;
+          for (let i = 0; i < c.inDim; i++) {
+            v += wVal[o * c.inDim + i]! * x[r * c.inDim + i]! * inv * gVal[i]!;
+          }
+          want[r * c.outDim + o] = v;
+        }
+      }
+      const y = put(new Float32Array(want.length));
+      ctx.params.reset();
+      const d = await matmul(ctx, {
+        label: "norm_mm",
+        weight: put(wBits),
+        bias: c.bias ? put(bBits) : undefined,
+        x: put(x),
+        y,
+        inDim: c.inDim,
+        outDim: c.outDim,
+        norm: { weight: put(gBits), eps },
+      });
+      const shape = { t: c.rows, headRows: 0, pos0: 0 };
+      device.queue.writeBuffer(step.buffer, 0, packStep(shape, 0));
+      const got = new Float32Array(await runAndRead(device, [d], shape, y));
+      let err = 0;
+      for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
+      assert.ok(err < 1e-4, `${JSON.stringify(c)}: max error ${err}`);
+    }
+    const tiny = {
+      weight: put(new Uint16Array(4)),
+      x: put(new Float32Array(2)),
+      y: put(new Float32Array(2)),
+    };
+    assert.throws(
+      () => matmul(ctx, { ...tiny, label: "odd", inDim: 2, outDim: 2, norm: { weight: tiny.weight, eps } }),
+      /fused norm needs the fast path/,
+    );
+  } finally {
+    memory.freeAll();
+    device.destroy();
+  }
+});

@@ -9,9 +9,9 @@
 import type { Dispatch, KernelContext } from "../gpu/dispatch.ts";
 import type { TrackedBuffer } from "../gpu/memory.ts";
 import { attention, type AttentionShape, type QkNormMode, ropeKv } from "../kernels/attention.ts";
-import { matmul } from "../kernels/matmul.ts";
+import { fastPathApplies, matmul } from "../kernels/matmul.ts";
 import { rmsNorm } from "../kernels/norm.ts";
-import { router, routerStats } from "../kernels/router.ts";
+import { normRoute, router, routerStats } from "../kernels/router.ts";
 import { sampler } from "../kernels/sample.ts";
 import type { ExpertCache } from "../moe/expert_cache.ts";
 import { bufferNamed, type DenseWeight, type ProgramIo } from "./family.ts";
@@ -149,12 +149,14 @@ export interface AttentionBlockOptions {
   sinks?: GPUBuffer;
   o: GPUBuffer;
   oBias?: GPUBuffer;
-  postNorm: GPUBuffer;
+  /** The post-attention norm's weight, or none where the layer's routing does that norm ({@link routeBlock}). */
+  postNorm?: GPUBuffer;
 }
 
 /**
- * A decoder layer up to its MLP: input_norm → qkv_proj (+bias) → rotary and the KV cache write (with
- * the q/k norm) → attention → o_proj (+bias) added into the residual `x` → post_norm into `xn`.
+ * A decoder layer up to its MLP: input_norm → qkv_proj (+bias) (one dispatch on the GEMV's fast path) → rotary and the KV cache write (with
+ * the q/k norm) → attention → o_proj (+bias) added into the residual `x` → post_norm into `xn` (unless
+ * the layer's routing does it).
  * torch: residual + self.self_attn(self.input_layernorm(hidden_states)), then post_attention_layernorm
  */
 export async function attentionBlock(
@@ -166,23 +168,28 @@ export async function attentionBlock(
   const p = `layer${o.layer}`;
   const { numHeads: H, numKvHeads: Hkv, headDim: hd } = o.geo;
   const cache = { kCache: b(`kv.${o.layer}.k`), vCache: b(`kv.${o.layer}.v`), rows: b("rows") };
+  // the input norm inside the qkv GEMV where its fast path applies: one dispatch, no `xn` written
+  const fuseNorm = fastPathApplies({ inDim: o.dim });
   return [
-    await rmsNorm(ctx, {
-      label: `${p}.input_norm`,
-      weight: o.inputNorm,
-      x: b("x"),
-      y: b("xn"),
-      cols: o.dim,
-      eps: o.eps,
-    }),
+    ...fuseNorm ? [] : [
+      await rmsNorm(ctx, {
+        label: `${p}.input_norm`,
+        weight: o.inputNorm,
+        x: b("x"),
+        y: b("xn"),
+        cols: o.dim,
+        eps: o.eps,
+      }),
+    ],
     await matmul(ctx, {
       label: `${p}.qkv_proj`,
       weight: o.qkv,
       bias: o.qkvBias,
-      x: b("xn"),
+      x: b(fuseNorm ? "x" : "xn"),
       y: b("qkv"),
       inDim: o.dim,
       outDim: (H + 2 * Hkv) * hd,
+      norm: fuseNorm ? { weight: o.inputNorm, eps: o.eps } : undefined,
     }),
     await ropeKv(ctx, {
       ...o.geo,
@@ -216,14 +223,18 @@ export async function attentionBlock(
       outDim: o.dim,
       accumulate: true,
     }),
-    await rmsNorm(ctx, {
-      label: `${p}.post_norm`,
-      weight: o.postNorm,
-      x: b("x"),
-      y: b("xn"),
-      cols: o.dim,
-      eps: o.eps,
-    }),
+    ...o.postNorm
+      ? [
+        await rmsNorm(ctx, {
+          label: `${p}.post_norm`,
+          weight: o.postNorm,
+          x: b("x"),
+          y: b("xn"),
+          cols: o.dim,
+          eps: o.eps,
+        }),
+      ]
+      : [],
   ];
 }
 
@@ -237,11 +248,19 @@ export interface RouteBlockOptions {
   normTopkProb: boolean;
   masked: boolean;
   rowsCap: number;
+  /** The post-attention norm before the router: its weight and epsilon. */
+  postNorm: GPUBuffer;
+  eps: number;
   router: GPUBuffer;
   routerBias?: GPUBuffer;
+  /** One dispatch for the norm, the router and the routing ({@link normRoute}), where it applies. */
+  fused: boolean;
 }
 
-/** router logits (+bias) from `xn`, then routing into `topk_ids` / `topk_w` and the unmasked choices. */
+/**
+ * The post-attention norm of the residual `x` into `xn`, the router's logits (+bias) from `xn`, then
+ * routing into `topk_ids` / `topk_w` and the unmasked choices: one dispatch when `fused`, else three.
+ */
 export async function routeBlock(
   ctx: KernelContext,
   state: ReadonlyMap<string, TrackedBuffer>,
@@ -250,7 +269,44 @@ export async function routeBlock(
 ): Promise<Dispatch[]> {
   const b = (n: string) => bufferNamed(state, n);
   const p = `layer${o.layer}`;
+  const routing = {
+    layer: o.moeLayer,
+    experts: o.experts,
+    topK: o.topK,
+    normTopkProb: o.normTopkProb,
+    masked: o.masked,
+    dim: o.dim,
+    rowsCap: o.rowsCap,
+    slots: cache.tableBuffer.buffer,
+    topkIds: b("topk_ids"),
+    topkW: b("topk_w"),
+    utopkIds: b("utopk_ids"),
+    utopkP: b("utopk_p"),
+    xnorm: b("xnorm"),
+  };
+  if (o.fused) {
+    return [
+      await normRoute(ctx, {
+        ...routing,
+        label: `${p}.norm_route`,
+        resid: b("x"),
+        xn: b("xn"),
+        norm: o.postNorm,
+        eps: o.eps,
+        weight: o.router,
+        bias: o.routerBias,
+      }),
+    ];
+  }
   return [
+    await rmsNorm(ctx, {
+      label: `${p}.post_norm`,
+      weight: o.postNorm,
+      x: b("x"),
+      y: b("xn"),
+      cols: o.dim,
+      eps: o.eps,
+    }),
     await matmul(ctx, {
       label: `${p}.router`,
       weight: o.router,
@@ -260,23 +316,6 @@ export async function routeBlock(
       inDim: o.dim,
       outDim: o.experts,
     }),
-    await router(ctx, {
-      label: `${p}.route`,
-      layer: o.moeLayer,
-      experts: o.experts,
-      topK: o.topK,
-      normTopkProb: o.normTopkProb,
-      masked: o.masked,
-      dim: o.dim,
-      rowsCap: o.rowsCap,
-      logits: b("router_logits"),
-      slots: cache.tableBuffer.buffer,
-      x: b("xn"),
-      topkIds: b("topk_ids"),
-      topkW: b("topk_w"),
-      utopkIds: b("utopk_ids"),
-      utopkP: b("utopk_p"),
-      xnorm: b("xnorm"),
-    }),
+    await router(ctx, { ...routing, label: `${p}.route`, logits: b("router_logits"), x: b("xn") }),
   ];
 }

@@ -14,6 +14,7 @@ import type { Dispatch } from "../gpu/dispatch.ts";
 import type { Allocation } from "../gpu/memory.ts";
 import { attentionScratchBytes } from "../kernels/attention.ts";
 import { embed } from "../kernels/embed.ts";
+import { normRouteApplies } from "../kernels/router.ts";
 import type { ExpertCache } from "../moe/expert_cache.ts";
 import {
   attentionBlock,
@@ -101,10 +102,15 @@ export function decoderRunState(spec: DecoderSpec, shape: RunShape, o: DecoderRu
 }
 
 /** The per-layer attention options a family chooses; the skeleton fills in the rest. */
-export type LayerAttention = Pick<
-  AttentionBlockOptions,
-  "qkNorm" | "qNorm" | "kNorm" | "window" | "sinks" | "oBias"
->;
+export type LayerAttention =
+  & Pick<
+    AttentionBlockOptions,
+    "qkNorm" | "qNorm" | "kNorm" | "window" | "sinks" | "oBias"
+  >
+  & {
+    /** The layer routes to experts ({@link DecoderProgram.route}), whose dispatches do the post-attention norm. */
+    routed: boolean;
+  };
 
 /** A decoder-only model on the GPU: recorded dispatches over the buffers the engine allocated. */
 export abstract class DecoderProgram<S extends DecoderSpec, N extends DecoderNames> implements ModelProgram {
@@ -143,7 +149,10 @@ export abstract class DecoderProgram<S extends DecoderSpec, N extends DecoderNam
     return bufferNamed(this.init.state, name);
   }
 
-  /** Layer `i`'s attention half, up to its post-attention norm into `xn` ({@link attentionBlock}). */
+  /**
+   * Layer `i`'s attention half, up to its post-attention norm into `xn` ({@link attentionBlock}), or up
+   * to the residual add when the layer is `routed` (its routing normalises).
+   */
   protected attention(i: number, o: LayerAttention): Promise<Dispatch[]> {
     const spec = this.spec;
     const l = this.names.layers[i]!;
@@ -163,13 +172,14 @@ export abstract class DecoderProgram<S extends DecoderSpec, N extends DecoderNam
       qkv: this.weight(`layer${i}.qkv`),
       qkvBias: l.qBias ? this.weight(`layer${i}.qkv_bias`) : undefined,
       o: this.weight(l.o),
-      postNorm: this.weight(l.postNorm),
+      postNorm: o.routed ? undefined : this.weight(l.postNorm),
     });
   }
 
   /**
-   * MoE layer `moeLayer`'s routing (layer `i`): its router (and bias) over `xn`, then the top-k into
-   * `topk_ids` / `topk_w` ({@link routeBlock}).
+   * MoE layer `moeLayer`'s routing (layer `i`): the post-attention norm into `xn`, its router (and bias)
+   * over `xn`, then the top-k into `topk_ids` / `topk_w` ({@link routeBlock}): one dispatch where the
+   * device and the geometry allow ({@link normRouteApplies}).
    */
   protected route(
     i: number,
@@ -188,8 +198,11 @@ export abstract class DecoderProgram<S extends DecoderSpec, N extends DecoderNam
       normTopkProb: o.normTopkProb,
       masked,
       rowsCap: this.shape.maxRows,
+      postNorm: this.weight(this.names.layers[i]!.postNorm),
+      eps: spec.rmsNormEps,
       router: this.weight(o.router),
       routerBias: o.routerBias ? this.weight(o.routerBias) : undefined,
+      fused: normRouteApplies(this.init.ctx.device, spec.hiddenSize, spec.numExperts),
     });
   }
 

@@ -118,6 +118,7 @@ export class CausalProgram extends DecoderProgram<CausalSpec, ModelNames> {
       qNorm: l.qNorm ? w(l.qNorm) : undefined,
       kNorm: l.kNorm ? w(l.kNorm) : undefined,
       window: spec.slidingWindow,
+      routed: l.router !== undefined,
     });
     const routed: Dispatch[] = [];
     const after: Dispatch[] = [];

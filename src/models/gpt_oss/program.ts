@@ -69,6 +69,7 @@ export class GptOssProgram extends DecoderProgram<GptOssSpec, GptOssNames> {
         window: spec.layerTypes[i] === "sliding_attention" ? spec.slidingWindow : null,
         sinks: this.weight(l.sinks),
         oBias: l.oBias ? this.weight(l.oBias) : undefined,
+        routed: true,
       }),
       // torch: router_logits = F.linear(hidden_states, self.weight, self.bias)
       //        router_top_value, router_indices = torch.topk(router_logits, self.top_k, dim=-1)

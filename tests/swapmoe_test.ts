@@ -206,6 +206,15 @@ Deno.test("swapmoe paces its uploads by default and reports how; a fixed cap tur
   assert.ok(pacing.share >= 0.01 && pacing.share <= 0.5, `share ${pacing.share}`);
   assert.ok(pacing.bytesPerSecond > 0);
   assert.ok(pacing.stepSeconds! > 0, "no decode step measured without uploads");
+  // lavapipe has timestamp queries: the steps were timed on the device, and as long as the host saw them
+  assert.equal(pacing.clock, "gpu");
+  const hostStep = s.decodeTokensPerSecond > 0 ? 1 / s.decodeTokensPerSecond : 0;
+  console.log(
+    `  step without uploads: ${(pacing.stepSeconds! * 1e3).toFixed(2)} ms on the GPU's clock, ${
+      (hostStep * 1e3).toFixed(2)
+    } ms a token on the host's`,
+  );
+  assert.ok(pacing.stepSeconds! > hostStep / 3 && pacing.stepSeconds! < hostStep * 3);
   assert.ok(s.swaps > 0, "no swaps while decoding 40 tokens");
   assert.ok(s.peakGpuBytes <= s.budgetBytes);
   await using capped = await createEngine({

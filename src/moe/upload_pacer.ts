@@ -6,7 +6,9 @@
  * the CPU stays ahead of the GPU, and stalls the steps once it does not. How much can be hidden depends
  * on the host, the model and the batch: two OLMoE experts (25 MB) a step cost a few %, two experts of
  * a Mixtral-shaped model (168 MiB, ~20 ms of copying) made every step wait for them (93 against 254
- * tok/s on the H200). So the pacer measures the cost instead of predicting it:
+ * tok/s on the H200). So the pacer measures the cost instead of predicting it, timing the steps with
+ * the GPU's timestamps where the device has them (the host's readbacks resolve on a ~10 ms poll and
+ * can come back bunched, so a batch read just after another looked many times faster than it ran):
  *
  * - A **baseline**: the time per step of batches that uploaded nothing, per number of decoding
  *   sequences (a batch of eight sequences takes longer than one of one). When a baseline is missing or
@@ -33,11 +35,15 @@ export interface BatchTiming {
   prefill: boolean;
   /** Whether it was a probe ({@link UploadPacer.beginBatch}'s answer). */
   probe: boolean;
-  /** Seconds from the batch's start (or the previous read, if later) to its read. */
+  /**
+   * Seconds its steps took: on the GPU's clock where the device has timestamp queries (from the end of
+   * its first step to the end of its last, scaled to all its steps), else on the host's, from the
+   * batch's start (or the previous read, if later) to its read.
+   */
   wallSeconds: number;
   /**
-   * Seconds of uploads its wall time may include: its own, and those of the batch submitted while it
-   * ran (its read is seen only once that batch is submitted).
+   * Seconds of uploads its time may include: its own; on the host's clock also those of the batch
+   * submitted while it ran (its read is seen only once that batch is submitted).
    */
   uploadSeconds: number;
 }

@@ -58,6 +58,11 @@ export interface Call {
   readonly countStats: boolean;
   /** Whether it starts a pass of its rows' sequence (a family's per-pass state restarts). */
   readonly newPass: boolean;
+  /**
+   * The timestamps its pass writes into the host's query set ({@link BatchHost.stamps}): at its
+   * beginning (a step's first call) and at its end (a step's last call).
+   */
+  readonly stamp?: { readonly begin?: number; readonly end?: number };
 }
 
 /** What the scheduler needs from its engine. */
@@ -92,6 +97,14 @@ export interface BatchHost {
   call(call: Call): Promise<void>;
   /** Inside `enc`: copy the routing statistics since the last copy to `staging` at `offset`, and clear them. */
   copyStats(enc: GPUCommandEncoder, staging: GPUBuffer, offset: number): void;
+  /**
+   * Where the device has timestamp queries: the offset of a batch's step timestamps in `staging`, and
+   * what copies the first `count` of them there (inside `enc`). A call's {@link Call.stamp} indexes them.
+   */
+  readonly stamps?: {
+    readonly at: number;
+    copy(enc: GPUCommandEncoder, staging: GPUBuffer, count: number): void;
+  };
   /**
    * A batch was read back: its statistics, over `rows` routed rows, are mapped in `staging` at
    * `statsAt`; `prompts`: generations whose first token came back with it (their prompts are in).
@@ -567,7 +580,7 @@ export class Batcher {
           if (!seq.cancelled && seq.state !== "done") this.#start(seq, this.#slots.indexOf(undefined));
         }
       }
-      const step = await this.#step(startAt);
+      const step = await this.#step(startAt, stepsRun);
       uploadSeconds += step.uploadSeconds;
       prefill ||= step.prefill;
       if (step.rows === 0) break;
@@ -595,6 +608,7 @@ export class Batcher {
       );
     }
     host.copyStats(enc, staging, host.statsAt);
+    if (stepsRun > 0) host.stamps?.copy(enc, staging, 2 * stepsRun);
     host.device.queue.submit([enc.finish()]);
     const map = staging.mapAsync(GPUMapMode.READ);
     map.catch(() => {}); // awaited when read: a lost device must not reject it unobserved meanwhile
@@ -614,11 +628,13 @@ export class Batcher {
 
   /**
    * One step: decode rows of the generations that decode, prefill chunks of those that joined (at
-   * least one, at most `maxRows` rows), packed into calls. Returns the rows run and whether a first
-   * token was sampled. `startAt` gets each generation's first token index of the batch.
+   * least one, at most `maxRows` rows), packed into calls; the `index`th step of its batch that runs
+   * rows. Returns the rows run and whether a first token was sampled. `startAt` gets each
+   * generation's first token index of the batch.
    */
   async #step(
     startAt: Map<Sequence, number>,
+    index: number,
   ): Promise<
     { rows: number; counted: number; firstToken: boolean; prefill: boolean; uploadSeconds: number }
   > {
@@ -666,7 +682,14 @@ export class Batcher {
     const rows = decode.length + chunks.reduce((a, c) => a + c.rows.length, 0);
     counted += decode.length + chunks.reduce((a, c) => a + (c.count ? c.rows.length : 0), 0);
     const t0 = performance.now();
-    for (const call of packCalls(decode, chunks, Math.min(CALL_ROWS, host.maxRows))) await host.call(call);
+    const calls = packCalls(decode, chunks, Math.min(CALL_ROWS, host.maxRows));
+    for (const [c, call] of calls.entries()) {
+      // step `index` of the batch: its first call's pass stamps 2·index at its beginning, its last 2·index + 1 at its end
+      const stamp = host.stamps
+        ? { begin: c === 0 ? 2 * index : undefined, end: c === calls.length - 1 ? 2 * index + 1 : undefined }
+        : undefined;
+      await host.call(stamp ? { ...call, stamp } : call);
+    }
     // what the step did, in each generation's state
     for (const seq of held) {
       if (seq.decoding) {
@@ -683,6 +706,23 @@ export class Batcher {
     // disconnects, new generations) run between such steps. A real GPU's submit returns at once.
     if (performance.now() - t0 > SLOW_SUBMIT_MS) await new Promise((r) => setTimeout(r, 0));
     return { rows, counted, firstToken, prefill: chunks.length > 0, uploadSeconds };
+  }
+
+  /**
+   * Seconds batch `b`'s steps took on the GPU, from the timestamps it read back: the time from the end
+   * of its first step to the end of its last, per step (each such interval holds a step and the wait
+   * before it, when the GPU idled for the CPU's encoding or uploads), times its steps. Undefined
+   * without timestamps, for fewer than two steps, or when they do not increase (a device whose
+   * timestamps mean nothing).
+   */
+  #gpuSeconds(b: Batch): number | undefined {
+    const stamps = this.#host.stamps;
+    if (!stamps || b.steps < 2) return undefined;
+    const t = new BigInt64Array(b.staging.getMappedRange(stamps.at, 2 * b.steps * 8).slice(0));
+    const first = t[1]!;
+    const last = t[2 * b.steps - 1]!;
+    if (!(first > 0n && last > first)) return undefined;
+    return (Number(last - first) / 1e9) * (b.steps / (b.steps - 1));
   }
 
   /** Reads every batch in flight. */
@@ -734,11 +774,24 @@ export class Batcher {
         this.#host.count({ decodeTokens: decoded, decodeSeconds: (now - from) / 1000 });
       }
       if (b.steps > 0) {
-        const wallSeconds = (now - Math.max(this.#lastRead, b.submittedAt)) / 1000;
-        // the read is seen once the next batch is submitted: its uploads can be in this one's wall
-        const uploadSeconds = b.uploadSeconds + (this.#inflight[1]?.uploadSeconds ?? 0);
         const { steps, sequences, prefill, probe } = b;
-        this.#host.timed({ steps, sequences, prefill, probe, wallSeconds, uploadSeconds });
+        const gpuSeconds = this.#gpuSeconds(b);
+        if (gpuSeconds !== undefined) {
+          // the GPU's own clock: only this batch's uploads can have stretched its steps
+          this.#host.timed({
+            steps,
+            sequences,
+            prefill,
+            probe,
+            wallSeconds: gpuSeconds,
+            uploadSeconds: b.uploadSeconds,
+          });
+        } else {
+          const wallSeconds = (now - Math.max(this.#lastRead, b.submittedAt)) / 1000;
+          // the read is seen once the next batch is submitted: its uploads can be in this one's wall
+          const uploadSeconds = b.uploadSeconds + (this.#inflight[1]?.uploadSeconds ?? 0);
+          this.#host.timed({ steps, sequences, prefill, probe, wallSeconds, uploadSeconds });
+        }
       }
       this.#lastRead = now;
     } finally {

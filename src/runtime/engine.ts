@@ -151,6 +151,8 @@ class MoeEngine implements Engine {
   readonly #logitsStaging: GPUBuffer;
   readonly #tokenStaging: GPUBuffer[];
   readonly #topkStaging: GPUBuffer;
+  /** Timestamps of each decode step's pass, resolved, then copied into the readback (see {@link Batcher}). */
+  readonly #stamps: { querySet: GPUQuerySet; resolve: GPUBuffer } | undefined;
   /** The budget in force, in bytes. */
   #budget: number;
   #closed = false;
@@ -188,6 +190,14 @@ class MoeEngine implements Engine {
     this.#logitsStaging = staged("staging.logits");
     this.#tokenStaging = [staged("staging.tokens0"), staged("staging.tokens1")];
     this.#topkStaging = staged("staging.topk");
+    // the GPU's clock for swapmoe's upload pacing, where the device has timestamp queries (a query set
+    // of 2·MAX_READ timestamps: 256 bytes of GPU memory the allocator does not see)
+    if (p.plan.policy === "swapmoe" && p.gpu.device.features.has("timestamp-query")) {
+      this.#stamps = {
+        querySet: p.gpu.device.createQuerySet({ label: "steps", type: "timestamp", count: 2 * MAX_READ }),
+        resolve: staged("staging.stamps"),
+      };
+    }
     if (p.plan.policy === "swapmoe") this.#swap = new SwapMoePolicy();
     if (p.plan.policy === "lru") this.#lru = new LruPolicy(p.arch.moeLayers, p.arch.spec.numExperts);
     this.#batcher = this.#newBatcher();
@@ -384,14 +394,20 @@ class MoeEngine implements Engine {
       countStats?: boolean;
       newPass: boolean;
       after?: (enc: GPUCommandEncoder) => void;
+      /** Timestamps the pass writes (a decode step's, for the upload pacing): query indices. */
+      stamp?: { begin?: number; end?: number };
     },
   ): Promise<void> {
     const device = this.#gpu.device;
     device.queue.writeBuffer(this.#step, 0, packStep(shape, o.headRow0 ?? 0, o.countStats ?? true));
     if (o.newPass) this.#program.startPass?.(device.queue, pass, shape.t);
-    const submit = (dispatches: readonly Dispatch[], after?: (enc: GPUCommandEncoder) => void) => {
+    const submit = (
+      dispatches: readonly Dispatch[],
+      after?: (enc: GPUCommandEncoder) => void,
+      timestampWrites?: GPUComputePassTimestampWrites,
+    ) => {
       const enc = device.createCommandEncoder({ label: "call" });
-      const cp = enc.beginComputePass({ label: "forward" });
+      const cp = enc.beginComputePass({ label: "forward", timestampWrites });
       encode(cp, dispatches, shape);
       cp.end();
       after?.(enc);
@@ -400,7 +416,19 @@ class MoeEngine implements Engine {
     const lru = this.#lru;
     if (!lru) {
       this.#cache.flush();
-      submit(passDispatches(pass), o.after);
+      const stamps = this.#stamps;
+      const stamp = o.stamp;
+      submit(
+        passDispatches(pass),
+        o.after,
+        stamps && stamp && (stamp.begin !== undefined || stamp.end !== undefined)
+          ? {
+            querySet: stamps.querySet,
+            beginningOfPassWriteIndex: stamp.begin,
+            endOfPassWriteIndex: stamp.end,
+          }
+          : undefined,
+      );
       return;
     }
     const K = this.spec.topK;
@@ -457,6 +485,7 @@ class MoeEngine implements Engine {
       countStats: c.countStats,
       newPass: c.newPass,
       after: c.heads > 0 ? (enc) => this.#sample(enc, c.heads) : undefined,
+      stamp: c.stamp,
     });
   }
 
@@ -621,6 +650,20 @@ class MoeEngine implements Engine {
       encode: (prompt, countStats) => this.#encode(prompt, countStats),
       call: (c) => this.#call(c),
       copyStats: (enc, into, offset) => this.#copyStats(enc, into, offset),
+      stamps: this.#stamps && {
+        at: this.#shape.sequences * MAX_READ * 4 + this.#statsBytes,
+        copy: (enc, into, count) => {
+          const s = this.#stamps!;
+          enc.resolveQuerySet(s.querySet, 0, count, s.resolve, 0);
+          enc.copyBufferToBuffer(
+            s.resolve,
+            0,
+            into,
+            this.#shape.sequences * MAX_READ * 4 + this.#statsBytes,
+            count * 8,
+          );
+        },
+      },
       onBatch: (into, rows, prompts) => {
         this.#takeStats(into, this.#shape.sequences * MAX_READ * 4, rows);
         // a prompt is in: revise at once (as after a request), else when due
@@ -748,6 +791,7 @@ class MoeEngine implements Engine {
           share: this.#pacer.share,
           stepSeconds: this.#pacer.stepSeconds ?? null,
           bytesPerStep: this.#pacer.perStep,
+          clock: this.#stamps ? "gpu" : "host",
         }
         : undefined,
       tokens: c.prefillTokens + c.decodeTokens,

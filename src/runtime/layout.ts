@@ -39,6 +39,8 @@ export interface StagingSizes {
   readonly topk: number;
   /** Routing statistics: `moeLayers × E` × 4 f32. */
   readonly stats: number;
+  /** GPU timestamps of a decode readback's steps: where each step's pass begins and ends, [MAX_READ, 2] u64 ns. */
+  readonly stamps: number;
 }
 
 /** Readback buffer sizes for `arch` at `shape`. */
@@ -49,6 +51,7 @@ export function stagingSizes(arch: Architecture, shape: RunShape): StagingSizes 
     tokens: shape.sequences * MAX_READ * 4,
     topk: arch.passRows(shape) * K * 4,
     stats: arch.moeLayers * E * 16,
+    stamps: 2 * MAX_READ * 8,
   };
 }
 
@@ -81,9 +84,17 @@ export function engineLayout(
     ],
     staging: [
       { name: "staging.logits", bytes: s.logits + s.stats, usage: read, category: "staging" },
-      { name: "staging.tokens0", bytes: s.tokens + s.stats, usage: read, category: "staging" },
-      { name: "staging.tokens1", bytes: s.tokens + s.stats, usage: read, category: "staging" },
+      // a decode readback: tokens, then the statistics, then the steps' timestamps
+      { name: "staging.tokens0", bytes: s.tokens + s.stats + s.stamps, usage: read, category: "staging" },
+      { name: "staging.tokens1", bytes: s.tokens + s.stats + s.stamps, usage: read, category: "staging" },
       { name: "staging.topk", bytes: s.topk, usage: read, category: "staging" },
+      // where the timestamps are resolved before their copy into a readback
+      {
+        name: "staging.stamps",
+        bytes: s.stamps,
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+        category: "staging",
+      },
     ],
   };
 }

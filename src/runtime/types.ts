@@ -314,4 +314,9 @@ export interface UploadPacing {
   stepSeconds: number | null;
   /** Bytes a decode step earns for uploads. */
   bytesPerStep: number;
+  /**
+   * What timed the steps: the GPU's timestamps around each step's pass (where the device has timestamp
+   * queries), or the host's clock between readbacks.
+   */
+  clock: "gpu" | "host";
 }

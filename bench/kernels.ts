@@ -44,7 +44,7 @@ const iters = Number(values.iters);
 const gpu = await createGpu();
 const device = gpu.device;
 if (!gpu.info.features.includes("timestamp-query")) throw new Error("This benchmark needs timestamp-query");
-const { memory, stepBuffer: step, ctx } = kernelContext(device, 64);
+const { memory, stepBuffer: step, ctx } = kernelContext(device, 256);
 const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 const buf = (label: string, bytes: number) => memory.alloc(label, bytes, S, "activations").buffer;
 const queries = device.createQuerySet({ type: "timestamp", count: 2 });
@@ -150,6 +150,8 @@ for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
   device.queue.writeBuffer(ids, 0, new Uint32Array([3, 9, 17, 22, 40, 41, 50, 63]));
   const wts = buf(`topk_w.${precision}`, K * 4);
   device.queue.writeBuffer(wts, 0, new Float32Array(K).fill(1 / K));
+  const downBuf = buf(`down.${precision}`, E * matrix);
+  const hBuf = buf(`h.${precision}`, K * I * 4);
   const [d1, d2] = await expertsGemv(ctx, {
     label: `experts.${precision}`,
     layer: 0,
@@ -163,8 +165,8 @@ for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
     x: buf(`x.${precision}`, D * 4),
     gate: buf(`gate.${precision}`, E * matrix),
     up: buf(`up.${precision}`, E * matrix),
-    down: buf(`down.${precision}`, E * matrix),
-    h: buf(`h.${precision}`, K * I * 4),
+    down: downBuf,
+    h: hBuf,
     y: buf(`y.${precision}`, D * 4),
     formats: [precision],
     highSlots: E,
@@ -183,6 +185,39 @@ for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
       shape: `OLMoE layer, top-8 of 64, 1 token`,
       microseconds: us,
       bytes,
+      gbPerSecond: gbs,
+      ofCopyCeiling: gbs / ceiling,
+    });
+  }
+  // the down projection at the workgroup sizes it ran or could run with (DOWN_THREADS is the engine's)
+  for (const threads of [64, 128]) {
+    const [, down] = await expertsGemv(ctx, {
+      label: `experts.${precision}.wg${threads}`,
+      layer: 0,
+      dim: D,
+      inter: I,
+      topK: K,
+      experts: E,
+      topkIds: ids,
+      topkW: wts,
+      slots: table,
+      x: buf(`x.${precision}.${threads}`, D * 4),
+      gate: buf(`gate.${precision}.${threads}`, 16),
+      up: buf(`up.${precision}.${threads}`, 16),
+      down: downBuf,
+      h: hBuf,
+      y: buf(`y.${precision}.${threads}`, D * 4),
+      formats: [precision],
+      highSlots: E,
+      downThreads: threads,
+    });
+    const us = await time(dispatchOnce(down!, 1));
+    const gbs = K * matrix / (us * 1e3);
+    records.push({
+      kernel: `experts.down ${precision} (${threads} threads)`,
+      shape: `OLMoE layer, top-8 of 64, 1 token`,
+      microseconds: us,
+      bytes: K * matrix,
       gbPerSecond: gbs,
       ofCopyCeiling: gbs / ceiling,
     });

@@ -1,7 +1,8 @@
 // y[r, o] (+)= Σ_i x[r, i] · W[o, i] (+ bias[o])     W: [out, in] bf16 (torch Linear layout)
 // One workgroup per (output row o, tile of TT rows r); WG threads split the input dimension.
 // `gemv8` with `norm` 1 first RMS-normalises each row of x (weight g [in] bf16, one dispatch for the
-// norm and the projection): y[r, o] = Σ_i W[o, i] · g[i] · x[r, i] · rsqrt(mean_i x[r, i]² + eps).
+// norm and the projection): y[r, o] = Σ_i W[o, i] · g[i] · x[r, i] · rsqrt(mean_i x[r, i]² + eps);
+// with `norm` 2 it also writes the normalised rows to xn (from the workgroups of the first RW rows).
 override WG: u32 = 64u;
 override TT: u32 = 4u; // ≤ MAX_TT
 const MAX_TT: u32 = 8u;
@@ -13,7 +14,7 @@ struct Params {
   accumulate: u32,  // 1: y += result (residual add)
   has_bias: u32,
   w_offset: u32,    // first u32 word of W in the weight buffer
-  norm: u32,        // gemv8: 1 normalises x's rows first (RMSNorm with weight nw4)
+  norm: u32,        // gemv8: 1 normalises x's rows first (RMSNorm with weight nw4), 2 also writes them to xn4
   eps: f32,         // the norm's epsilon
 }
 
@@ -77,6 +78,7 @@ override RW: u32 = 8u;
 @group(0) @binding(6) var<storage, read> w4: array<vec4<u32>>;
 @group(0) @binding(7) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> nw4: array<vec4<u32>>; // the norm's weight, 8 bf16 per element
+@group(0) @binding(9) var<storage, read_write> xn4: array<vec4<f32>>; // norm 2: the normalised rows
 
 var<workgroup> part8: array<f32, 2048>; // ≥ WG · TT
 
@@ -96,7 +98,7 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   // with the norm: each row's 1 / RMS, its sum of squares split over all WG threads
   var inv: array<f32, MAX_TT>;
   for (var r = 0u; r < TT; r++) { inv[r] = 1.0; }
-  if (p.norm == 1u) {
+  if (p.norm >= 1u) {
     let n4 = p.in_dim / 4u;
     for (var r = 0u; r < TT; r++) {
       var ss = 0.0;
@@ -114,6 +116,18 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     for (var r = 0u; r < TT; r++) { inv[r] = inverseSqrt(part8[r * WG] / f32(p.in_dim) + p.eps); }
     workgroupBarrier(); // part8 is written again below
+    if (p.norm == 2u && o0 == 0u) {
+      for (var r = 0u; r < TT; r++) {
+        if (r0 + r < rows) {
+          for (var c = tid; c < n4; c += WG) {
+            let g = nw4[c / 2u];
+            let gw = select(g.xy, g.zw, (c & 1u) == 1u);
+            let gv = vec4<f32>(bf16_lo(gw.x), bf16_hi(gw.x), bf16_lo(gw.y), bf16_hi(gw.y));
+            xn4[(r0 + r) * n4 + c] = x4[(r0 + r) * n4 + c] * inv[r] * gv;
+          }
+        }
+      }
+    }
   }
   var acc: array<f32, MAX_TT>;
   if (o < p.out_dim) {
@@ -122,7 +136,7 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
       let ww = w4[wrow + j];
       var w0 = vec4<f32>(bf16_lo(ww.x), bf16_hi(ww.x), bf16_lo(ww.y), bf16_hi(ww.y));
       var w1 = vec4<f32>(bf16_lo(ww.z), bf16_hi(ww.z), bf16_lo(ww.w), bf16_hi(ww.w));
-      if (p.norm == 1u) {
+      if (p.norm >= 1u) {
         let g = nw4[j];
         w0 *= vec4<f32>(bf16_lo(g.x), bf16_hi(g.x), bf16_lo(g.y), bf16_hi(g.y));
         w1 *= vec4<f32>(bf16_lo(g.z), bf16_hi(g.z), bf16_lo(g.w), bf16_hi(g.w));

@@ -7,9 +7,6 @@
 // torch: routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
 //        routing_weights, selected_experts = torch.topk(routing_weights, top_k, dim=-1)
 //        if norm_topk_prob: routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
-// `norm_route` is the post-attention RMSNorm, the router's linear layer and the routing above in one
-// workgroup per token (decode's three dispatches in one): it writes the normalised row `xn` for the
-// experts, computes the logits in workgroup memory, then routes.
 // Masked gating (the reference fixtures' rule): logits of experts that are not allowed are -inf
 // before softmax and top-k. An expert is allowed when its slot is >= 0 (or always, when `masked` is 0).
 override WG: u32 = 64u;
@@ -25,10 +22,6 @@ struct Params {
   dim: u32,
   rows_cap: u32,  // rows per layer region of utopk_ids / utopk_p / xnorm
   n_layers: u32,  // MoE layers (the statistics pass covers them all)
-  eps: f32,       // norm_route: the RMSNorm's epsilon
-  has_bias: u32,  // norm_route: the router has a bias
-  _pad0: u32,
-  _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> step: Step;
@@ -117,9 +110,13 @@ fn route(tid: u32, use_mask: bool) {
   workgroupBarrier();
 }
 
-// Token t's routing from its logits in `lg`: the masked choices into topk_ids / topk_w, the unmasked
-// ones into utopk_ids / utopk_p, and ‖x‖ (each thread's share of ‖x‖² in `ss`) into xnorm.
-fn route_row(t: u32, tid: u32, ss: f32) {
+// One workgroup per token.
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+  let t = linear_wg(wg, nwg);
+  if (t >= step.t) { return; }
+  for (var e = tid; e < p.experts; e += WG) { lg[e] = logits[t * p.experts + e]; }
   route(tid, p.masked == 1u);
   if (tid == 0u) {
     var total = 0.0;
@@ -138,80 +135,10 @@ fn route_row(t: u32, tid: u32, ss: f32) {
       utopk_p[(region + t) * p.top_k + k] = chosen_p[k];
     }
   }
-  let total_ss = reduce_sum(tid, ss);
-  if (tid == 0u) { xnorm[region + t] = sqrt(total_ss); }
-}
-
-// One workgroup per token.
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) tid: u32) {
-  let t = linear_wg(wg, nwg);
-  if (t >= step.t) { return; }
-  for (var e = tid; e < p.experts; e += WG) { lg[e] = logits[t * p.experts + e]; }
   var ss = 0.0;
   for (var d = tid; d < p.dim; d += WG) { let v = x[t * p.dim + d]; ss += v * v; }
-  route_row(t, tid, ss); // (route() reads lg only after its first barrier)
-}
-
-// norm_route's own buffers: the residual stream in, its normalised rows out, the norm's weight [D]
-// bf16, the router's [E, D] bf16 (8 per vec4<u32>, D % 8 == 0) and its bias [E] bf16 (when has_bias).
-@group(0) @binding(11) var<storage, read> resid: array<vec4<f32>>;
-@group(0) @binding(12) var<storage, read_write> xn: array<vec4<f32>>;
-@group(0) @binding(13) var<storage, read> norm_w: array<vec2<u32>>;
-@group(0) @binding(14) var<storage, read> router_w: array<vec4<u32>>;
-@group(0) @binding(15) var<storage, read> router_b: array<u32>;
-
-// Threads that share one expert's dot product: WG / LANES experts are summed at a time, each thread
-// over every LANES-th chunk of 8 columns (coalesced across the lanes); E · LANES ≤ 2048.
-override LANES: u32 = 32u;
-var<workgroup> part: array<f32, 2048>; // [E, LANES] the lanes' partial dot products
-
-fn bf16x4(w: vec2<u32>) -> vec4<f32> {
-  return vec4<f32>(bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y));
-}
-
-// One workgroup per token: xn = RMSNorm(resid) · norm_w, logits = router_w · xn (+ bias), then `main`'s
-// routing. torch: hidden_states = self.post_attention_layernorm(hidden_states)
-//                 router_logits = self.gate(hidden_states)
-@compute @workgroup_size(WG)
-fn norm_route(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) tid: u32) {
-  let t = linear_wg(wg, nwg);
-  if (t >= step.t) { return; }
-  let d4 = p.dim / 4u;
-  let base = t * d4;
-  var ss = 0.0;
-  for (var c = tid; c < d4; c += WG) { let v = resid[base + c]; ss += dot(v, v); }
-  let inv = inverseSqrt(reduce_sum(tid, ss) / f32(p.dim) + p.eps);
-  var nn = 0.0; // ‖xn‖², the statistics' ‖x‖ of the router's input
-  for (var c = tid; c < d4; c += WG) {
-    let v = resid[base + c] * inv * bf16x4(norm_w[c]);
-    xn[base + c] = v;
-    nn += dot(v, v);
-  }
-  storageBarrier(); // the row's xn, each part written by one thread, is read by all below
-  let n8 = p.dim / 8u;
-  let lane = tid % LANES;
-  for (var e = tid / LANES; e < p.experts; e += WG / LANES) {
-    var acc = 0.0;
-    for (var j = lane; j < n8; j += LANES) {
-      let w = router_w[e * n8 + j];
-      acc += dot(bf16x4(w.xy), xn[base + 2u * j]) + dot(bf16x4(w.zw), xn[base + 2u * j + 1u]);
-    }
-    part[e * LANES + lane] = acc;
-  }
-  workgroupBarrier();
-  for (var e = tid; e < p.experts; e += WG) {
-    var v = 0.0;
-    for (var l = 0u; l < LANES; l++) { v += part[e * LANES + l]; }
-    if (p.has_bias == 1u) {
-      let bw = router_b[e / 2u];
-      v += select(bf16_lo(bw), bf16_hi(bw), (e & 1u) == 1u);
-    }
-    lg[e] = v;
-  }
-  route_row(t, tid, nn); // (route() reads lg only after its first barrier)
+  ss = reduce_sum(tid, ss);
+  if (tid == 0u) { xnorm[region + t] = sqrt(ss); }
 }
 
 // Statistics of a call, once after its routers ran: one thread per (MoE layer, expert) over the

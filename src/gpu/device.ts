@@ -71,9 +71,8 @@ export async function createGpu(options: { powerPreference?: GPUPowerPreference 
   const requiredLimits: Record<string, number> = {
     maxBufferSize: l.maxBufferSize,
     maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
-    // router.wgsl's main binds 10, Step and Params included (read-only storage, see common.wgsl); its
-    // norm_route 13, where the adapter offers them (src/kernels/router.ts normRouteApplies)
-    maxStorageBuffersPerShaderStage: Math.min(l.maxStorageBuffersPerShaderStage, 16),
+    // router.wgsl's main binds 10, Step and Params included (read-only storage, see common.wgsl)
+    maxStorageBuffersPerShaderStage: Math.min(l.maxStorageBuffersPerShaderStage, 10),
     maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
     maxComputeInvocationsPerWorkgroup: Math.min(l.maxComputeInvocationsPerWorkgroup, 256),
     maxComputeWorkgroupSizeX: Math.min(l.maxComputeWorkgroupSizeX, 256),

@@ -59,6 +59,15 @@ export function slotEntry(tier: number, slot: number): number {
  */
 export const GEMV_MAX_ROWS = 32;
 
+/**
+ * Threads of a down workgroup (experts_down.wgsl `WG`): one token's four rows of D over its K experts,
+ * so a thread's loads of one expert row are I / (per-word · WG) in a row, each waiting on memory: with
+ * 64 threads, OLMoE's bf16 down made 8 experts × 8 such round trips a thread and ran at ~40 µs a layer
+ * on the H200 (bench/profile.ts --ablate, 2026-12-03) against ~25 µs for gate_up, which reads twice the
+ * bytes over 8 times the workgroups. 256 threads make it 2 a row.
+ */
+export const DOWN_THREADS = 256;
+
 /** The grouped path's tile: token-expert rows of one expert, and weight rows per workgroup. */
 export interface TileShape {
   /** TILE of shaders/lib/expert_tiles.wgsl: a multiple of 4. */
@@ -140,6 +149,8 @@ export interface ExpertsOptions {
    * {@link GEMV_MAX_ROWS} rows take the grouped path; without it, every call the GEMV path.
    */
   grouped?: { yk: GPUBuffer; route: GPUBuffer };
+  /** Threads of the GEMV path's down workgroups (default {@link DOWN_THREADS}; benchmarks compare). */
+  downThreads?: number;
 }
 
 /**
@@ -220,7 +231,7 @@ export async function expertsGemv(ctx: KernelContext, o: ExpertsOptions): Promis
       label: `${o.label}.down`,
       file: "experts_down.wgsl",
       entry: oss ? "down_sum_bias" : "down_sum",
-      constants,
+      constants: { ...constants, WG: o.downThreads ?? DOWN_THREADS },
       params: halves[1],
       buffers: { 2: o.topkIds, 3: o.slots, 7: o.h, 8: o.topkW, 9: o.down, 10: o.y },
       // a workgroup per token and four rows of down

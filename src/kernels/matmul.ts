@@ -46,9 +46,10 @@ export interface MatmulOptions {
   reference?: boolean;
   /**
    * RMS-normalise each row of x first, with this [inDim] bf16 weight and epsilon (torch: the RMSNorm
-   * before the projection): only on the fast path ({@link fastPathApplies}).
+   * before the projection), and with `out` also write the normalised rows there ([rows, inDim] f32, for
+   * the norm's other readers): only on the fast path ({@link fastPathApplies}).
    */
-  norm?: { weight: GPUBuffer; eps: number };
+  norm?: { weight: GPUBuffer; eps: number; out?: GPUBuffer };
 }
 
 /** Whether the vectorised `gemv8` path applies: 8-element rows aligned to 16 bytes. */
@@ -72,7 +73,7 @@ export function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch> 
     accumulate: o.accumulate ? 1 : 0,
     has_bias: o.bias ? 1 : 0,
     w_offset: o.wOffset ?? 0,
-    norm: o.norm ? 1 : 0,
+    norm: o.norm ? (o.norm.out ? 2 : 1) : 0,
     eps: o.norm?.eps ?? 0,
   });
   if (fastPathApplies(o)) {
@@ -82,7 +83,15 @@ export function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch> 
       entry: "gemv8",
       constants: FAST,
       params,
-      buffers: { 3: o.bias ?? o.weight, 5: o.y, 6: o.weight, 7: o.x, 8: o.norm?.weight ?? o.weight },
+      // (binding 9 is written only with norm.out: y, writable already, stands in without it)
+      buffers: {
+        3: o.bias ?? o.weight,
+        5: o.y,
+        6: o.weight,
+        7: o.x,
+        8: o.norm?.weight ?? o.weight,
+        9: o.norm?.out ?? o.y,
+      },
       workgroups: (s) => Math.ceil(o.outDim / FAST.RW) * Math.ceil(rows(s) / FAST.TT),
     });
   }

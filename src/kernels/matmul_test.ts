@@ -76,7 +76,7 @@ Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accu
   }
 });
 
-Deno.test("matmul: the vectorised kernel's fused RMSNorm equals a CPU norm then GEMM", async () => {
+Deno.test("matmul: the vectorised kernel's fused RMSNorm equals a CPU norm then GEMM, and writes the normalised rows", async () => {
   const gpu = await createGpu();
   const device = gpu.device;
   const { memory, stepBuffer: step, ctx } = kernelContext(device, 64);
@@ -109,10 +109,12 @@ Deno.test("matmul: the vectorised kernel's fused RMSNorm equals a CPU norm then 
       for (let o = 0; o < c.outDim; o++) [bBits[o], bVal[o]] = bf16(rand());
       const x = Float32Array.from({ length: c.rows * c.inDim }, () => 5 * rand());
       const want = new Float32Array(c.rows * c.outDim);
+      const wantXn = new Float32Array(c.rows * c.inDim);
       for (let r = 0; r < c.rows; r++) {
         let ss = 0;
         for (let i = 0; i < c.inDim; i++) ss += x[r * c.inDim + i]! ** 2;
         const inv = 1 / Math.sqrt(ss / c.inDim + eps);
+        for (let i = 0; i < c.inDim; i++) wantXn[r * c.inDim + i] = x[r * c.inDim + i]! * inv * gVal[i]!;
         for (let o = 0; o < c.outDim; o++) {
           let v = c.bias ? bVal[o]! : 0;
           for (let i = 0; i < c.inDim; i++) {
@@ -121,24 +123,33 @@ Deno.test("matmul: the vectorised kernel's fused RMSNorm equals a CPU norm then 
           want[r * c.outDim + o] = v;
         }
       }
-      const y = put(new Float32Array(want.length));
-      ctx.params.reset();
-      const d = await matmul(ctx, {
-        label: "norm_mm",
-        weight: put(wBits),
-        bias: c.bias ? put(bBits) : undefined,
-        x: put(x),
-        y,
-        inDim: c.inDim,
-        outDim: c.outDim,
-        norm: { weight: put(gBits), eps },
-      });
-      const shape = { t: c.rows, headRows: 0, pos0: 0 };
-      device.queue.writeBuffer(step.buffer, 0, packStep(shape, 0));
-      const got = new Float32Array(await runAndRead(device, [d], shape, y));
-      let err = 0;
-      for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
-      assert.ok(err < 1e-4, `${JSON.stringify(c)}: max error ${err}`);
+      for (const writeXn of [false, true]) {
+        const y = put(new Float32Array(want.length));
+        const xn = put(new Float32Array(wantXn.length));
+        ctx.params.reset();
+        const d = await matmul(ctx, {
+          label: "norm_mm",
+          weight: put(wBits),
+          bias: c.bias ? put(bBits) : undefined,
+          x: put(x),
+          y,
+          inDim: c.inDim,
+          outDim: c.outDim,
+          norm: { weight: put(gBits), eps, out: writeXn ? xn : undefined },
+        });
+        const shape = { t: c.rows, headRows: 0, pos0: 0 };
+        device.queue.writeBuffer(step.buffer, 0, packStep(shape, 0));
+        const got = new Float32Array(await runAndRead(device, [d], shape, y));
+        let err = 0;
+        for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
+        assert.ok(err < 1e-4, `${JSON.stringify(c)} xn ${writeXn}: max error ${err}`);
+        const gotXn = new Float32Array(await runAndRead(device, [], shape, xn));
+        let xnErr = 0;
+        for (let i = 0; i < wantXn.length; i++) {
+          xnErr = Math.max(xnErr, Math.abs(gotXn[i]! - (writeXn ? wantXn[i]! : 0)));
+        }
+        assert.ok(xnErr < 1e-5, `${JSON.stringify(c)} xn ${writeXn}: normalised rows' max error ${xnErr}`);
+      }
     }
     const tiny = {
       weight: put(new Uint16Array(4)),

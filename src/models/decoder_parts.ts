@@ -11,7 +11,7 @@ import type { TrackedBuffer } from "../gpu/memory.ts";
 import { attention, type AttentionShape, type QkNormMode, ropeKv } from "../kernels/attention.ts";
 import { fastPathApplies, matmul } from "../kernels/matmul.ts";
 import { rmsNorm } from "../kernels/norm.ts";
-import { normRoute, router, routerStats } from "../kernels/router.ts";
+import { router, routerStats } from "../kernels/router.ts";
 import { sampler } from "../kernels/sample.ts";
 import type { ExpertCache } from "../moe/expert_cache.ts";
 import { bufferNamed, type DenseWeight, type ProgramIo } from "./family.ts";
@@ -253,13 +253,12 @@ export interface RouteBlockOptions {
   eps: number;
   router: GPUBuffer;
   routerBias?: GPUBuffer;
-  /** One dispatch for the norm, the router and the routing ({@link normRoute}), where it applies. */
-  fused: boolean;
 }
 
 /**
  * The post-attention norm of the residual `x` into `xn`, the router's logits (+bias) from `xn`, then
- * routing into `topk_ids` / `topk_w` and the unmasked choices: one dispatch when `fused`, else three.
+ * routing into `topk_ids` / `topk_w` and the unmasked choices: on the GEMV's fast path the norm runs
+ * inside the router's GEMV, which also writes `xn` (two dispatches), else three.
  */
 export async function routeBlock(
   ctx: KernelContext,
@@ -269,53 +268,45 @@ export async function routeBlock(
 ): Promise<Dispatch[]> {
   const b = (n: string) => bufferNamed(state, n);
   const p = `layer${o.layer}`;
-  const routing = {
-    layer: o.moeLayer,
-    experts: o.experts,
-    topK: o.topK,
-    normTopkProb: o.normTopkProb,
-    masked: o.masked,
-    dim: o.dim,
-    rowsCap: o.rowsCap,
-    slots: cache.tableBuffer.buffer,
-    topkIds: b("topk_ids"),
-    topkW: b("topk_w"),
-    utopkIds: b("utopk_ids"),
-    utopkP: b("utopk_p"),
-    xnorm: b("xnorm"),
-  };
-  if (o.fused) {
-    return [
-      await normRoute(ctx, {
-        ...routing,
-        label: `${p}.norm_route`,
-        resid: b("x"),
-        xn: b("xn"),
-        norm: o.postNorm,
-        eps: o.eps,
-        weight: o.router,
-        bias: o.routerBias,
-      }),
-    ];
-  }
+  const fuseNorm = fastPathApplies({ inDim: o.dim });
   return [
-    await rmsNorm(ctx, {
-      label: `${p}.post_norm`,
-      weight: o.postNorm,
-      x: b("x"),
-      y: b("xn"),
-      cols: o.dim,
-      eps: o.eps,
-    }),
+    ...fuseNorm ? [] : [
+      await rmsNorm(ctx, {
+        label: `${p}.post_norm`,
+        weight: o.postNorm,
+        x: b("x"),
+        y: b("xn"),
+        cols: o.dim,
+        eps: o.eps,
+      }),
+    ],
     await matmul(ctx, {
       label: `${p}.router`,
       weight: o.router,
       bias: o.routerBias,
-      x: b("xn"),
+      x: b(fuseNorm ? "x" : "xn"),
       y: b("router_logits"),
       inDim: o.dim,
       outDim: o.experts,
+      norm: fuseNorm ? { weight: o.postNorm, eps: o.eps, out: b("xn") } : undefined,
     }),
-    await router(ctx, { ...routing, label: `${p}.route`, logits: b("router_logits"), x: b("xn") }),
+    await router(ctx, {
+      label: `${p}.route`,
+      layer: o.moeLayer,
+      experts: o.experts,
+      topK: o.topK,
+      normTopkProb: o.normTopkProb,
+      masked: o.masked,
+      dim: o.dim,
+      rowsCap: o.rowsCap,
+      logits: b("router_logits"),
+      slots: cache.tableBuffer.buffer,
+      x: b("xn"),
+      topkIds: b("topk_ids"),
+      topkW: b("topk_w"),
+      utopkIds: b("utopk_ids"),
+      utopkP: b("utopk_p"),
+      xnorm: b("xnorm"),
+    }),
   ];
 }

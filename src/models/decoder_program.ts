@@ -14,7 +14,6 @@ import type { Dispatch } from "../gpu/dispatch.ts";
 import type { Allocation } from "../gpu/memory.ts";
 import { attentionScratchBytes } from "../kernels/attention.ts";
 import { embed } from "../kernels/embed.ts";
-import { normRouteApplies } from "../kernels/router.ts";
 import type { ExpertCache } from "../moe/expert_cache.ts";
 import {
   attentionBlock,
@@ -178,8 +177,7 @@ export abstract class DecoderProgram<S extends DecoderSpec, N extends DecoderNam
 
   /**
    * MoE layer `moeLayer`'s routing (layer `i`): the post-attention norm into `xn`, its router (and bias)
-   * over `xn`, then the top-k into `topk_ids` / `topk_w` ({@link routeBlock}): one dispatch where the
-   * device and the geometry allow ({@link normRouteApplies}).
+   * over `xn`, then the top-k into `topk_ids` / `topk_w` ({@link routeBlock}).
    */
   protected route(
     i: number,
@@ -202,7 +200,6 @@ export abstract class DecoderProgram<S extends DecoderSpec, N extends DecoderNam
       eps: spec.rmsNormEps,
       router: this.weight(o.router),
       routerBias: o.routerBias ? this.weight(o.routerBias) : undefined,
-      fused: normRouteApplies(this.init.ctx.device, spec.hiddenSize, spec.numExperts),
     });
   }
 

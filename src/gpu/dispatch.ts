@@ -31,6 +31,11 @@ export interface Dispatch {
   readonly workgroups: (shape: CallShape) => number;
 }
 
+/** `d`, launching nothing on the calls for which `run` is false (of two recorded paths, one runs). */
+export function onlyWhen(d: Dispatch, run: (shape: CallShape) => boolean): Dispatch {
+  return { ...d, workgroups: (s) => run(s) ? d.workgroups(s) : 0 };
+}
+
 /** Most workgroups per grid dimension (WebGPU's default `maxComputeWorkgroupsPerDimension`). */
 export const MAX_GRID = 65535;
 

@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, onlyWhen, paramsLayout, record } from "../gpu/dispatch.ts";
 import { FORMAT_CODE, matrixLayout, type Precision } from "../quant/formats.ts";
 
 const FIELDS = [
@@ -197,13 +197,9 @@ function shared(o: ExpertsOptions) {
 export async function experts(ctx: KernelContext, o: ExpertsOptions): Promise<Dispatch[]> {
   const gemv = await expertsGemv(ctx, o);
   if (!o.grouped || o.clampedSwiglu) return gemv;
-  const when = (d: Dispatch, run: (t: number) => boolean): Dispatch => ({
-    ...d,
-    workgroups: (s) => run(s.t) ? d.workgroups(s) : 0,
-  });
   return [
-    ...gemv.map((d) => when(d, (t) => t <= GEMV_MAX_ROWS)),
-    ...(await expertsGrouped(ctx, o)).map((d) => when(d, (t) => t > GEMV_MAX_ROWS)),
+    ...gemv.map((d) => onlyWhen(d, (s) => s.t <= GEMV_MAX_ROWS)),
+    ...(await expertsGrouped(ctx, o)).map((d) => onlyWhen(d, (s) => s.t > GEMV_MAX_ROWS)),
   ];
 }
 

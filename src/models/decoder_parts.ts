@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Dispatch, KernelContext } from "../gpu/dispatch.ts";
+import { type CallShape, type Dispatch, type KernelContext, onlyWhen } from "../gpu/dispatch.ts";
 import type { TrackedBuffer } from "../gpu/memory.ts";
 import { attention, type AttentionShape, type QkNormMode, ropeKv } from "../kernels/attention.ts";
 import { fastPathApplies, matmul } from "../kernels/matmul.ts";
@@ -128,6 +128,34 @@ export async function decoderHead(
   return { post, sample };
 }
 
+/**
+ * Calls of up to this many rows (decode steps of up to 16 sequences) normalise inside the GEMV that
+ * reads the norm's output (one dispatch instead of two); longer ones (prefill chunks) run the norm on
+ * its own first: every workgroup of a fused GEMV computes its rows' norms again, which at 32 rows cost
+ * more than the dispatch it saves (prefill of a 512-token prompt 2,108–2,120 tok/s fused against
+ * 2,233–2,250 not, on the H200, 2026-12-03).
+ */
+export const FUSED_NORM_MAX_ROWS = 16;
+
+/**
+ * An RMSNorm (`norm`: x into y) and the GEMV `then` that reads its output: on the GEMV's fast path both
+ * recorded ways, the GEMV with the norm inside it for calls of up to {@link FUSED_NORM_MAX_ROWS} rows
+ * and the two dispatches for longer ones; else the two dispatches.
+ */
+async function normThen(
+  ctx: KernelContext,
+  norm: { label: string; weight: GPUBuffer; x: GPUBuffer; y: GPUBuffer; cols: number; eps: number },
+  then: (fused?: { weight: GPUBuffer; eps: number }) => Promise<Dispatch>,
+): Promise<Dispatch[]> {
+  const apart = [await rmsNorm(ctx, norm), await then()];
+  if (!fastPathApplies({ inDim: norm.cols })) return apart;
+  const short = (s: CallShape) => s.t <= FUSED_NORM_MAX_ROWS;
+  return [
+    ...apart.map((d) => onlyWhen(d, (s) => !short(s))),
+    onlyWhen(await then({ weight: norm.weight, eps: norm.eps }), short),
+  ];
+}
+
 /** One layer's attention half, by buffer: what {@link attentionBlock} reads. */
 export interface AttentionBlockOptions {
   /** `layer{i}`: labels, the fused qkv buffers and the layer's KV cache. */
@@ -168,29 +196,23 @@ export async function attentionBlock(
   const p = `layer${o.layer}`;
   const { numHeads: H, numKvHeads: Hkv, headDim: hd } = o.geo;
   const cache = { kCache: b(`kv.${o.layer}.k`), vCache: b(`kv.${o.layer}.v`), rows: b("rows") };
-  // the input norm inside the qkv GEMV where its fast path applies: one dispatch, no `xn` written
-  const fuseNorm = fastPathApplies({ inDim: o.dim });
-  return [
-    ...fuseNorm ? [] : [
-      await rmsNorm(ctx, {
-        label: `${p}.input_norm`,
-        weight: o.inputNorm,
-        x: b("x"),
-        y: b("xn"),
-        cols: o.dim,
-        eps: o.eps,
-      }),
-    ],
-    await matmul(ctx, {
+  const qkv = (norm?: { weight: GPUBuffer; eps: number }) =>
+    matmul(ctx, {
       label: `${p}.qkv_proj`,
       weight: o.qkv,
       bias: o.qkvBias,
-      x: b(fuseNorm ? "x" : "xn"),
+      x: b(norm ? "x" : "xn"),
       y: b("qkv"),
       inDim: o.dim,
       outDim: (H + 2 * Hkv) * hd,
-      norm: fuseNorm ? { weight: o.inputNorm, eps: o.eps } : undefined,
-    }),
+      norm,
+    });
+  return [
+    ...await normThen(
+      ctx,
+      { label: `${p}.input_norm`, weight: o.inputNorm, x: b("x"), y: b("xn"), cols: o.dim, eps: o.eps },
+      qkv,
+    ),
     await ropeKv(ctx, {
       ...o.geo,
       ...cache,
@@ -268,28 +290,23 @@ export async function routeBlock(
 ): Promise<Dispatch[]> {
   const b = (n: string) => bufferNamed(state, n);
   const p = `layer${o.layer}`;
-  const fuseNorm = fastPathApplies({ inDim: o.dim });
   return [
-    ...fuseNorm ? [] : [
-      await rmsNorm(ctx, {
-        label: `${p}.post_norm`,
-        weight: o.postNorm,
-        x: b("x"),
-        y: b("xn"),
-        cols: o.dim,
-        eps: o.eps,
-      }),
-    ],
-    await matmul(ctx, {
-      label: `${p}.router`,
-      weight: o.router,
-      bias: o.routerBias,
-      x: b(fuseNorm ? "x" : "xn"),
-      y: b("router_logits"),
-      inDim: o.dim,
-      outDim: o.experts,
-      norm: fuseNorm ? { weight: o.postNorm, eps: o.eps, out: b("xn") } : undefined,
-    }),
+    ...await normThen(
+      ctx,
+      { label: `${p}.post_norm`, weight: o.postNorm, x: b("x"), y: b("xn"), cols: o.dim, eps: o.eps },
+      (norm) =>
+        matmul(ctx, {
+          label: `${p}.router`,
+          weight: o.router,
+          bias: o.routerBias,
+          x: b(norm ? "x" : "xn"),
+          y: b("router_logits"),
+          inDim: o.dim,
+          outDim: o.experts,
+          // the router's GEMV writes xn too: the experts read it
+          norm: norm && { ...norm, out: b("xn") },
+        }),
+    ),
     await router(ctx, {
       label: `${p}.route`,
       layer: o.moeLayer,

@@ -36,22 +36,28 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> xnorm: array<f32>;
 
 var<workgroup> lg: array<f32, MAX_E>;       // this token's router logits
-var<workgroup> ok: array<u32, MAX_E>;       // 1 where the expert may be chosen in this round
-var<workgroup> red_v: array<f32, WG>;
-var<workgroup> chosen: array<u32, MAX_K>;
+var<workgroup> ok: array<u32, MAX_E>;       // 1 where the masked routing may choose the expert
+var<workgroup> red2: array<vec2<f32>, WG>;  // reductions of (all experts, allowed experts) at once
+var<workgroup> chosen: array<u32, MAX_K>;   // the masked routing's choices and probabilities
 var<workgroup> chosen_p: array<f32, MAX_K>;
-var<workgroup> rank_of: array<u32, MAX_E>; // each expert's rank this round (NO_RANK: not allowed)
+var<workgroup> uchosen: array<u32, MAX_K>;  // the unmasked router's
+var<workgroup> uchosen_p: array<f32, MAX_K>;
+var<workgroup> rank_of: array<u32, MAX_E>;  // each expert's rank among all
+var<workgroup> mrank_of: array<u32, MAX_E>; // among the allowed (NO_RANK: not allowed)
+var<workgroup> red_v: array<f32, WG>;
 const NO_RANK: u32 = 0xffffffffu;
 
-fn reduce_max(tid: u32, v: f32) -> f32 {
+fn reduce2(tid: u32, v: vec2<f32>, is_max: bool) -> vec2<f32> {
   workgroupBarrier();
-  red_v[tid] = v;
+  red2[tid] = v;
   workgroupBarrier();
   for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) { red_v[tid] = max(red_v[tid], red_v[tid + s]); }
+    if (tid < s) {
+      if (is_max) { red2[tid] = max(red2[tid], red2[tid + s]); } else { red2[tid] += red2[tid + s]; }
+    }
     workgroupBarrier();
   }
-  return red_v[0];
+  return red2[0];
 }
 
 fn reduce_sum(tid: u32, v: f32) -> f32 {
@@ -65,47 +71,65 @@ fn reduce_sum(tid: u32, v: f32) -> f32 {
   return red_v[0];
 }
 
-// Top-k among allowed experts of this token into chosen / chosen_p (softmax over allowed ones), by
-// rank: an allowed expert's rank is the number of allowed experts before it in the order (larger
-// logit first, lower index among equals), and the expert of rank k < top_k is choice k. Each thread
-// ranks its experts against all E (into rank_of), then thread k fills choice k from the ranks: one
-// pass and two barriers instead of top_k workgroup argmax reductions. Every workgroup location has
-// one writer per phase (Mesa's GL compute lost a choice when a rank's writer and the slot's
-// initialiser were different threads); unfilled choices (fewer allowed experts than top_k) stay empty.
+// Top-k of this token among all experts (into uchosen / uchosen_p) and among the allowed ones (into
+// chosen / chosen_p), each with its softmax over the experts it ranks, in one pass: an expert's rank
+// is the number of experts (allowed experts) before it in the order (larger logit first, lower index
+// among equals), and the expert of rank k < top_k is choice k. Each thread ranks its experts against
+// all E (into rank_of, mrank_of), then thread k fills choice k from the ranks: two reductions of
+// pairs and two barriers instead of top_k workgroup argmax reductions per routing. Every workgroup
+// location has one writer per phase (Mesa's GL compute lost a choice when a rank's writer and the
+// slot's initialiser were different threads); unfilled choices (fewer allowed experts than top_k)
+// stay empty.
 fn route(tid: u32, use_mask: bool) {
   for (var e = tid; e < p.experts; e += WG) {
     ok[e] = select(1u, 0u, use_mask && slots[p.layer * p.experts + e] < 0);
   }
   workgroupBarrier();
-  var m = NEG_INF;
-  for (var e = tid; e < p.experts; e += WG) { if (ok[e] == 1u) { m = max(m, lg[e]); } }
-  m = reduce_max(tid, m);
-  var s = 0.0;
-  for (var e = tid; e < p.experts; e += WG) { if (ok[e] == 1u) { s += exp(lg[e] - m); } }
-  s = reduce_sum(tid, s);
+  var m = vec2<f32>(NEG_INF);
   for (var e = tid; e < p.experts; e += WG) {
-    var rank = NO_RANK;
-    if (ok[e] == 1u) {
-      let v = lg[e];
-      rank = 0u;
-      for (var f = 0u; f < p.experts; f++) {
-        if (ok[f] == 1u && (lg[f] > v || (lg[f] == v && f < e))) { rank++; }
+    m.x = max(m.x, lg[e]);
+    if (ok[e] == 1u) { m.y = max(m.y, lg[e]); }
+  }
+  m = reduce2(tid, m, true);
+  var s = vec2<f32>(0.0);
+  for (var e = tid; e < p.experts; e += WG) {
+    s.x += exp(lg[e] - m.x);
+    if (ok[e] == 1u) { s.y += exp(lg[e] - m.y); }
+  }
+  s = reduce2(tid, s, false);
+  for (var e = tid; e < p.experts; e += WG) {
+    let v = lg[e];
+    var rank = 0u;
+    var mrank = 0u;
+    for (var f = 0u; f < p.experts; f++) {
+      if (lg[f] > v || (lg[f] == v && f < e)) {
+        rank++;
+        mrank += ok[f];
       }
     }
     rank_of[e] = rank;
+    mrank_of[e] = select(NO_RANK, mrank, ok[e] == 1u);
   }
   workgroupBarrier();
   for (var k = tid; k < p.top_k; k += WG) {
     var pick = NO_RANK;
     var prob = 0.0;
+    var upick = NO_RANK;
+    var uprob = 0.0;
     for (var e = 0u; e < p.experts; e++) {
-      if (rank_of[e] == k) {
+      if (mrank_of[e] == k) {
         pick = e;
-        prob = exp(lg[e] - m) / s;
+        prob = exp(lg[e] - m.y) / s.y;
+      }
+      if (rank_of[e] == k) {
+        upick = e;
+        uprob = exp(lg[e] - m.x) / s.x;
       }
     }
     chosen[k] = pick;
     chosen_p[k] = prob;
+    uchosen[k] = upick;
+    uchosen_p[k] = uprob;
   }
   workgroupBarrier();
 }
@@ -117,7 +141,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let t = linear_wg(wg, nwg);
   if (t >= step.t) { return; }
   for (var e = tid; e < p.experts; e += WG) { lg[e] = logits[t * p.experts + e]; }
-  route(tid, p.masked == 1u);
+  // ‖x‖, four loads in flight a thread
+  var ss = vec4<f32>(0.0);
+  let base = t * p.dim;
+  for (var d = tid; d < p.dim; d += 4u * WG) {
+    var v = vec4<f32>(0.0);
+    v.x = x[base + d];
+    if (d + WG < p.dim) { v.y = x[base + d + WG]; }
+    if (d + 2u * WG < p.dim) { v.z = x[base + d + 2u * WG]; }
+    if (d + 3u * WG < p.dim) { v.w = x[base + d + 3u * WG]; }
+    ss += v * v;
+  }
+  route(tid, p.masked == 1u); // (route() reads lg only after its first barrier)
   if (tid == 0u) {
     var total = 0.0;
     for (var k = 0u; k < p.top_k; k++) { total += chosen_p[k]; }
@@ -126,19 +161,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       topk_w[t * p.top_k + k] = select(chosen_p[k], chosen_p[k] / total, p.norm_topk == 1u);
     }
   }
-  workgroupBarrier();
-  route(tid, false);
   let region = p.layer * p.rows_cap;
   if (tid == 0u) {
     for (var k = 0u; k < p.top_k; k++) {
-      utopk_ids[(region + t) * p.top_k + k] = chosen[k];
-      utopk_p[(region + t) * p.top_k + k] = chosen_p[k];
+      utopk_ids[(region + t) * p.top_k + k] = uchosen[k];
+      utopk_p[(region + t) * p.top_k + k] = uchosen_p[k];
     }
   }
-  var ss = 0.0;
-  for (var d = tid; d < p.dim; d += WG) { let v = x[t * p.dim + d]; ss += v * v; }
-  ss = reduce_sum(tid, ss);
-  if (tid == 0u) { xnorm[region + t] = sqrt(ss); }
+  let norm2 = reduce_sum(tid, ss.x + ss.y + ss.z + ss.w);
+  if (tid == 0u) { xnorm[region + t] = sqrt(norm2); }
 }
 
 // Statistics of a call, once after its routers ran: one thread per (MoE layer, expert) over the

@@ -35,6 +35,7 @@ export {
   type GenerateChunk,
   type GenerateRequest,
   type GenerateUsage,
+  type GpuTimeline,
   type Progress,
   type UploadPacing,
 } from "./src/runtime/engine.ts";

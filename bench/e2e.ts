@@ -44,6 +44,12 @@ export interface E2eRecord {
   uploadSeconds: number;
   /** swapmoe's upload pacing at the end of the run (EngineStats.uploadPacing). */
   uploadPacing: EngineStats["uploadPacing"] | null;
+  /**
+   * The decode on the GPU's clock (EngineStats.gpuTimeline, over the timed generation): milliseconds a
+   * step takes inside a batch, and milliseconds the GPU sat idle between batches, per batch and per
+   * token. Null without timestamp queries.
+   */
+  gpu: { msPerStep: number; idleMsPerBatch: number; idleMsPerToken: number } | null;
   loadSeconds: number;
   adapter: string;
 }
@@ -126,6 +132,17 @@ export async function measure(
   if (timed === 0) {
     throw new RangeError(`--new ${o.newTokens}: every token came in the first chunk, nothing to time`);
   }
+  const t0g = before.gpuTimeline;
+  const t1g = engine.stats().gpuTimeline;
+  const gpu = t0g && t1g && t1g.steps > t0g.steps
+    ? {
+      msPerStep: (1e3 * (t1g.stepSeconds - t0g.stepSeconds)) / (t1g.steps - t0g.steps),
+      idleMsPerBatch: t1g.gaps > t0g.gaps
+        ? (1e3 * (t1g.gapSeconds - t0g.gapSeconds)) / (t1g.gaps - t0g.gaps)
+        : 0,
+      idleMsPerToken: (1e3 * (t1g.gapSeconds - t0g.gapSeconds)) / n,
+    }
+    : null;
   let prefill: number | null = null;
   if (o.prefill > 0) {
     const ids = promptIds(o.prefill, vocab, 3);
@@ -156,6 +173,7 @@ export async function measure(
     bytesUploaded: s.bytesUploaded - before.bytesUploaded,
     uploadSeconds: s.uploadSeconds - before.uploadSeconds,
     uploadPacing: s.uploadPacing ?? null,
+    gpu,
     loadSeconds,
     adapter: s.gpu.description,
   };
@@ -164,14 +182,16 @@ export async function measure(
 /** A Markdown table of records. */
 export function table(rows: E2eRecord[]): string {
   const head =
-    "| config | decode tok/s | prefill tok/s | GPU bytes | budget | hit rate | swaps | uploaded | load s | quantize s |\n" +
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+    "| config | decode tok/s | prefill tok/s | GPU bytes | budget | hit rate | swaps | uploaded | load s | quantize s | GPU ms/step | GPU idle ms/token |\n" +
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
   const lines = rows.map((r) =>
     `| ${r.config} | ${r.decodeTokensPerSecond.toFixed(1)} | ${
       r.prefillTokensPerSecond?.toFixed(0) ?? "–"
     } | ${formatBytes(r.gpuBytes)} | ${formatBytes(r.budgetBytes)} | ${r.hitRate.toFixed(3)} | ${r.swaps} | ${
       formatBytes(r.bytesUploaded)
-    } | ${r.loadSeconds.toFixed(1)} | ${r.quantizeSeconds.toFixed(1)} |`
+    } | ${r.loadSeconds.toFixed(1)} | ${r.quantizeSeconds.toFixed(1)} | ${
+      r.gpu?.msPerStep.toFixed(2) ?? "–"
+    } | ${r.gpu?.idleMsPerToken.toFixed(2) ?? "–"} |`
   );
   return [head, ...lines].join("\n");
 }

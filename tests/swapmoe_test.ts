@@ -215,6 +215,15 @@ Deno.test("swapmoe paces its uploads by default and reports how; a fixed cap tur
     } ms a token on the host's`,
   );
   assert.ok(pacing.stepSeconds! > hostStep / 3 && pacing.stepSeconds! < hostStep * 3);
+  // the same timestamps give the decode's GPU timeline: steps inside batches, and idle time between them
+  const tl = s.gpuTimeline!;
+  assert.ok(tl.steps > 0 && tl.stepSeconds > 0, JSON.stringify(tl));
+  assert.ok(tl.gaps > 0 && tl.gapSeconds >= 0 && tl.gaps < tl.steps, JSON.stringify(tl));
+  console.log(
+    `  GPU timeline: ${(1e3 * tl.stepSeconds / tl.steps).toFixed(2)} ms a step, ${
+      (1e3 * tl.gapSeconds / tl.gaps).toFixed(2)
+    } ms idle between batches`,
+  );
   assert.ok(s.swaps > 0, "no swaps while decoding 40 tokens");
   assert.ok(s.peakGpuBytes <= s.budgetBytes);
   await using capped = await createEngine({

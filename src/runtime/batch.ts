@@ -104,6 +104,8 @@ export interface BatchHost {
   readonly stamps?: {
     readonly at: number;
     copy(enc: GPUCommandEncoder, staging: GPUBuffer, count: number): void;
+    /** A batch's steps on the GPU's clock, and the idle time before it (stats().gpuTimeline). */
+    timed(t: { steps: number; stepSeconds: number; gaps: number; gapSeconds: number }): void;
   };
   /**
    * A batch was read back: its statistics, over `rows` routed rows, are mapped in `staging` at
@@ -283,6 +285,11 @@ export class Batcher {
   #batchNo = 0;
   /** When the last batch was read (decode seconds count from it, or from a later batch's start). */
   #lastRead = 0;
+  /**
+   * The GPU timestamp of the last batch read's last step's end, while the scheduler has run since
+   * (undefined when it idled or settled: the next gap would hold time it had nothing to run).
+   */
+  #lastStampEnd: bigint | undefined;
 
   /** A scheduler over `host`'s slots. */
   constructor(host: BatchHost) {
@@ -419,6 +426,7 @@ export class Batcher {
   async #drive(): Promise<void> {
     const host = this.#host;
     let lease: Lease | undefined;
+    this.#lastStampEnd = undefined; // it starts from idle
     try {
       for (;;) {
         if (host.closing()) {
@@ -713,21 +721,33 @@ export class Batcher {
    * of its first step to the end of its last, per step (each such interval holds a step and the wait
    * before it, when the GPU idled for the CPU's encoding or uploads), times its steps. Undefined
    * without timestamps, for fewer than two steps, or when they do not increase (a device whose
-   * timestamps mean nothing).
+   * timestamps mean nothing). Also reports to the host the steps' time and the GPU's idle time between
+   * the previous batch's last step and this one's first (while the scheduler ran throughout).
    */
-  #gpuSeconds(b: Batch): number | undefined {
+  #gpuTimes(b: Batch): number | undefined {
     const stamps = this.#host.stamps;
-    if (!stamps || b.steps < 2) return undefined;
+    if (!stamps) return undefined;
     const t = new BigInt64Array(b.staging.getMappedRange(stamps.at, 2 * b.steps * 8).slice(0));
+    const begin = t[0]!;
     const first = t[1]!;
     const last = t[2 * b.steps - 1]!;
-    if (!(first > 0n && last > first)) return undefined;
-    return (Number(last - first) / 1e9) * (b.steps / (b.steps - 1));
+    if (!(begin > 0n && first >= begin && last >= first)) {
+      this.#lastStampEnd = undefined;
+      return undefined;
+    }
+    const prev = this.#lastStampEnd;
+    const gap = prev !== undefined && begin >= prev ? Number(begin - prev) / 1e9 : undefined;
+    this.#lastStampEnd = last;
+    const stepSeconds = Number(last - first) / 1e9;
+    stamps.timed({ steps: b.steps - 1, stepSeconds, gaps: gap === undefined ? 0 : 1, gapSeconds: gap ?? 0 });
+    if (b.steps < 2 || !(last > first)) return undefined;
+    return stepSeconds * (b.steps / (b.steps - 1));
   }
 
   /** Reads every batch in flight. */
   async #settle(): Promise<void> {
     while (this.#inflight.length > 0) await this.#readOldest();
+    this.#lastStampEnd = undefined; // another call may run next
   }
 
   /** Reads the oldest batch in flight: each generation's tokens become a chunk for its consumer. */
@@ -775,7 +795,7 @@ export class Batcher {
       }
       if (b.steps > 0) {
         const { steps, sequences, prefill, probe } = b;
-        const gpuSeconds = this.#gpuSeconds(b);
+        const gpuSeconds = this.#gpuTimes(b);
         if (gpuSeconds !== undefined) {
           // the GPU's own clock: only this batch's uploads can have stretched its steps
           this.#host.timed({

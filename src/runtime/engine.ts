@@ -64,6 +64,7 @@ export type {
   GenerateChunk,
   GenerateRequest,
   GenerateUsage,
+  GpuTimeline,
   Progress,
   UploadPacing,
 } from "./types.ts";
@@ -166,6 +167,8 @@ class MoeEngine implements Engine {
   readonly #generators = new Set<AsyncGenerator<GenerateChunk>>();
   #tokensSinceRevision = 0;
   readonly #counters = { prefillTokens: 0, decodeTokens: 0, prefillSeconds: 0, decodeSeconds: 0 };
+  /** stats().gpuTimeline's totals. */
+  readonly #timeline = { steps: 0, stepSeconds: 0, gaps: 0, gapSeconds: 0 };
 
   private constructor(p: Parts) {
     this.spec = p.arch.spec;
@@ -190,9 +193,9 @@ class MoeEngine implements Engine {
     this.#logitsStaging = staged("staging.logits");
     this.#tokenStaging = [staged("staging.tokens0"), staged("staging.tokens1")];
     this.#topkStaging = staged("staging.topk");
-    // the GPU's clock for swapmoe's upload pacing, where the device has timestamp queries (a query set
-    // of 2·MAX_READ timestamps: 256 bytes of GPU memory the allocator does not see)
-    if (p.plan.policy === "swapmoe" && p.gpu.device.features.has("timestamp-query")) {
+    // the GPU's clock for swapmoe's upload pacing and stats().gpuTimeline, where the device has timestamp
+    // queries (a query set of 2·MAX_READ timestamps: 256 bytes of GPU memory the allocator does not see)
+    if (p.gpu.device.features.has("timestamp-query")) {
       this.#stamps = {
         querySet: p.gpu.device.createQuerySet({ label: "steps", type: "timestamp", count: 2 * MAX_READ }),
         resolve: staged("staging.stamps"),
@@ -652,6 +655,13 @@ class MoeEngine implements Engine {
       copyStats: (enc, into, offset) => this.#copyStats(enc, into, offset),
       stamps: this.#stamps && {
         at: this.#shape.sequences * MAX_READ * 4 + this.#statsBytes,
+        timed: (t) => {
+          const k = this.#timeline;
+          k.steps += t.steps;
+          k.stepSeconds += t.stepSeconds;
+          k.gaps += t.gaps;
+          k.gapSeconds += t.gapSeconds;
+        },
         copy: (enc, into, count) => {
           const s = this.#stamps!;
           enc.resolveQuerySet(s.querySet, 0, count, s.resolve, 0);
@@ -794,6 +804,7 @@ class MoeEngine implements Engine {
           clock: this.#stamps ? "gpu" : "host",
         }
         : undefined,
+      gpuTimeline: this.#stamps ? { ...this.#timeline } : undefined,
       tokens: c.prefillTokens + c.decodeTokens,
       prefillTokens: c.prefillTokens,
       decodeTokens: c.decodeTokens,

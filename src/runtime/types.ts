@@ -242,6 +242,8 @@ export interface EngineStats {
    * a decode step's time that uploads may take now, and the bytes that makes a step.
    */
   uploadPacing?: UploadPacing;
+  /** The decode batches on the GPU's clock, where the device has timestamp queries ({@link GpuTimeline}). */
+  gpuTimeline?: GpuTimeline;
   /** Tokens processed (prompt and generated). */
   tokens: number;
   /** Prompt tokens processed. */
@@ -299,6 +301,23 @@ export interface Engine extends AsyncDisposable {
   setBudget(budget: Budget): Promise<EngineStats>;
   /** Waits for running work, then frees every GPU buffer, the device and the mapped weights; idempotent. */
   close(): Promise<void>;
+}
+
+/**
+ * The GPU's own clock on the decode batches (`EngineStats.gpuTimeline`), from the timestamps each step's
+ * pass writes where the device has timestamp queries: how long steps take on the GPU, and how long it
+ * sat idle between one batch and the next while generations were decoding (waiting for the host). Totals
+ * since the engine loaded.
+ */
+export interface GpuTimeline {
+  /** Steps timed: each batch's steps after its first. */
+  steps: number;
+  /** Their seconds on the GPU, from the end of a batch's first step to the end of its last. */
+  stepSeconds: number;
+  /** Times one batch ended and the next began on the GPU with the scheduler running throughout. */
+  gaps: number;
+  /** Seconds between those batches: from a batch's last step's end to the next batch's first step's beginning. */
+  gapSeconds: number;
 }
 
 /** How `swapmoe` paces its uploads now (`EngineStats.uploadPacing`). */

@@ -150,9 +150,7 @@ for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
   device.queue.writeBuffer(ids, 0, new Uint32Array([3, 9, 17, 22, 40, 41, 50, 63]));
   const wts = buf(`topk_w.${precision}`, K * 4);
   device.queue.writeBuffer(wts, 0, new Float32Array(K).fill(1 / K));
-  const downBuf = buf(`down.${precision}`, E * matrix);
-  const hBuf = buf(`h.${precision}`, K * I * 4);
-  const [d1, d2] = await expertsGemv(ctx, {
+  const layer = {
     label: `experts.${precision}`,
     layer: 0,
     dim: D,
@@ -165,62 +163,35 @@ for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
     x: buf(`x.${precision}`, D * 4),
     gate: buf(`gate.${precision}`, E * matrix),
     up: buf(`up.${precision}`, E * matrix),
-    down: downBuf,
-    h: hBuf,
+    down: buf(`down.${precision}`, E * matrix),
+    h: buf(`h.${precision}`, K * I * 4),
     y: buf(`y.${precision}`, D * 4),
     formats: [precision],
     highSlots: E,
-  });
-  for (
-    const [d, bytes, name] of [[d1!, K * 2 * matrix, "experts.gate_up"], [
-      d2!,
-      K * matrix,
-      "experts.down",
-    ]] as const
-  ) {
+  };
+  const [d1, d2] = await expertsGemv(ctx, layer);
+  const timed = async (d: Dispatch, bytes: number, kernel: string) => {
     const us = await time(dispatchOnce(d, 1));
     const gbs = bytes / (us * 1e3);
     records.push({
-      kernel: `${name} ${precision}`,
+      kernel,
       shape: `OLMoE layer, top-8 of 64, 1 token`,
       microseconds: us,
       bytes,
       gbPerSecond: gbs,
       ofCopyCeiling: gbs / ceiling,
     });
-  }
+  };
+  await timed(d1!, K * 2 * matrix, `experts.gate_up ${precision}`);
+  await timed(d2!, K * matrix, `experts.down ${precision}`);
   // the down projection at the workgroup sizes it ran or could run with (DOWN_THREADS is the engine's)
   for (const threads of [64, 128]) {
     const [, down] = await expertsGemv(ctx, {
-      label: `experts.${precision}.wg${threads}`,
-      layer: 0,
-      dim: D,
-      inter: I,
-      topK: K,
-      experts: E,
-      topkIds: ids,
-      topkW: wts,
-      slots: table,
-      x: buf(`x.${precision}.${threads}`, D * 4),
-      gate: buf(`gate.${precision}.${threads}`, 16),
-      up: buf(`up.${precision}.${threads}`, 16),
-      down: downBuf,
-      h: hBuf,
-      y: buf(`y.${precision}.${threads}`, D * 4),
-      formats: [precision],
-      highSlots: E,
+      ...layer,
+      label: `${layer.label}.wg${threads}`,
       downThreads: threads,
     });
-    const us = await time(dispatchOnce(down!, 1));
-    const gbs = K * matrix / (us * 1e3);
-    records.push({
-      kernel: `experts.down ${precision} (${threads} threads)`,
-      shape: `OLMoE layer, top-8 of 64, 1 token`,
-      microseconds: us,
-      bytes: K * matrix,
-      gbPerSecond: gbs,
-      ofCopyCeiling: gbs / ceiling,
-    });
+    await timed(down!, K * matrix, `experts.down ${precision} (${threads} threads)`);
   }
 }
 

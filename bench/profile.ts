@@ -135,13 +135,20 @@ for (let rep = 0; rep < 3; rep++) {
 }
 
 // 3. CPU encode time and wall time per step, steps submitted back to back
-/** `steps` steps of `dispatches` back to back: CPU µs per step to encode and submit, wall µs per step. */
-async function backToBack(dispatches: readonly Dispatch[]) {
+/**
+ * `steps` steps of `dispatches` back to back, each after `before` (uploads, timed apart): CPU µs per
+ * step in `before`, CPU µs per step to encode and submit, wall µs per step.
+ */
+async function backToBack(dispatches: readonly Dispatch[], before?: () => void) {
   await device.queue.onSubmittedWorkDone();
+  let beforeUs = 0;
   let encodeUs = 0;
   const t0 = performance.now();
   for (let s = 0; s < steps; s++) {
+    const tb = performance.now();
+    before?.();
     const te = performance.now();
+    beforeUs += (te - tb) * 1000;
     writeStep(pos + s, s);
     const enc = device.createCommandEncoder();
     const pass = enc.beginComputePass();
@@ -151,7 +158,11 @@ async function backToBack(dispatches: readonly Dispatch[]) {
     encodeUs += (performance.now() - te) * 1000;
   }
   await device.queue.onSubmittedWorkDone();
-  return { encodeUs: encodeUs / steps, wallUs: ((performance.now() - t0) * 1000) / steps };
+  return {
+    beforeUs: beforeUs / steps,
+    encodeUs: encodeUs / steps,
+    wallUs: ((performance.now() - t0) * 1000) / steps,
+  };
 }
 await backToBack(all); // warm-up
 const { encodeUs, wallUs: wallPerStep } = await backToBack(all);
@@ -219,29 +230,10 @@ if (uploadMiB > 0) {
     usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
   });
   const run = async (writes: number) => {
-    await device.queue.onSubmittedWorkDone();
-    let writeUs = 0;
-    let encUs = 0;
-    const t1 = performance.now();
-    for (let s = 0; s < steps; s++) {
-      const tw = performance.now();
+    const r = await backToBack(all, () => {
       for (let c = 0; c < writes; c++) device.queue.writeBuffer(scratch, c * chunk, source);
-      const te = performance.now();
-      writeUs += (te - tw) * 1000;
-      writeStep(pos + s, s);
-      const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      encode(pass, all, shapeAt(pos + s));
-      pass.end();
-      device.queue.submit([enc.finish()]);
-      encUs += (performance.now() - te) * 1000;
-    }
-    await device.queue.onSubmittedWorkDone();
-    return {
-      writeUs: writeUs / steps,
-      encUs: encUs / steps,
-      wallUs: ((performance.now() - t1) * 1000) / steps,
-    };
+    });
+    return { writeUs: r.beforeUs, encUs: r.encodeUs, wallUs: r.wallUs };
   };
   await run(0); // warm-up
   console.log(

@@ -110,21 +110,28 @@ records.push({
   ofCopyCeiling: 1,
 });
 
-// dense GEMVs of one row, and of 16 (a step of 16 sequences decoded together: `bytes` counts the weights
-// once, as the row tiles' workgroups read them side by side)
+// dense projections: GEMVs of one row and of 16 (a step of 16 sequences decoded together: `bytes` counts
+// the weights once, as the row tiles' workgroups read them side by side), and the tiled kernel of
+// prefill chunks of 64 and 512 rows (with their arithmetic rate)
 for (
   const [o, i, label, rows] of [
     [2048, 2048, "q_proj (OLMoE)", 1],
     [50304, 2048, "lm_head (OLMoE)", 1],
     [50304, 2048, "lm_head (OLMoE)", 16],
     [14336, 4096, "w1 (Mixtral)", 1],
+    [6144, 2048, "qkv_proj (OLMoE)", 64],
+    [6144, 2048, "qkv_proj (OLMoE)", 512],
+    [2048, 2048, "o_proj (OLMoE)", 64],
+    [2048, 2048, "o_proj (OLMoE)", 512],
   ] as const
 ) {
   device.queue.writeBuffer(step.buffer, 0, new Uint32Array([rows, 0, 0, 1, 0, 0, 0, 0]));
   const w = buf(`w.${label}.${rows}`, o * i * 2);
   const x = buf(`x.${label}.${rows}`, rows * i * 4);
   const y = buf(`y.${label}.${rows}`, rows * o * 4);
-  const d = await matmul(ctx, { label, weight: w, x, y, inDim: i, outDim: o });
+  // the dispatch a call of `rows` rows runs (the GEMV or the tiled kernel)
+  const d = (await matmul(ctx, { label, weight: w, x, y, inDim: i, outDim: o }))
+    .find((d) => d.workgroups({ t: rows, headRows: 1, pos0: 0 }) > 0)!;
   const us = await time(dispatchOnce(d, rows));
   const bytes = o * i * 2 + rows * (i * 4 + o * 4);
   const gbs = bytes / (us * 1e3);
@@ -135,6 +142,7 @@ for (
     bytes,
     gbPerSecond: gbs,
     ofCopyCeiling: gbs / ceiling,
+    tflops: rows >= 64 ? (2 * rows * o * i) / (us * 1e6) : undefined,
   });
 }
 

@@ -34,18 +34,19 @@ async function run(d: Dispatch): Promise<void> {
   await device.queue.onSubmittedWorkDone();
 }
 
-const reference = await matmul(ctx, { label: "ref", weight: w, x, y, inDim, outDim, reference: true });
-const fast = await matmul(ctx, { label: "fast", weight: w, x, y, inDim, outDim });
+// (one row: the GEMV of each, the first dispatch recorded)
+const [reference] = await matmul(ctx, { label: "ref", weight: w, x, y, inDim, outDim, reference: true });
+const [fast] = await matmul(ctx, { label: "fast", weight: w, x, y, inDim, outDim });
 const bytes = outDim * inDim * 2 * REPS;
 
 Deno.bench(`matmul reference, ${outDim}×${inDim} bf16 × ${REPS} (${bytes / 2 ** 20} MiB)`, {
   group: "gemv",
   baseline: true,
-}, async () => await run(reference));
+}, async () => await run(reference!));
 Deno.bench(
   `matmul gemv8, ${outDim}×${inDim} bf16 × ${REPS} (${bytes / 2 ** 20} MiB)`,
   { group: "gemv" },
-  async () => await run(fast),
+  async () => await run(fast!),
 );
 
 globalThis.addEventListener("unload", () => {

@@ -15,13 +15,16 @@
  * dispatch gaps included, where timestamps around single dispatches mislead. (Leaving a family out
  * changes what later kernels read, never how much: every shape and workgroup count stays.)
  *
- *   deno run -A bench/profile.ts --model DIR [--pos 64] [--steps 64] [--rows 1] [--upload-mib 192] [--ablate]
+ * With `--prefill N`, each step is instead the prefill of one N-token prompt (positions 0 … N − 1, one
+ * logits row), as the engine runs a prompt in one call of N rows.
+ *
+ *   deno run -A bench/profile.ts --model DIR [--pos 64] [--steps 64] [--rows 1] [--prefill 0] [--upload-mib 192] [--ablate]
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { type Dispatch, encode, grid } from "../src/gpu/dispatch.ts";
-import { callSplits, decodeRow, packRows, packStep } from "../src/kernels/step.ts";
+import { callSplits, chunkRows, decodeRow, packRows, packStep } from "../src/kernels/step.ts";
 import { passDispatches } from "../src/models/family.ts";
 import { loadGpuModel } from "../src/runtime/gpu_model.ts";
 import { planModel } from "../src/runtime/model_plan.ts";
@@ -33,6 +36,7 @@ const { values } = parseArgs({
     pos: { type: "string", default: "64" },
     steps: { type: "string", default: "64" },
     rows: { type: "string", default: "1" },
+    prefill: { type: "string", default: "0" },
     "upload-mib": { type: "string", default: "0" },
     ablate: { type: "boolean", default: false },
   },
@@ -40,12 +44,14 @@ const { values } = parseArgs({
 const dir = values.model ?? new URL("../models/sotu-moe-mini", import.meta.url).pathname;
 const pos = Number(values.pos);
 const steps = Number(values.steps);
-const N = Number(values.rows);
+const prefill = Number(values.prefill);
+const N = prefill > 0 ? 1 : Number(values.rows);
 // the engine's own load path, every expert resident, routing masked as static and swapmoe route
 const planned = await planModel({
   model: dir,
-  contextLength: Math.max(1024, pos + steps + 1),
+  contextLength: Math.max(1024, pos + steps + 1, prefill + 1),
   maxBatchSequences: N,
+  ...(prefill > 0 ? { maxBatchTokens: prefill } : {}),
 });
 using ckpt = planned.ckpt;
 const { plan } = planned;
@@ -59,13 +65,19 @@ const { gpu, memory, cache, program, step } = await loadGpuModel(planned, {
 const device = gpu.device;
 for (let l = 0; l < cache.moeLayers; l++) for (let e = 0; e < E; e++) cache.load(l, e, 0);
 cache.flush();
-/** The call shape of a decode step at position `p`: N rows, one per slot. */
+/** The call shape of a decode step at position `p`: N rows, one per slot (or the prompt's rows). */
 const shapeAt = (p: number) => {
+  if (prefill > 0) return { t: prefill, headRows: 1, pos0: 0, splits: callSplits(chunkRows(0, 0, prefill)) };
   const rows = Array.from({ length: N }, (_, i) => decodeRow(i, p, 1));
   return { t: N, headRows: N, pos0: p, splits: callSplits(rows) };
 };
 /** The Step and rows of decode step `s` at position `p` (slots 0 … N − 1, token s + 1 from token s). */
 const writeStep = (p: number, s: number) => {
+  if (prefill > 0) {
+    device.queue.writeBuffer(step, 0, packStep(shapeAt(p), prefill - 1));
+    device.queue.writeBuffer(program.io.rows, 0, packRows(chunkRows(0, 0, prefill)));
+    return;
+  }
   device.queue.writeBuffer(step, 0, packStep(shapeAt(p)));
   const rows = Array.from({ length: N }, (_, i) => decodeRow(i, p, s + 1));
   device.queue.writeBuffer(program.io.rows, 0, packRows(rows));
@@ -88,11 +100,16 @@ const families = new Map<string, number>();
 for (let rep = 0; rep < 3; rep++) {
   const enc = device.createCommandEncoder();
   all.forEach((d, i) => {
+    // a dispatch the call does not run (the grouped experts at decode) still gets its (empty) pass,
+    // so that every query is written
+    const n = d.workgroups(shapeAt(pos));
     const pass = enc.beginComputePass({
       timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
     });
-    const n = d.workgroups(shapeAt(pos));
-    if (n <= 0) return; // a dispatch the call does not run (the grouped experts at decode)
+    if (n <= 0) {
+      pass.end();
+      return;
+    }
     const [x, y] = grid(n);
     pass.setPipeline(d.pipeline);
     pass.setBindGroup(0, d.bindGroup);

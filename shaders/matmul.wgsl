@@ -168,3 +168,122 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (p.accumulate == 1u) { y[yi] += v; } else { y[yi] = v; }
   }
 }
+
+// The tiled path, for calls of many rows (prefill chunks): a workgroup multiplies TR rows of x by TO rows
+// of W, both staged in workgroup memory TBK columns at a time, so that each weight it reads serves TR rows
+// (the GEMVs read W again for every TT rows) and each input serves TO outputs. Thread (tq, oq) of the
+// TR / 4 × TO / 8 accumulates rows 4tq … 4tq + 3 against outputs 4oq … 4oq + 3 of each half of the tile
+// (TO / 2 apart: a warp's loads of one column are neighbouring vec4s): per column three vec4 loads of
+// workgroup memory for 32 multiply-adds. Each output sums its columns in order, in f32, whatever other
+// rows share its tile. The same contract as `main`, without the norm; needs in_dim % 8 == 0.
+override TR: u32 = 64u; //          rows of x per workgroup, a multiple of 4
+override TO: u32 = 128u; //         rows of W (outputs) per workgroup, a multiple of 8
+override TBK: u32 = 16u; //         columns per stage, a multiple of 8 (whole octets of W)
+override TQ: u32 = TO / 8u; //      output quads per half
+override TTHREADS: u32 = TR / 4u * TQ;
+override TXS: u32 = TBK * TR / 4u;
+override TWS: u32 = TBK * TO / 4u;
+
+// One stage: txs[k · TR/4 + q] = x of rows 4q … 4q + 3 at column c0 + k; tws[k · TO/4 + q] = W of tile
+// outputs 4q … 4q + 3 at column c0 + k. With TR 64, TO 128 and TBK 16: 4 + 8 KiB.
+var<workgroup> txs: array<vec4<f32>, TXS>;
+var<workgroup> tws: array<vec4<f32>, TWS>;
+
+@compute @workgroup_size(TTHREADS)
+fn tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) tid: u32) {
+  let rows = select(step.t, step.head_rows, p.rows_mode == 1u);
+  let lin = linear_wg(wg, nwg);
+  // row tiles are the fast index: the workgroups reading one block of W run side by side
+  let rtiles = (rows + TR - 1u) / TR;
+  let r0 = (lin % rtiles) * TR;
+  let o0 = (lin / rtiles) * TO;
+  if (r0 >= rows || o0 >= p.out_dim) { return; } // uniform across the workgroup
+  let tq = tid / TQ;
+  let oq = tid % TQ;
+  let n4 = p.in_dim / 4u;
+  let n8 = p.in_dim / 8u;
+  let wbase = p.w_offset / 4u;
+  // eight named accumulators (an array, indexed by a variable in the epilogue, would live in local memory)
+  var a0 = vec4<f32>(0.0);
+  var a1 = vec4<f32>(0.0);
+  var a2 = vec4<f32>(0.0);
+  var a3 = vec4<f32>(0.0);
+  var a4 = vec4<f32>(0.0);
+  var a5 = vec4<f32>(0.0);
+  var a6 = vec4<f32>(0.0);
+  var a7 = vec4<f32>(0.0);
+  for (var c0 = 0u; c0 < p.in_dim; c0 += TBK) {
+    // TR · TBK / 4 quads of x (four neighbouring columns of one row)
+    for (var s = tid; s < TR * (TBK / 4u); s += TTHREADS) {
+      let j = s / (TBK / 4u);
+      let k0 = 4u * (s % (TBK / 4u));
+      var v = vec4<f32>(0.0);
+      if (r0 + j < rows && c0 + k0 < p.in_dim) { v = x4[(r0 + j) * n4 + (c0 + k0) / 4u]; }
+      let xq = k0 * (TR / 4u) + j / 4u;
+      txs[xq][j % 4u] = v.x;
+      txs[xq + TR / 4u][j % 4u] = v.y;
+      txs[xq + 2u * (TR / 4u)][j % 4u] = v.z;
+      txs[xq + 3u * (TR / 4u)][j % 4u] = v.w;
+    }
+    // TO · TBK / 8 octets of W (eight neighbouring bf16 of one row)
+    for (var s = tid; s < TO * (TBK / 8u); s += TTHREADS) {
+      let o = s / (TBK / 8u);
+      let k0 = 8u * (s % (TBK / 8u));
+      var ww = vec4<u32>(0u);
+      if (o0 + o < p.out_dim && c0 + k0 < p.in_dim) { ww = w4[wbase + (o0 + o) * n8 + (c0 + k0) / 8u]; }
+      let wq = k0 * (TO / 4u) + o / 4u;
+      let c = o % 4u;
+      tws[wq][c] = bf16_lo(ww.x);
+      tws[wq + TO / 4u][c] = bf16_hi(ww.x);
+      tws[wq + 2u * (TO / 4u)][c] = bf16_lo(ww.y);
+      tws[wq + 3u * (TO / 4u)][c] = bf16_hi(ww.y);
+      tws[wq + 4u * (TO / 4u)][c] = bf16_lo(ww.z);
+      tws[wq + 5u * (TO / 4u)][c] = bf16_hi(ww.z);
+      tws[wq + 6u * (TO / 4u)][c] = bf16_lo(ww.w);
+      tws[wq + 7u * (TO / 4u)][c] = bf16_hi(ww.w);
+    }
+    workgroupBarrier();
+    for (var k = 0u; k < TBK; k++) {
+      let a = txs[k * (TR / 4u) + tq];
+      let b0 = tws[k * (TO / 4u) + oq];
+      let b1 = tws[k * (TO / 4u) + TQ + oq];
+      a0 += a.x * b0;
+      a1 += a.y * b0;
+      a2 += a.z * b0;
+      a3 += a.w * b0;
+      a4 += a.x * b1;
+      a5 += a.y * b1;
+      a6 += a.z * b1;
+      a7 += a.w * b1;
+    }
+    workgroupBarrier();
+  }
+  let r = r0 + 4u * tq;
+  let o = o0 + 4u * oq;
+  let o1 = o + TO / 2u;
+  tiled_store(r, o, a0, rows);
+  tiled_store(r + 1u, o, a1, rows);
+  tiled_store(r + 2u, o, a2, rows);
+  tiled_store(r + 3u, o, a3, rows);
+  tiled_store(r, o1, a4, rows);
+  tiled_store(r + 1u, o1, a5, rows);
+  tiled_store(r + 2u, o1, a6, rows);
+  tiled_store(r + 3u, o1, a7, rows);
+}
+
+// y[r, o … o + 3] (+)= v (+ bias) where the row and outputs exist.
+fn tiled_store(r: u32, o: u32, v: vec4<f32>, rows: u32) {
+  if (r >= rows) { return; }
+  for (var q = 0u; q < 4u; q++) {
+    if (o + q < p.out_dim) {
+      var e = v[q];
+      if (p.has_bias == 1u) {
+        let bw = bias[(o + q) / 2u];
+        e += select(bf16_lo(bw), bf16_hi(bw), ((o + q) & 1u) == 1u);
+      }
+      let yi = r * p.out_dim + o + q;
+      if (p.accumulate == 1u) { y[yi] += e; } else { y[yi] = e; }
+    }
+  }
+}

@@ -201,7 +201,8 @@ export async function record(
     file: string;
     entry?: string;
     constants?: Constants;
-    params: ArrayBuffer;
+    /** The params block, or the binding of one pushed already (dispatches of one call site sharing it). */
+    params: ArrayBuffer | GPUBufferBinding;
     buffers: Record<number, GPUBuffer>;
     workgroups: (shape: CallShape) => number;
   },
@@ -209,7 +210,7 @@ export async function record(
   const pipeline = await ctx.pipelines.get(spec.file, spec.entry ?? "main", spec.constants ?? {});
   const entries: GPUBindGroupEntry[] = [
     { binding: 0, resource: { buffer: ctx.step } },
-    { binding: 1, resource: ctx.params.push(spec.params) },
+    { binding: 1, resource: spec.params instanceof ArrayBuffer ? ctx.params.push(spec.params) : spec.params },
   ];
   for (const [b, buffer] of Object.entries(spec.buffers)) {
     entries.push({ binding: Number(b), resource: { buffer } });

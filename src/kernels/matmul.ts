@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { type Dispatch, type KernelContext, paramsLayout, record } from "../gpu/dispatch.ts";
+import { type Dispatch, type KernelContext, onlyWhen, paramsLayout, record } from "../gpu/dispatch.ts";
 
 const PARAMS = paramsLayout(
   "matmul.wgsl",
@@ -24,6 +24,24 @@ const PARAMS = paramsLayout(
 const TT = 4;
 /** The fast path: threads per workgroup and output rows per workgroup (`gemv8`). */
 const FAST = { WG: 256, RW: 8, TT: 4 };
+
+/**
+ * Calls of at least this many rows (prefill chunks) run the tiled kernel where it applies
+ * ({@link tiledApplies}) and makes at least {@link TILED_MIN_WORKGROUPS} workgroups; the others the
+ * GEMVs, which read W once per 4 rows but spread over many more workgroups. The experts switch paths at
+ * the same count (`GEMV_MAX_ROWS`).
+ */
+export const TILED_MIN_ROWS = 33;
+/**
+ * The fewest workgroups a tiled call may make: fewer leave most of the GPU idle. On the H200 at the
+ * OLMoE shape (bench/profile.ts --prefill, 2026-12-03) the tiled kernel against the GEMV, per 16 layers:
+ * o_proj at 64 rows (16 workgroups) 5.07 against 2.11 ms, the router at 512 rows (8) 4.78 against
+ * 0.70 ms; qkv_proj at 64 rows (48) 5.13 against 5.81 ms, o_proj at 512 (128) 5.04 against 15.1 ms,
+ * qkv_proj at 512 (384) 8.47 against 44.8 ms (24 TFLOP/s).
+ */
+export const TILED_MIN_WORKGROUPS = 48;
+/** The tiled kernel's tile: rows of x and outputs per workgroup (256 threads of 4 × 8 outputs), columns per stage. */
+const TILED = { TR: 64, TO: 128, TBK: 16 };
 
 /** Options of one matmul call site. */
 export interface MatmulOptions {
@@ -57,16 +75,52 @@ export function fastPathApplies(o: Pick<MatmulOptions, "inDim" | "wOffset" | "re
   return !o.reference && o.inDim % 8 === 0 && (o.wOffset ?? 0) % 4 === 0;
 }
 
-/** Records a matmul. */
-export function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch> {
-  if (o.inDim % 2 !== 0) throw new RangeError(`matmul ${o.label}: in dimension ${o.inDim} must be even`);
+/**
+ * Whether the tiled kernel is recorded beside the GEMV: the fast path's alignment, no fused norm (the
+ * norm of a long call runs apart), and at least half a tile of outputs.
+ */
+export function tiledApplies(
+  o: Pick<MatmulOptions, "inDim" | "outDim" | "wOffset" | "reference" | "norm">,
+): boolean {
+  return fastPathApplies(o) && !o.norm && o.outDim >= TILED.TO / 2;
+}
+
+/** Workgroups of the tiled kernel over `rows` rows of `outDim` outputs. */
+function tiledWorkgroups(outDim: number, rows: number): number {
+  return Math.ceil(outDim / TILED.TO) * Math.ceil(rows / TILED.TR);
+}
+
+/** Whether a call of `rows` rows runs the tiled kernel (where {@link tiledApplies}). */
+export function tiledRuns(o: Pick<MatmulOptions, "outDim">, rows: number): boolean {
+  return rows >= TILED_MIN_ROWS && tiledWorkgroups(o.outDim, rows) >= TILED_MIN_WORKGROUPS;
+}
+
+/**
+ * Records a matmul: one dispatch, or where {@link tiledApplies} two sharing one params block, the tiled
+ * kernel for the calls {@link tiledRuns} takes and the GEMV for the others.
+ */
+export async function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch[]> {
   const rows = (s: { t: number; headRows: number }) => o.headRows ? s.headRows : s.t;
-  if (o.norm && !fastPathApplies(o)) {
-    throw new RangeError(
-      `matmul ${o.label}: a fused norm needs the fast path (in dimension a multiple of 8)`,
-    );
-  }
-  const params = PARAMS.pack({
+  if (!tiledApplies(o)) return [await matmulGemv(ctx, o, matmulParams(o))];
+  const params = ctx.params.push(matmulParams(o));
+  const tiled = await record(ctx, {
+    label: o.label,
+    file: "matmul.wgsl",
+    entry: "tiled",
+    constants: TILED,
+    params,
+    buffers: { 3: o.bias ?? o.weight, 5: o.y, 6: o.weight, 7: o.x },
+    workgroups: (s) => tiledWorkgroups(o.outDim, rows(s)),
+  });
+  return [
+    onlyWhen(await matmulGemv(ctx, o, params), (s) => !tiledRuns(o, rows(s))),
+    onlyWhen(tiled, (s) => tiledRuns(o, rows(s))),
+  ];
+}
+
+/** The params block of a matmul call site. */
+function matmulParams(o: MatmulOptions): ArrayBuffer {
+  return PARAMS.pack({
     in_dim: o.inDim,
     out_dim: o.outDim,
     rows_mode: o.headRows ? 1 : 0,
@@ -76,6 +130,21 @@ export function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch> 
     norm: o.norm ? (o.norm.out ? 2 : 1) : 0,
     eps: o.norm?.eps ?? 0,
   });
+}
+
+/** The GEMV dispatch of a matmul (the fast path where it applies, else the reference kernel). */
+function matmulGemv(
+  ctx: KernelContext,
+  o: MatmulOptions,
+  params: ArrayBuffer | GPUBufferBinding,
+): Promise<Dispatch> {
+  if (o.inDim % 2 !== 0) throw new RangeError(`matmul ${o.label}: in dimension ${o.inDim} must be even`);
+  const rows = (s: { t: number; headRows: number }) => o.headRows ? s.headRows : s.t;
+  if (o.norm && !fastPathApplies(o)) {
+    throw new RangeError(
+      `matmul ${o.label}: a fused norm needs the fast path (in dimension a multiple of 8)`,
+    );
+  }
   if (fastPathApplies(o)) {
     return record(ctx, {
       label: o.label,

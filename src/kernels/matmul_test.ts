@@ -1,13 +1,13 @@
-/** The matmul kernels (reference and vectorised) against a CPU reference, on random shapes. */
+/** The matmul kernels (reference, vectorised GEMV and tiled) against a CPU reference, on random shapes. */
 import assert from "node:assert/strict";
 import { createGpu } from "../gpu/device.ts";
 import { kernelContext } from "../gpu/dispatch.ts";
-import { fastPathApplies, matmul } from "./matmul.ts";
+import { fastPathApplies, matmul, tiledApplies, tiledRuns } from "./matmul.ts";
 import { packStep } from "./step.ts";
 import { runAndRead } from "../../tests/support/gpu_read.ts";
 import { bf16, rng } from "../../tests/support/random.ts";
 
-Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accumulate, logits rows)", async () => {
+Deno.test("matmul: reference, vectorised and tiled kernels equal a CPU GEMM (bias, accumulate, logits rows)", async () => {
   const gpu = await createGpu();
   const device = gpu.device;
   const { memory, stepBuffer: step, ctx } = kernelContext(device, 64);
@@ -20,6 +20,10 @@ Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accu
       { rows: 9, inDim: 136, outDim: 19, bias: false, acc: true, head: false },
       { rows: 6, inDim: 40, outDim: 66, bias: false, acc: false, head: true },
       { rows: 3, inDim: 94, outDim: 21, bias: true, acc: true, head: false }, // in_dim not a multiple of 8
+      // the tiled kernel: part tiles of rows and outputs, in_dim not a multiple of its 16-column stages
+      { rows: 70, inDim: 136, outDim: 3000, bias: true, acc: true, head: false },
+      { rows: 33, inDim: 48, outDim: 6100, bias: false, acc: false, head: false },
+      { rows: 50, inDim: 72, outDim: 6080, bias: false, acc: false, head: true, headRows: 40 },
     ];
     for (const c of cases) {
       const wBits = new Uint16Array(c.outDim * c.inDim);
@@ -31,7 +35,7 @@ Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accu
       const x = Float32Array.from({ length: c.rows * c.inDim }, rand);
       const y0 = Float32Array.from({ length: c.rows * c.outDim }, rand);
       const headRow0 = c.head ? 2 : 0;
-      const headRows = c.head ? 3 : 0;
+      const headRows = c.head ? (c.headRows ?? 3) : 0;
       const rows = c.head ? headRows : c.rows;
       const want = new Float32Array(y0);
       for (let r = 0; r < rows; r++) {
@@ -62,10 +66,12 @@ Deno.test("matmul: reference and vectorised kernels equal a CPU GEMM (bias, accu
         });
         const shape = { t: c.rows, headRows, pos0: 0 };
         device.queue.writeBuffer(step.buffer, 0, packStep(shape, headRow0));
-        const got = new Float32Array(await runAndRead(device, [d], shape, yb!.buffer, yb!.size));
+        const got = new Float32Array(await runAndRead(device, d, shape, yb!.buffer, yb!.size));
         let err = 0;
         for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
-        const path = fastPathApplies(o) ? "gemv8" : "main";
+        const path = tiledApplies(o) && tiledRuns(o, rows) ? "tiled" : fastPathApplies(o) ? "gemv8" : "main";
+        // the cases of 33 rows or more are there for the tiled kernel (48 workgroups at least)
+        if (rows >= 33 && !reference) assert.equal(path, "tiled", JSON.stringify(c));
         assert.ok(err < 1e-4, `${JSON.stringify(c)} ${path}: max error ${err}`);
         for (const t of [w, b, xb, yb]) memory.free(t);
       }
@@ -139,7 +145,7 @@ Deno.test("matmul: the vectorised kernel's fused RMSNorm equals a CPU norm then 
         });
         const shape = { t: c.rows, headRows: 0, pos0: 0 };
         device.queue.writeBuffer(step.buffer, 0, packStep(shape, 0));
-        const got = new Float32Array(await runAndRead(device, [d], shape, y));
+        const got = new Float32Array(await runAndRead(device, d, shape, y));
         let err = 0;
         for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
         assert.ok(err < 1e-4, `${JSON.stringify(c)} xn ${writeXn}: max error ${err}`);
@@ -156,7 +162,7 @@ Deno.test("matmul: the vectorised kernel's fused RMSNorm equals a CPU norm then 
       x: put(new Float32Array(2)),
       y: put(new Float32Array(2)),
     };
-    assert.throws(
+    await assert.rejects(
       () => matmul(ctx, { ...tiny, label: "odd", inDim: 2, outDim: 2, norm: { weight: tiny.weight, eps } }),
       /fused norm needs the fast path/,
     );

@@ -94,7 +94,7 @@ export async function decoderHead(
       eps: o.eps,
       headRows: true,
     }),
-    await matmul(ctx, {
+    ...await matmul(ctx, {
       label: "lm_head",
       weight: o.lmHead,
       x: b("xf"),
@@ -145,14 +145,14 @@ export const FUSED_NORM_MAX_ROWS = 16;
 async function normThen(
   ctx: KernelContext,
   norm: { label: string; weight: GPUBuffer; x: GPUBuffer; y: GPUBuffer; cols: number; eps: number },
-  then: (fused?: { weight: GPUBuffer; eps: number }) => Promise<Dispatch>,
+  then: (fused?: { weight: GPUBuffer; eps: number }) => Promise<Dispatch[]>,
 ): Promise<Dispatch[]> {
-  const apart = [await rmsNorm(ctx, norm), await then()];
+  const apart = [await rmsNorm(ctx, norm), ...await then()];
   if (!fastPathApplies({ inDim: norm.cols })) return apart;
   const short = (s: CallShape) => s.t <= FUSED_NORM_MAX_ROWS;
   return [
     ...apart.map((d) => onlyWhen(d, (s) => !short(s))),
-    onlyWhen(await then({ weight: norm.weight, eps: norm.eps }), short),
+    ...(await then({ weight: norm.weight, eps: norm.eps })).map((d) => onlyWhen(d, short)),
   ];
 }
 
@@ -235,7 +235,7 @@ export async function attentionBlock(
       window: o.window,
       sinks: o.sinks,
     }),
-    await matmul(ctx, {
+    ...await matmul(ctx, {
       label: `${p}.o_proj`,
       weight: o.o,
       bias: o.oBias,

@@ -123,7 +123,7 @@ export class CausalProgram extends DecoderProgram<CausalSpec, ModelNames> {
     const routed: Dispatch[] = [];
     const after: Dispatch[] = [];
     const swiglu = async (m: MlpNames, inter: number, out: string, acc: boolean, tag: string) => [
-      await matmul(ctx, {
+      ...await matmul(ctx, {
         label: `${tag}.gate_proj`,
         weight: w(m.gate),
         x: b("xn"),
@@ -131,7 +131,7 @@ export class CausalProgram extends DecoderProgram<CausalSpec, ModelNames> {
         inDim: D,
         outDim: inter,
       }),
-      await matmul(ctx, {
+      ...await matmul(ctx, {
         label: `${tag}.up_proj`,
         weight: w(m.up),
         x: b("xn"),
@@ -140,7 +140,7 @@ export class CausalProgram extends DecoderProgram<CausalSpec, ModelNames> {
         outDim: inter,
       }),
       await siluMul(ctx, { label: `${tag}.silu_mul`, a: b("mlp_a"), b: b("mlp_b"), n: inter }),
-      await matmul(ctx, {
+      ...await matmul(ctx, {
         label: `${tag}.down_proj`,
         weight: w(m.down),
         x: b("mlp_a"),
@@ -186,7 +186,7 @@ export class CausalProgram extends DecoderProgram<CausalSpec, ModelNames> {
         // torch: shared_expert_output = F.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         after.push(
           ...await swiglu(l.shared, spec.sharedExpertIntermediateSize, "shared", false, `${p}.shared_expert`),
-          await matmul(ctx, {
+          ...await matmul(ctx, {
             label: `${p}.shared_expert_gate`,
             weight: w(l.sharedGate),
             x: b("xn"),

@@ -35,6 +35,7 @@ import {
   type BuildInit,
   type DenseWeight,
   type LayerDispatches,
+  logitRows,
   type ModelProgram,
   type Pass,
   type ProgramIo,
@@ -94,8 +95,8 @@ export function switchRunState(spec: SwitchSpec, shape: RunShape, moeLayers: num
     ...(g ? [act("route", g.route)] : []), // u32: the grouped experts' rows by expert, in tiles
     // [T, I] a dense block's MLP hidden; in a sparse block, the grouped experts' yk [T, D]
     act("mlp", Math.max(T * I, g?.yk ?? 0)),
-    act("xf", shape.maxRows * D),
-    act("logits", shape.maxRows * V),
+    act("xf", logitRows(shape) * D),
+    act("logits", logitRows(shape) * V),
     ...sequenceState(shape, T), // rows [T] Row, generated [1, maxGenerated], sampling [1]: one sequence
     act("stats", moeLayers * E * 4),
     act("counts", moeLayers * E),
@@ -212,10 +213,24 @@ export class SwitchProgram implements ModelProgram {
       extra: Dispatch[] = [],
     ): Promise<Dispatch[]> => [
       await rmsNorm(ctx, { label: `${p}.norm`, weight: w(a.norm), x: b("x"), y: b("xn"), cols: D, eps }),
-      await matmul(ctx, { label: `${p}.q`, weight: w(a.q), x: b("xn"), y: b("q"), inDim: D, outDim: HD }),
+      ...await matmul(ctx, { label: `${p}.q`, weight: w(a.q), x: b("xn"), y: b("q"), inDim: D, outDim: HD }),
       ...(mode === "cross" ? [] : [
-        await matmul(ctx, { label: `${p}.k`, weight: w(a.k), x: b("xn"), y: b("k"), inDim: D, outDim: HD }),
-        await matmul(ctx, { label: `${p}.v`, weight: w(a.v), x: b("xn"), y: b("v"), inDim: D, outDim: HD }),
+        ...await matmul(ctx, {
+          label: `${p}.k`,
+          weight: w(a.k),
+          x: b("xn"),
+          y: b("k"),
+          inDim: D,
+          outDim: HD,
+        }),
+        ...await matmul(ctx, {
+          label: `${p}.v`,
+          weight: w(a.v),
+          x: b("xn"),
+          y: b("v"),
+          inDim: D,
+          outDim: HD,
+        }),
       ]),
       ...extra,
       await t5Attention(ctx, {
@@ -233,7 +248,7 @@ export class SwitchProgram implements ModelProgram {
         relOffset,
         meta: b("meta"),
       }),
-      await matmul(ctx, {
+      ...await matmul(ctx, {
         label: `${p}.o`,
         weight: w(a.o),
         x: b("attn"),
@@ -305,7 +320,7 @@ export class SwitchProgram implements ModelProgram {
         if (blk.router) {
           moeLayer = moe++;
           before.push(
-            await matmul(ctx, {
+            ...await matmul(ctx, {
               label: `${p}.router`,
               weight: w(blk.router),
               bias: blk.routerBias ? w(blk.routerBias) : undefined,
@@ -372,7 +387,7 @@ export class SwitchProgram implements ModelProgram {
           );
         } else if (blk.mlp) {
           after.push(
-            await matmul(ctx, {
+            ...await matmul(ctx, {
               label: `${p}.wi`,
               weight: w(blk.mlp.wi),
               x: b("xn"),
@@ -381,7 +396,7 @@ export class SwitchProgram implements ModelProgram {
               outDim: I,
             }),
             await relu(ctx, { label: `${p}.relu`, a: b("mlp"), n: I }),
-            await matmul(ctx, {
+            ...await matmul(ctx, {
               label: `${p}.wo`,
               weight: w(blk.mlp.wo),
               x: b("mlp"),
@@ -433,7 +448,7 @@ export class SwitchProgram implements ModelProgram {
     for (const [i, blk] of names.decoder.blocks.entries()) {
       const a = blk.crossAttention!;
       crossKv.push(
-        await matmul(ctx, {
+        ...await matmul(ctx, {
           label: `decoder.${i}.cross.k`,
           weight: w(a.k),
           x: b("xn"),
@@ -441,7 +456,7 @@ export class SwitchProgram implements ModelProgram {
           inDim: D,
           outDim: HD,
         }),
-        await matmul(ctx, {
+        ...await matmul(ctx, {
           label: `decoder.${i}.cross.v`,
           weight: w(a.v),
           x: b("xn"),
@@ -486,7 +501,7 @@ export class SwitchProgram implements ModelProgram {
       head.push(await scaleHeadRows(ctx, { label: "lm_head.scale", a: b("xf"), n: D, scale: D ** -0.5 }));
     }
     head.push(
-      await matmul(ctx, {
+      ...await matmul(ctx, {
         label: "lm_head",
         weight: w(names.lmHead),
         x: b("xf"),

@@ -27,6 +27,7 @@ import {
   bufferNamed,
   type BuildInit,
   type LayerDispatches,
+  logitRows,
   type ModelProgram,
   type Pass,
   type ProgramIo,
@@ -75,8 +76,8 @@ export function decoderRunState(spec: DecoderSpec, shape: RunShape, o: DecoderRu
     activation("xnorm", L * T), //                         [moeLayers, T] ‖x‖
     activation("h", T * K * o.expertWidth), //             [T·K, I] the experts' activations
     ...o.extra ?? [],
-    activation("xf", T * D), //                            [T, D] final-normed logits rows
-    activation("logits", T * spec.vocabSize), //           [T, V]
+    activation("xf", logitRows(shape) * D), //             [logit rows, D] final-normed logits rows
+    activation("logits", logitRows(shape) * spec.vocabSize), // [logit rows, V]
     ...sequenceState(shape, T), //                         rows [T] Row, generated [S, maxGenerated], sampling [S]
     activation("stats", L * E * 4), //                     [moeLayers, E, 4] f32
     {

@@ -82,6 +82,19 @@ export interface RunShape {
   readonly sequences: number;
 }
 
+/**
+ * Most logits rows a pass computes: a generation's calls sample at most `CALL_ROWS` rows (32) and a
+ * prompt chunk one, so only `forward`, which returns every row's logits, needs more, and it runs its
+ * rows in passes of this many. (At OLMoE's vocabulary, 512 rows of f32 logits would be 103 MB, and as
+ * much again for their readback.)
+ */
+export const LOGIT_ROWS = 64;
+
+/** Logits rows of `shape`'s passes ({@link LOGIT_ROWS} at most). */
+export function logitRows(shape: RunShape): number {
+  return Math.min(shape.maxRows, LOGIT_ROWS);
+}
+
 /** A dense weight buffer: the tensors named in `parts`, concatenated as stored. */
 export interface DenseWeight {
   /** The buffer's name, which the program asks for (a tensor name, or e.g. `layer0.qkv`). */

@@ -42,10 +42,30 @@ import type { GenerateChunk } from "./types.ts";
  * the others), so rows of different sequences can share a call without changing each other's results.
  */
 export const CALL_ROWS = GEMV_MAX_ROWS;
+/**
+ * Batches in flight at most: the one being submitted and two not read yet. Deno's `mapAsync` waits,
+ * when called, until every command submitted has run, and its promise settles some milliseconds after
+ * (a 10 ms poll; on the H200 a batch's map settled 2–4 ms after the driver next waited on it). Read
+ * between two batches, with the GPU drained, that left the GPU idle 4–6 ms a batch of 16 steps (0.36–0.52
+ * ms a token at the OLMoE shape, 2026-12-03). So a batch reads the oldest one in flight once it has
+ * submitted {@link READ_AFTER_STEPS} steps, while they run.
+ */
+export const IN_FLIGHT = 3;
+/**
+ * Steps a batch submits before it reads the oldest batch in flight: ~11 ms of GPU work on the H200 at
+ * the OLMoE shape. After 2 steps (~5 ms) the read outlasted them: steps stretched to 3.09–3.59 ms and
+ * decode stayed at 300–312 tok/s; after 4, 2.68–3.08 ms and 316–359 tok/s (A/B in one call,
+ * docs/benchmarks.md).
+ */
+export const READ_AFTER_STEPS = 4;
+/** Most prompt rows a step runs while other generations decode in it (without them, `maxRows`). */
+export const SHARED_CHUNK_ROWS = 64;
 /** Tokens a generation may run ahead of its consumer before it stops being stepped. */
 export const AHEAD = 4 * MAX_READ;
 /** A submit slower than this ran the GPU work on the CPU (lavapipe): yield to the event loop after it. */
 const SLOW_SUBMIT_MS = 5;
+/** A turn of the event loop: pending ops (a map's wait) and timers run before it resolves. */
+const turn = () => new Promise<void>((r) => setTimeout(r, 0));
 
 /** One call of the decoder pass: its rows, their ids, and how many of its last rows sample. */
 export interface Call {
@@ -445,7 +465,7 @@ export class Batcher {
         host.assertOpen();
         this.#reap();
         await this.#admit();
-        if (this.#inflight.length < 2 && this.#held().some((s) => this.#steppable(s))) {
+        if (this.#inflight.length < IN_FLIGHT && this.#held().some((s) => this.#steppable(s))) {
           await this.#submitBatch();
           continue;
         }
@@ -595,6 +615,8 @@ export class Batcher {
       ran = true;
       stepsRun++;
       rows += step.counted;
+      // the oldest batch is read while this one's first steps run (see READ_AFTER_STEPS)
+      if (stepsRun === READ_AFTER_STEPS && this.#inflight.length > 0) await this.#readOldest();
       // a generation's first token ends the batch: it comes back at once
       if (step.firstToken) break;
     }
@@ -661,8 +683,11 @@ export class Batcher {
       // token g's input is token g − 1, at position rows + g − 1
       decode.push(decodeRow(seq.slot, seq.rows.length + seq.g - 1, seq.g));
     }
+    // beside decoding generations a prompt advances in short chunks, so that their next tokens wait
+    // one short step, not a whole pass of maxRows rows
+    const chunkCap = decode.length > 0 ? Math.min(host.maxRows, SHARED_CHUNK_ROWS) : host.maxRows;
     for (const seq of held) {
-      if (seq.decoding || prefillRows >= host.maxRows) continue;
+      if (seq.decoding || prefillRows >= chunkCap) continue;
       if (!seq.encoded) {
         const count = seq.counted === 0;
         await host.encode(seq.prompt, count);
@@ -671,7 +696,7 @@ export class Batcher {
         if (count) counted += seq.prompt.length;
       }
       const start = seq.prefilled;
-      const t = Math.min(host.maxRows, seq.input.length - start);
+      const t = Math.min(chunkCap, seq.input.length - start);
       const last = start + t === seq.input.length;
       const sample = last && seq.sampleAtEnd;
       if (sample) {
@@ -712,7 +737,7 @@ export class Batcher {
     }
     // A software adapter runs the work inside submit: let timers and I/O (a server's other requests,
     // disconnects, new generations) run between such steps. A real GPU's submit returns at once.
-    if (performance.now() - t0 > SLOW_SUBMIT_MS) await new Promise((r) => setTimeout(r, 0));
+    if (performance.now() - t0 > SLOW_SUBMIT_MS) await turn();
     return { rows, counted, firstToken, prefill: chunks.length > 0, uploadSeconds };
   }
 

@@ -21,6 +21,7 @@ import type { GpuMemory } from "../gpu/memory.ts";
 import { callSplits, chunkRows, packRows, packStep } from "../kernels/step.ts";
 import {
   type Architecture,
+  logitRows,
   type ModelProgram,
   type Pass,
   passDispatches,
@@ -42,7 +43,7 @@ import { Batcher, type Call, Sequence } from "./batch.ts";
 import { EngineLock } from "./engine_lock.ts";
 import { MAX_READ, TokenStream } from "./token_stream.ts";
 import { type GpuModel, loadGpuModel } from "./gpu_model.ts";
-import { stagingSizes } from "./layout.ts";
+import { stagingSizes, TOKEN_READBACKS } from "./layout.ts";
 import { planModel } from "./model_plan.ts";
 import { parseGeneration, promptIds, validateOptions } from "./requests.ts";
 import { type GenerationDefaults, readGenerationConfig } from "../checkpoint/generation_config.ts";
@@ -191,7 +192,7 @@ class MoeEngine implements Engine {
     this.#settings = p.settings;
     const staged = (n: string) => p.staging.get(n)!.buffer;
     this.#logitsStaging = staged("staging.logits");
-    this.#tokenStaging = [staged("staging.tokens0"), staged("staging.tokens1")];
+    this.#tokenStaging = Array.from({ length: TOKEN_READBACKS }, (_, i) => staged(`staging.tokens${i}`));
     this.#topkStaging = staged("staging.topk");
     // the GPU's clock for swapmoe's upload pacing and stats().gpuTimeline, where the device has timestamp
     // queries (a query set of 2·MAX_READ timestamps: 256 bytes of GPU memory the allocator does not see)
@@ -535,7 +536,7 @@ class MoeEngine implements Engine {
           await this.#encode(ids);
           encoded = ids.length;
         }
-        const maxRows = this.#shape.maxRows;
+        const maxRows = logitRows(this.#shape); // passes of as many rows as have logits
         const staging = this.#logitsStaging;
         const statsAt = maxRows * V * 4;
         for (let start = 0; start < rows.length; start += maxRows) {

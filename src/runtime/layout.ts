@@ -9,7 +9,13 @@
 import type { TensorInfo } from "../checkpoint/safetensors.ts";
 import { contextTables } from "../gpu/dispatch.ts";
 import { type Allocation, allocationBytes } from "../gpu/memory.ts";
-import { type Architecture, expertCopyBytes, type ModelTensors, type RunShape } from "../models/family.ts";
+import {
+  type Architecture,
+  expertCopyBytes,
+  logitRows,
+  type ModelTensors,
+  type RunShape,
+} from "../models/family.ts";
 import type { Precision } from "../quant/formats.ts";
 import type { Footprint } from "../moe/budget.ts";
 import { MAX_READ } from "./token_stream.ts";
@@ -29,11 +35,14 @@ export interface EngineLayout {
   readonly staging: Allocation[];
 }
 
+/** Decode readbacks: a batch of steps being submitted while the two before it are read (src/runtime/batch.ts). */
+export const TOKEN_READBACKS = 3;
+
 /** Sizes of the readback buffers; the routing statistics ride behind each payload. */
 export interface StagingSizes {
-  /** `maxRows × V` f32 logits of a forward call. */
+  /** `logitRows × V` f32 logits of a forward call's pass. */
   readonly logits: number;
-  /** One of the two decode readbacks: up to {@link MAX_READ} u32 token ids per sequence, [sequences, MAX_READ]. */
+  /** One of the decode readbacks: up to {@link MAX_READ} u32 token ids per sequence, [sequences, MAX_READ]. */
   readonly tokens: number;
   /** The expert choices of one pass's rows, [rows, K] u32 (exact `lru` routing reads them back). */
   readonly topk: number;
@@ -47,7 +56,7 @@ export interface StagingSizes {
 export function stagingSizes(arch: Architecture, shape: RunShape): StagingSizes {
   const { vocabSize: V, numExperts: E, topK: K } = arch.spec;
   return {
-    logits: shape.maxRows * V * 4,
+    logits: logitRows(shape) * V * 4,
     tokens: shape.sequences * MAX_READ * 4,
     topk: arch.passRows(shape) * K * 4,
     stats: arch.moeLayers * E * 16,
@@ -85,8 +94,12 @@ export function engineLayout(
     staging: [
       { name: "staging.logits", bytes: s.logits + s.stats, usage: read, category: "staging" },
       // a decode readback: tokens, then the statistics, then the steps' timestamps
-      { name: "staging.tokens0", bytes: s.tokens + s.stats + s.stamps, usage: read, category: "staging" },
-      { name: "staging.tokens1", bytes: s.tokens + s.stats + s.stamps, usage: read, category: "staging" },
+      ...Array.from({ length: TOKEN_READBACKS }, (_, i) => ({
+        name: `staging.tokens${i}`,
+        bytes: s.tokens + s.stats + s.stamps,
+        usage: read,
+        category: "staging" as const,
+      })),
       { name: "staging.topk", bytes: s.topk, usage: read, category: "staging" },
       // where the timestamps are resolved before their copy into a readback
       {

@@ -21,8 +21,17 @@ import type { EngineOptions } from "./types.ts";
 const DEFAULT_MODEL_URL = new URL("../../models/sotu-moe-mini", import.meta.url);
 /** Positions the KV caches hold when `contextLength` is not given: the model's own, at most this. */
 export const MAX_DEFAULT_CONTEXT = 4096;
-/** Prompt rows per pass when `maxBatchTokens` is not given. */
-const DEFAULT_MAX_ROWS = 64;
+/**
+ * Prompt rows per pass when `maxBatchTokens` is not given: the most of these whose activations (beyond
+ * those of {@link MIN_DEFAULT_ROWS}) take at most {@link DEFAULT_ROWS_SHARE} of the budget. Longer passes
+ * read each weight for more rows: on the H200 at the OLMoE shape a 512-token prompt prefilled at
+ * 2,221–2,225 tok/s in passes of 64 rows and 3,473–3,503 in one pass (2026-12-03, docs/benchmarks.md).
+ */
+export const DEFAULT_ROWS: readonly number[] = [512, 256, 128];
+/** The fewest prompt rows per pass by default. */
+export const MIN_DEFAULT_ROWS = 64;
+/** The budget's share that longer passes' activations may take by default. */
+export const DEFAULT_ROWS_SHARE = 1 / 32;
 /** Sequences decoded together when `maxBatchSequences` is not given: at most this many, … */
 export const MAX_DEFAULT_SEQUENCES = 16;
 /** … as many as have KV caches (and per-sequence state) within this share of the budget, at least one. */
@@ -114,8 +123,8 @@ export async function planModel(
       } at a time (an encoder-decoder's cross-attention holds one prompt's encoding): use ${arch.maxSequences}`,
     );
   }
-  const shapeOf = (sequences: number): RunShape => ({
-    maxRows: Math.min(options.maxBatchTokens ?? DEFAULT_MAX_ROWS, contextLength),
+  const shapeOf = (sequences: number, rows: number): RunShape => ({
+    maxRows: Math.min(rows, contextLength),
     contextLength,
     maxGenerated: contextLength,
     sequences,
@@ -124,8 +133,8 @@ export async function planModel(
   const ckpt = Checkpoint.open(modelDir);
   try {
     const tensors = arch.tensors(ckpt.tensors, modelDir);
-    const planAt = (sequences: number) => {
-      const shape = shapeOf(sequences);
+    const planWith = (sequences: number, rows: number) => {
+      const shape = shapeOf(sequences, rows);
       const layout = engineLayout(arch, tensors, ckpt.tensors, shape);
       const plan = new BudgetPlan(footprintOf(arch, layout, shape, precisions), policy, staticSets, {
         planner: options.planner ?? "uniform",
@@ -133,6 +142,8 @@ export async function planModel(
       });
       return { shape, layout, plan };
     };
+    const rows = options.maxBatchTokens ?? defaultRows((r) => planWith(1, r), options.budget);
+    const planAt = (sequences: number) => planWith(sequences, rows);
     const { shape, layout, plan } = planAt(
       options.maxBatchSequences ?? defaultSequences(planAt, options.budget, arch.maxSequences),
     );
@@ -141,6 +152,30 @@ export async function planModel(
     ckpt.close();
     throw e;
   }
+}
+
+/**
+ * Prompt rows per pass when `maxBatchTokens` is not given: the first of {@link DEFAULT_ROWS} whose
+ * activations beyond those of {@link MIN_DEFAULT_ROWS} rows fit {@link DEFAULT_ROWS_SHARE} of the budget
+ * (`planAt(rows)` plans one sequence at that many rows), else {@link MIN_DEFAULT_ROWS}.
+ */
+function defaultRows(
+  planAt: (rows: number) => { plan: BudgetPlan },
+  budget: EngineOptions["budget"],
+): number {
+  const base = planAt(MIN_DEFAULT_ROWS).plan;
+  let bytes: number;
+  try {
+    bytes = base.resolve(budget);
+  } catch (e) {
+    if (e instanceof BudgetError) return MIN_DEFAULT_ROWS; // the engine's own BudgetError says why
+    throw e;
+  }
+  for (const rows of DEFAULT_ROWS) {
+    const extra = planAt(rows).plan.footprint.fixedBytes - base.footprint.fixedBytes;
+    if (extra <= bytes * DEFAULT_ROWS_SHARE) return rows;
+  }
+  return MIN_DEFAULT_ROWS;
 }
 
 /**

@@ -54,7 +54,11 @@ export interface EngineOptions {
   budget?: Budget;
   /** Positions the KV cache holds; default the model's `max_position_embeddings`, at most 4096. */
   contextLength?: number;
-  /** Most prompt tokens per forward call on the GPU (prefill chunk); default 64. */
+  /**
+   * Most prompt tokens per forward call on the GPU (prefill chunk). Default: 512, 256 or 128, the most
+   * whose activations take at most 1/32 of the budget beyond those of 64, else 64. Beside generations
+   * that decode, a prompt advances at most 64 rows a step.
+   */
   maxBatchTokens?: number;
   /**
    * Most sequences decoded together: concurrent `generate` calls run in one batch, each sequence with

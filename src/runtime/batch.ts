@@ -48,15 +48,17 @@ export const CALL_ROWS = GEMV_MAX_ROWS;
  * (a 10 ms poll; on the H200 a batch's map settled 2–4 ms after the driver next waited on it). Read
  * between two batches, with the GPU drained, that left the GPU idle 4–6 ms a batch of 16 steps (0.36–0.52
  * ms a token at the OLMoE shape, 2026-12-03). So a batch reads the oldest one in flight once it has
- * submitted {@link READ_AFTER_STEPS} steps, while they run.
+ * submitted {@link READ_AFTER_SECONDS} of GPU work, while it runs.
  */
 export const IN_FLIGHT = 3;
 /**
- * Steps a batch submits before it reads the oldest batch in flight: ~11 ms of GPU work on the H200 at
- * the OLMoE shape. After 2 steps (~5 ms) the read outlasted them: steps stretched to 3.09–3.59 ms and
- * decode stayed at 300–312 tok/s; after 4, 2.68–3.08 ms and 316–359 tok/s (A/B in one call,
- * docs/benchmarks.md).
+ * GPU time a batch submits before it reads the oldest batch in flight, so that the read's wait runs
+ * beside work: on the H200 at the OLMoE shape, after 2 steps (~5 ms) the read outlasted them (steps
+ * stretched to 3.09–3.59 ms, decode 300–312 tok/s), after 4 (~11 ms) not (2.68–3.08 ms, 316–359 tok/s;
+ * A/B in one call, docs/benchmarks.md). Counted in steps of the last batch's GPU time per step.
  */
+export const READ_AFTER_SECONDS = 0.010;
+/** Steps before that read while no step has been timed yet (a device without timestamps). */
 export const READ_AFTER_STEPS = 4;
 /** Most prompt rows a step runs while other generations decode in it (without them, `maxRows`). */
 export const SHARED_CHUNK_ROWS = 64;
@@ -277,6 +279,8 @@ interface Batch {
   readonly prefill: boolean;
   readonly probe: boolean;
   readonly uploadSeconds: number;
+  /** It samples a generation's first token: the driver reads it before submitting another batch. */
+  readonly firstToken: boolean;
 }
 
 /** A prefill chunk of one generation, in a step. */
@@ -310,6 +314,8 @@ export class Batcher {
    * (undefined when it idled or settled: the next gap would hold time it had nothing to run).
    */
   #lastStampEnd: bigint | undefined;
+  /** A decode step's GPU time in the last batch timed (seconds), if any. */
+  #stepSeconds: number | undefined;
 
   /** A scheduler over `host`'s slots. */
   constructor(host: BatchHost) {
@@ -465,6 +471,10 @@ export class Batcher {
         host.assertOpen();
         this.#reap();
         await this.#admit();
+        if (this.#inflight.some((b) => b.firstToken)) {
+          await this.#readOldest(); // a first token comes back before more steps are queued
+          continue;
+        }
         if (this.#inflight.length < IN_FLIGHT && this.#held().some((s) => this.#steppable(s))) {
           await this.#submitBatch();
           continue;
@@ -600,6 +610,7 @@ export class Batcher {
     let ran = false;
     let stepsRun = 0;
     let uploadSeconds = 0;
+    let firstToken = false;
     for (let i = 0; i < steps; i++) {
       // between steps: generations that joined take free slots (never another's: its tokens are in flight)
       if (i > 0) {
@@ -615,10 +626,13 @@ export class Batcher {
       ran = true;
       stepsRun++;
       rows += step.counted;
-      // the oldest batch is read while this one's first steps run (see READ_AFTER_STEPS)
-      if (stepsRun === READ_AFTER_STEPS && this.#inflight.length > 0) await this.#readOldest();
-      // a generation's first token ends the batch: it comes back at once
-      if (step.firstToken) break;
+      // the oldest batch is read while this one's first steps run (see READ_AFTER_SECONDS)
+      if (stepsRun === this.#stepsBeforeRead() && this.#inflight.length > 0) await this.#readOldest();
+      // a generation's first token ends the batch: it comes back at once (the driver reads it next)
+      if (step.firstToken) {
+        firstToken = true;
+        break;
+      }
     }
     if (rows === 0 && startAt.size === 0 && !ran) return;
     const staging = host.staging[this.#batchNo++ % host.staging.length]!;
@@ -653,6 +667,7 @@ export class Batcher {
       prefill,
       probe,
       uploadSeconds,
+      firstToken,
     });
   }
 
@@ -764,9 +779,16 @@ export class Batcher {
     const gap = prev !== undefined && begin >= prev ? Number(begin - prev) / 1e9 : undefined;
     this.#lastStampEnd = last;
     const stepSeconds = Number(last - first) / 1e9;
+    if (b.steps >= 2 && last > first) this.#stepSeconds = stepSeconds / (b.steps - 1);
     stamps.timed({ steps: b.steps - 1, stepSeconds, gaps: gap === undefined ? 0 : 1, gapSeconds: gap ?? 0 });
     if (b.steps < 2 || !(last > first)) return undefined;
     return stepSeconds * (b.steps / (b.steps - 1));
+  }
+
+  /** Steps a batch submits before it reads the oldest one in flight: {@link READ_AFTER_SECONDS} of GPU work. */
+  #stepsBeforeRead(): number {
+    const s = this.#stepSeconds;
+    return s === undefined || !(s > 0) ? READ_AFTER_STEPS : Math.max(1, Math.ceil(READ_AFTER_SECONDS / s));
   }
 
   /** Reads every batch in flight. */

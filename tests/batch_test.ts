@@ -53,7 +53,7 @@ async function together(
 }
 
 // prompts of 1 token, a few, one longer than a GEMV call's rows (GEMV_MAX_ROWS, 32) but within a prefill
-// chunk (64), and one longer than a chunk
+// chunk beside decoding generations (SHARED_CHUNK_ROWS, 64), and one longer than such a chunk
 const MIXED = [
   request(1, 0, 12),
   request(5, 40, 20),
@@ -283,4 +283,21 @@ Deno.test("batch: maxBatchSequences is checked, and Switch Transformers take one
   const alone = [];
   for (const r of requests) alone.push(await drain(engine, r));
   assert.deepEqual((await together(engine, requests, 0)).ids, alone);
+});
+
+Deno.test("batch: prompt rows per call default to the most of 512, 256, 128 that 1/32 of the budget holds, else 64", async () => {
+  const model = `${FIXTURES}tiny-olmoe`;
+  const rows = (e: Engine) => e.stats().maxBatchTokens;
+  // all resident at its own footprint (1.9 MB): 128 rows' activations would take more than 60 KB
+  await using tight = await createEngine({ model, contextLength: 512 });
+  assert.equal(rows(tight), 64);
+  // a budget of 1 GiB holds passes of 512 rows many times over
+  await using roomy = await createEngine({ model, contextLength: 512, budget: "1GiB" });
+  assert.equal(rows(roomy), 512);
+  assert.ok(roomy.stats().gpuBytes <= roomy.stats().budgetBytes);
+  // never more rows than the context holds, and an explicit maxBatchTokens is kept
+  await using short = await createEngine({ model, contextLength: 100, budget: "1GiB" });
+  assert.equal(rows(short), 100);
+  await using set = await createEngine({ model, contextLength: 512, budget: "1GiB", maxBatchTokens: 40 });
+  assert.equal(rows(set), 40);
 });

@@ -775,6 +775,7 @@ class MoeEngine implements Engine {
       ])),
       contextLength: this.#shape.contextLength,
       maxBatchSequences: this.#shape.sequences,
+      maxBatchTokens: this.#shape.maxRows,
       activeSequences: this.#batcher.active,
       gpuBytesByKind: this.#memory.byCategory(),
       policy: this.#plan.policy,

@@ -207,6 +207,8 @@ export interface EngineStats {
   contextLength: number;
   /** Sequences decoded together (`maxBatchSequences`), each with KV caches of its own. */
   maxBatchSequences: number;
+  /** Most prompt rows per forward call (`maxBatchTokens`, or the default the budget chose). */
+  maxBatchTokens: number;
   /** Generations holding one of those sequences' slots now. */
   activeSequences: number;
   /** GPU bytes by what they hold. */

@@ -4,11 +4,12 @@
  *
  * One driver runs while there is work. It takes the engine (`engine_lock.ts`), and submits batches of
  * steps. A step advances every slot: one decode row for each generation that is decoding, and a
- * prefill chunk (`maxRows` rows of a prompt) for generations that joined, at most `maxRows` prompt rows
- * a step, so a long prompt does not hold the others up. After a batch of 1, 2, 4, 8, then 16 steps
- * (fewer while a generation is new, so its first token is not held back), it reads the tokens of every
- * slot back in one map, while the next batch runs. Generations join and leave between steps: one that
- * ends frees its slot, and the next in line takes it.
+ * prefill chunk for generations that joined: `maxRows` rows of a prompt when nothing decodes, else at
+ * most {@link SHARED_CHUNK_ROWS} prompt rows a step, so a long prompt does not hold the others up. A
+ * batch of 1, 2, 4, 8, then 16 steps (fewer while a generation is new, so its first token is not held
+ * back) reads the tokens of every slot back in one map, which the next batch reads once it has queued
+ * some GPU work ({@link IN_FLIGHT}); a batch holding a first token is read before the next. Generations
+ * join and leave between steps: one that ends frees its slot, and the next in line takes it.
  *
  * A step's rows go to the GPU in calls of at most {@link CALL_ROWS} rows, decode rows and short
  * prompt chunks packed together, and a chunk longer than that in a call of its own. Every kernel
@@ -66,7 +67,7 @@ export const SHARED_CHUNK_ROWS = 64;
 export const AHEAD = 4 * MAX_READ;
 /** A submit slower than this ran the GPU work on the CPU (lavapipe): yield to the event loop after it. */
 const SLOW_SUBMIT_MS = 5;
-/** A turn of the event loop: pending ops (a map's wait) and timers run before it resolves. */
+/** A turn of the event loop: timers and I/O run before it resolves. */
 const turn = () => new Promise<void>((r) => setTimeout(r, 0));
 
 /** One call of the decoder pass: its rows, their ids, and how many of its last rows sample. */

@@ -5,6 +5,8 @@
 # time per token, prefill of a 512-token prompt with the default chunks and with 512-row ones).
 #   prepare here: bash ../shared/device/prepare.sh && bash bench/gpu_cache.sh
 #   run there:    bash bench/prefill_run.sh   (carry .device-kit and .gpu-deno)
+#   knobs:        PREFILL_ROWS="512 64" (the calls profiled), E2E=0 (profiles only), BATCH_TOKENS="64 512"
+#                 (the e2e runs' maxBatchTokens), CONFIGS, NEW, MODEL / PRESET (default /tmp/olmoe, olmoe-1b-7b)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_env.sh # $OUT, $D: the deno that runs a script

@@ -100,7 +100,7 @@ export function tiledRuns(o: Pick<MatmulOptions, "outDim">, rows: number): boole
  * kernel for the calls {@link tiledRuns} takes and the GEMV for the others.
  */
 export async function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Dispatch[]> {
-  const rows = (s: { t: number; headRows: number }) => o.headRows ? s.headRows : s.t;
+  const rows = rowsOf(o);
   if (!tiledApplies(o)) return [await matmulGemv(ctx, o, matmulParams(o))];
   const params = ctx.params.push(matmulParams(o));
   const tiled = await record(ctx, {
@@ -116,6 +116,11 @@ export async function matmul(ctx: KernelContext, o: MatmulOptions): Promise<Disp
     onlyWhen(await matmulGemv(ctx, o, params), (s) => !tiledRuns(o, rows(s))),
     onlyWhen(tiled, (s) => tiledRuns(o, rows(s))),
   ];
+}
+
+/** The rows a call of the site multiplies: the call's logits rows, or all its rows. */
+function rowsOf(o: Pick<MatmulOptions, "headRows">): (s: { t: number; headRows: number }) => number {
+  return (s) => o.headRows ? s.headRows : s.t;
 }
 
 /** The params block of a matmul call site. */
@@ -139,7 +144,7 @@ function matmulGemv(
   params: ArrayBuffer | GPUBufferBinding,
 ): Promise<Dispatch> {
   if (o.inDim % 2 !== 0) throw new RangeError(`matmul ${o.label}: in dimension ${o.inDim} must be even`);
-  const rows = (s: { t: number; headRows: number }) => o.headRows ? s.headRows : s.t;
+  const rows = rowsOf(o);
   if (o.norm && !fastPathApplies(o)) {
     throw new RangeError(
       `matmul ${o.label}: a fused norm needs the fast path (in dimension a multiple of 8)`,

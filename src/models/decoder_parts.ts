@@ -182,9 +182,9 @@ export interface AttentionBlockOptions {
 }
 
 /**
- * A decoder layer up to its MLP: input_norm → qkv_proj (+bias) (one dispatch on the GEMV's fast path) → rotary and the KV cache write (with
- * the q/k norm) → attention → o_proj (+bias) added into the residual `x` → post_norm into `xn` (unless
- * the layer's routing does it).
+ * A decoder layer up to its MLP: input_norm → qkv_proj (+bias) (one dispatch on the GEMV's fast path)
+ * → rotary and the KV cache write (with the q/k norm) → attention → o_proj (+bias) added into the
+ * residual `x` → post_norm into `xn` (unless the layer's routing does it).
  * torch: residual + self.self_attn(self.input_layernorm(hidden_states)), then post_attention_layernorm
  */
 export async function attentionBlock(

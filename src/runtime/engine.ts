@@ -635,6 +635,8 @@ class MoeEngine implements Engine {
   /** The scheduler over this engine's slots: what it needs of the engine. */
   #newBatcher(): Batcher {
     const staging = this.#tokenStaging;
+    // a decode readback: tokens [sequences, MAX_READ], the statistics, then the steps' timestamps
+    const stampsAt = this.#shape.sequences * MAX_READ * 4 + this.#statsBytes;
     return new Batcher({
       device: this.#gpu.device,
       io: this.#program.io,
@@ -655,7 +657,7 @@ class MoeEngine implements Engine {
       call: (c) => this.#call(c),
       copyStats: (enc, into, offset) => this.#copyStats(enc, into, offset),
       stamps: this.#stamps && {
-        at: this.#shape.sequences * MAX_READ * 4 + this.#statsBytes,
+        at: stampsAt,
         timed: (t) => {
           const k = this.#timeline;
           k.steps += t.steps;
@@ -666,13 +668,7 @@ class MoeEngine implements Engine {
         copy: (enc, into, count) => {
           const s = this.#stamps!;
           enc.resolveQuerySet(s.querySet, 0, count, s.resolve, 0);
-          enc.copyBufferToBuffer(
-            s.resolve,
-            0,
-            into,
-            this.#shape.sequences * MAX_READ * 4 + this.#statsBytes,
-            count * 8,
-          );
+          enc.copyBufferToBuffer(s.resolve, 0, into, stampsAt, count * 8);
         },
       },
       onBatch: (into, rows, prompts) => {

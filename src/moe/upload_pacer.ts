@@ -13,11 +13,19 @@
  * - A **baseline**: the time per step of batches that uploaded nothing, per number of decoding
  *   sequences (a batch of eight sequences takes longer than one of one). When a baseline is missing or
  *   `probeEvery` batches old, the next batch is a probe: it uploads nothing and measures it. A batch
- *   that uploaded and still ran faster than the baseline lowers it to its own time: uploads only add
- *   time, so the probe met a slow spell.
+ *   that uploaded and still waited less (ran faster, on the host's clock) than the baseline lowers it
+ *   to its own: uploads only add time, so the probe met a slow spell.
  * - A **share** of that step time that uploads may take, at the measured upload rate, adjusted after
- *   every batch that uploaded (additive increase, multiplicative decrease): a batch whose steps took
- *   more than `tolerance` over the baseline halves it, one within it raises it by `maxShare / 16`.
+ *   every batch that uploaded (additive increase, multiplicative decrease): a batch whose uploads cost
+ *   more than `tolerance` of a step halves it, one within it raises it by `maxShare / 16`.
+ * - **What uploads cost.** On the GPU's clock the timestamps say, step by step, when the GPU ran a
+ *   step's pass and when it waited between passes. Uploads can only add waiting: the host's copy of an
+ *   expert delays the next submit, and the GPU's copy into the slot runs on the same queue between two
+ *   passes. So a batch's cost is the waiting a step beyond the baseline's, as a share of the step;
+ *   the passes' own time, which moves by several % between batches with the GPU's clocks and whatever
+ *   else shares it, is left out of the comparison (it halved the share on noise, H200 2026-12-03:
+ *   `swapmoe@4GiB` settled at a share of 0.05 and swapped half as often). On the host's clock only the
+ *   whole time is known, and the batch's steps are compared with the baseline's.
  * - **Credit**: a step earns its share in bytes, an upload spends it, and an expert waits until the
  *   credit covers it. Credit saved is capped at `bankSteps` steps' worth, or one waiting copy when that
  *   is more.
@@ -46,6 +54,11 @@ export interface BatchTiming {
    * submitted while it ran (its read is seen only once that batch is submitted).
    */
   uploadSeconds: number;
+  /**
+   * On the GPU's clock: the part of `wallSeconds` the steps' passes ran (the rest the GPU waited
+   * between them for the host's submits and the uploads' copies), scaled the same way.
+   */
+  busySeconds?: number;
 }
 
 /** Tuning of {@link UploadPacer}; the defaults are the engine's. */
@@ -98,9 +111,13 @@ const MIN_TIMED_UPLOAD = 1 << 20;
 /** Weight of a new measurement in the running estimates. */
 const EWMA = 0.3;
 
-/** A baseline: seconds per step without uploads, and batches since it was measured. */
+/**
+ * A baseline: seconds per step without uploads, of them the seconds the GPU waited between passes
+ * (on the GPU's clock), and batches since it was measured.
+ */
 interface Baseline {
   stepSeconds: number;
+  idleSeconds?: number;
   age: number;
 }
 
@@ -143,6 +160,11 @@ export class UploadPacer {
   /** Seconds per step without uploads for the batches being submitted, if measured. */
   get stepSeconds(): number | undefined {
     return this.#baselines.get(this.#sequences)?.stepSeconds;
+  }
+
+  /** Of {@link stepSeconds}, the seconds the GPU waited between passes, if measured on the GPU's clock. */
+  get idleSeconds(): number | undefined {
+    return this.#baselines.get(this.#sequences)?.idleSeconds;
   }
 
   /** Bytes a step of the batch being submitted earns (0 in a probe). */
@@ -193,23 +215,43 @@ export class UploadPacer {
     if (t.probe) this.#probing.delete(t.sequences);
     if (t.steps < this.settings.minSteps || t.prefill || !(t.wallSeconds > 0)) return;
     const step = t.wallSeconds / t.steps;
+    const busy = t.busySeconds;
+    const idle = busy !== undefined && busy >= 0 && busy <= t.wallSeconds
+      ? (t.wallSeconds - busy) / t.steps
+      : undefined;
     const base = this.#baselines.get(t.sequences);
     if (t.uploadSeconds === 0) {
+      const mix = (old: number | undefined, now: number) =>
+        old === undefined ? now : (1 - EWMA) * old + EWMA * now;
       this.#baselines.set(t.sequences, {
-        stepSeconds: base ? (1 - EWMA) * base.stepSeconds + EWMA * step : step,
+        stepSeconds: mix(base?.stepSeconds, step),
+        idleSeconds: idle === undefined ? undefined : mix(base?.idleSeconds, idle),
         age: 0,
       });
       return;
     }
     if (!base) return;
     base.age++;
-    // uploads only add time: steps that uploaded and still ran faster show the baseline too high (a
-    // probe that met a slow spell); lower it to them, and the next probe measures it again
-    if (step < base.stepSeconds) base.stepSeconds = step;
     const s = this.settings;
-    this.#share = step > (1 + s.tolerance) * base.stepSeconds
+    let over: boolean;
+    if (idle !== undefined && base.idleSeconds !== undefined) {
+      // the GPU's clock: the waiting between passes beyond the baseline's, against a step of this batch
+      if (idle < base.idleSeconds) base.idleSeconds = idle; // (as below: the probe waited more)
+      over = idle - base.idleSeconds > s.tolerance * (step - idle + base.idleSeconds);
+    } else {
+      // uploads only add time: steps that uploaded and still ran faster show the baseline too high (a
+      // probe that met a slow spell); lower it to them, and the next probe measures it again
+      if (step < base.stepSeconds) base.stepSeconds = step;
+      over = step > (1 + s.tolerance) * base.stepSeconds;
+    }
+    this.#share = over
       ? Math.max(s.minShare, this.#share / 2)
       : Math.min(s.maxShare, this.#share + s.maxShare / 16);
+  }
+
+  /** Seconds a step of `sequences` sequences waited between passes without uploads, if measured on the GPU's clock. */
+  baselineIdle(sequences: number): number | undefined {
+    return this.#baselines.get(sequences)?.idleSeconds;
   }
 
   /** `bytes` were uploaded in `seconds`: update the rate. */

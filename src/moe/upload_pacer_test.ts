@@ -154,3 +154,41 @@ Deno.test("pacer: a batch that uploaded and ran faster than the baseline lowers 
   p.observeBatch(batch(3.6));
   assert.ok(Math.abs(p.baseline(1)! - (0.7 * 0.004 + 0.3 * 0.0036)) < 1e-12);
 });
+
+/** A decode batch timed on the GPU's clock: `busy` ms of a step's pass, `idle` ms waiting before it. */
+function gpuBatch(busy: number, idle: number, upload = 0, o: Partial<BatchTiming> = {}): BatchTiming {
+  const steps = o.steps ?? 16;
+  return batch(busy + idle, upload, { busySeconds: steps * busy / 1000, ...o });
+}
+
+Deno.test("pacer: on the GPU's clock, passes that ran slower are not charged to the uploads", () => {
+  const p = new UploadPacer({ initialShare: 0.1, maxShare: 0.5, tolerance: 0.04, probeEvery: 100 });
+  p.observeBatch(gpuBatch(2.7, 0.02)); // the probe: 2.72 ms a step, 0.02 of them waiting
+  assert.ok(Math.abs(p.baseline(1)! - 0.00272) < 1e-12);
+  assert.ok(Math.abs(p.baselineIdle(1)! - 0.00002) < 1e-12);
+  // the GPU's clocks dip: passes 8 % slower, the waiting as before; the share grows
+  p.observeBatch(gpuBatch(2.92, 0.03, 0.001));
+  assert.equal(p.share, 0.1 + 0.5 / 16);
+  // on the host's clock (no busy time) the same batch is over the tolerance
+  const q = new UploadPacer({ initialShare: 0.1, maxShare: 0.5, tolerance: 0.04, probeEvery: 100 });
+  q.observeBatch(batch(2.72));
+  q.observeBatch(batch(2.95, 0.001));
+  assert.equal(q.share, 0.05);
+});
+
+Deno.test("pacer: on the GPU's clock, waiting beyond the baseline's past the tolerance halves the share", () => {
+  const p = new UploadPacer({ initialShare: 0.2, maxShare: 0.5, tolerance: 0.04, probeEvery: 100 });
+  p.observeBatch(gpuBatch(2.7, 0.02));
+  // 0.1 ms more waiting a step: 3.6 % of a 2.72 ms step, within
+  p.observeBatch(gpuBatch(2.7, 0.12, 0.002));
+  assert.equal(p.share, 0.2 + 0.5 / 16);
+  // 0.2 ms more, even on faster passes: 7 %, over
+  const share = p.share;
+  p.observeBatch(gpuBatch(2.5, 0.22, 0.004));
+  assert.equal(p.share, share / 2);
+  // a batch that uploaded and waited less than the probe lowers the baseline's waiting
+  p.observeBatch(gpuBatch(2.7, 0.01, 0.001));
+  assert.ok(Math.abs(p.baselineIdle(1)! - 0.00001) < 1e-12);
+  // the step's baseline is not lowered by it (only the probes move it)
+  assert.ok(Math.abs(p.baseline(1)! - 0.00272) < 1e-12);
+});

@@ -762,10 +762,11 @@ export class Batcher {
    * of its first step to the end of its last, per step (each such interval holds a step and the wait
    * before it, when the GPU idled for the CPU's encoding or uploads), times its steps. Undefined
    * without timestamps, for fewer than two steps, or when they do not increase (a device whose
-   * timestamps mean nothing). Also reports to the host the steps' time and the GPU's idle time between
-   * the previous batch's last step and this one's first (while the scheduler ran throughout).
+   * timestamps mean nothing). `busy`: of that, the time its steps' passes ran (the rest the GPU waited
+   * between them). Also reports to the host the steps' time and the GPU's idle time between the
+   * previous batch's last step and this one's first (while the scheduler ran throughout).
    */
-  #gpuTimes(b: Batch): number | undefined {
+  #gpuTimes(b: Batch): { wall: number; busy: number } | undefined {
     const stamps = this.#host.stamps;
     if (!stamps) return undefined;
     const t = new BigInt64Array(b.staging.getMappedRange(stamps.at, 2 * b.steps * 8).slice(0));
@@ -783,7 +784,13 @@ export class Batcher {
     if (b.steps >= 2 && last > first) this.#stepSeconds = stepSeconds / (b.steps - 1);
     stamps.timed({ steps: b.steps - 1, stepSeconds, gaps: gap === undefined ? 0 : 1, gapSeconds: gap ?? 0 });
     if (b.steps < 2 || !(last > first)) return undefined;
-    return stepSeconds * (b.steps / (b.steps - 1));
+    let busy = 0n;
+    for (let i = 1; i < b.steps; i++) {
+      const ran = t[2 * i + 1]! - t[2 * i]!;
+      if (ran > 0n) busy += ran;
+    }
+    const scale = b.steps / (b.steps - 1);
+    return { wall: stepSeconds * scale, busy: Math.min(Number(busy) / 1e9, stepSeconds) * scale };
   }
 
   /** Steps a batch submits before it reads the oldest one in flight: {@link READ_AFTER_SECONDS} of GPU work. */
@@ -843,15 +850,16 @@ export class Batcher {
       }
       if (b.steps > 0) {
         const { steps, sequences, prefill, probe } = b;
-        const gpuSeconds = this.#gpuTimes(b);
-        if (gpuSeconds !== undefined) {
+        const gpu = this.#gpuTimes(b);
+        if (gpu !== undefined) {
           // the GPU's own clock: only this batch's uploads can have stretched its steps
           this.#host.timed({
             steps,
             sequences,
             prefill,
             probe,
-            wallSeconds: gpuSeconds,
+            wallSeconds: gpu.wall,
+            busySeconds: gpu.busy,
             uploadSeconds: b.uploadSeconds,
           });
         } else {

@@ -798,6 +798,7 @@ class MoeEngine implements Engine {
           bytesPerSecond: this.#pacer.rate,
           share: this.#pacer.share,
           stepSeconds: this.#pacer.stepSeconds ?? null,
+          idleSeconds: this.#pacer.idleSeconds ?? null,
           bytesPerStep: this.#pacer.perStep,
           clock: this.#stamps ? "gpu" : "host",
         }

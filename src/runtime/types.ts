@@ -331,12 +331,18 @@ export interface UploadPacing {
   /** `writeBuffer` rate measured on expert uploads, bytes per second. */
   bytesPerSecond: number;
   /**
-   * Share of a decode step's time (measured without uploads) that uploads may take: raised while steps
-   * with uploads stay within 4 % of those without, halved when they do not.
+   * Share of a decode step's time (measured without uploads) that uploads may take: raised while what
+   * uploads add to the steps stays within 4 % of a step (on the GPU's clock: the GPU's waiting between
+   * passes beyond the steps without uploads), halved when it does not.
    */
   share: number;
   /** Seconds a decode step takes without uploads, as last measured (null: not measured yet). */
   stepSeconds: number | null;
+  /**
+   * On the GPU's clock: of `stepSeconds`, the seconds the GPU waited between passes (null: not
+   * measured, or timed on the host's clock).
+   */
+  idleSeconds: number | null;
   /** Bytes a decode step earns for uploads. */
   bytesPerStep: number;
   /**

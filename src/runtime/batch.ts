@@ -110,8 +110,11 @@ export interface BatchHost {
   assertOpen(): void;
   /** A batch of `steps` steps begins, with `sequences` decoding: whether it is a probe (SwapMoE's upload pacing). */
   beginBatch(steps: number, sequences: number): boolean;
-  /** Before each step: SwapMoE's uploads. Returns the seconds they took. */
-  beforeStep(): number;
+  /**
+   * After a step's submit, unless it was its batch's last: SwapMoE's uploads, for the steps after it
+   * (a step earns their credit here). Returns the seconds they took.
+   */
+  afterStep(): number;
   /** A batch was read back: its steps' wall time and the uploads in it (SwapMoE's upload pacing). */
   timed(t: BatchTiming): void;
   /** Encoder-decoders: the encoder pass over `prompt`, counted in the statistics or not. */
@@ -621,12 +624,17 @@ export class Batcher {
         }
       }
       const step = await this.#step(startAt, stepsRun);
-      uploadSeconds += step.uploadSeconds;
       prefill ||= step.prefill;
       if (step.rows === 0) break;
       ran = true;
       stepsRun++;
       rows += step.counted;
+      // SwapMoE's uploads after the step's submit, not before it: their host copies then run while the
+      // GPU works through the steps queued, never in the GPU's idle time after a read (which waits for
+      // everything submitted: READ_AFTER_SECONDS); their GPU copies land before the next step, inside
+      // the batch's timed steps. None after its last step: they would land outside them (the credit
+      // waits for the next batch's first step).
+      if (i + 1 < steps && !step.firstToken) uploadSeconds += host.afterStep();
       // the oldest batch is read while this one's first steps run (see READ_AFTER_SECONDS)
       if (stepsRun === this.#stepsBeforeRead() && this.#inflight.length > 0) await this.#readOldest();
       // a generation's first token ends the batch: it comes back at once (the driver reads it next)
@@ -681,9 +689,7 @@ export class Batcher {
   async #step(
     startAt: Map<Sequence, number>,
     index: number,
-  ): Promise<
-    { rows: number; counted: number; firstToken: boolean; prefill: boolean; uploadSeconds: number }
-  > {
+  ): Promise<{ rows: number; counted: number; firstToken: boolean; prefill: boolean }> {
     const host = this.#host;
     const decode: RowMeta[] = [];
     const chunks: Chunk[] = [];
@@ -691,8 +697,7 @@ export class Batcher {
     let counted = 0;
     let firstToken = false;
     const held = this.#held().filter((s) => this.#steppable(s));
-    if (held.length === 0) return { rows: 0, counted, firstToken, prefill: false, uploadSeconds: 0 };
-    const uploadSeconds = host.beforeStep();
+    if (held.length === 0) return { rows: 0, counted, firstToken, prefill: false };
     for (const seq of held) {
       if (!seq.decoding) continue;
       if (!startAt.has(seq)) startAt.set(seq, seq.g);
@@ -754,7 +759,7 @@ export class Batcher {
     // A software adapter runs the work inside submit: let timers and I/O (a server's other requests,
     // disconnects, new generations) run between such steps. A real GPU's submit returns at once.
     if (performance.now() - t0 > SLOW_SUBMIT_MS) await turn();
-    return { rows, counted, firstToken, prefill: chunks.length > 0, uploadSeconds };
+    return { rows, counted, firstToken, prefill: chunks.length > 0 };
   }
 
   /**

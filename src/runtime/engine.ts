@@ -361,8 +361,9 @@ class MoeEngine implements Engine {
   }
 
   /**
-   * SwapMoE: uploads waiting swaps before a decode step: `maxUploadBytesPerStep` when set (at least one
-   * copy), else what the pacer's credit covers. Returns the seconds spent.
+   * SwapMoE: uploads waiting swaps after a decode step's submit, for the steps after it (the batcher's
+   * `afterStep`): `maxUploadBytesPerStep` when set (at least one copy), else what the pacer's credit
+   * covers. Returns the seconds spent.
    */
   #pumpStep(): number {
     const swap = this.#swap;
@@ -651,7 +652,7 @@ class MoeEngine implements Engine {
       closing: () => this.#closing,
       assertOpen: () => this.#assertOpen(),
       beginBatch: (steps, sequences) => this.#pacer.beginBatch(steps, sequences),
-      beforeStep: () => this.#pumpStep(),
+      afterStep: () => this.#pumpStep(),
       timed: (t) => this.#pacer.observeBatch(t),
       encode: (prompt, countStats) => this.#encode(prompt, countStats),
       call: (c) => this.#call(c),

@@ -2,7 +2,11 @@
 // One workgroup per (output row o, tile of TT rows r); WG threads split the input dimension.
 // `gemv8` with `norm` 1 first RMS-normalises each row of x (weight g [in] bf16, one dispatch for the
 // norm and the projection): y[r, o] = Σ_i W[o, i] · g[i] · x[r, i] · rsqrt(mean_i x[r, i]² + eps);
-// with `norm` 2 it also writes the normalised rows to xn (from the workgroups of the first RW rows).
+// with `norm` 2 it also writes the normalised rows to xn (from the workgroups of the first RW rows);
+// with `norm` 3 it scales each row's result by a sigmoid gate instead, σ(Σ_i xn[r, i] · g[i]) over
+// gate_dim (Qwen2-MoE's shared_expert_gate, whose output multiplies the shared expert's).
+// `gemv8` with `glu` 1 is SwiGLU's first half in one dispatch: y[r, o] = silu(x[r] · W[o]) · (x[r] · U[o])
+// (gate_proj W, up_proj U from w2_offset of binding 10; torch: act_fn(gate_proj(x)) * up_proj(x)).
 override WG: u32 = 64u;
 override TT: u32 = 4u; // ≤ MAX_TT
 const MAX_TT: u32 = 8u;
@@ -14,8 +18,13 @@ struct Params {
   accumulate: u32,  // 1: y += result (residual add)
   has_bias: u32,
   w_offset: u32,    // first u32 word of W in the weight buffer
-  norm: u32,        // gemv8: 1 normalises x's rows first (RMSNorm with weight nw4), 2 also writes them to xn4
+  norm: u32,        // gemv8: 1 normalises x's rows first (RMSNorm with weight nw4), 2 also writes them to xn4,
+                    // 3 scales the results by the sigmoid gate σ(xn4[r] · nw4)
   eps: f32,         // the norm's epsilon
+  glu: u32,         // gemv8: 1 SwiGLU's silu(x · W) · (x · U), U from w2_offset of u4
+  w2_offset: u32,   // first u32 word of U in its buffer
+  gate_dim: u32,    // norm 3: the gate's input width (a multiple of 8)
+  _p0: u32,
 }
 
 @group(0) @binding(0) var<storage, read> step: Step;
@@ -80,6 +89,8 @@ override RW: u32 = 8u;
 @group(0) @binding(8) var<storage, read> nw4: array<vec4<u32>>; // the norm's weight, 8 bf16 per element
 @group(0) @binding(9) var<storage, read_write> xn4: array<vec4<f32>>; // norm 2: the normalised rows
 
+@group(0) @binding(10) var<storage, read> u4: array<vec4<u32>>; // glu: up_proj, 8 bf16 per element
+
 var<workgroup> part8: array<f32, 2048>; // ≥ WG · TT
 
 @compute @workgroup_size(WG)
@@ -89,16 +100,21 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let lin = linear_wg(wg, nwg);
   let tiles = (rows + TT - 1u) / TT;
   let r0 = (lin % tiles) * TT;
-  let o0 = (lin / tiles) * RW;
+  // glu: the workgroup's first RW / 2 rows of weights are gate rows, the others the same outputs' up rows
+  let glu = p.glu == 1u;
+  let outs = select(RW, RW / 2u, glu); // outputs per workgroup
+  let o0 = (lin / tiles) * outs;
   if (r0 >= rows || o0 >= p.out_dim) { return; } // (a 2D grid's last workgroups are past the end)
   let lanes = WG / RW;
   let lane = tid % lanes;
-  let o = o0 + tid / lanes;
+  let wr = tid / lanes; // this thread's row of weights in the workgroup (lanes threads apiece)
+  let is_up = glu && wr >= outs;
+  let o = o0 + select(wr, wr - outs, is_up);
   let n8 = p.in_dim / 8u;
   // with the norm: each row's 1 / RMS, its sum of squares split over all WG threads
   var inv: array<f32, MAX_TT>;
   for (var r = 0u; r < TT; r++) { inv[r] = 1.0; }
-  if (p.norm >= 1u) {
+  if (p.norm == 1u || p.norm == 2u) {
     let n4 = p.in_dim / 4u;
     for (var r = 0u; r < TT; r++) {
       var ss = 0.0;
@@ -129,14 +145,40 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
       }
     }
   }
+  if (p.norm == 3u) {
+    // each row's sigmoid gate σ(xn[r] · g) over gate_dim, its dot product split over all WG threads
+    let g8 = p.gate_dim / 8u;
+    for (var r = 0u; r < TT; r++) {
+      var d = 0.0;
+      if (r0 + r < rows) {
+        for (var c = tid; c < g8; c += WG) {
+          let g = nw4[c];
+          let xi = ((r0 + r) * p.gate_dim) / 4u + 2u * c;
+          d += dot(xn4[xi], vec4<f32>(bf16_lo(g.x), bf16_hi(g.x), bf16_lo(g.y), bf16_hi(g.y)));
+          d += dot(xn4[xi + 1u], vec4<f32>(bf16_lo(g.z), bf16_hi(g.z), bf16_lo(g.w), bf16_hi(g.w)));
+        }
+      }
+      part8[r * WG + tid] = d;
+    }
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+      if (tid < s) {
+        for (var r = 0u; r < TT; r++) { part8[r * WG + tid] += part8[r * WG + tid + s]; }
+      }
+      workgroupBarrier();
+    }
+    for (var r = 0u; r < TT; r++) { inv[r] = 1.0 / (1.0 + exp(-part8[r * WG])); }
+    workgroupBarrier(); // part8 is written again below
+  }
   var acc: array<f32, MAX_TT>;
   if (o < p.out_dim) {
-    let wrow = (p.w_offset / 4u) + o * n8;
+    let wrow = select(p.w_offset, p.w2_offset, is_up) / 4u + o * n8;
     for (var j = lane; j < n8; j += lanes) {
-      let ww = w4[wrow + j];
+      var ww: vec4<u32>;
+      if (is_up) { ww = u4[wrow + j]; } else { ww = w4[wrow + j]; } // (uniform across a row's lanes)
       var w0 = vec4<f32>(bf16_lo(ww.x), bf16_hi(ww.x), bf16_lo(ww.y), bf16_hi(ww.y));
       var w1 = vec4<f32>(bf16_lo(ww.z), bf16_hi(ww.z), bf16_lo(ww.w), bf16_hi(ww.w));
-      if (p.norm >= 1u) {
+      if (p.norm == 1u || p.norm == 2u) {
         let g = nw4[j];
         w0 *= vec4<f32>(bf16_lo(g.x), bf16_hi(g.x), bf16_lo(g.y), bf16_hi(g.y));
         w1 *= vec4<f32>(bf16_lo(g.z), bf16_hi(g.z), bf16_lo(g.w), bf16_hi(g.w));
@@ -157,9 +199,13 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     workgroupBarrier();
   }
-  if (lane < TT && o < p.out_dim && r0 + lane < rows) {
+  if (lane < TT && o < p.out_dim && r0 + lane < rows && !is_up) {
     let r = lane;
     var v = part8[r * WG + tid - lane] * inv[r];
+    if (glu) {
+      let u = part8[r * WG + tid - lane + outs * lanes]; // the same output's up row, outs rows on
+      v = v / (1.0 + exp(-v)) * u;
+    }
     if (p.has_bias == 1u) {
       let bw = bias[o / 2u];
       v += select(bf16_lo(bw), bf16_hi(bw), (o & 1u) == 1u);

@@ -119,3 +119,24 @@ for (
     console.log(`  max logit error per prompt: ${errors.map((e) => e.toExponential(2)).join(", ")}`);
   });
 }
+
+// Calls of up to 32 rows run a SwiGLU MLP fused (gate and up in one GEMV, the shared expert's sigmoid
+// gate inside its down projection), longer calls apart (tiled matmuls, SiLU·mul, the gate's GEMV and
+// gated add); the prompts above are all short, so a long one checks the second way against the first.
+for (const name of ["tiny-qwen2-moe", "tiny-qwen2-moe-dense-tied"]) {
+  Deno.test(`${name}: a prompt in one call of 80 rows gives the logits of calls of 8 (MLPs apart, fused)`, async () => {
+    const dir = new URL(`${name}/`, FIXTURES).pathname;
+    const ref: Reference = JSON.parse(await Deno.readTextFile(`${dir}reference.json`));
+    const ids = ref.prompts.flatMap((p) => p.ids).concat(ref.prompts.flatMap((p) => p.ids)).slice(0, 80);
+    assert.equal(ids.length, 80);
+    const logits = [];
+    for (const maxBatchTokens of [80, 8]) {
+      await using engine = await createEngine({ model: dir, maxBatchTokens });
+      logits.push(await engine.forward(ids));
+    }
+    const { err } = logitError(logits[0]!, logits[1]!);
+    let max = 0;
+    for (const v of logits[1]!) max = Math.max(max, Math.abs(v));
+    assert.ok(err <= 1e-5 * Math.max(1, max), `max logit difference ${err} (largest logit ${max})`);
+  });
+}

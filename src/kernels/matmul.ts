@@ -17,6 +17,10 @@ const PARAMS = paramsLayout(
     "w_offset",
     "norm",
     "f:eps",
+    "glu",
+    "w2_offset",
+    "gate_dim",
+    "_p0",
   ] as const,
 );
 
@@ -68,6 +72,18 @@ export interface MatmulOptions {
    * the norm's other readers): only on the fast path ({@link fastPathApplies}).
    */
   norm?: { weight: GPUBuffer; eps: number; out?: GPUBuffer };
+  /**
+   * SwiGLU's first half in one dispatch: y = silu(x · Wᵀ) · (x · Uᵀ), W the gate_proj and U ([outDim,
+   * inDim] bf16 from u32 word `offset` of `weight`) the up_proj (torch: act_fn(gate_proj(x)) *
+   * up_proj(x)). Only on the fast path, without `norm` or `gate`.
+   */
+  glu?: { weight: GPUBuffer; offset?: number };
+  /**
+   * Scale each row's result by a sigmoid gate, σ(x_g[r] · g), before it is stored or added (Qwen2-MoE:
+   * the shared expert's output times sigmoid(shared_expert_gate(x))): `x` [rows, dim] f32, `weight` [dim]
+   * bf16 (the gate's [1, dim] Linear), `dim` a multiple of 8. Only on the fast path, without `norm`.
+   */
+  gate?: { weight: GPUBuffer; x: GPUBuffer; dim: number };
 }
 
 /** Whether the vectorised `gemv8` path applies: 8-element rows aligned to 16 bytes. */
@@ -80,9 +96,9 @@ export function fastPathApplies(o: Pick<MatmulOptions, "inDim" | "wOffset" | "re
  * norm of a long call runs apart), and at least half a tile of outputs.
  */
 export function tiledApplies(
-  o: Pick<MatmulOptions, "inDim" | "outDim" | "wOffset" | "reference" | "norm">,
+  o: Pick<MatmulOptions, "inDim" | "outDim" | "wOffset" | "reference" | "norm" | "glu" | "gate">,
 ): boolean {
-  return fastPathApplies(o) && !o.norm && o.outDim >= TILED.TO / 2;
+  return fastPathApplies(o) && !o.norm && !o.glu && !o.gate && o.outDim >= TILED.TO / 2;
 }
 
 /** Workgroups of the tiled kernel over `rows` rows of `outDim` outputs. */
@@ -132,8 +148,11 @@ function matmulParams(o: MatmulOptions): ArrayBuffer {
     accumulate: o.accumulate ? 1 : 0,
     has_bias: o.bias ? 1 : 0,
     w_offset: o.wOffset ?? 0,
-    norm: o.norm ? (o.norm.out ? 2 : 1) : 0,
+    norm: o.norm ? (o.norm.out ? 2 : 1) : o.gate ? 3 : 0,
     eps: o.norm?.eps ?? 0,
+    glu: o.glu ? 1 : 0,
+    w2_offset: o.glu?.offset ?? 0,
+    gate_dim: o.gate?.dim ?? 0,
   });
 }
 
@@ -145,10 +164,19 @@ function matmulGemv(
 ): Promise<Dispatch> {
   if (o.inDim % 2 !== 0) throw new RangeError(`matmul ${o.label}: in dimension ${o.inDim} must be even`);
   const rows = rowsOf(o);
-  if (o.norm && !fastPathApplies(o)) {
+  if ((o.norm || o.glu || o.gate) && !fastPathApplies(o)) {
     throw new RangeError(
-      `matmul ${o.label}: a fused norm needs the fast path (in dimension a multiple of 8)`,
+      `matmul ${o.label}: a fused norm, SwiGLU or gate needs the fast path (in dimension a multiple of 8)`,
     );
+  }
+  if ((o.glu || o.gate) && o.norm || o.glu && o.gate) {
+    throw new RangeError(`matmul ${o.label}: norm, glu and gate are fused one at a time`);
+  }
+  if (o.glu && (o.glu.offset ?? 0) % 4 !== 0) {
+    throw new RangeError(`matmul ${o.label}: the up_proj's offset must be a multiple of 4 words`);
+  }
+  if (o.gate && o.gate.dim % 8 !== 0) {
+    throw new RangeError(`matmul ${o.label}: the gate's input width ${o.gate.dim} must be a multiple of 8`);
   }
   if (fastPathApplies(o)) {
     return record(ctx, {
@@ -157,16 +185,19 @@ function matmulGemv(
       entry: "gemv8",
       constants: FAST,
       params,
-      // (binding 9 is written only with norm.out: y, writable already, stands in without it)
+      // (binding 9 is written only with norm.out, read only with gate: y, writable already, stands in
+      // otherwise; 10 is read only with glu)
       buffers: {
         3: o.bias ?? o.weight,
         5: o.y,
         6: o.weight,
         7: o.x,
-        8: o.norm?.weight ?? o.weight,
-        9: o.norm?.out ?? o.y,
+        8: o.norm?.weight ?? o.gate?.weight ?? o.weight,
+        9: o.norm?.out ?? o.gate?.x ?? o.y,
+        10: o.glu?.weight ?? o.weight,
       },
-      workgroups: (s) => Math.ceil(o.outDim / FAST.RW) * Math.ceil(rows(s) / FAST.TT),
+      // glu: RW / 2 outputs a workgroup (their gate and up rows)
+      workgroups: (s) => Math.ceil(o.outDim / (o.glu ? FAST.RW / 2 : FAST.RW)) * Math.ceil(rows(s) / FAST.TT),
     });
   }
   return record(ctx, {

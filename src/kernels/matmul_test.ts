@@ -164,7 +164,132 @@ Deno.test("matmul: the vectorised kernel's fused RMSNorm equals a CPU norm then 
     };
     await assert.rejects(
       () => matmul(ctx, { ...tiny, label: "odd", inDim: 2, outDim: 2, norm: { weight: tiny.weight, eps } }),
-      /fused norm needs the fast path/,
+      /needs the fast path/,
+    );
+  } finally {
+    memory.freeAll();
+    device.destroy();
+  }
+});
+
+Deno.test("matmul: SwiGLU's gate and up in one GEMV, and a down projection with a sigmoid gate, equal a CPU reference", async () => {
+  const gpu = await createGpu();
+  const device = gpu.device;
+  const { memory, stepBuffer: step, ctx } = kernelContext(device, 64);
+  try {
+    const rand = rng(11);
+    const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+    const put = (a: ArrayBufferView<ArrayBuffer>) => {
+      const b = memory.alloc("in", a.byteLength, S, "activations");
+      device.queue.writeBuffer(b.buffer, 0, a);
+      return b.buffer;
+    };
+    const matrix = (n: number) => {
+      const bits = new Uint16Array(n + (n % 2));
+      const val = new Float32Array(n);
+      for (let i = 0; i < n; i++) [bits[i], val[i]] = bf16(rand());
+      return { bits, val };
+    };
+    const dot = (w: Float32Array, o: number, x: Float32Array, r: number, n: number) => {
+      let v = 0;
+      for (let i = 0; i < n; i++) v += w[o * n + i]! * x[r * n + i]!;
+      return v;
+    };
+    // a partial last tile of rows, outputs not a multiple of the workgroup's 4, x wider than 8 · WG
+    for (const c of [{ rows: 1, inDim: 2048, outDim: 37 }, { rows: 6, inDim: 72, outDim: 130 }]) {
+      const [g, u] = [matrix(c.outDim * c.inDim), matrix(c.outDim * c.inDim)];
+      const x = Float32Array.from({ length: c.rows * c.inDim }, () => 2 * rand());
+      const want = new Float32Array(c.rows * c.outDim);
+      for (let r = 0; r < c.rows; r++) {
+        for (let o = 0; o < c.outDim; o++) {
+          const a = dot(g.val, o, x, r, c.inDim);
+          want[r * c.outDim + o] = a / (1 + Math.exp(-a)) * dot(u.val, o, x, r, c.inDim);
+        }
+      }
+      const y = put(new Float32Array(want.length));
+      ctx.params.reset();
+      const d = await matmul(ctx, {
+        label: "glu",
+        weight: put(g.bits),
+        glu: { weight: put(u.bits) },
+        x: put(x),
+        y,
+        inDim: c.inDim,
+        outDim: c.outDim,
+      });
+      const shape = { t: c.rows, headRows: 0, pos0: 0 };
+      device.queue.writeBuffer(step.buffer, 0, packStep(shape, 0));
+      const got = new Float32Array(await runAndRead(device, d, shape, y));
+      let err = 0;
+      for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
+      assert.ok(err < 1e-4, `glu ${JSON.stringify(c)}: max error ${err}`);
+    }
+    // y += σ(xn · g) · (W · x), added into y (Qwen2-MoE's gated shared expert), gate inputs wider and
+    // narrower than 8 · WG values
+    for (
+      const c of [{ rows: 1, inDim: 48, outDim: 2048, dim: 2048 }, {
+        rows: 5,
+        inDim: 136,
+        outDim: 19,
+        dim: 72,
+      }]
+    ) {
+      const w = matrix(c.outDim * c.inDim);
+      const gate = matrix(c.dim);
+      const x = Float32Array.from({ length: c.rows * c.inDim }, rand);
+      const xn = Float32Array.from({ length: c.rows * c.dim }, () => 0.2 * rand());
+      const y0 = Float32Array.from({ length: c.rows * c.outDim }, rand);
+      const want = new Float32Array(y0);
+      for (let r = 0; r < c.rows; r++) {
+        const sigma = 1 / (1 + Math.exp(-dot(gate.val, 0, xn, r, c.dim)));
+        for (let o = 0; o < c.outDim; o++) want[r * c.outDim + o]! += sigma * dot(w.val, o, x, r, c.inDim);
+      }
+      const y = put(new Float32Array(y0));
+      ctx.params.reset();
+      const d = await matmul(ctx, {
+        label: "gated",
+        weight: put(w.bits),
+        x: put(x),
+        y,
+        inDim: c.inDim,
+        outDim: c.outDim,
+        accumulate: true,
+        gate: { weight: put(gate.bits), x: put(xn), dim: c.dim },
+      });
+      const shape = { t: c.rows, headRows: 0, pos0: 0 };
+      device.queue.writeBuffer(step.buffer, 0, packStep(shape, 0));
+      const got = new Float32Array(await runAndRead(device, d, shape, y));
+      let err = 0;
+      for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
+      assert.ok(err < 1e-4, `gate ${JSON.stringify(c)}: max error ${err}`);
+    }
+    const tiny = {
+      weight: put(new Uint16Array(64)),
+      x: put(new Float32Array(8)),
+      y: put(new Float32Array(8)),
+    };
+    await assert.rejects(
+      () =>
+        matmul(ctx, {
+          ...tiny,
+          label: "both",
+          inDim: 8,
+          outDim: 8,
+          glu: { weight: tiny.weight },
+          gate: { weight: tiny.weight, x: tiny.x, dim: 8 },
+        }),
+      /one at a time/,
+    );
+    await assert.rejects(
+      () =>
+        matmul(ctx, {
+          ...tiny,
+          label: "narrow",
+          inDim: 8,
+          outDim: 8,
+          gate: { weight: tiny.weight, x: tiny.x, dim: 12 },
+        }),
+      /multiple of 8/,
     );
   } finally {
     memory.freeAll();

@@ -9,12 +9,12 @@
  *
  * @module
  */
-import type { Dispatch } from "../../gpu/dispatch.ts";
+import { type CallShape, type Dispatch, onlyWhen } from "../../gpu/dispatch.ts";
 import type { Allocation } from "../../gpu/memory.ts";
 import { ropeTable } from "../../kernels/attention.ts";
 import { sigmoidGatedAdd, siluMul } from "../../kernels/elementwise.ts";
 import { experts, groupedScratch } from "../../kernels/experts.ts";
-import { matmul } from "../../kernels/matmul.ts";
+import { matmul, TILED_MIN_ROWS } from "../../kernels/matmul.ts";
 import type { ExpertCache } from "../../moe/expert_cache.ts";
 import { denseWithFusedQkv } from "../decoder_parts.ts";
 import { DecoderProgram, decoderRunState } from "../decoder_program.ts";
@@ -122,34 +122,84 @@ export class CausalProgram extends DecoderProgram<CausalSpec, ModelNames> {
     });
     const routed: Dispatch[] = [];
     const after: Dispatch[] = [];
-    const swiglu = async (m: MlpNames, inter: number, out: string, acc: boolean, tag: string) => [
-      ...await matmul(ctx, {
-        label: `${tag}.gate_proj`,
-        weight: w(m.gate),
-        x: b("xn"),
-        y: b("mlp_a"),
-        inDim: D,
-        outDim: inter,
-      }),
-      ...await matmul(ctx, {
-        label: `${tag}.up_proj`,
-        weight: w(m.up),
-        x: b("xn"),
-        y: b("mlp_b"),
-        inDim: D,
-        outDim: inter,
-      }),
-      await siluMul(ctx, { label: `${tag}.silu_mul`, a: b("mlp_a"), b: b("mlp_b"), n: inter }),
-      ...await matmul(ctx, {
-        label: `${tag}.down_proj`,
-        weight: w(m.down),
-        x: b("mlp_a"),
-        y: b(out),
-        inDim: inter,
-        outDim: D,
-        accumulate: acc,
-      }),
-    ];
+    // A SwiGLU MLP over `xn` whose output is added into the residual `x` (the shared expert's through its
+    // sigmoid gate). Calls of up to 32 rows (decode, short chunks) run it in two dispatches: gate and up
+    // in one GEMV with the SiLU product, then the down projection adding in, the gate inside it. Longer
+    // calls run it apart (where the tiled matmuls apply): gate, up, SiLU·mul, down, and the shared
+    // expert's gate GEMV and gated add.
+    const mlp = async (m: MlpNames, inter: number, tag: string, gate?: string): Promise<Dispatch[]> => {
+      const short = (s: CallShape) => s.t < TILED_MIN_ROWS;
+      const fused = [
+        ...await matmul(ctx, {
+          label: `${tag}.gate_up_proj`,
+          weight: w(m.gate),
+          glu: { weight: w(m.up) },
+          x: b("xn"),
+          y: b("mlp_a"),
+          inDim: D,
+          outDim: inter,
+        }),
+        ...await matmul(ctx, {
+          label: `${tag}.down_proj`,
+          weight: w(m.down),
+          x: b("mlp_a"),
+          y: b("x"),
+          inDim: inter,
+          outDim: D,
+          accumulate: true,
+          gate: gate ? { weight: w(gate), x: b("xn"), dim: D } : undefined,
+        }),
+      ];
+      const apart = [
+        ...await matmul(ctx, {
+          label: `${tag}.gate_proj`,
+          weight: w(m.gate),
+          x: b("xn"),
+          y: b("mlp_a"),
+          inDim: D,
+          outDim: inter,
+        }),
+        ...await matmul(ctx, {
+          label: `${tag}.up_proj`,
+          weight: w(m.up),
+          x: b("xn"),
+          y: b("mlp_b"),
+          inDim: D,
+          outDim: inter,
+        }),
+        await siluMul(ctx, { label: `${tag}.silu_mul`, a: b("mlp_a"), b: b("mlp_b"), n: inter }),
+        ...await matmul(ctx, {
+          label: `${tag}.down_proj`,
+          weight: w(m.down),
+          x: b("mlp_a"),
+          y: b(gate ? "shared" : "x"),
+          inDim: inter,
+          outDim: D,
+          accumulate: !gate,
+        }),
+      ];
+      if (gate) {
+        // torch: shared_expert_output = F.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        apart.push(
+          ...await matmul(ctx, {
+            label: `${tag}_gate`,
+            weight: w(gate),
+            x: b("xn"),
+            y: b("shared_gate"),
+            inDim: D,
+            outDim: 1,
+          }),
+          await sigmoidGatedAdd(ctx, {
+            label: `${tag}_add`,
+            y: b("x"),
+            s: b("shared"),
+            gate: b("shared_gate"),
+            n: D,
+          }),
+        );
+      }
+      return [...fused.map((d) => onlyWhen(d, short)), ...apart.map((d) => onlyWhen(d, (s) => !short(s)))];
+    };
     const moeLayer = this.#moeLayer[i]!;
     if (l.router) {
       before.push(
@@ -183,28 +233,12 @@ export class CausalProgram extends DecoderProgram<CausalSpec, ModelNames> {
         }),
       );
       if (l.shared && l.sharedGate) {
-        // torch: shared_expert_output = F.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         after.push(
-          ...await swiglu(l.shared, spec.sharedExpertIntermediateSize, "shared", false, `${p}.shared_expert`),
-          ...await matmul(ctx, {
-            label: `${p}.shared_expert_gate`,
-            weight: w(l.sharedGate),
-            x: b("xn"),
-            y: b("shared_gate"),
-            inDim: D,
-            outDim: 1,
-          }),
-          await sigmoidGatedAdd(ctx, {
-            label: `${p}.shared_add`,
-            y: b("x"),
-            s: b("shared"),
-            gate: b("shared_gate"),
-            n: D,
-          }),
+          ...await mlp(l.shared, spec.sharedExpertIntermediateSize, `${p}.shared_expert`, l.sharedGate),
         );
       }
     } else if (l.mlp) {
-      after.push(...await swiglu(l.mlp, spec.intermediateSize, "x", true, `${p}.mlp`));
+      after.push(...await mlp(l.mlp, spec.intermediateSize, `${p}.mlp`));
     }
     return { beforeExperts: before, experts: routed, afterExperts: after, moeLayer };
   }

@@ -70,6 +70,9 @@ export function ropeKv(
   return record(ctx, {
     label: o.label,
     file: "rope.wgsl",
+    // a norm over the whole projection (OLMoE) has each workgroup read its row's H·hd values first:
+    // 256 threads read them in a quarter of the rounds of 64
+    constants: { WG: o.norm === "whole" ? 256 : 64 },
     params: ROPE_PARAMS.pack({
       n_heads: o.numHeads,
       n_kv: o.numKvHeads,

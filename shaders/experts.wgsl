@@ -198,3 +198,53 @@ fn gate_up_oss(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     h[tk * p.inter + i + r] = out;
   }
 }
+
+// The bf16 fast path of `gate_up` (every copy bf16, dim a multiple of 8): h[tk, i…i+3] = silu(x[t] ·
+// gate_s[i]) * (x[t] · up_s[i]), one workgroup per tk and four of i, its WG threads split into eight rows
+// of weights (gate rows i…i+3, then the same up rows), WG / 8 threads a row, each loading eight weights
+// (a vec4<u32>) and eight inputs at a time: a quarter of the loads of `gate_up`, which reads a word at
+// a time in every format. Each row's sum is its own, whatever the others in the workgroup.
+@group(0) @binding(8) var<storage, read> gate8: array<vec4<u32>>; // gate, 8 bf16 per element
+@group(0) @binding(9) var<storage, read> up8: array<vec4<u32>>;
+@group(0) @binding(10) var<storage, read> x4: array<vec4<f32>>;
+
+var<workgroup> rows8: array<f32, 256>; // ≥ WG
+
+@compute @workgroup_size(WG)
+fn gate_up_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) tid: u32) {
+  let lin = linear_wg(wg, nwg);
+  let rows_tk = step.t * p.top_k;
+  let tk = lin % rows_tk;
+  let i0 = 4u * (lin / rows_tk);
+  if (i0 >= p.inter) { return; } // (a 2D grid's last workgroups are past the end)
+  let t = tk / p.top_k;
+  let lanes = WG / 8u;
+  let lane = tid % lanes;
+  let row = tid / lanes; // 0…3: gate rows i0 + row; 4…7: up rows i0 + row − 4
+  let is_up = row >= 4u;
+  let i = i0 + row % 4u;
+  let entry = entry_of(tk);
+  var acc = 0.0;
+  if (entry >= 0 && i < p.inter) {
+    let n8 = p.dim / 8u;
+    let wrow = copy_at(entry).base / 4u + i * n8; // (a copy's words: a multiple of 4)
+    let xrow = t * (p.dim / 4u);
+    for (var j = lane; j < n8; j += lanes) {
+      var ww: vec4<u32>;
+      if (is_up) { ww = up8[wrow + j]; } else { ww = gate8[wrow + j]; } // (uniform across a row's lanes)
+      acc += dot(vec4<f32>(bf16_lo(ww.x), bf16_hi(ww.x), bf16_lo(ww.y), bf16_hi(ww.y)), x4[xrow + 2u * j]);
+      acc += dot(vec4<f32>(bf16_lo(ww.z), bf16_hi(ww.z), bf16_lo(ww.w), bf16_hi(ww.w)), x4[xrow + 2u * j + 1u]);
+    }
+  }
+  rows8[tid] = acc;
+  workgroupBarrier();
+  for (var s = lanes / 2u; s > 0u; s >>= 1u) {
+    if (lane < s) { rows8[tid] += rows8[tid + s]; }
+    workgroupBarrier();
+  }
+  if (lane == 0u && !is_up && i < p.inter) {
+    let g = rows8[tid];
+    h[tk * p.inter + i] = g / (1.0 + exp(-g)) * rows8[tid + 4u * lanes];
+  }
+}

@@ -101,3 +101,48 @@ fn down_sum_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     for (var r = 0u; r < min(p.dim - d, 4u); r++) { y[t * p.dim + d + r] += sum[r]; }
   }
 }
+
+// The bf16 fast path of `down_sum` (every copy bf16, inter a multiple of 8): y[t, d…d+3] += Σ_k w[t, k] ·
+// (h[t·K + k] · down_s[d]), one workgroup per t and four of d, WG / 4 threads a row of down, each loading
+// eight weights (a vec4<u32>) and eight of h at a time: a quarter of the loads of `down_sum`.
+@group(0) @binding(11) var<storage, read> down8: array<vec4<u32>>; // down, 8 bf16 per element
+@group(0) @binding(12) var<storage, read> h4: array<vec4<f32>>;
+
+var<workgroup> rows4: array<f32, 256>; // ≥ WG
+
+@compute @workgroup_size(WG)
+fn down_sum_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) tid: u32) {
+  let lin = linear_wg(wg, nwg);
+  let t = lin % step.t;
+  let d0 = 4u * (lin / step.t);
+  if (d0 >= p.dim) { return; } // (a 2D grid's last workgroups are past the end)
+  let lanes = WG / 4u;
+  let lane = tid % lanes;
+  let d = d0 + tid / lanes;
+  let n8 = p.inter / 8u;
+  var acc = 0.0;
+  if (d < p.dim) {
+    for (var k = 0u; k < p.top_k; k++) {
+      let tk = t * p.top_k + k;
+      let entry = entry_of(tk);
+      if (entry < 0) { continue; }
+      let wrow = copy_at(entry).base / 4u + d * n8; // (a copy's words: a multiple of 4)
+      let hrow = tk * (p.inter / 4u);
+      var s = 0.0;
+      for (var j = lane; j < n8; j += lanes) {
+        let ww = down8[wrow + j];
+        s += dot(vec4<f32>(bf16_lo(ww.x), bf16_hi(ww.x), bf16_lo(ww.y), bf16_hi(ww.y)), h4[hrow + 2u * j]);
+        s += dot(vec4<f32>(bf16_lo(ww.z), bf16_hi(ww.z), bf16_lo(ww.w), bf16_hi(ww.w)), h4[hrow + 2u * j + 1u]);
+      }
+      acc += topk_w[tk] * s;
+    }
+  }
+  rows4[tid] = acc;
+  workgroupBarrier();
+  for (var s = lanes / 2u; s > 0u; s >>= 1u) {
+    if (lane < s) { rows4[tid] += rows4[tid + s]; }
+    workgroupBarrier();
+  }
+  if (lane == 0u && d < p.dim) { y[t * p.dim + d] += rows4[tid]; }
+}

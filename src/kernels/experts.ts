@@ -67,6 +67,11 @@ export const GEMV_MAX_ROWS = 32;
  * bytes over 8 times the workgroups. 256 threads make it 2 a row.
  */
 export const DOWN_THREADS = 256;
+/**
+ * Threads of the bf16 gate/up workgroups (`gate_up_bf16`): eight rows of weights (four of gate, the
+ * same four of up), 32 threads a row.
+ */
+const GATE_UP8_THREADS = 256;
 
 /** The grouped path's tile: token-expert rows of one expert, and weight rows per workgroup. */
 export interface TileShape {
@@ -211,25 +216,42 @@ export async function expertsGemv(ctx: KernelContext, o: ExpertsOptions): Promis
   const { halves, formats: constants } = shared(o);
   const oss = o.clampedSwiglu;
   const first = oss ? "gate_up_oss" : o.up ? "gate_up" : "wi_relu";
+  // every copy bf16: the entries that load eight weights at a time where the rows allow it
+  const bf16 = !oss && o.formats.every((f) => f === "bf16");
+  const gateUp8 = bf16 && o.up !== undefined && o.dim % 8 === 0;
+  const down8 = bf16 && o.inter % 8 === 0;
   return [
-    await record(ctx, {
-      label: `${o.label}.${first}`,
-      file: "experts.wgsl",
-      entry: first,
-      constants,
-      params: halves[0],
-      // the module reads `up` through `weight()`, so ReLU and gpt-oss bind something there too (never read)
-      buffers: { 2: o.topkIds, 3: o.slots, 4: o.x, 5: o.gate, 6: o.up ?? o.gate, 7: o.h },
-      // gate_up and gpt-oss's: a workgroup per token-expert and pair of rows of h; wi_relu: per four rows
-      workgroups: (s) => s.t * o.topK * Math.ceil(o.inter / (o.up || oss ? 2 : 4)),
-    }),
+    gateUp8
+      ? await record(ctx, {
+        label: `${o.label}.gate_up`,
+        file: "experts.wgsl",
+        entry: "gate_up_bf16",
+        constants: { ...constants, WG: GATE_UP8_THREADS },
+        params: halves[0],
+        buffers: { 2: o.topkIds, 3: o.slots, 7: o.h, 8: o.gate, 9: o.up!, 10: o.x },
+        // a workgroup per token-expert and four rows of h
+        workgroups: (s) => s.t * o.topK * Math.ceil(o.inter / 4),
+      })
+      : await record(ctx, {
+        label: `${o.label}.${first}`,
+        file: "experts.wgsl",
+        entry: first,
+        constants,
+        params: halves[0],
+        // the module reads `up` through `weight()`, so ReLU and gpt-oss bind something there too (never read)
+        buffers: { 2: o.topkIds, 3: o.slots, 4: o.x, 5: o.gate, 6: o.up ?? o.gate, 7: o.h },
+        // gate_up and gpt-oss's: a workgroup per token-expert and pair of rows of h; wi_relu: per four rows
+        workgroups: (s) => s.t * o.topK * Math.ceil(o.inter / (o.up || oss ? 2 : 4)),
+      }),
     await record(ctx, {
       label: `${o.label}.down`,
       file: "experts_down.wgsl",
-      entry: oss ? "down_sum_bias" : "down_sum",
+      entry: down8 ? "down_sum_bf16" : oss ? "down_sum_bias" : "down_sum",
       constants: { ...constants, WG: o.downThreads ?? DOWN_THREADS },
       params: halves[1],
-      buffers: { 2: o.topkIds, 3: o.slots, 7: o.h, 8: o.topkW, 9: o.down, 10: o.y },
+      buffers: down8
+        ? { 2: o.topkIds, 3: o.slots, 8: o.topkW, 10: o.y, 11: o.down, 12: o.h }
+        : { 2: o.topkIds, 3: o.slots, 7: o.h, 8: o.topkW, 9: o.down, 10: o.y },
       // a workgroup per token and four rows of down
       workgroups: (s) => s.t * Math.ceil(o.dim / 4),
     }),

@@ -81,6 +81,10 @@ interface Case {
 
 const CASES: Case[] = [
   { formats: ["bf16"], dim: 96, inter: 70, gated: true }, // rows not a multiple of the workgroup
+  // bf16 rows of whole octets (gate_up_bf16, down_sum_bf16): rows not a multiple of the four a
+  // workgroup computes, octets per row not a multiple of the threads a row (nor fewer than them)
+  { formats: ["bf16"], dim: 104, inter: 72, gated: true },
+  { formats: ["bf16"], dim: 2048, inter: 136, gated: true },
   // rows of down and of wi not a multiple of the four a workgroup computes (nor of a tile's rows), and
   // columns not a multiple of the tiled kernels' stage
   { formats: ["bf16"], dim: 98, inter: 70, gated: true },

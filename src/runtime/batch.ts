@@ -138,6 +138,8 @@ export interface BatchHost {
    * `statsAt`; `prompts`: generations whose first token came back with it (their prompts are in).
    */
   onBatch(staging: GPUBuffer, rows: number, prompts: number): void;
+  /** The driver has nothing more to run: what waited for a step's submit (`afterStep`) runs now. */
+  idle(): void;
   /** Throughput counters: prompt tokens through their first token, tokens decoded after it, seconds of each. */
   count(
     c: { prefillTokens?: number; prefillSeconds?: number; decodeTokens?: number; decodeSeconds?: number },
@@ -487,6 +489,7 @@ export class Batcher {
           await this.#readOldest();
           continue;
         }
+        host.idle();
         break;
       }
     } catch (e) {

@@ -167,6 +167,11 @@ class MoeEngine implements Engine {
   /** Generations not finished yet: `close` ends them. */
   readonly #generators = new Set<AsyncGenerator<GenerateChunk>>();
   #tokensSinceRevision = 0;
+  /**
+   * SwapMoE: a revision is due, run after the next decode step's submit (or when the batcher idles),
+   * while the GPU works: not where a batch is read, since the read waits for the GPU to go idle.
+   */
+  #reviseDue = false;
   readonly #counters = { prefillTokens: 0, decodeTokens: 0, prefillSeconds: 0, decodeSeconds: 0 };
   /** stats().gpuTimeline's totals. */
   readonly #timeline = { steps: 0, stepSeconds: 0, gaps: 0, gapSeconds: 0 };
@@ -366,6 +371,7 @@ class MoeEngine implements Engine {
    * covers. Returns the seconds spent.
    */
   #pumpStep(): number {
+    this.#reviseNowIfDue();
     const swap = this.#swap;
     if (!swap || swap.pending === 0) {
       this.#pacer.step(0);
@@ -674,9 +680,11 @@ class MoeEngine implements Engine {
       },
       onBatch: (into, rows, prompts) => {
         this.#takeStats(into, this.#shape.sequences * MAX_READ * 4, rows);
-        // a prompt is in: revise at once (as after a request), else when due
-        this.#maybeRevise(prompts > 0);
+        // a prompt is in: revise at once (as after a request), else when due; either after the next
+        // step's submit (#pumpStep) or when the batcher idles
+        if (prompts > 0 || this.#tokensSinceRevision >= this.#settings.updateInterval) this.#reviseDue = true;
       },
+      idle: () => this.#reviseNowIfDue(),
       count: (c) => {
         const k = this.#counters;
         k.prefillTokens += c.prefillTokens ?? 0;
@@ -705,6 +713,13 @@ class MoeEngine implements Engine {
     const f = new Float32Array(staging.getMappedRange(offset, this.#statsBytes).slice(0));
     this.#importance.add(f, tokens);
     this.#tokensSinceRevision += tokens;
+  }
+
+  /** SwapMoE: the revision a batch read found due ({@link Engine.#reviseDue}), now. */
+  #reviseNowIfDue(): void {
+    if (!this.#reviseDue) return;
+    this.#reviseDue = false;
+    this.#maybeRevise(true);
   }
 
   /** SwapMoE: revise the virtual experts when due (or when `force`, after a request). */

@@ -1009,5 +1009,14 @@ Deno.test("swapmoe: /metrics reports how its uploads are paced, the step time on
     const after = await metrics(base);
     assert.equal(metric(after, "swapmoe_decode_step_seconds"), engine.stats().uploadPacing!.stepSeconds);
     assert.ok(metric(after, "swapmoe_decode_step_seconds") > 0);
+    // the waiting between the steps' passes, where the GPU's clock timed them
+    const { idleSeconds, clock } = engine.stats().uploadPacing!;
+    if (clock === "gpu") {
+      assert.equal(metric(after, "swapmoe_decode_step_idle_seconds"), idleSeconds);
+      assert.ok(idleSeconds! >= 0 && idleSeconds! < engine.stats().uploadPacing!.stepSeconds!);
+    } else {
+      assert.equal(idleSeconds, null);
+      assert.doesNotMatch(after, /^swapmoe_decode_step_idle_seconds /m);
+    }
   });
 });

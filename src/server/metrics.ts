@@ -190,6 +190,16 @@ export class Metrics {
           ],
         );
       }
+      if (pacing.idleSeconds !== null) {
+        out.family(
+          "swapmoe_decode_step_idle_seconds",
+          "gauge",
+          "Of a decode step's time without uploads, the GPU's waiting between passes (on the GPU's clock)",
+          [
+            [{}, pacing.idleSeconds],
+          ],
+        );
+      }
     }
     out.family("swapmoe_engine_tokens_total", "counter", "Tokens the engine processed, by phase", [
       [{ phase: "prefill" }, stats.prefillTokens],

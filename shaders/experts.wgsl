@@ -208,8 +208,6 @@ fn gate_up_oss(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 @group(0) @binding(9) var<storage, read> up8: array<vec4<u32>>;
 @group(0) @binding(10) var<storage, read> x4: array<vec4<f32>>;
 
-var<workgroup> rows8: array<f32, 256>; // ≥ WG
-
 @compute @workgroup_size(WG)
 fn gate_up_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) tid: u32) {
@@ -237,14 +235,9 @@ fn gate_up_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
       acc += dot(vec4<f32>(bf16_lo(ww.z), bf16_hi(ww.z), bf16_lo(ww.w), bf16_hi(ww.w)), x4[xrow + 2u * j + 1u]);
     }
   }
-  rows8[tid] = acc;
-  workgroupBarrier();
-  for (var s = lanes / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) { rows8[tid] += rows8[tid + s]; }
-    workgroupBarrier();
-  }
+  wg_sum_runs(tid, lanes, acc);
   if (lane == 0u && !is_up && i < p.inter) {
-    let g = rows8[tid];
-    h[tk * p.inter + i] = g / (1.0 + exp(-g)) * rows8[tid + 4u * lanes];
+    let g = wg_f32[tid];
+    h[tk * p.inter + i] = g / (1.0 + exp(-g)) * wg_f32[tid + 4u * lanes]; // (its up row, four rows on)
   }
 }

@@ -108,8 +108,6 @@ fn down_sum_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 @group(0) @binding(11) var<storage, read> down8: array<vec4<u32>>; // down, 8 bf16 per element
 @group(0) @binding(12) var<storage, read> h4: array<vec4<f32>>;
 
-var<workgroup> rows4: array<f32, 256>; // ≥ WG
-
 @compute @workgroup_size(WG)
 fn down_sum_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) tid: u32) {
@@ -138,11 +136,6 @@ fn down_sum_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
       acc += topk_w[tk] * s;
     }
   }
-  rows4[tid] = acc;
-  workgroupBarrier();
-  for (var s = lanes / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) { rows4[tid] += rows4[tid + s]; }
-    workgroupBarrier();
-  }
-  if (lane == 0u && d < p.dim) { y[t * p.dim + d] += rows4[tid]; }
+  wg_sum_runs(tid, lanes, acc);
+  if (lane == 0u && d < p.dim) { y[t * p.dim + d] += wg_f32[tid]; }
 }

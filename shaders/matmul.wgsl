@@ -93,6 +93,19 @@ override RW: u32 = 8u;
 
 var<workgroup> part8: array<f32, 2048>; // ≥ WG · TT
 
+// part8[r · WG + t], for each of the TT rows r, summed over each run of n neighbouring threads t (n a
+// power of two dividing WG): the run's first thread holds its sum. Called once every thread has
+// written its values.
+fn sum_runs8(tid: u32, n: u32) {
+  workgroupBarrier();
+  for (var s = n / 2u; s > 0u; s >>= 1u) {
+    if (tid % n < s) {
+      for (var r = 0u; r < TT; r++) { part8[r * WG + tid] += part8[r * WG + tid + s]; }
+    }
+    workgroupBarrier();
+  }
+}
+
 @compute @workgroup_size(WG)
 fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) tid: u32) {
@@ -123,13 +136,7 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
       }
       part8[r * WG + tid] = ss;
     }
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-      if (tid < s) {
-        for (var r = 0u; r < TT; r++) { part8[r * WG + tid] += part8[r * WG + tid + s]; }
-      }
-      workgroupBarrier();
-    }
+    sum_runs8(tid, WG);
     for (var r = 0u; r < TT; r++) { inv[r] = inverseSqrt(part8[r * WG] / f32(p.in_dim) + p.eps); }
     workgroupBarrier(); // part8 is written again below
     if (p.norm == 2u && o0 == 0u) {
@@ -160,13 +167,7 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
       }
       part8[r * WG + tid] = d;
     }
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-      if (tid < s) {
-        for (var r = 0u; r < TT; r++) { part8[r * WG + tid] += part8[r * WG + tid + s]; }
-      }
-      workgroupBarrier();
-    }
+    sum_runs8(tid, WG);
     for (var r = 0u; r < TT; r++) { inv[r] = 1.0 / (1.0 + exp(-part8[r * WG])); }
     workgroupBarrier(); // part8 is written again below
   }
@@ -192,13 +193,7 @@ fn gemv8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
   }
   for (var r = 0u; r < TT; r++) { part8[r * WG + tid] = acc[r]; }
-  workgroupBarrier();
-  for (var s = lanes / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) {
-      for (var r = 0u; r < TT; r++) { part8[r * WG + tid] += part8[r * WG + tid + s]; }
-    }
-    workgroupBarrier();
-  }
+  sum_runs8(tid, lanes);
   if (lane < TT && o < p.out_dim && r0 + lane < rows && !is_up) {
     let r = lane;
     var v = part8[r * WG + tid - lane] * inv[r];

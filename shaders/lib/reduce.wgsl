@@ -17,6 +17,18 @@ fn wg_sum(tid: u32, v: f32) -> f32 {
   return wg_f32[0];
 }
 
+// v summed over each run of n neighbouring threads (n a power of two dividing WG): unlike the others, the
+// sums stay in wg_f32, each at its run's first thread.
+fn wg_sum_runs(tid: u32, n: u32, v: f32) {
+  workgroupBarrier();
+  wg_f32[tid] = v;
+  workgroupBarrier();
+  for (var s = n / 2u; s > 0u; s >>= 1u) {
+    if (tid % n < s) { wg_f32[tid] += wg_f32[tid + s]; }
+    workgroupBarrier();
+  }
+}
+
 fn wg_max(tid: u32, v: f32) -> f32 {
   workgroupBarrier();
   wg_f32[tid] = v;

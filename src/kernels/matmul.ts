@@ -169,7 +169,7 @@ function matmulGemv(
       `matmul ${o.label}: a fused norm, SwiGLU or gate needs the fast path (in dimension a multiple of 8)`,
     );
   }
-  if ((o.glu || o.gate) && o.norm || o.glu && o.gate) {
+  if ([o.norm, o.glu, o.gate].filter((f) => f !== undefined).length > 1) {
     throw new RangeError(`matmul ${o.label}: norm, glu and gate are fused one at a time`);
   }
   if (o.glu && (o.glu.offset ?? 0) % 4 !== 0) {

@@ -16,7 +16,7 @@ A=${A:-.before}; B=${B:-.}
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for side in A B; do
     dir=${!side}
-    echo "## round $round, $side ($dir)" | tee -a "$OUT/ab.md"
+    echo "## round $round, $side ($dir), $(date +%T.%N)" | tee -a "$OUT/ab.md"
     (cd "$dir" && timeout "${E2E_TIMEOUT:-200}" $D bench/e2e.ts --model "$MODEL" --configs "$CONFIGS" \
       --new "${NEW:-128}" --prefill 512 --context 1024 --out "$OUT/ab_${side}_${round}.json") 2>&1 |
       grep '^|' | tee -a "$OUT/ab.md"

@@ -3,7 +3,7 @@
  * Writes JSON (one record per configuration) and prints a Markdown table.
  *
  *   deno run -A bench/e2e.ts --model DIR --configs full,swapmoe@4GiB,full/int4,swapmoe@4GiB/bf16+int4 \
- *     [--prompt 32] [--new 128] [--prefill 512] [--context 1024] [--max-upload-mib M] [--batch-tokens N] [--out results.json]
+ *     [--prompt 32] [--new 128] [--prefill 512] [--context 1024] [--max-upload-mib M] [--batch-tokens N] [--warmup 64] [--repeat N] [--out results.json]
  *
  * A config is `policy[@budget][/precision]`: the policy, its budget, and the experts' precision
  * (`expertPrecision`; default bf16). Load and quantizing times are recorded: the first load at a new
@@ -14,12 +14,21 @@
  * tok/s is a `--prefill`-token prompt over the time to its first token. Greedy decoding with
  * end-of-sequence suppressed so every run decodes exactly `--new` tokens. `--max-upload-mib` sets
  * the engines' `maxUploadBytesPerStep` (default: paced by the decode steps' slack), `--batch-tokens` their `maxBatchTokens`
- * (prompt rows per GPU call; default the engine's).
+ * (prompt rows per GPU call; default the engine's). `--warmup N`: tokens decoded untimed first (the
+ * GPU's first steps after the load's idle are slow, see {@link WARMUP_TOKENS}). `--repeat N` times N generations per engine (each one's
+ * rate, GPU step and GPU step chunk by chunk in the JSON's `repeats`; the table shows the first).
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { createEngine, type EngineOptions, type EngineStats, formatBytes, type PolicyName } from "../mod.ts";
+import {
+  createEngine,
+  type Engine,
+  type EngineOptions,
+  type EngineStats,
+  formatBytes,
+  type PolicyName,
+} from "../mod.ts";
 
 /** One measured configuration. */
 export interface E2eRecord {
@@ -50,6 +59,8 @@ export interface E2eRecord {
    * token. Null without timestamp queries.
    */
   gpu: { msPerStep: number; idleMsPerBatch: number; idleMsPerToken: number } | null;
+  /** With `--repeat N` (N > 1): each of the N timed generations of one engine, the first as above. */
+  repeats?: DecodeRun[];
   loadSeconds: number;
   adapter: string;
 }
@@ -61,6 +72,14 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
     return i === 0 ? 1 : 10 + (s % Math.min(1000, vocab - 10));
   });
 }
+
+/**
+ * Tokens decoded, untimed, before the timed generation. On the H200 the first ~25 decode steps after the
+ * load's seconds of GPU idle ran at 3.5–7.3 ms against 2.5–2.7 ms later (bench/e2e.ts --repeat 4, every
+ * slow step in an engine's first generation; docs/runs/h200_run9_repeat_*.json): with the 4 tokens of
+ * warm-up of earlier rounds they fell inside the timed run and made whole runs 10–20 % slow.
+ */
+export const WARMUP_TOKENS = 64;
 
 /** Measures one configuration. */
 export async function measure(
@@ -74,6 +93,10 @@ export async function measure(
     uploadMiB?: number;
     /** `maxBatchTokens`: prompt rows per GPU call (the engine's default when absent). */
     batchTokens?: number;
+    /** Tokens of the untimed generation before the timed ones (default {@link WARMUP_TOKENS}). */
+    warmup?: number;
+    /** Timed generations per engine (default 1): the decode figures are the first's; hit rate, swaps and uploads span all. */
+    repeat?: number;
   },
 ): Promise<E2eRecord> {
   // policy[@budget][/precision], e.g. full, swapmoe@4GiB, full/int4, swapmoe@4GiB/bf16+int4
@@ -105,44 +128,16 @@ export async function measure(
     quantizeSeconds = (performance.now() - quantizeStart) / 1000;
   }
   const vocab = engine.spec.vocabSize;
-  // warm-up: compile pipelines, fill caches
+  // warm-up: compile pipelines, fill caches, and bring the GPU out of the idle of the load: on the H200 a
+  // decode's first ~25 steps after seconds of idle took 2–3 × as long as the later ones (docs/benchmarks.md)
+  const warm = o.warmup ?? WARMUP_TOKENS;
   for await (
-    const _ of engine.generate({ ids: promptIds(o.prompt, vocab, 7), maxTokens: 4, minTokens: 4 })
+    const _ of engine.generate({ ids: promptIds(o.prompt, vocab, 7), maxTokens: warm, minTokens: warm })
   ) { /* */ }
   const before: EngineStats = engine.stats();
-  // Decode rate: the tokens that arrive after the first chunk over the time since the first chunk
-  // (tokens come in chunks of up to 16 per readback, so the first chunk's extra tokens are not timed).
-  let first = 0;
-  let last = 0;
-  let n = 0;
-  let timed = 0;
-  for await (
-    const c of engine.generate({
-      ids: promptIds(o.prompt, vocab, 1),
-      maxTokens: o.newTokens,
-      minTokens: o.newTokens,
-    })
-  ) {
-    if (c.ids.length === 0) continue;
-    if (n === 0) first = performance.now();
-    else timed += c.ids.length;
-    n += c.ids.length;
-    last = performance.now();
-  }
-  if (timed === 0) {
-    throw new RangeError(`--new ${o.newTokens}: every token came in the first chunk, nothing to time`);
-  }
-  const t0g = before.gpuTimeline;
-  const t1g = engine.stats().gpuTimeline;
-  const gpu = t0g && t1g && t1g.steps > t0g.steps
-    ? {
-      msPerStep: (1e3 * (t1g.stepSeconds - t0g.stepSeconds)) / (t1g.steps - t0g.steps),
-      idleMsPerBatch: t1g.gaps > t0g.gaps
-        ? (1e3 * (t1g.gapSeconds - t0g.gapSeconds)) / (t1g.gaps - t0g.gaps)
-        : 0,
-      idleMsPerToken: (1e3 * (t1g.gapSeconds - t0g.gapSeconds)) / n,
-    }
-    : null;
+  const runs: DecodeRun[] = [];
+  for (let i = 0; i < (o.repeat ?? 1); i++) runs.push(await timedDecode(engine, o.prompt, o.newTokens));
+  const [{ tokensPerSecond, gpu, tokens: n }] = runs as [DecodeRun];
   let prefill: number | null = null;
   if (o.prefill > 0) {
     const ids = promptIds(o.prefill, vocab, 3);
@@ -158,7 +153,7 @@ export async function measure(
     precision: s.expertPrecision,
     quantizeSeconds,
     budget: budget ?? null,
-    decodeTokensPerSecond: timed / ((last - first) / 1000),
+    decodeTokensPerSecond: tokensPerSecond,
     prefillTokensPerSecond: prefill,
     newTokens: n,
     promptTokens: o.prompt,
@@ -174,9 +169,69 @@ export async function measure(
     uploadSeconds: s.uploadSeconds - before.uploadSeconds,
     uploadPacing: s.uploadPacing ?? null,
     gpu,
+    repeats: runs.length > 1 ? runs : undefined,
     loadSeconds,
     adapter: s.gpu.description,
   };
+}
+
+/** One timed generation: its decode rate, its steps on the GPU's clock, overall and chunk by chunk. */
+export interface DecodeRun {
+  tokensPerSecond: number;
+  tokens: number;
+  gpu: E2eRecord["gpu"];
+  /** GPU milliseconds a step over each chunk's steps (one readback each), in order. */
+  chunkMsPerStep: number[];
+}
+
+/**
+ * Decodes `newTokens` greedy tokens after a `prompt`-token prompt. The rate counts the tokens that arrive
+ * after the first chunk over the time since the first chunk (tokens come in chunks of up to 16 per
+ * readback, so the first chunk's extra tokens are not timed).
+ */
+async function timedDecode(engine: Engine, prompt: number, newTokens: number): Promise<DecodeRun> {
+  const vocab = engine.spec.vocabSize;
+  const before = engine.stats().gpuTimeline;
+  let first = 0;
+  let last = 0;
+  let n = 0;
+  let timed = 0;
+  const chunkMsPerStep: number[] = [];
+  let mark = before;
+  for await (
+    const c of engine.generate({
+      ids: promptIds(prompt, vocab, 1),
+      maxTokens: newTokens,
+      minTokens: newTokens,
+    })
+  ) {
+    if (c.ids.length === 0) continue;
+    if (n === 0) first = performance.now();
+    else timed += c.ids.length;
+    n += c.ids.length;
+    last = performance.now();
+    const now = engine.stats().gpuTimeline;
+    if (mark && now && now.steps > mark.steps) {
+      chunkMsPerStep.push(
+        +((1e3 * (now.stepSeconds - mark.stepSeconds)) / (now.steps - mark.steps)).toFixed(3),
+      );
+    }
+    mark = now;
+  }
+  if (timed === 0) {
+    throw new RangeError(`--new ${newTokens}: every token came in the first chunk, nothing to time`);
+  }
+  const after = engine.stats().gpuTimeline;
+  const gpu = before && after && after.steps > before.steps
+    ? {
+      msPerStep: (1e3 * (after.stepSeconds - before.stepSeconds)) / (after.steps - before.steps),
+      idleMsPerBatch: after.gaps > before.gaps
+        ? (1e3 * (after.gapSeconds - before.gapSeconds)) / (after.gaps - before.gaps)
+        : 0,
+      idleMsPerToken: (1e3 * (after.gapSeconds - before.gapSeconds)) / n,
+    }
+    : null;
+  return { tokensPerSecond: timed / ((last - first) / 1000), tokens: n, gpu, chunkMsPerStep };
 }
 
 /** A Markdown table of records. */
@@ -209,6 +264,8 @@ if (import.meta.main) {
       out: { type: "string" },
       "max-upload-mib": { type: "string" },
       "batch-tokens": { type: "string" },
+      repeat: { type: "string", default: "1" },
+      warmup: { type: "string", default: String(WARMUP_TOKENS) },
     },
   });
   const rows: E2eRecord[] = [];
@@ -223,6 +280,8 @@ if (import.meta.main) {
         context: Number(values.context),
         uploadMiB: values["max-upload-mib"] === undefined ? undefined : Number(values["max-upload-mib"]),
         batchTokens: values["batch-tokens"] === undefined ? undefined : Number(values["batch-tokens"]),
+        repeat: Number(values.repeat),
+        warmup: Number(values.warmup),
       });
       rows.push(r);
       console.error(JSON.stringify(r));

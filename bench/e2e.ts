@@ -74,10 +74,11 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
 }
 
 /**
- * Tokens decoded, untimed, before the timed generation. On the H200 the first ~25 decode steps after the
- * load's seconds of GPU idle ran at 3.5–7.3 ms against 2.5–2.7 ms later (bench/e2e.ts --repeat 4, every
- * slow step in an engine's first generation; docs/runs/h200_run9_repeat_*.json): with the 4 tokens of
- * warm-up of earlier rounds they fell inside the timed run and made whole runs 10–20 % slow.
+ * Tokens decoded, untimed, before the timed generation. On the H200 (bench/e2e.ts --repeat 4, 12 engines,
+ * docs/runs/h200_run9_repeat_*.json) the slow runs were all first generations: their first 3–5 readbacks
+ * (7–31 steps) ran at 3.5–7.3 ms a step against 2.5–2.7 later, in one `full` engine of six (the GPU after
+ * the load's idle) and in every `swapmoe` engine (also its first swaps, as the resident set settles).
+ * With the 4 tokens of warm-up of earlier rounds they fell inside the timed run: whole runs 5–20 % slow.
  */
 export const WARMUP_TOKENS = 64;
 
@@ -128,8 +129,8 @@ export async function measure(
     quantizeSeconds = (performance.now() - quantizeStart) / 1000;
   }
   const vocab = engine.spec.vocabSize;
-  // warm-up: compile pipelines, fill caches, and bring the GPU out of the idle of the load: on the H200 a
-  // decode's first ~25 steps after seconds of idle took 2–3 × as long as the later ones (docs/benchmarks.md)
+  // warm-up: compile pipelines, fill caches, and time the steady state: an engine's first steps after the
+  // load can take 2–3 × as long as the later ones (WARMUP_TOKENS)
   const warm = o.warmup ?? WARMUP_TOKENS;
   for await (
     const _ of engine.generate({ ids: promptIds(o.prompt, vocab, 7), maxTokens: warm, minTokens: warm })

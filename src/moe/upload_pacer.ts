@@ -14,7 +14,8 @@
  *   sequences (a batch of eight sequences takes longer than one of one). When a baseline is missing or
  *   `probeEvery` batches old, the next batch is a probe: it uploads nothing and measures it. A batch
  *   that uploaded and still waited less (ran faster, on the host's clock) than the baseline lowers it
- *   to its own: uploads only add time, so the probe met a slow spell.
+ *   to its own: uploads only add time, so the probe met a slow spell. On the GPU's clock every batch
+ *   also measures the passes' own time, which uploads do not change, and the baseline's step follows it.
  * - A **share** of that step time that uploads may take, at the measured upload rate, adjusted after
  *   every batch that uploaded (additive increase, multiplicative decrease): a batch whose uploads cost
  *   more than `tolerance` of a step halves it, one within it raises it by `maxShare / 16`.
@@ -235,8 +236,13 @@ export class UploadPacer {
     const s = this.settings;
     let over: boolean;
     if (idle !== undefined && base.idleSeconds !== undefined) {
-      // the GPU's clock: the waiting between passes beyond the baseline's, against a step of this batch
+      // the GPU's clock: uploads add only waiting, so every batch measures the passes' own time, and the
+      // baseline's step follows it (a probe among an engine's first steps after the load measured 4.9 ms
+      // a step against 2.7 later, H200 2026-12-03, and sized every step's credit by it for 16 batches)
+      const busy = base.stepSeconds - base.idleSeconds;
       if (idle < base.idleSeconds) base.idleSeconds = idle; // (as below: the probe waited more)
+      base.stepSeconds = base.idleSeconds + (1 - EWMA) * busy + EWMA * (step - idle);
+      // the waiting between passes beyond the baseline's, against a step of this batch
       over = idle - base.idleSeconds > s.tolerance * (step - idle + base.idleSeconds);
     } else {
       // uploads only add time: steps that uploaded and still ran faster show the baseline too high (a

@@ -14,9 +14,10 @@
  * tok/s is a `--prefill`-token prompt over the time to its first token. Greedy decoding with
  * end-of-sequence suppressed so every run decodes exactly `--new` tokens. `--max-upload-mib` sets
  * the engines' `maxUploadBytesPerStep` (default: paced by the decode steps' slack), `--batch-tokens` their `maxBatchTokens`
- * (prompt rows per GPU call; default the engine's). `--warmup N`: tokens decoded untimed first (the
- * GPU's first steps after the load's idle are slow, see {@link WARMUP_TOKENS}). `--repeat N` times N generations per engine (each one's
- * rate, GPU step and GPU step chunk by chunk in the JSON's `repeats`; the table shows the first).
+ * (prompt rows per GPU call; default the engine's). `--warmup N`: tokens decoded untimed first (an
+ * engine's first steps after the load are slow, see {@link WARMUP_TOKENS}; 0: none). `--repeat N` times N
+ * generations per engine (each one's rate, GPU step and GPU step chunk by chunk in the JSON's `repeats`;
+ * the table shows the first).
  *
  * @module
  */
@@ -132,9 +133,11 @@ export async function measure(
   // warm-up: compile pipelines, fill caches, and time the steady state: an engine's first steps after the
   // load can take 2–3 × as long as the later ones (WARMUP_TOKENS)
   const warm = o.warmup ?? WARMUP_TOKENS;
-  for await (
-    const _ of engine.generate({ ids: promptIds(o.prompt, vocab, 7), maxTokens: warm, minTokens: warm })
-  ) { /* */ }
+  if (warm > 0) {
+    for await (
+      const _ of engine.generate({ ids: promptIds(o.prompt, vocab, 7), maxTokens: warm, minTokens: warm })
+    ) { /* */ }
+  }
   const before: EngineStats = engine.stats();
   const runs: DecodeRun[] = [];
   for (let i = 0; i < (o.repeat ?? 1); i++) runs.push(await timedDecode(engine, o.prompt, o.newTokens));
@@ -269,6 +272,13 @@ if (import.meta.main) {
       warmup: { type: "string", default: String(WARMUP_TOKENS) },
     },
   });
+  for (const [flag, least] of [["repeat", 1], ["warmup", 0]] as const) {
+    const v = Number(values[flag]);
+    if (!Number.isInteger(v) || v < least) {
+      console.error(`--${flag} ${values[flag]}: expected a whole number of at least ${least}`);
+      Deno.exit(2);
+    }
+  }
   const rows: E2eRecord[] = [];
   for (const config of values.configs!.split(",")) {
     const [policy] = config.split("@");

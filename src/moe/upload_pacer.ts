@@ -15,7 +15,7 @@
  *   `probeEvery` batches old, the next batch is a probe: it uploads nothing and measures it. A batch
  *   that uploaded and still waited less (ran faster, on the host's clock) than the baseline lowers it
  *   to its own: uploads only add time, so the probe met a slow spell. On the GPU's clock every batch
- *   also measures the passes' own time, which uploads do not change, and the baseline's step follows it.
+ *   also measures the passes' own time, and the baseline's step follows it down.
  * - A **share** of that step time that uploads may take, at the measured upload rate, adjusted after
  *   every batch that uploaded (additive increase, multiplicative decrease): a batch whose uploads cost
  *   more than `tolerance` of a step halves it, one within it raises it by `maxShare / 16`.
@@ -236,12 +236,14 @@ export class UploadPacer {
     const s = this.settings;
     let over: boolean;
     if (idle !== undefined && base.idleSeconds !== undefined) {
-      // the GPU's clock: uploads add only waiting, so every batch measures the passes' own time, and the
-      // baseline's step follows it (a probe among an engine's first steps after the load measured 4.9 ms
-      // a step against 2.7 later, H200 2026-12-03, and sized every step's credit by it for 16 batches)
+      // the GPU's clock: every batch measures the passes' own time too. Passes faster than the baseline's
+      // show that its probe met a slow spell (an engine's first steps after the load: 4.9 ms a step against
+      // 2.7 later, H200 2026-12-03, which sized every step's credit for 16 batches), and the baseline
+      // follows them down; slower ones may be the uploads' copies sharing the memory: only probes raise it
       const busy = base.stepSeconds - base.idleSeconds;
+      const passes = step - idle;
       if (idle < base.idleSeconds) base.idleSeconds = idle; // (as below: the probe waited more)
-      base.stepSeconds = base.idleSeconds + (1 - EWMA) * busy + EWMA * (step - idle);
+      base.stepSeconds = base.idleSeconds + (passes < busy ? (1 - EWMA) * busy + EWMA * passes : busy);
       // the waiting between passes beyond the baseline's, against a step of this batch
       over = idle - base.idleSeconds > s.tolerance * (step - idle + base.idleSeconds);
     } else {

@@ -207,14 +207,19 @@ for (const precision of ["bf16", "int8", "int4", "mxfp4"] as const) {
 // decoded together, a prefill chunk of 64 rows (the default maxBatchTokens) and of 512, every expert
 // resident, routed uniformly at random (seeded): the GEMV path
 // (each token-expert reads its expert's weights) against the grouped path (group, tiled gate_up, tiled
-// down, combine) at the default tile and two others. `bytes` is what must come from memory at least:
+// down, combine) at the default tile and three others. `bytes` is what must come from memory at least:
 // every routed expert's weights once, and the activations; the GEMV path requests each expert's weights
 // T·K/E times (8 or 64), mostly from cache.
 {
   const K = 8, E = 64, D = 2048, I = 1024;
   const rows = [8, 16, 64, 512];
   const Tmax = Math.max(...rows);
-  const tiles: TileShape[] = [EXPERT_TILE, { tokens: 32, rows: 128 }, { tokens: 64, rows: 64 }];
+  const tiles: TileShape[] = [
+    EXPERT_TILE,
+    { tokens: 32, rows: 128 },
+    { tokens: 64, rows: 64 },
+    { tokens: 128, rows: 64 },
+  ];
   let seed = 7;
   const rand = () => (seed = (seed * 1664525 + 1013904223) >>> 0) / 2 ** 32;
   const routing = new Uint32Array(Tmax * K);

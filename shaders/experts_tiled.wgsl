@@ -12,21 +12,31 @@
 //!include expert_formats.wgsl
 //!include expert_tiles.wgsl
 
-@group(0) @binding(4) var<storage, read> x: array<f32>;
-@group(0) @binding(5) var<storage, read> gate: array<u32>;
-@group(0) @binding(6) var<storage, read> up: array<u32>;
+@group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> gate: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> up: array<vec4<u32>>;
 @group(0) @binding(7) var<storage, read_write> h: array<f32>;
 
 const GATE: u32 = 0u;
 const UP: u32 = 1u;
 
+// The matrices and x as vec4 arrays (lib/expert_tiles.wgsl loads whole quads); words and elements one by one
+// for the other formats and columns.
+fn weight4(m: u32, i4: u32) -> vec4<u32> {
+  if (m == GATE) { return gate[i4]; }
+  return up[i4];
+}
+
 fn weight(m: u32, i: u32) -> u32 {
-  if (m == GATE) { return gate[i]; }
-  return up[i];
+  return weight4(m, i / 4u)[i % 4u];
+}
+
+fn input4(m: u32, i4: u32) -> vec4<f32> {
+  return x[i4];
 }
 
 fn input(m: u32, i: u32) -> f32 {
-  return x[i];
+  return x[i / 4u][i % 4u];
 }
 
 // The tile × (block of rows): copy and format from the tile's slot-table entry, inputs x[tk / K].

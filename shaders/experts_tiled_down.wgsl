@@ -10,18 +10,28 @@
 //!include expert_formats.wgsl
 //!include expert_tiles.wgsl
 
-@group(0) @binding(7) var<storage, read> h: array<f32>;
-@group(0) @binding(9) var<storage, read> down: array<u32>;
+@group(0) @binding(7) var<storage, read> h: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> down: array<vec4<u32>>;
 @group(0) @binding(12) var<storage, read_write> yk: array<f32>;
 
 const DOWN: u32 = 2u;
 
+// down and h as vec4 arrays (lib/expert_tiles.wgsl loads whole quads); words and elements one by one for
+// the other formats and columns.
+fn weight4(m: u32, i4: u32) -> vec4<u32> {
+  return down[i4];
+}
+
 fn weight(m: u32, i: u32) -> u32 {
-  return down[i];
+  return down[i / 4u][i % 4u];
+}
+
+fn input4(m: u32, i4: u32) -> vec4<f32> {
+  return h[i4];
 }
 
 fn input(m: u32, i: u32) -> f32 {
-  return h[i];
+  return h[i / 4u][i % 4u];
 }
 
 // yk[tk, d] = h[tk] · down_s[d] for the tile's tk and BLOCK rows d.

@@ -103,7 +103,11 @@ fn octet(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, c: u32) -> O
     // two weights a word; a row holds cols / 2 words (cols is even)
     let at = base + (r * cols + c) / 2u;
     var w = vec4<u32>(0u);
-    for (var q = 0u; q < min(cols - c, 8u) / 2u; q++) { w[q] = weight(m, at + q); }
+    if (c + 8u <= cols) {
+      w = vec4<u32>(weight(m, at), weight(m, at + 1u), weight(m, at + 2u), weight(m, at + 3u));
+    } else {
+      for (var q = 0u; q < min(cols - c, 8u) / 2u; q++) { w[q] = weight(m, at + q); }
+    }
     o.lo = vec4<f32>(bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y));
     o.hi = vec4<f32>(bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w));
     return o;

@@ -4,7 +4,11 @@
 // of BK, staging both operands in workgroup memory, so that each weight it reads serves the tile's TILE
 // tokens (the GEMV kernels read an expert's weights once per token). The weights are dequantized from the
 // tier's format while they are staged (expert_formats.wgsl `octet`). The including shader includes
-// expert_slots.wgsl and expert_formats.wgsl first, and sets every override below that has no initializer.
+// expert_slots.wgsl and expert_formats.wgsl first, sets every override below that has no initializer, and
+// binds its matrices and input as vec4 arrays: besides `weight(m, i)` and `input(m, i)` it defines
+// `weight4(m, i4)` (words 4·i4 … 4·i4 + 3 of matrix m) and `input4(m, i4)` (elements 4·i4 … 4·i4 + 3 of
+// its input). Every buffer's size is a multiple of 16 bytes (src/gpu/memory.ts `allocatedSize`), so the
+// vec4 arrays reach each word.
 //
 //   route: u32 words (experts_group.wgsl): [0] the tile count; [1, 1 + T·K) the token-expert rows tk
 //          grouped by expert; from 1 + T·K three words per tile: the expert's slot-table entry, the
@@ -78,6 +82,11 @@ fn tile_matmul(fmt: u32, base: u32, hv: Halves, rows: u32, cols: u32, count: u32
   let rq = tid % RQ;
   let half = BLOCK / 2u;
   var acc = Acc();
+  // Where the columns come in whole quads, each thread loads its input quad and (bf16) its weight octet as
+  // one vec4 each: four scalar loads of neighbouring words, or a loop over them, cost 1.2–1.4 × the time
+  // (bench/kernels.ts, H200). Uniform across the workgroup.
+  let x_quads = cols % 4u == 0u;
+  let w_quads = fmt == BF16 && cols % 8u == 0u && base % 4u == 0u;
   for (var c0 = 0u; c0 < cols; c0 += BK) {
     // TILE · BK / 4 quads (four neighbouring columns of one token's input)
     for (var s = tid; s < TILE * (BK / 4u); s += THREADS) {
@@ -86,24 +95,45 @@ fn tile_matmul(fmt: u32, base: u32, hv: Halves, rows: u32, cols: u32, count: u32
       var v = vec4<f32>(0.0);
       if (j < count && c0 + k0 < cols) {
         let at = (tile_tk[j] / per_row) * cols + c0 + k0;
-        for (var i = 0u; i < min(cols - c0 - k0, 4u); i++) { v[i] = input(hv.m0, at + i); }
+        if (x_quads) {
+          v = input4(hv.m0, at / 4u);
+        } else {
+          for (var i = 0u; i < min(cols - c0 - k0, 4u); i++) { v[i] = input(hv.m0, at + i); }
+        }
       }
-      for (var i = 0u; i < 4u; i++) { xs[(k0 + i) * (TILE / 4u) + j / 4u][j % 4u] = v[i]; }
+      let xq = k0 * (TILE / 4u) + j / 4u;
+      xs[xq][j % 4u] = v.x;
+      xs[xq + TILE / 4u][j % 4u] = v.y;
+      xs[xq + 2u * (TILE / 4u)][j % 4u] = v.z;
+      xs[xq + 3u * (TILE / 4u)][j % 4u] = v.w;
     }
     // BLOCK · BK / 8 octets (a row's eight neighbouring columns), dequantized
     for (var o = tid; o < BLOCK * (BK / 8u); o += THREADS) {
       let r = o / (BK / 8u);
       let k0 = 8u * (o % (BK / 8u));
-      var w: Octet;
-      if (r < half) {
-        w = octet(hv.m0, fmt, base, rows, cols, hv.r0 + r, c0 + k0);
+      // block row r: row r0 + r of matrix m0, or row r1 + r − half of matrix m1
+      let m = select(hv.m1, hv.m0, r < half);
+      let row = select(hv.r1 + r - half, hv.r0 + r, r < half);
+      var w = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
+      if (w_quads) {
+        if (row < rows && c0 + k0 < cols) {
+          let q = weight4(m, (base + (row * cols + c0 + k0) / 2u) / 4u);
+          w = Octet(vec4<f32>(bf16_lo(q.x), bf16_hi(q.x), bf16_lo(q.y), bf16_hi(q.y)),
+                    vec4<f32>(bf16_lo(q.z), bf16_hi(q.z), bf16_lo(q.w), bf16_hi(q.w)));
+        }
       } else {
-        w = octet(hv.m1, fmt, base, rows, cols, hv.r1 + r - half, c0 + k0);
+        w = octet(m, fmt, base, rows, cols, row, c0 + k0);
       }
-      for (var i = 0u; i < 4u; i++) {
-        ws[(k0 + i) * (BLOCK / 4u) + r / 4u][r % 4u] = w.lo[i];
-        ws[(k0 + 4u + i) * (BLOCK / 4u) + r / 4u][r % 4u] = w.hi[i];
-      }
+      let wq = k0 * (BLOCK / 4u) + r / 4u;
+      let c = r % 4u;
+      ws[wq][c] = w.lo.x;
+      ws[wq + BLOCK / 4u][c] = w.lo.y;
+      ws[wq + 2u * (BLOCK / 4u)][c] = w.lo.z;
+      ws[wq + 3u * (BLOCK / 4u)][c] = w.lo.w;
+      ws[wq + 4u * (BLOCK / 4u)][c] = w.hi.x;
+      ws[wq + 5u * (BLOCK / 4u)][c] = w.hi.y;
+      ws[wq + 6u * (BLOCK / 4u)][c] = w.hi.z;
+      ws[wq + 7u * (BLOCK / 4u)][c] = w.hi.w;
     }
     workgroupBarrier();
     // threads whose four tokens are past the tile's rows skip (a tile is often part full): whole warps

@@ -17,15 +17,19 @@ export type MemoryCategory = "dense" | "experts" | "kv" | "activations" | "stagi
 export interface Allocation {
   /** Label, unique within its list (the key of {@link GpuMemory.allocAll}'s map). */
   readonly name: string;
-  /** Bytes asked for; allocated rounded up to 4 ({@link allocatedSize}). */
+  /** Bytes asked for; allocated rounded up to 16 ({@link allocatedSize}). */
   readonly bytes: number;
   readonly usage: GPUBufferUsageFlags;
   readonly category: MemoryCategory;
 }
 
-/** Bytes a buffer of `size` takes: rounded up to a multiple of 4, at least 4 (WebGPU copies 4-byte units). */
+/**
+ * Bytes a buffer of `size` takes: rounded up to a multiple of 16, at least 16. WebGPU copies 4-byte units,
+ * and kernels that bind a buffer as an array of vec4s (shaders/lib/expert_tiles.wgsl) reach its last
+ * words only when its size is a whole number of them.
+ */
 export function allocatedSize(size: number): number {
-  return Math.max(4, Math.ceil(size / 4) * 4);
+  return Math.max(16, Math.ceil(size / 16) * 16);
 }
 
 /** Bytes that allocating every entry of `list` takes. */
@@ -80,7 +84,7 @@ export class GpuMemory {
   }
 
   /**
-   * Creates a buffer of `size` bytes (rounded up to 4). Throws {@link BudgetError} when the limit
+   * Creates a buffer of `size` bytes (rounded up to 16). Throws {@link BudgetError} when the limit
    * would be exceeded, before anything is allocated.
    */
   alloc(

@@ -294,7 +294,7 @@ Deno.test("experts, grouped path: the other tile shapes bench/kernels.ts times, 
   const env = { ...kernelContext(device, 64), device };
   try {
     // fewer threads than a stage's x quads or octets: the staging loops go round more than once
-    for (const tile of [{ tokens: 32, rows: 128 }, { tokens: 64, rows: 64 }]) {
+    for (const tile of [{ tokens: 32, rows: 128 }, { tokens: 64, rows: 64 }, { tokens: 128, rows: 64 }]) {
       for (const ci of [1, 2, 9]) {
         await checkCase(env, CASES[ci]!, ci, 80, 80, tile);
         gpu.assertAlive();

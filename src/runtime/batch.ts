@@ -56,9 +56,12 @@ export const IN_FLIGHT = 3;
  * GPU time a batch submits before it reads the oldest batch in flight, so that the read's wait runs
  * beside work: on the H200 at the OLMoE shape, after 2 steps (~5 ms) the read outlasted them (steps
  * stretched to 3.09–3.59 ms, decode 300–312 tok/s), after 4 (~11 ms) not (2.68–3.08 ms, 316–359 tok/s;
- * A/B in one call, docs/benchmarks.md). Counted in steps of the last batch's GPU time per step.
+ * A/B in one call, docs/benchmarks.md). The map read settles 10–11 ms after the drain that its call waited
+ * for, and the next step reaches the GPU ~1.5 ms after that (bench/host_trace.ts: every submit and map
+ * timed, 2026-12-03): with steps of 2.49 ms, 4 steps (10 ms) ran out ~1.4 ms before it, every
+ * batch. So 14 ms. Counted in steps of the last batch's GPU time per step.
  */
-export const READ_AFTER_SECONDS = 0.010;
+export const READ_AFTER_SECONDS = 0.014;
 /** Steps before that read while no step has been timed yet (a device without timestamps). */
 export const READ_AFTER_STEPS = 4;
 /** Most prompt rows a step runs while other generations decode in it (without them, `maxRows`). */

@@ -241,3 +241,58 @@ fn gate_up_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     h[tk * p.inter + i] = g / (1.0 + exp(-g)) * wg_f32[tid + 4u * lanes]; // (its up row, four rows on)
   }
 }
+
+// The int4 fast path of `gate_up` (every copy int4, dim a multiple of 32, every copy's words a multiple
+// of 4): h[tk, i…i+3] = silu(x[t] · gate_s[i]) * (x[t] · up_s[i]), one workgroup per tk and four of i.
+// Thread j takes the groups of 32 columns j, j + WG, …: it loads a group's 32 inputs once, then for each
+// of the eight rows (gate and up rows i…i+3) the group's 32 codes as one vec4<u32>, with their scale and
+// minimum (`gate_up` reads a word at a time, with a scale and a minimum per word).
+// Word `w` of gate or up through their vec4 views.
+fn word8(is_up: bool, w: u32) -> u32 {
+  if (is_up) { return up8[w / 4u][w % 4u]; }
+  return gate8[w / 4u][w % 4u];
+}
+
+// Group gi (row · groups + g) of the int4 copy of gate or up from word `base` against its inputs x.
+fn gate_up_group(is_up: bool, base: u32, gi: u32, x: Group32) -> f32 {
+  let n = p.inter * p.dim;
+  let scales = base + n / 8u; // the f16 scales (word index), then the minimums
+  let mins = scales + (n / GROUP + 1u) / 2u;
+  var q: vec4<u32>;
+  if (is_up) { q = up8[base / 4u + gi]; } else { q = gate8[base / 4u + gi]; } // a group is four words
+  let d = int4_group(q, x);
+  return half_of(word8(is_up, scales + gi / 2u), gi) * d.x + half_of(word8(is_up, mins + gi / 2u), gi) * d.y;
+}
+
+@compute @workgroup_size(WG)
+fn gate_up_int4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) tid: u32) {
+  let lin = linear_wg(wg, nwg);
+  let rows_tk = step.t * p.top_k;
+  let tk = lin % rows_tk;
+  let i0 = 4u * (lin / rows_tk);
+  if (i0 >= p.inter) { return; } // (a 2D grid's last workgroups are past the end)
+  let t = tk / p.top_k;
+  let entry = entry_of(tk);
+  var ga = vec4<f32>(0.0); // gate rows i0 … i0 + 3
+  var ua = vec4<f32>(0.0); // up rows
+  if (entry >= 0) {
+    let base = copy_at(entry).base;
+    let groups = p.dim / GROUP;
+    let r = (vec4<u32>(i0) + vec4<u32>(0u, 1u, 2u, 3u)) * groups; // (inter is a multiple of 32: all four exist)
+    let xrow = t * (p.dim / 4u);
+    for (var g = tid; g < groups; g += WG) {
+      let a = xrow + 8u * g;
+      let x = Group32(x4[a], x4[a + 1u], x4[a + 2u], x4[a + 3u], x4[a + 4u], x4[a + 5u], x4[a + 6u], x4[a + 7u]);
+      ga += vec4<f32>(gate_up_group(false, base, r.x + g, x), gate_up_group(false, base, r.y + g, x),
+        gate_up_group(false, base, r.z + g, x), gate_up_group(false, base, r.w + g, x));
+      ua += vec4<f32>(gate_up_group(true, base, r.x + g, x), gate_up_group(true, base, r.y + g, x),
+        gate_up_group(true, base, r.z + g, x), gate_up_group(true, base, r.w + g, x));
+    }
+  }
+  let sg = wg_sum4(tid, ga);
+  let su = wg_sum4(tid, ua);
+  if (tid == 0u) {
+    for (var q = 0u; q < 4u; q++) { h[tk * p.inter + i0 + q] = sg[q] / (1.0 + exp(-sg[q])) * su[q]; }
+  }
+}

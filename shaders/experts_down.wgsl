@@ -139,3 +139,44 @@ fn down_sum_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
   wg_sum_runs(tid, lanes, acc);
   if (lane == 0u && d < p.dim) { y[t * p.dim + d] += wg_f32[tid]; }
 }
+
+// The int4 fast path of `down_sum` (every copy int4, inter a multiple of 32, every copy's words a multiple
+// of 4): y[t, d…d+3] += Σ_k w[t, k] · (h[t·K + k] · down_s[d]), one workgroup per t and four of d. Thread
+// j takes the (k, group of 32 columns) pairs j, j + WG, …: it loads the group's 32 of h once, then for
+// each of the four rows the group's 32 codes as one vec4<u32>, with their scale and minimum.
+fn down_group(base: u32, gi: u32, x: Group32) -> f32 {
+  let n = p.dim * p.inter;
+  let scales = base + n / 8u; // the f16 scales (word index), then the minimums
+  let mins = scales + (n / GROUP + 1u) / 2u;
+  let d = int4_group(down8[base / 4u + gi], x); // a group is four words
+  let sw = scales + gi / 2u;
+  let mw = mins + gi / 2u;
+  return half_of(down8[sw / 4u][sw % 4u], gi) * d.x + half_of(down8[mw / 4u][mw % 4u], gi) * d.y;
+}
+
+@compute @workgroup_size(WG)
+fn down_sum_int4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) tid: u32) {
+  let lin = linear_wg(wg, nwg);
+  let t = lin % step.t;
+  let d0 = 4u * (lin / step.t);
+  if (d0 >= p.dim) { return; } // (a 2D grid's last workgroups are past the end)
+  let groups = p.inter / GROUP;
+  let r = (vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u)) * groups; // (dim is a multiple of 32: all four exist)
+  var acc = vec4<f32>(0.0);
+  for (var j = tid; j < p.top_k * groups; j += WG) {
+    let tk = t * p.top_k + j / groups;
+    let g = j % groups;
+    let entry = entry_of(tk);
+    if (entry < 0) { continue; }
+    let base = copy_at(entry).base;
+    let a = tk * (p.inter / 4u) + 8u * g;
+    let x = Group32(h4[a], h4[a + 1u], h4[a + 2u], h4[a + 3u], h4[a + 4u], h4[a + 5u], h4[a + 6u], h4[a + 7u]);
+    acc += topk_w[tk] * vec4<f32>(down_group(base, r.x + g, x), down_group(base, r.y + g, x),
+      down_group(base, r.z + g, x), down_group(base, r.w + g, x));
+  }
+  let sum = wg_sum4(tid, acc);
+  if (tid == 0u) {
+    for (var q = 0u; q < 4u; q++) { y[t * p.dim + d0 + q] += sum[q]; }
+  }
+}

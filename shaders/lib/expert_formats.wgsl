@@ -27,6 +27,41 @@ fn half_at(m: u32, at: u32, idx: u32) -> f32 {
   return select(v.x, v.y, (idx & 1u) == 1u);
 }
 
+// The int4 codes of word w as f32, columns 0…3 (lo) and 4…7 (hi): code k sits at bits 4k.
+fn int4_lo(w: u32) -> vec4<f32> {
+  return vec4<f32>(vec4<u32>(w, w >> 4u, w >> 8u, w >> 12u) & vec4<u32>(15u));
+}
+
+fn int4_hi(w: u32) -> vec4<f32> {
+  return vec4<f32>(vec4<u32>(w >> 16u, w >> 20u, w >> 24u, w >> 28u) & vec4<u32>(15u));
+}
+
+// The 32 inputs of one group of 32 columns, four to a vec4.
+struct Group32 {
+  x0: vec4<f32>,
+  x1: vec4<f32>,
+  x2: vec4<f32>,
+  x3: vec4<f32>,
+  x4: vec4<f32>,
+  x5: vec4<f32>,
+  x6: vec4<f32>,
+  x7: vec4<f32>,
+}
+
+// One int4 group (q: its 32 codes, four words) against its inputs: (Σ code · x, Σ x). The group's weights
+// are code · scale + minimum, so its share of a dot product is scale · .x + minimum · .y.
+fn int4_group(q: vec4<u32>, x: Group32) -> vec2<f32> {
+  let codes = (dot(int4_lo(q.x), x.x0) + dot(int4_hi(q.x), x.x1)) + (dot(int4_lo(q.y), x.x2) + dot(int4_hi(q.y), x.x3)) +
+    ((dot(int4_lo(q.z), x.x4) + dot(int4_hi(q.z), x.x5)) + (dot(int4_lo(q.w), x.x6) + dot(int4_hi(q.w), x.x7)));
+  return vec2<f32>(codes, dot(((x.x0 + x.x1) + (x.x2 + x.x3)) + ((x.x4 + x.x5) + (x.x6 + x.x7)), vec4<f32>(1.0)));
+}
+
+// The f16 at half-word `idx` of a pair of halves `w` (its word): the low half when idx is even.
+fn half_of(w: u32, idx: u32) -> f32 {
+  let v = unpack2x16float(w);
+  return select(v.x, v.y, (idx & 1u) == 1u);
+}
+
 // Columns per u32 word of a format: two bf16 weights, four int8 codes, eight int4 or e2m1 codes.
 fn per_word(fmt: u32) -> u32 {
   if (fmt == BF16) { return 2u; }
@@ -74,10 +109,8 @@ fn word_dot(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, j: u32, x
   let w = weight(m, base + r * (cols / 8u) + j);
   let g = g0 + j / 4u;
   if (fmt == INT4) {
-    let lo = vec4<f32>(vec4<u32>(w, w >> 4u, w >> 8u, w >> 12u) & vec4<u32>(15u));
-    let hi = vec4<f32>(vec4<u32>(w >> 16u, w >> 20u, w >> 24u, w >> 28u) & vec4<u32>(15u));
     let scales = base + n / 8u;
-    return half_at(m, scales, g) * (dot(lo, xs.a) + dot(hi, xs.b)) + half_at(m, scales + (n / GROUP + 1u) / 2u, g) * xs.sum;
+    return half_at(m, scales, g) * (dot(int4_lo(w), xs.a) + dot(int4_hi(w), xs.b)) + half_at(m, scales + (n / GROUP + 1u) / 2u, g) * xs.sum;
   }
   // MXFP4
   let lo = vec4<f32>(e2m1(w & 15u), e2m1((w >> 4u) & 15u), e2m1((w >> 8u) & 15u), e2m1((w >> 12u) & 15u));
@@ -128,8 +161,8 @@ fn octet(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, c: u32) -> O
     let scales = base + n / 8u;
     let s = half_at(m, scales, g);
     let mn = half_at(m, scales + (n / GROUP + 1u) / 2u, g);
-    o.lo = vec4<f32>(vec4<u32>(w, w >> 4u, w >> 8u, w >> 12u) & vec4<u32>(15u)) * s + mn;
-    o.hi = vec4<f32>(vec4<u32>(w >> 16u, w >> 20u, w >> 24u, w >> 28u) & vec4<u32>(15u)) * s + mn;
+    o.lo = int4_lo(w) * s + mn;
+    o.hi = int4_hi(w) * s + mn;
     return o;
   }
   // MXFP4: the scale 2^(e − 127) built from its bits (e = 0 is the subnormal 2^−127)

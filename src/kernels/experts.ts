@@ -72,6 +72,8 @@ export const DOWN_THREADS = 256;
  * same four of up), 32 threads a row.
  */
 const GATE_UP8_THREADS = 256;
+/** Threads of gate_up_int4: a group of 32 columns each, 64 groups a row at OLMoE's 2048. */
+const GATE_UP_INT4_THREADS = 64;
 
 /** The grouped path's tile: token-expert rows of one expert, and weight rows per workgroup. */
 export interface TileShape {
@@ -216,17 +218,22 @@ export async function expertsGemv(ctx: KernelContext, o: ExpertsOptions): Promis
   const { halves, formats: constants } = shared(o);
   const oss = o.clampedSwiglu;
   const first = oss ? "gate_up_oss" : o.up ? "gate_up" : "wi_relu";
-  // every copy bf16: the entries that load eight weights at a time where the rows allow it
-  const bf16 = !oss && o.formats.every((f) => f === "bf16");
-  const gateUp8 = bf16 && o.up !== undefined && o.dim % 8 === 0;
-  const down8 = bf16 && o.inter % 8 === 0;
+  // every copy bf16, or every copy int4: the entries that load a vec4 of words at a time where the rows
+  // allow it (int4: whole groups of 32 columns in both halves, and every copy's words a multiple of 4)
+  const only = (f: Precision) => !oss && o.formats.every((x) => x === f);
+  const int4 = only("int4") && o.dim % 32 === 0 && o.inter % 32 === 0 &&
+    matrixLayout("int4", o.inter, o.dim).bytes % 16 === 0 &&
+    matrixLayout("int4", o.dim, o.inter).bytes % 16 === 0;
+  const gateUp8 = o.up !== undefined && ((only("bf16") && o.dim % 8 === 0) || int4);
+  const down8 = (only("bf16") && o.inter % 8 === 0) || int4;
+  const fast = int4 ? "int4" : "bf16";
   return [
     gateUp8
       ? await record(ctx, {
         label: `${o.label}.gate_up`,
         file: "experts.wgsl",
-        entry: "gate_up_bf16",
-        constants: { ...constants, WG: GATE_UP8_THREADS },
+        entry: `gate_up_${fast}`,
+        constants: { ...constants, WG: int4 ? GATE_UP_INT4_THREADS : GATE_UP8_THREADS },
         params: halves[0],
         buffers: { 2: o.topkIds, 3: o.slots, 7: o.h, 8: o.gate, 9: o.up!, 10: o.x },
         // a workgroup per token-expert and four rows of h
@@ -246,7 +253,7 @@ export async function expertsGemv(ctx: KernelContext, o: ExpertsOptions): Promis
     await record(ctx, {
       label: `${o.label}.down`,
       file: "experts_down.wgsl",
-      entry: down8 ? "down_sum_bf16" : oss ? "down_sum_bias" : "down_sum",
+      entry: down8 ? `down_sum_${fast}` : oss ? "down_sum_bias" : "down_sum",
       constants: { ...constants, WG: o.downThreads ?? DOWN_THREADS },
       params: halves[1],
       buffers: down8

@@ -242,11 +242,6 @@ fn gate_up_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
   }
 }
 
-// The int4 fast path of `gate_up` (every copy int4, dim a multiple of 32, every copy's words a multiple
-// of 4): h[tk, i…i+3] = silu(x[t] · gate_s[i]) * (x[t] · up_s[i]), one workgroup per tk and four of i.
-// Thread j takes the groups of 32 columns j, j + WG, …: it loads a group's 32 inputs once, then for each
-// of the eight rows (gate and up rows i…i+3) the group's 32 codes as one vec4<u32>, with their scale and
-// minimum (`gate_up` reads a word at a time, with a scale and a minimum per word).
 // Word `w` of gate or up through their vec4 views.
 fn word8(is_up: bool, w: u32) -> u32 {
   if (is_up) { return up8[w / 4u][w % 4u]; }
@@ -264,6 +259,11 @@ fn gate_up_group(is_up: bool, base: u32, gi: u32, x: Group32) -> f32 {
   return half_of(word8(is_up, scales + gi / 2u), gi) * d.x + half_of(word8(is_up, mins + gi / 2u), gi) * d.y;
 }
 
+// The int4 fast path of `gate_up` (every copy int4, dim and inter multiples of 32, every copy's words a
+// multiple of 4): h[tk, i…i+3] = silu(x[t] · gate_s[i]) * (x[t] · up_s[i]), one workgroup per tk and four of i.
+// Thread j takes the groups of 32 columns j, j + WG, …: it loads a group's 32 inputs once, then for each
+// of the eight rows (gate and up rows i…i+3) the group's 32 codes as one vec4<u32>, with their scale and
+// minimum (`gate_up` reads a word at a time, with a scale and a minimum per word).
 @compute @workgroup_size(WG)
 fn gate_up_int4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) tid: u32) {

@@ -140,10 +140,7 @@ fn down_sum_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
   if (lane == 0u && d < p.dim) { y[t * p.dim + d] += wg_f32[tid]; }
 }
 
-// The int4 fast path of `down_sum` (every copy int4, inter a multiple of 32, every copy's words a multiple
-// of 4): y[t, d…d+3] += Σ_k w[t, k] · (h[t·K + k] · down_s[d]), one workgroup per t and four of d. Thread
-// j takes the (k, group of 32 columns) pairs j, j + WG, …: it loads the group's 32 of h once, then for
-// each of the four rows the group's 32 codes as one vec4<u32>, with their scale and minimum.
+// Group gi (row · groups + g) of the int4 copy of down from word `base` against its inputs x.
 fn down_group(base: u32, gi: u32, x: Group32) -> f32 {
   let n = p.dim * p.inter;
   let scales = base + n / 8u; // the f16 scales (word index), then the minimums
@@ -154,6 +151,10 @@ fn down_group(base: u32, gi: u32, x: Group32) -> f32 {
   return half_of(down8[sw / 4u][sw % 4u], gi) * d.x + half_of(down8[mw / 4u][mw % 4u], gi) * d.y;
 }
 
+// The int4 fast path of `down_sum` (every copy int4, dim and inter multiples of 32, every copy's words a
+// multiple of 4): y[t, d…d+3] += Σ_k w[t, k] · (h[t·K + k] · down_s[d]), one workgroup per t and four of
+// d. Thread j takes the (k, group of 32 columns) pairs j, j + WG, …: it loads the group's 32 of h once, then for
+// each of the four rows the group's 32 codes as one vec4<u32>, with their scale and minimum.
 @compute @workgroup_size(WG)
 fn down_sum_int4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) tid: u32) {

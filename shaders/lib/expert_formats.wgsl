@@ -51,8 +51,9 @@ struct Group32 {
 // One int4 group (q: its 32 codes, four words) against its inputs: (Σ code · x, Σ x). The group's weights
 // are code · scale + minimum, so its share of a dot product is scale · .x + minimum · .y.
 fn int4_group(q: vec4<u32>, x: Group32) -> vec2<f32> {
-  let codes = (dot(int4_lo(q.x), x.x0) + dot(int4_hi(q.x), x.x1)) + (dot(int4_lo(q.y), x.x2) + dot(int4_hi(q.y), x.x3)) +
-    ((dot(int4_lo(q.z), x.x4) + dot(int4_hi(q.z), x.x5)) + (dot(int4_lo(q.w), x.x6) + dot(int4_hi(q.w), x.x7)));
+  let codes = ((dot(int4_lo(q.x), x.x0) + dot(int4_hi(q.x), x.x1)) + (dot(int4_lo(q.y), x.x2) +
+    dot(int4_hi(q.y), x.x3))) + ((dot(int4_lo(q.z), x.x4) + dot(int4_hi(q.z), x.x5)) + (dot(int4_lo(q.w), x.x6) +
+    dot(int4_hi(q.w), x.x7)));
   return vec2<f32>(codes, dot(((x.x0 + x.x1) + (x.x2 + x.x3)) + ((x.x4 + x.x5) + (x.x6 + x.x7)), vec4<f32>(1.0)));
 }
 
@@ -110,7 +111,8 @@ fn word_dot(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, j: u32, x
   let g = g0 + j / 4u;
   if (fmt == INT4) {
     let scales = base + n / 8u;
-    return half_at(m, scales, g) * (dot(int4_lo(w), xs.a) + dot(int4_hi(w), xs.b)) + half_at(m, scales + (n / GROUP + 1u) / 2u, g) * xs.sum;
+    let codes = dot(int4_lo(w), xs.a) + dot(int4_hi(w), xs.b);
+    return half_at(m, scales, g) * codes + half_at(m, scales + (n / GROUP + 1u) / 2u, g) * xs.sum;
   }
   // MXFP4
   let lo = vec4<f32>(e2m1(w & 15u), e2m1((w >> 4u) & 15u), e2m1((w >> 8u) & 15u), e2m1((w >> 12u) & 15u));

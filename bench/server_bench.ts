@@ -3,7 +3,7 @@
  * on loopback, then for each concurrency level runs that many streaming clients at once, each sending
  * `--rounds` text completions one after another. Prints a Markdown table; `--out` writes JSON.
  *
- *   deno run -A bench/server_bench.ts [--model DIR] [--policy full] [--budget 8GiB] [--parallel 16] \
+ *   deno run -A bench/server_bench.ts [--model DIR] [--policy full] [--budget 8GiB] [--precision int4] [--parallel 16] \
  *     [--levels 1,4,8,16] [--tokens 128] [--prompt 32] [--rounds 1] [--context 512] [--direct] \
  *     [--out results.json]
  *
@@ -228,6 +228,7 @@ if (import.meta.main) {
       model: { type: "string" },
       policy: { type: "string", default: "full" },
       budget: { type: "string" },
+      precision: { type: "string" },
       parallel: { type: "string" },
       levels: { type: "string", default: "1,4" },
       tokens: { type: "string", default: "32" },
@@ -252,6 +253,7 @@ if (import.meta.main) {
       model: model.dir,
       policy: values.policy as PolicyName,
       budget: values.budget,
+      expertPrecision: values.precision,
       contextLength,
       maxBatchSequences: parallel,
     });
@@ -274,9 +276,9 @@ if (import.meta.main) {
     );
     const s = engine.stats();
     console.log(
-      `server bench: ${server.modelId} · policy ${s.policy} · budget ${formatBytes(s.budgetBytes)} of ${
-        formatBytes(s.fullBytes)
-      } (KV caches ${
+      `server bench: ${server.modelId} · policy ${s.policy} · experts ${s.expertPrecision} · budget ${
+        formatBytes(s.budgetBytes)
+      } of ${formatBytes(s.fullBytes)} (KV caches ${
         formatBytes(s.gpuBytesByKind.kv ?? 0)
       } for ${s.maxBatchSequences} sequences of ${s.contextLength} positions) · ${s.gpu.description} · prompt ${promptTokens}, ${tokens} tokens/request · ${rounds} rounds/client · load ${
         loadSeconds.toFixed(1)
@@ -319,6 +321,7 @@ if (import.meta.main) {
           {
             adapter: s.gpu.description,
             policy: s.policy,
+            precision: s.expertPrecision,
             budgetBytes: s.budgetBytes,
             maxBatchSequences: s.maxBatchSequences,
             contextLength: s.contextLength,

@@ -250,13 +250,11 @@ fn word8(is_up: bool, w: u32) -> u32 {
 
 // Group gi (row · groups + g) of the int4 copy of gate or up from word `base` against its inputs x.
 fn gate_up_group(is_up: bool, base: u32, gi: u32, x: Group32) -> f32 {
-  let n = p.inter * p.dim;
-  let scales = base + n / 8u; // the f16 scales (word index), then the minimums
-  let mins = scales + (n / GROUP + 1u) / 2u;
+  let at = int4_regions(base, p.inter * p.dim);
   var q: vec4<u32>;
   if (is_up) { q = up8[base / 4u + gi]; } else { q = gate8[base / 4u + gi]; } // a group is four words
   let d = int4_group(q, x);
-  return half_of(word8(is_up, scales + gi / 2u), gi) * d.x + half_of(word8(is_up, mins + gi / 2u), gi) * d.y;
+  return half_of(word8(is_up, at.x + gi / 2u), gi) * d.x + half_of(word8(is_up, at.y + gi / 2u), gi) * d.y;
 }
 
 // The int4 fast path of `gate_up` (every copy int4, dim and inter multiples of 32, every copy's words a

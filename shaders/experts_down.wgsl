@@ -142,12 +142,10 @@ fn down_sum_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 
 // Group gi (row · groups + g) of the int4 copy of down from word `base` against its inputs x.
 fn down_group(base: u32, gi: u32, x: Group32) -> f32 {
-  let n = p.dim * p.inter;
-  let scales = base + n / 8u; // the f16 scales (word index), then the minimums
-  let mins = scales + (n / GROUP + 1u) / 2u;
+  let at = int4_regions(base, p.dim * p.inter);
   let d = int4_group(down8[base / 4u + gi], x); // a group is four words
-  let sw = scales + gi / 2u;
-  let mw = mins + gi / 2u;
+  let sw = at.x + gi / 2u;
+  let mw = at.y + gi / 2u;
   return half_of(down8[sw / 4u][sw % 4u], gi) * d.x + half_of(down8[mw / 4u][mw % 4u], gi) * d.y;
 }
 

@@ -21,10 +21,22 @@ fn e2m1(c: u32) -> f32 {
   return bitcast<f32>(mag | ((c & 8u) << 28u));
 }
 
+// The f16 at half-word `idx` of a pair of halves `w` (its word): the low half when idx is even.
+fn half_of(w: u32, idx: u32) -> f32 {
+  let v = unpack2x16float(w);
+  return select(v.x, v.y, (idx & 1u) == 1u);
+}
+
 // Half-word `idx` (an f16) of the halves starting at word `at` of matrix m's buffer.
 fn half_at(m: u32, at: u32, idx: u32) -> f32 {
-  let v = unpack2x16float(weight(m, at + idx / 2u));
-  return select(v.x, v.y, (idx & 1u) == 1u);
+  return half_of(weight(m, at + idx / 2u), idx);
+}
+
+// Where an int4 copy of n weights from word `base` keeps its f16 scales (.x) and its f16 minimums (.y),
+// as word indices: after the codes, one of each per group of 32 (src/quant/formats.ts matrixLayout).
+fn int4_regions(base: u32, n: u32) -> vec2<u32> {
+  let scales = base + n / 8u;
+  return vec2<u32>(scales, scales + (n / GROUP + 1u) / 2u);
 }
 
 // The int4 codes of word w as f32, columns 0…3 (lo) and 4…7 (hi): code k sits at bits 4k.
@@ -55,12 +67,6 @@ fn int4_group(q: vec4<u32>, x: Group32) -> vec2<f32> {
     dot(int4_hi(q.y), x.x3))) + ((dot(int4_lo(q.z), x.x4) + dot(int4_hi(q.z), x.x5)) + (dot(int4_lo(q.w), x.x6) +
     dot(int4_hi(q.w), x.x7)));
   return vec2<f32>(codes, dot(((x.x0 + x.x1) + (x.x2 + x.x3)) + ((x.x4 + x.x5) + (x.x6 + x.x7)), vec4<f32>(1.0)));
-}
-
-// The f16 at half-word `idx` of a pair of halves `w` (its word): the low half when idx is even.
-fn half_of(w: u32, idx: u32) -> f32 {
-  let v = unpack2x16float(w);
-  return select(v.x, v.y, (idx & 1u) == 1u);
 }
 
 // Columns per u32 word of a format: two bf16 weights, four int8 codes, eight int4 or e2m1 codes.
@@ -110,9 +116,9 @@ fn word_dot(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, j: u32, x
   let w = weight(m, base + r * (cols / 8u) + j);
   let g = g0 + j / 4u;
   if (fmt == INT4) {
-    let scales = base + n / 8u;
+    let at = int4_regions(base, n);
     let codes = dot(int4_lo(w), xs.a) + dot(int4_hi(w), xs.b);
-    return half_at(m, scales, g) * codes + half_at(m, scales + (n / GROUP + 1u) / 2u, g) * xs.sum;
+    return half_at(m, at.x, g) * codes + half_at(m, at.y, g) * xs.sum;
   }
   // MXFP4
   let lo = vec4<f32>(e2m1(w & 15u), e2m1((w >> 4u) & 15u), e2m1((w >> 8u) & 15u), e2m1((w >> 12u) & 15u));
@@ -131,6 +137,12 @@ struct Octet {
   hi: vec4<f32>,
 }
 
+// Eight bf16 weights (four words) as f32.
+fn bf16_octet(w: vec4<u32>) -> Octet {
+  return Octet(vec4<f32>(bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y)),
+               vec4<f32>(bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w)));
+}
+
 fn octet(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, c: u32) -> Octet {
   var o = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
   if (r >= rows || c >= cols) { return o; }
@@ -143,9 +155,7 @@ fn octet(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, c: u32) -> O
     } else {
       for (var q = 0u; q < min(cols - c, 8u) / 2u; q++) { w[q] = weight(m, at + q); }
     }
-    o.lo = vec4<f32>(bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y));
-    o.hi = vec4<f32>(bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w));
-    return o;
+    return bf16_octet(w);
   }
   let n = rows * cols;
   let g = (r * cols + c) / GROUP;
@@ -160,9 +170,9 @@ fn octet(m: u32, fmt: u32, base: u32, rows: u32, cols: u32, r: u32, c: u32) -> O
   }
   let w = weight(m, base + (r * cols + c) / 8u);
   if (fmt == INT4) {
-    let scales = base + n / 8u;
-    let s = half_at(m, scales, g);
-    let mn = half_at(m, scales + (n / GROUP + 1u) / 2u, g);
+    let at = int4_regions(base, n);
+    let s = half_at(m, at.x, g);
+    let mn = half_at(m, at.y, g);
     o.lo = int4_lo(w) * s + mn;
     o.hi = int4_hi(w) * s + mn;
     return o;

@@ -117,9 +117,7 @@ fn tile_matmul(fmt: u32, base: u32, hv: Halves, rows: u32, cols: u32, count: u32
       var w = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
       if (w_quads) {
         if (row < rows && c0 + k0 < cols) {
-          let q = weight4(m, (base + (row * cols + c0 + k0) / 2u) / 4u);
-          w = Octet(vec4<f32>(bf16_lo(q.x), bf16_hi(q.x), bf16_lo(q.y), bf16_hi(q.y)),
-                    vec4<f32>(bf16_lo(q.z), bf16_hi(q.z), bf16_lo(q.w), bf16_hi(q.w)));
+          w = bf16_octet(weight4(m, (base + (row * cols + c0 + k0) / 2u) / 4u));
         }
       } else {
         w = octet(m, fmt, base, rows, cols, row, c0 + k0);

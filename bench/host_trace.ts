@@ -26,11 +26,13 @@ const { values } = parseArgs({
     new: { type: "string", default: "160" },
   },
 });
-if (!values.model) {
-  console.error("usage: host_trace.ts --model DIR [--policy full] [--prefill 512] [--new 160]");
+const prefill = Number(values.prefill), decode = Number(values.new);
+if (!values.model || ![prefill, decode].every((n) => Number.isInteger(n) && n >= 0)) {
+  console.error(
+    "usage: host_trace.ts --model DIR [--policy full] [--prefill 512] [--new 160] (token counts: whole numbers, 0 skips)",
+  );
   Deno.exit(2);
 }
-const prefill = Number(values.prefill), decode = Number(values.new);
 const log: Event[] = [];
 const now = () => performance.now();
 
